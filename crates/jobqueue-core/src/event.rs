@@ -1,0 +1,386 @@
+//! Event records: what every persisted transition appends.
+//!
+//! An [`Event`] carries its store-wide sequence number and typed
+//! [`EventData`]. The JSON of `data` follows CONTRACT.md §5; the envelope
+//! (`{"seq", "type", "job_id", ...}`) and SSE framing live in `jobqueue-events`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::id::JobId;
+use crate::job::{JobError, Progress};
+use crate::machine::EventType;
+
+/// One persisted event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Strictly increasing across the whole store; never reused.
+    pub seq: u64,
+    /// The job it is about.
+    pub job_id: JobId,
+    /// That job's pipeline.
+    pub pipeline: String,
+    /// When it happened.
+    pub at: OffsetDateTime,
+    /// What happened.
+    pub data: EventData,
+}
+
+impl Event {
+    /// The event's type.
+    pub fn event_type(&self) -> EventType {
+        self.data.event_type()
+    }
+}
+
+/// What happened, by event type (CONTRACT.md §5).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+#[expect(
+    missing_docs,
+    reason = "fields are documented by CONTRACT.md §5, variant by variant"
+)]
+pub enum EventData {
+    /// `job.created`
+    Created {
+        #[serde(with = "time::serde::rfc3339")]
+        run_at: OffsetDateTime,
+        priority: i32,
+    },
+    /// `job.started`
+    Started { attempt: u32 },
+    /// `job.phase.started`
+    PhaseStarted {
+        phase: String,
+        index: usize,
+        attempt: u32,
+    },
+    /// `job.phase.progress`
+    PhaseProgress {
+        phase: String,
+        percent: u8,
+        message: Option<String>,
+    },
+    /// `job.phase.completed`
+    PhaseCompleted {
+        phase: String,
+        index: usize,
+        result: Value,
+    },
+    /// `job.phase.failed`; `retry_at` is `None` when no retry follows.
+    PhaseFailed {
+        phase: String,
+        index: usize,
+        error: String,
+        #[serde(with = "time::serde::rfc3339::option")]
+        retry_at: Option<OffsetDateTime>,
+    },
+    /// `job.completed`
+    Completed { results: Map<String, Value> },
+    /// `job.failed`
+    Failed { error: JobError },
+    /// `job.cancelled`
+    Cancelled {},
+    /// `job.retried` (a manual retry)
+    Retried { from_phase: Option<String> },
+    /// `job.interrupted`
+    Interrupted {
+        phase: String,
+        progress: Option<Progress>,
+    },
+    /// `job.stale`
+    Stale {},
+    /// `job.deleted`
+    Deleted {},
+}
+
+/// Event data that does not fit its type.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed {ty} event data: {source}")]
+pub struct MalformedEvent {
+    /// The type the data was read as.
+    pub ty: EventType,
+    /// Why it did not fit.
+    #[source]
+    pub source: serde_json::Error,
+}
+
+impl EventData {
+    /// The event's type.
+    pub const fn event_type(&self) -> EventType {
+        match self {
+            Self::Created { .. } => EventType::JobCreated,
+            Self::Started { .. } => EventType::JobStarted,
+            Self::PhaseStarted { .. } => EventType::PhaseStarted,
+            Self::PhaseProgress { .. } => EventType::PhaseProgress,
+            Self::PhaseCompleted { .. } => EventType::PhaseCompleted,
+            Self::PhaseFailed { .. } => EventType::PhaseFailed,
+            Self::Completed { .. } => EventType::JobCompleted,
+            Self::Failed { .. } => EventType::JobFailed,
+            Self::Cancelled {} => EventType::JobCancelled,
+            Self::Retried { .. } => EventType::JobRetried,
+            Self::Interrupted { .. } => EventType::JobInterrupted,
+            Self::Stale {} => EventType::JobStale,
+            Self::Deleted {} => EventType::JobDeleted,
+        }
+    }
+
+    /// The `data` object of CONTRACT.md §5.
+    pub fn to_json(&self) -> Value {
+        // Serializing plain data structs with string keys cannot fail.
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    /// Reads the `data` object of an event of type `ty`.
+    pub fn from_json(ty: EventType, data: Value) -> Result<Self, MalformedEvent> {
+        #[derive(Deserialize)]
+        struct CreatedD {
+            #[serde(with = "time::serde::rfc3339")]
+            run_at: OffsetDateTime,
+            priority: i32,
+        }
+        #[derive(Deserialize)]
+        struct StartedD {
+            attempt: u32,
+        }
+        #[derive(Deserialize)]
+        struct PhaseStartedD {
+            phase: String,
+            index: usize,
+            attempt: u32,
+        }
+        #[derive(Deserialize)]
+        struct ProgressD {
+            phase: String,
+            percent: u8,
+            message: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct PhaseCompletedD {
+            phase: String,
+            index: usize,
+            result: Value,
+        }
+        #[derive(Deserialize)]
+        struct PhaseFailedD {
+            phase: String,
+            index: usize,
+            error: String,
+            #[serde(with = "time::serde::rfc3339::option")]
+            retry_at: Option<OffsetDateTime>,
+        }
+        #[derive(Deserialize)]
+        struct CompletedD {
+            results: Map<String, Value>,
+        }
+        #[derive(Deserialize)]
+        struct FailedD {
+            error: JobError,
+        }
+        #[derive(Deserialize)]
+        struct RetriedD {
+            from_phase: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct InterruptedD {
+            phase: String,
+            progress: Option<Progress>,
+        }
+        #[derive(Deserialize)]
+        struct EmptyD {}
+
+        let err = |source| MalformedEvent { ty, source };
+        let d = data;
+        Ok(match ty {
+            EventType::JobCreated => {
+                let v: CreatedD = serde_json::from_value(d).map_err(err)?;
+                Self::Created {
+                    run_at: v.run_at,
+                    priority: v.priority,
+                }
+            }
+            EventType::JobStarted => {
+                let v: StartedD = serde_json::from_value(d).map_err(err)?;
+                Self::Started { attempt: v.attempt }
+            }
+            EventType::PhaseStarted => {
+                let v: PhaseStartedD = serde_json::from_value(d).map_err(err)?;
+                Self::PhaseStarted {
+                    phase: v.phase,
+                    index: v.index,
+                    attempt: v.attempt,
+                }
+            }
+            EventType::PhaseProgress => {
+                let v: ProgressD = serde_json::from_value(d).map_err(err)?;
+                Self::PhaseProgress {
+                    phase: v.phase,
+                    percent: v.percent,
+                    message: v.message,
+                }
+            }
+            EventType::PhaseCompleted => {
+                let v: PhaseCompletedD = serde_json::from_value(d).map_err(err)?;
+                Self::PhaseCompleted {
+                    phase: v.phase,
+                    index: v.index,
+                    result: v.result,
+                }
+            }
+            EventType::PhaseFailed => {
+                let v: PhaseFailedD = serde_json::from_value(d).map_err(err)?;
+                Self::PhaseFailed {
+                    phase: v.phase,
+                    index: v.index,
+                    error: v.error,
+                    retry_at: v.retry_at,
+                }
+            }
+            EventType::JobCompleted => {
+                let v: CompletedD = serde_json::from_value(d).map_err(err)?;
+                Self::Completed { results: v.results }
+            }
+            EventType::JobFailed => {
+                let v: FailedD = serde_json::from_value(d).map_err(err)?;
+                Self::Failed { error: v.error }
+            }
+            EventType::JobCancelled => {
+                let _: EmptyD = serde_json::from_value(d).map_err(err)?;
+                Self::Cancelled {}
+            }
+            EventType::JobRetried => {
+                let v: RetriedD = serde_json::from_value(d).map_err(err)?;
+                Self::Retried {
+                    from_phase: v.from_phase,
+                }
+            }
+            EventType::JobInterrupted => {
+                let v: InterruptedD = serde_json::from_value(d).map_err(err)?;
+                Self::Interrupted {
+                    phase: v.phase,
+                    progress: v.progress,
+                }
+            }
+            EventType::JobStale => {
+                let _: EmptyD = serde_json::from_value(d).map_err(err)?;
+                Self::Stale {}
+            }
+            EventType::JobDeleted => {
+                let _: EmptyD = serde_json::from_value(d).map_err(err)?;
+                Self::Deleted {}
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use time::macros::datetime;
+
+    use super::*;
+
+    fn samples() -> Vec<EventData> {
+        let at = datetime!(2030-01-02 03:04:05 UTC);
+        vec![
+            EventData::Created {
+                run_at: at,
+                priority: 3,
+            },
+            EventData::Started { attempt: 1 },
+            EventData::PhaseStarted {
+                phase: "fetch".into(),
+                index: 0,
+                attempt: 2,
+            },
+            EventData::PhaseProgress {
+                phase: "fetch".into(),
+                percent: 40,
+                message: Some("x".into()),
+            },
+            EventData::PhaseCompleted {
+                phase: "fetch".into(),
+                index: 0,
+                result: json!({"n": 1}),
+            },
+            EventData::PhaseFailed {
+                phase: "fetch".into(),
+                index: 0,
+                error: "boom".into(),
+                retry_at: Some(at),
+            },
+            EventData::PhaseFailed {
+                phase: "fetch".into(),
+                index: 0,
+                error: "boom".into(),
+                retry_at: None,
+            },
+            EventData::Completed {
+                results: Map::new(),
+            },
+            EventData::Failed {
+                error: JobError {
+                    phase: None,
+                    message: "m".into(),
+                    attempt: 1,
+                },
+            },
+            EventData::Cancelled {},
+            EventData::Retried {
+                from_phase: Some("b".into()),
+            },
+            EventData::Interrupted {
+                phase: "b".into(),
+                progress: Some(Progress::new(5, None)),
+            },
+            EventData::Stale {},
+            EventData::Deleted {},
+        ]
+    }
+
+    #[test]
+    fn every_type_round_trips() {
+        let all = samples();
+        for ty in EventType::ALL {
+            assert!(
+                all.iter().any(|d| d.event_type() == *ty),
+                "no sample for {ty}"
+            );
+        }
+        for d in all {
+            let back = EventData::from_json(d.event_type(), d.to_json()).unwrap();
+            assert_eq!(back, d);
+        }
+    }
+
+    #[test]
+    fn data_matches_the_contract() {
+        let at = datetime!(2030-01-02 03:04:05 UTC);
+        assert_eq!(
+            EventData::PhaseFailed {
+                phase: "a".into(),
+                index: 1,
+                error: "e".into(),
+                retry_at: Some(at)
+            }
+            .to_json(),
+            json!({"phase": "a", "index": 1, "error": "e", "retry_at": "2030-01-02T03:04:05Z"})
+        );
+        assert_eq!(EventData::Cancelled {}.to_json(), json!({}));
+        assert_eq!(
+            EventData::Created {
+                run_at: at,
+                priority: 0
+            }
+            .to_json(),
+            json!({"run_at": "2030-01-02T03:04:05Z", "priority": 0})
+        );
+    }
+
+    #[test]
+    fn malformed_data_is_an_error() {
+        let err = EventData::from_json(EventType::JobStarted, json!({"nope": 1})).unwrap_err();
+        assert!(err.to_string().contains("job.started"));
+    }
+}

@@ -1,0 +1,896 @@
+//! [`MemoryStore`]: a complete in-memory [`JobStore`], the reference every
+//! other store is checked against, and a store users can use in their tests.
+//!
+//! Every operation runs under one mutex: it checks everything first, then
+//! applies the change, its events and their webhook deliveries together, so
+//! a refused operation changes nothing.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::clock::{Clock, SystemClock, truncate_to_micros};
+use crate::error::StoreError;
+use crate::event::{Event, EventData};
+use crate::id::{DeliveryId, JobId, LeaseToken};
+use crate::job::{Interrupted, Job, JobError, NewJob, Phase, Progress};
+use crate::machine::{
+    JobAction, JobStatus, PhaseAction, PhaseStatus, job_transition, phase_transition,
+};
+use crate::outbox::{
+    AttemptOutcome, Delivery, DeliveryFilter, DeliveryStatus, DeliveryTarget, WebhookRoute,
+    default_filter,
+};
+use crate::store::{
+    CancelOutcome, ClaimRequest, Claimed, EventFilter, EventSink, FailureOutcome, JobFilter,
+    JobPage, JobStore, Lease, RecoverScope,
+};
+
+/// The page size of [`JobStore::list`] when the filter gives none.
+pub const DEFAULT_PAGE: usize = 50;
+
+/// An event waiting for the commit that assigns its sequence number.
+struct Staged {
+    job_id: JobId,
+    pipeline: String,
+    webhook_url: Option<String>,
+    data: EventData,
+}
+
+impl Staged {
+    fn new(job: &Job, data: EventData) -> Self {
+        Self {
+            job_id: job.id,
+            pipeline: job.pipeline.clone(),
+            webhook_url: job.webhook_url.clone(),
+            data,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    jobs: BTreeMap<JobId, Job>,
+    events: BTreeMap<u64, Event>,
+    last_seq: u64,
+    deliveries: BTreeMap<DeliveryId, Delivery>,
+    routes: Vec<WebhookRoute>,
+    sink: Option<Arc<dyn EventSink>>,
+}
+
+impl State {
+    fn active_holder(&self, key: &str) -> Option<JobId> {
+        self.jobs
+            .values()
+            .find(|j| j.status.is_active() && j.unique_key.as_deref() == Some(key))
+            .map(|j| j.id)
+    }
+
+    fn leased(&self, lease: &Lease) -> Result<Job, StoreError> {
+        let job = self
+            .jobs
+            .get(&lease.job_id)
+            .ok_or(StoreError::JobNotFound(lease.job_id))?;
+        if job.status != JobStatus::Running || job.lease != Some(lease.token) {
+            return Err(StoreError::LeaseLost(lease.job_id));
+        }
+        Ok(job.clone())
+    }
+
+    fn job(&self, id: JobId) -> Result<Job, StoreError> {
+        self.jobs
+            .get(&id)
+            .cloned()
+            .ok_or(StoreError::JobNotFound(id))
+    }
+
+    /// Appends the staged events with the next sequence numbers, routes them
+    /// to webhook deliveries, and publishes them. Runs only after every check
+    /// of the operation passed.
+    fn commit(&mut self, now: OffsetDateTime, staged: Vec<Staged>) {
+        let mut published = Vec::with_capacity(staged.len());
+        for s in staged {
+            self.last_seq += 1;
+            let event = Event {
+                seq: self.last_seq,
+                job_id: s.job_id,
+                pipeline: s.pipeline,
+                at: now,
+                data: s.data,
+            };
+            let ty = event.event_type();
+            let mut targets: Vec<(DeliveryTarget, String)> = self
+                .routes
+                .iter()
+                .filter(|r| r.wants(ty))
+                .map(|r| (DeliveryTarget::Endpoint, r.url.clone()))
+                .collect();
+            if let Some(url) = s.webhook_url.filter(|_| default_filter(ty)) {
+                targets.push((DeliveryTarget::Job, url));
+            }
+            for (target, url) in targets {
+                let d = Delivery {
+                    id: DeliveryId::new(),
+                    event_seq: event.seq,
+                    job_id: event.job_id,
+                    target,
+                    url,
+                    event: event.clone(),
+                    status: DeliveryStatus::Pending,
+                    attempts: 0,
+                    last_status: None,
+                    last_error: None,
+                    next_attempt_at: Some(now),
+                    created_at: now,
+                };
+                self.deliveries.insert(d.id, d);
+            }
+            self.events.insert(event.seq, event.clone());
+            published.push(event);
+        }
+        if let (Some(sink), false) = (&self.sink, published.is_empty()) {
+            sink.publish(&published);
+        }
+    }
+
+    /// Removes a job and its events, keeping the `job.deleted` tombstone
+    /// (sequence `keep_from` and later). Deliveries keep their own snapshots.
+    fn remove_job(&mut self, id: JobId, keep_from: u64) {
+        self.jobs.remove(&id);
+        self.events
+            .retain(|seq, e| e.job_id != id || *seq >= keep_from);
+    }
+}
+
+/// A [`JobStore`] in memory. Cheap to clone: clones share the same state.
+#[derive(Clone)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store on the system clock.
+    pub fn new() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+
+    /// An empty store that reads the time from `clock`.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            state: Arc::default(),
+            clock,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every operation checks before it mutates, so a panic while the lock
+        // was held cannot have left a half-applied change behind.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        truncate_to_micros(self.clock.now())
+    }
+}
+
+fn new_job(spec: NewJob, now: OffsetDateTime) -> Job {
+    Job {
+        id: JobId::new(),
+        pipeline: spec.pipeline,
+        status: JobStatus::Queued,
+        input: spec.input,
+        priority: spec.priority,
+        unique_key: spec.unique_key,
+        attempt: 0,
+        max_attempts: spec.max_attempts,
+        created_at: now,
+        run_at: spec.run_at.map_or(now, truncate_to_micros),
+        started_at: None,
+        finished_at: None,
+        stale_at: None,
+        error: None,
+        interrupted: None,
+        webhook_url: spec.webhook_url,
+        cancel_requested: false,
+        lease: None,
+        lease_expires_at: None,
+        phases: spec.phases.into_iter().map(Phase::pending).collect(),
+    }
+}
+
+fn created(job: &Job) -> Staged {
+    Staged::new(
+        job,
+        EventData::Created {
+            run_at: job.run_at,
+            priority: job.priority,
+        },
+    )
+}
+
+fn phase_at(job: &Job, index: usize) -> Result<&Phase, StoreError> {
+    job.phases
+        .get(index)
+        .ok_or(StoreError::NoSuchPhase { job: job.id, index })
+}
+
+/// Applies the phase rule for `action` to phase `index`, or says why not.
+fn step_phase(job: &mut Job, index: usize, action: PhaseAction) -> Result<(), StoreError> {
+    let phase = phase_at(job, index)?;
+    let rule = phase_transition(&phase.name, phase.status, action)?;
+    job.phases[index].status = rule.to;
+    Ok(())
+}
+
+fn step_job(job: &mut Job, action: JobAction) -> Result<(), StoreError> {
+    let rule = job_transition(job.status, action)?;
+    job.status = rule.to;
+    Ok(())
+}
+
+fn release_lease(job: &mut Job) {
+    job.lease = None;
+    job.lease_expires_at = None;
+    job.cancel_requested = false;
+}
+
+/// Interrupts a running job in place: the running phase goes back to
+/// pending and its progress is kept as the job's interrupted context.
+fn interrupt_job(job: &mut Job, now: OffsetDateTime) -> Result<Staged, StoreError> {
+    step_job(job, JobAction::Interrupt)?;
+    let running = job
+        .phases
+        .iter()
+        .position(|p| p.status == PhaseStatus::Running);
+    let (phase, progress) = match running {
+        Some(i) => {
+            step_phase(job, i, PhaseAction::Interrupt)?;
+            (job.phases[i].name.clone(), job.phases[i].progress.clone())
+        }
+        None => {
+            let next = job
+                .first_incomplete_phase()
+                .map(|i| job.phases[i].name.clone());
+            (next.unwrap_or_default(), None)
+        }
+    };
+    job.interrupted = Some(Interrupted {
+        phase: phase.clone(),
+        at: now,
+        progress: progress.clone(),
+    });
+    job.run_at = now;
+    release_lease(job);
+    Ok(Staged::new(job, EventData::Interrupted { phase, progress }))
+}
+
+fn expired(after: OffsetDateTime, extend: Duration) -> OffsetDateTime {
+    after + extend
+}
+
+#[async_trait]
+impl JobStore for MemoryStore {
+    fn set_event_sink(&self, sink: Arc<dyn EventSink>) {
+        self.lock().sink = Some(sink);
+    }
+
+    fn set_webhook_routes(&self, routes: Vec<WebhookRoute>) {
+        self.lock().routes = routes;
+    }
+
+    async fn enqueue(&self, spec: NewJob) -> Result<Job, StoreError> {
+        spec.validate().map_err(StoreError::Invalid)?;
+        let now = self.now();
+        let mut st = self.lock();
+        if let Some(key) = &spec.unique_key {
+            if let Some(existing) = st.active_holder(key) {
+                return Err(StoreError::Duplicate {
+                    key: key.clone(),
+                    existing,
+                });
+            }
+        }
+        let job = new_job(spec, now);
+        st.jobs.insert(job.id, job.clone());
+        st.commit(now, vec![created(&job)]);
+        Ok(job)
+    }
+
+    async fn enqueue_batch(&self, specs: Vec<NewJob>) -> Result<Vec<Job>, StoreError> {
+        let batch_err = |index, e| StoreError::Batch {
+            index,
+            source: Box::new(e),
+        };
+        for (i, spec) in specs.iter().enumerate() {
+            spec.validate()
+                .map_err(|m| batch_err(i, StoreError::Invalid(m)))?;
+        }
+        let now = self.now();
+        let mut st = self.lock();
+        let jobs: Vec<Job> = specs.into_iter().map(|s| new_job(s, now)).collect();
+        for (i, job) in jobs.iter().enumerate() {
+            if let Some(key) = &job.unique_key {
+                let earlier = jobs[..i]
+                    .iter()
+                    .find(|j| j.unique_key.as_ref() == Some(key))
+                    .map(|j| j.id);
+                if let Some(existing) = st.active_holder(key).or(earlier) {
+                    return Err(batch_err(
+                        i,
+                        StoreError::Duplicate {
+                            key: key.clone(),
+                            existing,
+                        },
+                    ));
+                }
+            }
+        }
+        let staged = jobs.iter().map(created).collect();
+        for job in &jobs {
+            st.jobs.insert(job.id, job.clone());
+        }
+        st.commit(now, staged);
+        Ok(jobs)
+    }
+
+    async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
+        let now = self.now();
+        let mut st = self.lock();
+        let mut runnable: Vec<&Job> = st
+            .jobs
+            .values()
+            .filter(|j| j.status == JobStatus::Queued && j.run_at <= now)
+            .filter(|j| !req.exclude_pipelines.contains(&j.pipeline))
+            .collect();
+        runnable.sort_by_key(|j| (std::cmp::Reverse(j.priority), j.run_at, j.created_at, j.id));
+        let ids: Vec<JobId> = runnable.iter().take(req.limit).map(|j| j.id).collect();
+        let mut claimed = Vec::with_capacity(ids.len());
+        let mut staged = Vec::with_capacity(ids.len());
+        for id in ids {
+            let mut job = st.job(id)?;
+            step_job(&mut job, JobAction::Claim)?;
+            job.attempt += 1;
+            job.started_at = Some(now);
+            job.lease_expires_at = Some(expired(now, req.lease_for));
+            job.cancel_requested = false;
+            staged.push(Staged::new(
+                &job,
+                EventData::Started {
+                    attempt: job.attempt,
+                },
+            ));
+            let token = LeaseToken::new();
+            job.lease = Some(token);
+            let lease = Lease {
+                job_id: id,
+                token,
+                attempt: job.attempt,
+            };
+            st.jobs.insert(id, job.clone());
+            claimed.push(Claimed { lease, job });
+        }
+        st.commit(now, staged);
+        Ok(claimed)
+    }
+
+    async fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<bool, StoreError> {
+        let now = self.now();
+        let mut st = self.lock();
+        let mut job = st.leased(lease)?;
+        job.lease_expires_at = Some(expired(now, extend));
+        let requested = job.cancel_requested;
+        st.jobs.insert(job.id, job);
+        Ok(requested)
+    }
+
+    async fn phase_started(&self, lease: &Lease, index: usize) -> Result<(), StoreError> {
+        let now = self.now();
+        let mut st = self.lock();
+        let mut job = st.leased(lease)?;
+        phase_at(&job, index)?;
+        if let Some(first) = job.first_incomplete_phase().filter(|first| *first < index) {
+            return Err(StoreError::Conflict(format!(
+                "phase {:?} cannot start before phase {:?} completed",
+                job.phases[index].name, job.phases[first].name
+            )));
+        }
+        step_phase(&mut job, index, PhaseAction::Start)?;
+        let p = &mut job.phases[index];
+        p.attempts += 1;
+        p.started_at = Some(now);
+        p.finished_at = None;
+        p.error = None;
+        p.progress = None;
+        let data = EventData::PhaseStarted {
+            phase: p.name.clone(),
+            index,
+            attempt: lease.attempt,
+        };
+        let staged = vec![Staged::new(&job, data)];
+        st.jobs.insert(job.id, job);
+        st.commit(now, staged);
+        Ok(())
+    }
+
+    async fn phase_progress(
+        &self,
+        lease: &Lease,
+        index: usize,
+        progress: Progress,
+    ) -> Result<(), StoreError> {
+        let now = self.now();
+        let mut st = self.lock();
+        let mut job = st.leased(lease)?;
+        step_phase(&mut job, index, PhaseAction::Progress)?;
+        let progress = Progress::new(progress.percent, progress.message);
+        let p = &mut job.phases[index];
+        p.progress = Some(progress.clone());
+        let data = EventData::PhaseProgress {
+            phase: p.name.clone(),
+            percent: progress.percent,
+            message: progress.message,
+        };
+        let staged = vec![Staged::new(&job, data)];
+        st.jobs.insert(job.id, job);
+        st.commit(now, staged);
+        Ok(())
+    }
+
+    async fn phase_completed(
+        &self,
+        lease: &Lease,
+        index: usize,
+        result: Value,
+    ) -> Result<(), StoreError> {
+        let now = self.now();
+        let mut st = self.lock();
+        let mut job = st.leased(lease)?;
+        step_phase(&mut job, index, PhaseAction::Complete)?;
+        let p = &mut job.phases[index];
+        p.result = Some(result.clone());
+        p.finished_at = Some(now);
+        p.error = None;
+        let data = EventData::PhaseCompleted {
+            phase: p.name.clone(),
+            index,
+            result,
+        };
+        let staged = vec![Staged::new(&job, data)];
+        st.jobs.insert(job.id, job);
+        st.commit(now, staged);
+        Ok(())
+    }
+
+    async fn phase_failed(
+        &self,
+        lease: &Lease,
+        index: usize,
+        error: String,
+        outcome: FailureOutcome,
+    ) -> Result<Job, StoreError> {
+        let now = self.now();
+        let mut st = self.lock();
+        let mut job = st.leased(lease)?;
+        step_phase(&mut job, index, PhaseAction::Fail)?;
+        let name = job.phases[index].name.clone();
+        let p = &mut job.phases[index];
+        p.error = Some(error.clone());
+        p.finished_at = Some(now);
+        let mut staged = Vec::with_capacity(2);
+        match outcome {
+            FailureOutcome::RetryAt(at) => {
+                let at = truncate_to_micros(at);
+                step_job(&mut job, JobAction::ScheduleRetry)?;
+                job.run_at = at;
+                release_lease(&mut job);
+                staged.push(Staged::new(
+                    &job,
+                    EventData::PhaseFailed {
+                        phase: name,
+                        index,
+                        error,
+                        retry_at: Some(at),
+                    },
+                ));
+            }
+            FailureOutcome::Fail => {
+                step_job(&mut job, JobAction::Fail)?;
+                let job_error = JobError {
+                    phase: Some(name.clone()),
+                    message: error.clone(),
+                    attempt: job.attempt,
+                };
+                job.error = Some(job_error.clone());
+                job.finished_at = Some(now);
+                release_lease(&mut job);
+                staged.push(Staged::new(
+                    &job,
+                    EventData::PhaseFailed {
+                        phase: name,
+                        index,
+                        error,
+                        retry_at: None,
+                    },
+                ));
+                staged.push(Staged::new(&job, EventData::Failed { error: job_error }));
+            }
+        }
+        st.jobs.insert(job.id, job.clone());
+        st.commit(now, staged);
+        Ok(job)
+    }
+
+    async fn complete_job(&self, lease: &Lease) -> Result<Job, StoreError> {
+        let now = self.now();
+        let mut st = self.lock();
+        let mut job = st.leased(lease)?;
+        if let Some(i) = job.first_incomplete_phase() {
+            return Err(StoreError::Conflict(format!(
+                "job {} cannot complete: phase {:?} is {}",
+                job.id, job.phases[i].name, job.phases[i].status
+            )));
+        }
+        step_job(&mut job, JobAction::Complete)?;
+        job.finished_at = Some(now);
+        job.error = None;
+        release_lease(&mut job);
+        let staged = vec![Staged::new(
+            &job,
+            EventData::Completed {
+                results: job.results(),
+            },
+        )];
+        st.jobs.insert(job.id, job.clone());
+        st.commit(now, staged);
+        Ok(job)
+    }
+
+    async fn fail_job(&self, lease: &Lease, error: JobError) -> Result<Job, StoreError> {
+        let now = self.now();
+        let mut st = self.lock();
+        let mut job = st.leased(lease)?;
+        step_job(&mut job, JobAction::Fail)?;
+        for i in 0..job.phases.len() {
+            if job.phases[i].status == PhaseStatus::Running {
+                step_phase(&mut job, i, PhaseAction::Fail)?;
+                job.phases[i].error = Some(error.message.clone());
+                job.phases[i].finished_at = Some(now);
+            }
+        }
+        job.error = Some(error.clone());
+        job.finished_at = Some(now);
+        release_lease(&mut job);
+        let staged = vec![Staged::new(&job, EventData::Failed { error })];
+        st.jobs.insert(job.id, job.clone());
+        st.commit(now, staged);
+        Ok(job)
+    }
+
+    async fn cancel_running(&self, lease: &Lease) -> Result<Job, StoreError> {
+        let now = self.now();
+        let mut st = self.lock();
+        let mut job = st.leased(lease)?;
+        step_job(&mut job, JobAction::Cancel)?;
+        for i in 0..job.phases.len() {
+            if job.phases[i].status == PhaseStatus::Running {
+                step_phase(&mut job, i, PhaseAction::Cancel)?;
+                job.phases[i].finished_at = Some(now);
+            }
+        }
+        job.finished_at = Some(now);
+        release_lease(&mut job);
+        let staged = vec![Staged::new(&job, EventData::Cancelled {})];
+        st.jobs.insert(job.id, job.clone());
+        st.commit(now, staged);
+        Ok(job)
+    }
+
+    async fn interrupt(&self, lease: &Lease) -> Result<Job, StoreError> {
+        let now = self.now();
+        let mut st = self.lock();
+        let mut job = st.leased(lease)?;
+        let staged = vec![interrupt_job(&mut job, now)?];
+        st.jobs.insert(job.id, job.clone());
+        st.commit(now, staged);
+        Ok(job)
+    }
+
+    async fn recover(&self, scope: RecoverScope) -> Result<Vec<Job>, StoreError> {
+        let now = self.now();
+        let mut st = self.lock();
+        let ids: Vec<JobId> = st
+            .jobs
+            .values()
+            .filter(|j| j.status == JobStatus::Running)
+            .filter(|j| scope == RecoverScope::All || j.lease_expires_at.is_none_or(|t| t <= now))
+            .map(|j| j.id)
+            .collect();
+        let mut jobs = Vec::with_capacity(ids.len());
+        let mut staged = Vec::with_capacity(ids.len());
+        for id in ids {
+            let mut job = st.job(id)?;
+            staged.push(interrupt_job(&mut job, now)?);
+            jobs.push(job);
+        }
+        for job in &jobs {
+            st.jobs.insert(job.id, job.clone());
+        }
+        st.commit(now, staged);
+        Ok(jobs)
+    }
+
+    async fn request_cancel(&self, id: JobId) -> Result<CancelOutcome, StoreError> {
+        let now = self.now();
+        let mut st = self.lock();
+        let mut job = st.job(id)?;
+        if job.status == JobStatus::Running {
+            job.cancel_requested = true;
+            st.jobs.insert(id, job.clone());
+            return Ok(CancelOutcome::Requested(job));
+        }
+        step_job(&mut job, JobAction::Cancel)?;
+        job.finished_at = Some(now);
+        let staged = vec![Staged::new(&job, EventData::Cancelled {})];
+        st.jobs.insert(id, job.clone());
+        st.commit(now, staged);
+        Ok(CancelOutcome::Cancelled(job))
+    }
+
+    async fn retry(&self, id: JobId) -> Result<Job, StoreError> {
+        let now = self.now();
+        let mut st = self.lock();
+        let mut job = st.job(id)?;
+        step_job(&mut job, JobAction::ManualRetry)?;
+        if let Some(key) = &job.unique_key {
+            if let Some(existing) = st.active_holder(key) {
+                return Err(StoreError::Duplicate {
+                    key: key.clone(),
+                    existing,
+                });
+            }
+        }
+        // A manual retry gives the job its whole attempt budget again.
+        job.attempt = 0;
+        job.run_at = now;
+        job.finished_at = None;
+        job.error = None;
+        job.cancel_requested = false;
+        let from_phase = job
+            .first_incomplete_phase()
+            .map(|i| job.phases[i].name.clone());
+        let staged = vec![Staged::new(&job, EventData::Retried { from_phase })];
+        st.jobs.insert(id, job.clone());
+        st.commit(now, staged);
+        Ok(job)
+    }
+
+    async fn delete(&self, id: JobId) -> Result<(), StoreError> {
+        let now = self.now();
+        let mut st = self.lock();
+        let mut job = st.job(id)?;
+        step_job(&mut job, JobAction::Delete)?;
+        let keep_from = st.last_seq + 1;
+        st.commit(now, vec![Staged::new(&job, EventData::Deleted {})]);
+        st.remove_job(id, keep_from);
+        Ok(())
+    }
+
+    async fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        Ok(self.lock().jobs.get(&id).cloned())
+    }
+
+    async fn list(&self, filter: JobFilter) -> Result<JobPage, StoreError> {
+        let limit = if filter.limit == 0 {
+            DEFAULT_PAGE
+        } else {
+            filter.limit
+        };
+        let st = self.lock();
+        let upper = match filter.cursor {
+            Some(c) => std::ops::Bound::Excluded(c),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut matching = st
+            .jobs
+            .range((std::ops::Bound::Unbounded, upper))
+            .rev()
+            .map(|(_, j)| j)
+            .filter(|j| filter.statuses.is_empty() || filter.statuses.contains(&j.status))
+            .filter(|j| filter.pipeline.as_ref().is_none_or(|p| *p == j.pipeline));
+        let jobs: Vec<Job> = matching.by_ref().take(limit).cloned().collect();
+        let more = matching.next().is_some();
+        let next_cursor = if more {
+            jobs.last().map(|j| j.id)
+        } else {
+            None
+        };
+        Ok(JobPage { jobs, next_cursor })
+    }
+
+    async fn events_after(
+        &self,
+        after: u64,
+        filter: EventFilter,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let st = self.lock();
+        Ok(st
+            .events
+            .range(after.saturating_add(1)..)
+            .map(|(_, e)| e)
+            .filter(|e| filter.matches(e))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn last_seq(&self) -> Result<u64, StoreError> {
+        Ok(self.lock().last_seq)
+    }
+
+    async fn mark_stale(
+        &self,
+        finished_before: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError> {
+        let now = self.now();
+        let mut st = self.lock();
+        let mut due: Vec<&Job> = st
+            .jobs
+            .values()
+            .filter(|j| {
+                j.status.is_finished() && j.finished_at.is_some_and(|t| t < finished_before)
+            })
+            .collect();
+        due.sort_by_key(|j| (j.finished_at, j.id));
+        let ids: Vec<JobId> = due.iter().take(limit).map(|j| j.id).collect();
+        let mut staged = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let mut job = st.job(*id)?;
+            step_job(&mut job, JobAction::MarkStale)?;
+            job.stale_at = Some(now);
+            staged.push(Staged::new(&job, EventData::Stale {}));
+            st.jobs.insert(*id, job);
+        }
+        st.commit(now, staged);
+        Ok(ids)
+    }
+
+    async fn delete_stale(
+        &self,
+        stale_before: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError> {
+        let now = self.now();
+        let mut st = self.lock();
+        let mut due: Vec<&Job> = st
+            .jobs
+            .values()
+            .filter(|j| {
+                j.status == JobStatus::Stale && j.stale_at.is_some_and(|t| t < stale_before)
+            })
+            .collect();
+        due.sort_by_key(|j| (j.stale_at, j.id));
+        let jobs: Vec<Job> = due.into_iter().take(limit).cloned().collect();
+        for job in &jobs {
+            job_transition(job.status, JobAction::Delete)?;
+        }
+        let keep_from = st.last_seq + 1;
+        st.commit(
+            now,
+            jobs.iter()
+                .map(|j| Staged::new(j, EventData::Deleted {}))
+                .collect(),
+        );
+        for job in &jobs {
+            st.remove_job(job.id, keep_from);
+        }
+        Ok(jobs.into_iter().map(|j| j.id).collect())
+    }
+
+    async fn due_deliveries(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        let now = self.now();
+        let st = self.lock();
+        let mut due: Vec<&Delivery> = st
+            .deliveries
+            .values()
+            .filter(|d| {
+                d.status == DeliveryStatus::Pending && d.next_attempt_at.is_some_and(|t| t <= now)
+            })
+            .collect();
+        due.sort_by_key(|d| (d.next_attempt_at, d.event_seq, d.id));
+        Ok(due.into_iter().take(limit).cloned().collect())
+    }
+
+    async fn next_delivery_at(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        let st = self.lock();
+        Ok(st
+            .deliveries
+            .values()
+            .filter(|d| d.status == DeliveryStatus::Pending)
+            .filter_map(|d| d.next_attempt_at)
+            .min())
+    }
+
+    async fn record_attempt(
+        &self,
+        id: DeliveryId,
+        outcome: AttemptOutcome,
+    ) -> Result<Delivery, StoreError> {
+        let mut st = self.lock();
+        let mut d = st
+            .deliveries
+            .get(&id)
+            .cloned()
+            .ok_or(StoreError::DeliveryNotFound(id))?;
+        if d.status != DeliveryStatus::Pending {
+            return Err(StoreError::Conflict(format!(
+                "webhook delivery {id} already ended as {}",
+                d.status
+            )));
+        }
+        d.attempts += 1;
+        match outcome {
+            AttemptOutcome::Delivered { status } => {
+                d.status = DeliveryStatus::Delivered;
+                d.last_status = Some(status);
+                d.last_error = None;
+                d.next_attempt_at = None;
+            }
+            AttemptOutcome::Retry {
+                status,
+                error,
+                next_attempt_at,
+            } => {
+                d.last_status = status;
+                d.last_error = Some(error);
+                d.next_attempt_at = Some(truncate_to_micros(next_attempt_at));
+            }
+            AttemptOutcome::Failed { status, error } => {
+                d.status = DeliveryStatus::Failed;
+                d.last_status = status;
+                d.last_error = Some(error);
+                d.next_attempt_at = None;
+            }
+        }
+        st.deliveries.insert(id, d.clone());
+        Ok(d)
+    }
+
+    async fn deliveries(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>, StoreError> {
+        let st = self.lock();
+        let mut all: Vec<&Delivery> = st
+            .deliveries
+            .values()
+            .filter(|d| filter.job.is_none_or(|j| j == d.job_id))
+            .filter(|d| filter.statuses.is_empty() || filter.statuses.contains(&d.status))
+            .collect();
+        all.sort_by_key(|d| (d.event_seq, d.id));
+        let limit = if filter.limit == 0 {
+            usize::MAX
+        } else {
+            filter.limit
+        };
+        Ok(all.into_iter().take(limit).cloned().collect())
+    }
+}

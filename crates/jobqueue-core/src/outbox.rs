@@ -1,0 +1,126 @@
+//! The webhook outbox: which events go to which URLs, and the delivery rows a
+//! store writes in the same atomic step as the event.
+//!
+//! Core only routes and records; signing and sending live in `jobqueue-events`.
+
+use time::OffsetDateTime;
+
+use crate::event::Event;
+use crate::id::{DeliveryId, JobId};
+use crate::machine::EventType;
+use crate::names::named_enum;
+
+/// A configured webhook endpoint, as far as routing is concerned. Its secret,
+/// retry schedule and timeout belong to the dispatcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRoute {
+    /// Where to POST.
+    pub url: String,
+    /// The event types it wants; `None` means every type but
+    /// `job.phase.progress`.
+    pub events: Option<Vec<EventType>>,
+}
+
+impl WebhookRoute {
+    /// Whether an event of type `ty` goes to this endpoint.
+    pub fn wants(&self, ty: EventType) -> bool {
+        match &self.events {
+            Some(types) => types.contains(&ty),
+            None => default_filter(ty),
+        }
+    }
+}
+
+/// The default filter of an endpoint and of a per-job `webhook_url`: every
+/// event type but progress, which is frequent and coalesced.
+pub fn default_filter(ty: EventType) -> bool {
+    ty != EventType::PhaseProgress
+}
+
+named_enum! {
+    /// Where a delivery is in its life.
+    pub enum DeliveryStatus ("delivery status") {
+        /// Waiting for its next attempt.
+        Pending => "pending",
+        /// A 2xx answer arrived.
+        Delivered => "delivered",
+        /// Gave up: the schedule ran out, or the receiver said 410 Gone.
+        Failed => "failed",
+    }
+}
+
+named_enum! {
+    /// Whose endpoint a delivery goes to, which decides its secret.
+    pub enum DeliveryTarget ("delivery target") {
+        /// A `[[webhooks]]` endpoint of the configuration, found by its URL.
+        Endpoint => "endpoint",
+        /// The job's own `webhook_url`, signed with the default secret.
+        Job => "job",
+    }
+}
+
+/// One event to one endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// Its id; the `webhook-id` header.
+    pub id: DeliveryId,
+    /// The event's sequence number.
+    pub event_seq: u64,
+    /// The event's job.
+    pub job_id: JobId,
+    /// Whose endpoint.
+    pub target: DeliveryTarget,
+    /// Where to POST.
+    pub url: String,
+    /// A snapshot of the event, so the delivery never needs the job's rows.
+    pub event: Event,
+    /// Its status.
+    pub status: DeliveryStatus,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The HTTP status of the last attempt, if one arrived.
+    pub last_status: Option<u16>,
+    /// What went wrong in the last attempt.
+    pub last_error: Option<String>,
+    /// When the next attempt is due (`None` once it ended).
+    pub next_attempt_at: Option<OffsetDateTime>,
+    /// When it was written.
+    pub created_at: OffsetDateTime,
+}
+
+/// What one delivery attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// A 2xx answer.
+    Delivered {
+        /// The status code.
+        status: u16,
+    },
+    /// It failed; try again at `next_attempt_at`.
+    Retry {
+        /// The status code, if an answer arrived.
+        status: Option<u16>,
+        /// What went wrong.
+        error: String,
+        /// When to try again.
+        next_attempt_at: OffsetDateTime,
+    },
+    /// It failed for good.
+    Failed {
+        /// The status code, if an answer arrived.
+        status: Option<u16>,
+        /// What went wrong.
+        error: String,
+    },
+}
+
+/// Which deliveries to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryFilter {
+    /// Only this job's.
+    pub job: Option<JobId>,
+    /// Only these statuses; empty means all.
+    pub statuses: Vec<DeliveryStatus>,
+    /// At most this many (0 means no limit).
+    pub limit: usize,
+}

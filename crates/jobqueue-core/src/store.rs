@@ -1,0 +1,297 @@
+//! The [`JobStore`] contract: everything the runtime, the event layer and the
+//! server need from persistence.
+//!
+//! # Roles
+//! - The **façade** enqueues, reads, cancels, retries and deletes.
+//! - The **pump** claims runnable jobs, each with a [`Lease`] (fencing token).
+//! - The **phase runner** writes phase and job transitions with that lease.
+//! - The **event layer** reads events after a sequence number and works the
+//!   webhook outbox; the **retention scheduler** marks stale and deletes.
+//!
+//! # Guarantees every implementation gives
+//! - A write returns only after it is durable (for a durable store).
+//! - A write that changes state appends its event(s), and the webhook
+//!   deliveries those events route to, in the same atomic step.
+//! - A write the transition table refuses, or whose lease is stale, returns an
+//!   error and changes nothing.
+//! - Event sequence numbers are strictly increasing and published to the
+//!   [`EventSink`] in that order, after the commit.
+//!
+//! The conformance suite (`jobqueue_core::testing`, feature `testing`) checks
+//! all of this; [`MemoryStore`](crate::MemoryStore) is the reference.
+//!
+//! # Pitfalls
+//! - Do not hold a store call across a user's phase code: the lease may be
+//!   lost meanwhile; every write re-checks it.
+//! - [`EventSink::publish`] runs on the writer's path: it must not block.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::error::StoreError;
+use crate::event::Event;
+use crate::id::{DeliveryId, JobId, LeaseToken};
+use crate::job::{Job, JobError, NewJob, Progress};
+use crate::machine::{EventType, JobStatus};
+use crate::outbox::{AttemptOutcome, Delivery, DeliveryFilter, WebhookRoute};
+
+/// A claim on a running job: the job and the fencing token its writes carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// The job.
+    pub job_id: JobId,
+    /// The claim's fencing token.
+    pub token: LeaseToken,
+    /// The attempt this claim started (1-based).
+    pub attempt: u32,
+}
+
+/// A job handed to a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    /// Its lease.
+    pub lease: Lease,
+    /// The job as it was after the claim (status `running`).
+    pub job: Job,
+}
+
+/// What to claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRequest {
+    /// At most this many jobs.
+    pub limit: usize,
+    /// The lease lasts this long unless a heartbeat renews it.
+    pub lease_for: Duration,
+    /// Skip jobs of these pipelines (e.g. those at their concurrency cap).
+    pub exclude_pipelines: Vec<String>,
+}
+
+impl ClaimRequest {
+    /// Up to `limit` jobs with a 30 s lease.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            lease_for: Duration::from_secs(30),
+            exclude_pipelines: Vec::new(),
+        }
+    }
+}
+
+/// How a phase failure ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureOutcome {
+    /// Queue the job again at this time; it resumes at the failed phase.
+    RetryAt(OffsetDateTime),
+    /// Fail the job for good.
+    Fail,
+}
+
+/// What a cancel request did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    /// The job was queued and is now cancelled.
+    Cancelled(Job),
+    /// The job is running; it is flagged, and its worker finishes the cancel.
+    Requested(Job),
+}
+
+/// Which running jobs [`JobStore::recover`] interrupts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoverScope {
+    /// Every running job: the process that ran them is known to be gone
+    /// (one process per store, at startup).
+    All,
+    /// Only jobs whose lease expired: other processes may be alive.
+    ExpiredLeases,
+}
+
+/// Which jobs to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Only these statuses; empty means all.
+    pub statuses: Vec<JobStatus>,
+    /// Only this pipeline.
+    pub pipeline: Option<String>,
+    /// At most this many per page (0 means the default, 50).
+    pub limit: usize,
+    /// Continue after this job (the previous page's `next_cursor`).
+    pub cursor: Option<JobId>,
+}
+
+/// One page of jobs, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobPage {
+    /// The jobs.
+    pub jobs: Vec<Job>,
+    /// Pass as `cursor` for the next page; `None` on the last page.
+    pub next_cursor: Option<JobId>,
+}
+
+/// Which events to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Only this job's.
+    pub job: Option<JobId>,
+    /// Only these types; empty means all.
+    pub types: Vec<EventType>,
+}
+
+impl EventFilter {
+    /// Whether `event` passes.
+    pub fn matches(&self, event: &Event) -> bool {
+        self.job.is_none_or(|j| j == event.job_id)
+            && (self.types.is_empty() || self.types.contains(&event.event_type()))
+    }
+}
+
+/// Receives every event after its commit, in sequence order.
+pub trait EventSink: Send + Sync {
+    /// Called once per committed write with the events it appended. Must not
+    /// block: buffer or drop, never wait.
+    fn publish(&self, events: &[Event]);
+}
+
+/// The persistence contract of jobqueue. Object safe: use it as
+/// `Arc<dyn JobStore>`.
+///
+/// Every method that takes a [`Lease`] fails with
+/// [`StoreError::LeaseLost`] and changes nothing when the job's current lease
+/// is not that one.
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// Sets the receiver of committed events (replaces any earlier one).
+    fn set_event_sink(&self, sink: Arc<dyn EventSink>);
+
+    /// Sets the configured webhook endpoints that future events route to.
+    fn set_webhook_routes(&self, routes: Vec<WebhookRoute>);
+
+    /// Persists a job (event `job.created`). Fails with `Duplicate` when a
+    /// queued or running job holds its unique key.
+    async fn enqueue(&self, job: NewJob) -> Result<Job, StoreError>;
+
+    /// Persists all the jobs or none (`Batch` names the bad one).
+    async fn enqueue_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>, StoreError>;
+
+    /// Claims up to `limit` queued jobs whose `run_at` has come, highest
+    /// priority first, then earliest `run_at`, then oldest. Each claim starts
+    /// an attempt (event `job.started`) with a new fencing token.
+    async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>, StoreError>;
+
+    /// Renews the lease until `now + extend`; returns whether a cancel was
+    /// requested meanwhile.
+    async fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<bool, StoreError>;
+
+    /// Phase `index` starts (event `job.phase.started`).
+    async fn phase_started(&self, lease: &Lease, index: usize) -> Result<(), StoreError>;
+
+    /// The running phase `index` reports progress (event `job.phase.progress`).
+    async fn phase_progress(
+        &self,
+        lease: &Lease,
+        index: usize,
+        progress: Progress,
+    ) -> Result<(), StoreError>;
+
+    /// Phase `index` completed with `result`, stored with the status change
+    /// (event `job.phase.completed`).
+    async fn phase_completed(
+        &self,
+        lease: &Lease,
+        index: usize,
+        result: Value,
+    ) -> Result<(), StoreError>;
+
+    /// Phase `index` failed (event `job.phase.failed`), and the job is queued
+    /// again or fails (then also `job.failed`), in one step.
+    async fn phase_failed(
+        &self,
+        lease: &Lease,
+        index: usize,
+        error: String,
+        outcome: FailureOutcome,
+    ) -> Result<Job, StoreError>;
+
+    /// Every phase completed: the job completes (event `job.completed` with
+    /// all results). Refused while a phase is not completed.
+    async fn complete_job(&self, lease: &Lease) -> Result<Job, StoreError>;
+
+    /// The job fails outside any phase (e.g. unknown pipeline; event `job.failed`).
+    async fn fail_job(&self, lease: &Lease, error: JobError) -> Result<Job, StoreError>;
+
+    /// The running job is cancelled by its worker after a cancel request
+    /// (event `job.cancelled`); its running phase becomes `cancelled`.
+    async fn cancel_running(&self, lease: &Lease) -> Result<Job, StoreError>;
+
+    /// The running job is cut short by a shutdown: queued again with its
+    /// interrupted context (event `job.interrupted`).
+    async fn interrupt(&self, lease: &Lease) -> Result<Job, StoreError>;
+
+    /// Interrupts running jobs left by a process that is gone (see
+    /// [`RecoverScope`]); each keeps its interrupted context and is queued.
+    async fn recover(&self, scope: RecoverScope) -> Result<Vec<Job>, StoreError>;
+
+    /// A user cancels a job: queued ones at once, running ones are flagged.
+    async fn request_cancel(&self, id: JobId) -> Result<CancelOutcome, StoreError>;
+
+    /// A user retries a failed or cancelled job: queued now with a fresh
+    /// attempt budget, resuming at the first phase not completed (event
+    /// `job.retried`).
+    async fn retry(&self, id: JobId) -> Result<Job, StoreError>;
+
+    /// A user deletes a finished or stale job with all its rows (event
+    /// `job.deleted`, which webhooks still receive).
+    async fn delete(&self, id: JobId) -> Result<(), StoreError>;
+
+    /// One job with its phases.
+    async fn job(&self, id: JobId) -> Result<Option<Job>, StoreError>;
+
+    /// A page of jobs, newest first.
+    async fn list(&self, filter: JobFilter) -> Result<JobPage, StoreError>;
+
+    /// Up to `limit` events with `seq > after`, oldest first.
+    async fn events_after(
+        &self,
+        after: u64,
+        filter: EventFilter,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError>;
+
+    /// The highest sequence number used so far (0 before the first event).
+    async fn last_seq(&self) -> Result<u64, StoreError>;
+
+    /// Marks up to `limit` finished jobs whose `finished_at` is before
+    /// `finished_before` stale (event `job.stale`).
+    async fn mark_stale(
+        &self,
+        finished_before: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError>;
+
+    /// Deletes up to `limit` stale jobs whose `stale_at` is before
+    /// `stale_before`, each with all its rows (event `job.deleted`).
+    async fn delete_stale(
+        &self,
+        stale_before: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError>;
+
+    /// Pending deliveries whose next attempt is due, oldest first.
+    async fn due_deliveries(&self, limit: usize) -> Result<Vec<Delivery>, StoreError>;
+
+    /// The earliest `next_attempt_at` of any pending delivery.
+    async fn next_delivery_at(&self) -> Result<Option<OffsetDateTime>, StoreError>;
+
+    /// Records what an attempt came to.
+    async fn record_attempt(
+        &self,
+        id: DeliveryId,
+        outcome: AttemptOutcome,
+    ) -> Result<Delivery, StoreError>;
+
+    /// Lists deliveries, oldest first.
+    async fn deliveries(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>, StoreError>;
+}

@@ -1,0 +1,1 @@
+//! jobqueue-store-sqlite (placeholder)
