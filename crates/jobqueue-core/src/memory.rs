@@ -894,3 +894,19 @@ impl JobStore for MemoryStore {
         Ok(all.into_iter().take(limit).cloned().collect())
     }
 }
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use std::sync::Arc;
+
+    use super::MemoryStore;
+    use crate::store::JobStore;
+    use crate::testing;
+
+    #[test]
+    fn passes_the_conformance_suite() {
+        futures::executor::block_on(testing::run_all(|clock| {
+            Box::pin(async move { Arc::new(MemoryStore::with_clock(clock)) as Arc<dyn JobStore> })
+        }));
+    }
+}
