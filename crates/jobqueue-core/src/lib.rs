@@ -22,6 +22,8 @@ pub mod id;
 pub mod job;
 pub mod machine;
 pub mod memory;
+#[cfg(test)]
+mod model_tests;
 mod names;
 pub mod outbox;
 pub mod retry;
