@@ -45,6 +45,7 @@ struct Output {
 
 pub(crate) fn run(mode: Mode) -> Result<()> {
     let mut stale = Vec::new();
+    let mut updated = 0;
     for out in outputs()? {
         let current = std::fs::read_to_string(&out.path).ok();
         if current.as_deref() == Some(out.content.as_str()) {
@@ -55,6 +56,7 @@ pub(crate) fn run(mode: Mode) -> Result<()> {
                 std::fs::write(&out.path, &out.content)
                     .with_context(|| format!("could not write {}", out.path.display()))?;
                 eprintln!("codegen: updated {}", rel(&out.path));
+                updated += 1;
             }
             Mode::Check => stale.push(rel(&out.path)),
         }
@@ -65,7 +67,9 @@ pub(crate) fn run(mode: Mode) -> Result<()> {
             stale.join(", ")
         );
     }
-    eprintln!("codegen: up to date");
+    if updated == 0 {
+        eprintln!("codegen: up to date");
+    }
     Ok(())
 }
 
