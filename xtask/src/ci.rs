@@ -65,11 +65,14 @@ fn steps() -> Vec<Step> {
     ];
     if nextest {
         steps.push(Step::new("test (nextest)", || {
-            exec(
-                cargo()
-                    .args(["nextest", "run", "--workspace", "--all-features"])
-                    .args(locked()),
-            )
+            let mut cmd = cargo();
+            cmd.args(["nextest", "run", "--workspace", "--all-features"])
+                .args(locked());
+            if in_ci() {
+                // See .config/nextest.toml.
+                cmd.args(["--profile", "ci"]);
+            }
+            exec(&mut cmd)
         }));
         // nextest does not run doctests.
         steps.push(Step::new("doctest", || {
@@ -123,9 +126,10 @@ fn has_nextest() -> bool {
 /// In CI (`CI` set), `Cargo.lock` must already be up to date: a dependency
 /// change without its lock file fails here instead of resolving silently.
 fn locked() -> &'static [&'static str] {
-    if std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false") {
-        &["--locked"]
-    } else {
-        &[]
-    }
+    if in_ci() { &["--locked"] } else { &[] }
+}
+
+/// The `CI` variable is set (and not to `false`), as CI services and `.ci/run` do.
+fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
 }
