@@ -1,1 +1,105 @@
-//! integration
+//! The workspace's integration tests: one binary, every test run once per
+//! store kind (see [`store_tests!`]).
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "tests: an unexpected error is a failure"
+)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobqueue::{Clock, JobQueue, JobQueueBuilder, MemoryStore, Pipeline, RetryPolicy, TokioClock};
+use jobqueue_tests::{Recorder, StoreKind};
+
+/// Defines each test once as `async fn name(kind: StoreKind)` and runs it
+/// against every store: the memory store on tokio's paused time, the SQLite
+/// store on real time (its writer thread does real I/O, which paused time
+/// would skip over).
+macro_rules! store_tests {
+    ($(async fn $name:ident($kind:ident: StoreKind) $body:block)*) => {
+        $(async fn $name($kind: StoreKind) $body)*
+
+        mod memory {
+            $(
+                #[tokio::test(start_paused = true)]
+                async fn $name() {
+                    super::$name(jobqueue_tests::StoreKind::Memory).await
+                }
+            )*
+        }
+    };
+}
+
+mod runtime;
+
+/// A test's world: a store (that survives "restarts"), a clock, a temp dir.
+struct Env {
+    kind: StoreKind,
+    dir: tempfile::TempDir,
+    memory: MemoryStore,
+    clock: Arc<dyn Clock>,
+}
+
+impl Env {
+    fn new(kind: StoreKind) -> Self {
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+        Self {
+            kind,
+            dir: tempfile::tempdir().unwrap(),
+            memory: MemoryStore::with_clock(clock.clone()),
+            clock,
+        }
+    }
+
+    #[expect(dead_code, reason = "used by the SQLite-only tests")]
+    fn db_path(&self) -> PathBuf {
+        self.dir.path().join("jobs.db")
+    }
+
+    /// A builder with fast test settings on this env's store.
+    async fn builder(&self) -> JobQueueBuilder {
+        let store = self
+            .kind
+            .open(self.dir.path(), &self.memory, self.clock.clone())
+            .await;
+        JobQueue::builder()
+            .store(store)
+            .clock(self.clock.clone())
+            .retry_policy(fast_retry(3))
+            .stop_grace(Duration::from_millis(200))
+            .shutdown_timeout(Duration::from_millis(200))
+            .poll_interval(Duration::from_millis(100))
+            .jitter_seed(7)
+    }
+
+    /// Starts a queue with `pipelines` and records its events.
+    async fn start(&self, pipelines: Vec<Pipeline>) -> (JobQueue, Arc<Recorder>) {
+        self.start_with(pipelines, |b| b).await
+    }
+
+    async fn start_with(
+        &self,
+        pipelines: Vec<Pipeline>,
+        tweak: impl FnOnce(JobQueueBuilder) -> JobQueueBuilder,
+    ) -> (JobQueue, Arc<Recorder>) {
+        let mut b = self.builder().await;
+        for p in pipelines {
+            b = b.pipeline(p);
+        }
+        let queue = tweak(b).start().await.unwrap();
+        let rec = Recorder::install(queue.store());
+        (queue, rec)
+    }
+}
+
+fn fast_retry(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(100),
+        multiplier: 2.0,
+        jitter: 0.5,
+    }
+}

@@ -1,1 +1,25 @@
-//! jobqueue-runtime (placeholder)
+//! `jobqueue-runtime`: the part of jobqueue that runs jobs.
+//!
+//! It sits between the store (any [`JobStore`](jobqueue_core::JobStore),
+//! used as `Arc<dyn JobStore>`) and the façade `jobqueue`. The [`Runtime`]
+//! recovers jobs a previous process left running, then its pump claims
+//! runnable jobs in batches up to the free slots of the worker pool; each
+//! claimed job runs on its own task through the phase runner, which persists
+//! every transition with the claim's fencing token. Retries resume at the
+//! failed phase; completed phases never run again. Shutdown stops claiming,
+//! lets phases finish within a deadline and records the rest as interrupted.
+//!
+//! See `docs/runtime-lifecycle.md` for the walk from startup to shutdown.
+
+mod clock;
+mod phase;
+mod pipeline;
+mod runner;
+mod runtime;
+
+pub use clock::TokioClock;
+pub use phase::{
+    FailureKind, FnPhase, Phase, PhaseContext, PhaseError, ProgressReporter, phase_fn, to_result,
+};
+pub use pipeline::{PhaseSpec, Pipeline, Pipelines};
+pub use runtime::{Runtime, RuntimeConfig, StartError};

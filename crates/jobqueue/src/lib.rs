@@ -1,1 +1,53 @@
-//! jobqueue (placeholder)
+//! `jobqueue`: a durable job orchestrator for Rust programs.
+//!
+//! This is the façade: one handle, [`JobQueue`], over the layers below it.
+//! A program builds a queue with a store (an SQLite file by default), its
+//! pipelines and options, then enqueues jobs; the runtime runs each job's
+//! phases in order, persisting every transition, retrying from the failed
+//! phase, and resuming interrupted jobs after a crash or shutdown.
+//!
+//! ```no_run
+//! use jobqueue::{JobQueue, Pipeline, PhaseError, phase_fn};
+//! use serde_json::json;
+//!
+//! # async fn demo() -> Result<(), jobqueue::Error> {
+//! let queue = JobQueue::builder()
+//!     .sqlite("jobs.db")
+//!     .pipeline(
+//!         Pipeline::new("greet")
+//!             .phase(phase_fn("hello", |ctx| async move {
+//!                 ctx.report(100, Some("said hello"));
+//!                 Ok::<_, PhaseError>(json!("hello"))
+//!             })),
+//!     )
+//!     .start()
+//!     .await?;
+//! let job = queue.enqueue("greet", &json!({"name": "Ada"})).await?;
+//! # let _ = job;
+//! queue.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! The layers are re-exported as modules: [`core`] (types, state machine,
+//! store contract), [`runtime`] (pump, pool, phases), [`events`] (event bus,
+//! SSE, webhooks) and, with the `sqlite` feature, [`sqlite`].
+
+mod error;
+mod queue;
+
+pub use error::Error;
+pub use jobqueue_core as core;
+pub use jobqueue_core::{
+    CancelOutcome, Clock, ErrorKind, Event, EventData, EventFilter, EventType, Interrupted, Job,
+    JobError, JobFilter, JobId, JobPage, JobStatus, JobStore, ManualClock, MemoryStore, NewJob,
+    Phase as PhaseRecord, PhaseStatus, Progress, RecoverScope, RetryPolicy, StoreError,
+    SystemClock,
+};
+pub use jobqueue_runtime as runtime;
+pub use jobqueue_runtime::{
+    FailureKind, Phase, PhaseContext, PhaseError, Pipeline, ProgressReporter, TokioClock, phase_fn,
+    to_result,
+};
+#[cfg(feature = "sqlite")]
+pub use jobqueue_store_sqlite as sqlite;
+pub use queue::{JobQueue, JobQueueBuilder, JobResults};

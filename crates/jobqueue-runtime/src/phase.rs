@@ -1,0 +1,252 @@
+//! Phases: the steps of a pipeline, and what a phase sees while it runs.
+//!
+//! A phase is a [`Phase`] trait object with a name and an async `run` that
+//! returns a JSON result or a typed [`PhaseError`] saying whether a retry may
+//! help. [`phase_fn`] makes one from an async closure.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use jobqueue_core::{Interrupted, JobId, Progress};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// One step of a pipeline.
+///
+/// `run` may be called more than once for the same job (after a retryable
+/// failure, a crash or a shutdown) but never again once it returned `Ok` and
+/// that result was stored.
+#[async_trait]
+pub trait Phase: Send + Sync + 'static {
+    /// The phase's name, unique within its pipeline.
+    fn name(&self) -> &str;
+
+    /// Runs the phase.
+    async fn run(&self, ctx: PhaseContext) -> Result<Value, PhaseError>;
+}
+
+/// Whether a failed phase may succeed if tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Try again while attempts remain (network blip, timeout, busy).
+    Retryable,
+    /// Do not retry: the job fails now (bad input, missing file).
+    Permanent,
+}
+
+/// Why a phase failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct PhaseError {
+    /// Retryable or permanent.
+    pub kind: FailureKind,
+    /// What went wrong, stored as the phase's error.
+    pub message: String,
+}
+
+impl PhaseError {
+    /// A failure that a retry may fix.
+    pub fn retryable(message: impl fmt::Display) -> Self {
+        Self {
+            kind: FailureKind::Retryable,
+            message: message.to_string(),
+        }
+    }
+
+    /// A failure no retry will fix.
+    pub fn permanent(message: impl fmt::Display) -> Self {
+        Self {
+            kind: FailureKind::Permanent,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Reports a phase's progress. Cheap to clone; the runner persists the
+/// latest value at most every progress interval (about 250 ms).
+#[derive(Debug, Clone)]
+pub struct ProgressReporter {
+    tx: Arc<watch::Sender<Option<Progress>>>,
+}
+
+impl ProgressReporter {
+    pub(crate) fn new() -> (Self, watch::Receiver<Option<Progress>>) {
+        let (tx, rx) = watch::channel(None);
+        (Self { tx: Arc::new(tx) }, rx)
+    }
+
+    /// Reports `percent` (0 to 100, clamped) with an optional message.
+    pub fn report(&self, percent: u8, message: Option<&str>) {
+        let progress = Progress::new(percent, message.map(str::to_owned));
+        self.tx.send_replace(Some(progress));
+    }
+
+    /// Reports `percent` without a message.
+    pub fn percent(&self, percent: u8) {
+        self.report(percent, None);
+    }
+
+    /// Reports a message, keeping the last percent.
+    pub fn message(&self, message: &str) {
+        let percent = self.tx.borrow().as_ref().map_or(0, |p| p.percent);
+        self.report(percent, Some(message));
+    }
+}
+
+/// What a running phase sees.
+#[derive(Debug, Clone)]
+pub struct PhaseContext {
+    pub(crate) job_id: JobId,
+    pub(crate) pipeline: Arc<str>,
+    pub(crate) phase: Arc<str>,
+    pub(crate) index: usize,
+    pub(crate) attempt: u32,
+    pub(crate) input: Arc<Value>,
+    pub(crate) results: Arc<Map<String, Value>>,
+    pub(crate) interrupted: Option<Interrupted>,
+    pub(crate) progress: ProgressReporter,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl PhaseContext {
+    /// The job's id.
+    pub fn job_id(&self) -> JobId {
+        self.job_id
+    }
+
+    /// The job's pipeline.
+    pub fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+
+    /// This phase's name.
+    pub fn phase(&self) -> &str {
+        &self.phase
+    }
+
+    /// This phase's 0-based position in the pipeline.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The job's attempt (1-based).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The job's input as JSON.
+    pub fn input(&self) -> &Value {
+        &self.input
+    }
+
+    /// The job's input read as `T`; a mismatch is a permanent failure.
+    pub fn input_as<T: DeserializeOwned>(&self) -> Result<T, PhaseError> {
+        T::deserialize(&*self.input)
+            .map_err(|e| PhaseError::permanent(format!("job input does not fit: {e}")))
+    }
+
+    /// The results of the phases that completed before this one.
+    pub fn results(&self) -> &Map<String, Value> {
+        &self.results
+    }
+
+    /// The result of the earlier phase `name` read as `T`; a missing or
+    /// mismatched result is a permanent failure.
+    pub fn result_of<T: DeserializeOwned>(&self, name: &str) -> Result<T, PhaseError> {
+        let value = self
+            .results
+            .get(name)
+            .ok_or_else(|| PhaseError::permanent(format!("no result of phase {name:?}")))?;
+        T::deserialize(value).map_err(|e| {
+            PhaseError::permanent(format!("result of phase {name:?} does not fit: {e}"))
+        })
+    }
+
+    /// Where a crash or shutdown cut this job short before, if it did.
+    pub fn interrupted(&self) -> Option<&Interrupted> {
+        self.interrupted.as_ref()
+    }
+
+    /// The progress reporter.
+    pub fn progress(&self) -> &ProgressReporter {
+        &self.progress
+    }
+
+    /// Reports progress; shorthand for `progress().report(..)`.
+    pub fn report(&self, percent: u8, message: Option<&str>) {
+        self.progress.report(percent, message);
+    }
+
+    /// Resolves when the phase should stop: the job was cancelled, or the
+    /// process is shutting down. A phase that notices returns early; one that
+    /// does not is stopped after a grace period.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    /// Whether [`cancelled`](Self::cancelled) has resolved.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
+
+/// Turns a serializable value into a phase result.
+pub fn to_result<T: Serialize>(value: &T) -> Result<Value, PhaseError> {
+    serde_json::to_value(value)
+        .map_err(|e| PhaseError::permanent(format!("result is not JSON: {e}")))
+}
+
+/// A phase made from an async function; see [`phase_fn`].
+pub struct FnPhase<F> {
+    name: String,
+    f: F,
+}
+
+impl<F> fmt::Debug for FnPhase<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FnPhase")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes a phase from an async function of its context.
+///
+/// ```
+/// use jobqueue_runtime::{phase_fn, PhaseError};
+/// let fetch = phase_fn("fetch", |ctx| async move {
+///     ctx.report(50, Some("half way"));
+///     Ok::<_, PhaseError>(serde_json::json!({"bytes": 42}))
+/// });
+/// # let _ = fetch;
+/// ```
+pub fn phase_fn<F, Fut>(name: impl Into<String>, f: F) -> FnPhase<F>
+where
+    F: Fn(PhaseContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, PhaseError>> + Send + 'static,
+{
+    FnPhase {
+        name: name.into(),
+        f,
+    }
+}
+
+#[async_trait]
+impl<F, Fut> Phase for FnPhase<F>
+where
+    F: Fn(PhaseContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, PhaseError>> + Send + 'static,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn run(&self, ctx: PhaseContext) -> Result<Value, PhaseError> {
+        (self.f)(ctx).await
+    }
+}

@@ -1,0 +1,387 @@
+//! The pump and the worker pool: claims runnable jobs in batches up to the
+//! free slots, runs each on its own task through the phase runner, and stops
+//! cleanly on shutdown.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use jobqueue_core::{
+    CancelOutcome, ClaimRequest, Claimed, Clock, JobId, JobStore, RecoverScope, RetryPolicy,
+    SeededJitter, StoreError, SystemClock,
+};
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::pipeline::Pipelines;
+use crate::runner;
+
+/// How the runtime behaves. `Default` gives sensible values for one process
+/// on one SQLite file.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Jobs running at once, at most.
+    pub concurrency: usize,
+    /// The retry policy of pipelines without their own.
+    pub retry: RetryPolicy,
+    /// How long a claim lasts without a heartbeat.
+    pub lease: Duration,
+    /// How often a running job renews its lease (and notices cancel requests
+    /// made through the store by another process).
+    pub heartbeat: Duration,
+    /// Progress is persisted at most this often per phase.
+    pub progress_interval: Duration,
+    /// The pump also looks for work this often, for jobs that another
+    /// process enqueued or that became due without a wake-up here.
+    pub poll_interval: Duration,
+    /// A phase told to stop (cancel, shutdown deadline) gets this long to
+    /// return before it is dropped.
+    pub stop_grace: Duration,
+    /// Which running jobs to recover at startup.
+    pub recover: RecoverScope,
+    /// Where time comes from (the store should share it).
+    pub clock: Arc<dyn Clock>,
+    /// Seed of the backoff jitter; `None` seeds from the system.
+    pub jitter_seed: Option<u64>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            retry: RetryPolicy::default(),
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(10),
+            progress_interval: Duration::from_millis(250),
+            poll_interval: Duration::from_secs(1),
+            stop_grace: Duration::from_secs(5),
+            recover: RecoverScope::All,
+            clock: Arc::new(SystemClock),
+            jitter_seed: None,
+        }
+    }
+}
+
+/// Counts of running jobs, and the cancel signal of each.
+#[derive(Default)]
+pub(crate) struct Running {
+    pub(crate) total: usize,
+    pub(crate) per_pipeline: HashMap<String, usize>,
+    pub(crate) cancels: HashMap<JobId, CancellationToken>,
+    /// The most jobs that ever ran at once (for tests and metrics).
+    pub(crate) peak: usize,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn JobStore>,
+    pub(crate) pipelines: Pipelines,
+    pub(crate) config: RuntimeConfig,
+    pub(crate) wake: Notify,
+    wake_times: Mutex<BinaryHeap<Reverse<OffsetDateTime>>>,
+    pub(crate) running: Mutex<Running>,
+    /// Fired when shutdown starts: stop claiming.
+    stop_claiming: CancellationToken,
+    /// Fired when the shutdown deadline passes: stop running phases.
+    pub(crate) stop_phases: CancellationToken,
+    pub(crate) jitter: Mutex<SeededJitter>,
+    tracker: TaskTracker,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded data are counters and maps updated in single statements;
+    // a panic elsewhere cannot leave them half-changed.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    pub(crate) fn running(&self) -> MutexGuard<'_, Running> {
+        lock(&self.running)
+    }
+
+    /// Wakes the pump now, and again at `at` if that is in the future.
+    pub(crate) fn wake_at(&self, at: OffsetDateTime) {
+        if at > self.config.clock.now() {
+            lock(&self.wake_times).push(Reverse(at));
+        }
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn backoff(&self, policy: &RetryPolicy, failed_attempt: u32) -> Duration {
+        policy.backoff(failed_attempt, &mut *lock(&self.jitter))
+    }
+
+    /// How long the pump may sleep before it must look again.
+    fn next_wait(&self) -> Duration {
+        let now = self.config.clock.now();
+        let mut times = lock(&self.wake_times);
+        while times.peek().is_some_and(|Reverse(t)| *t <= now) {
+            times.pop();
+        }
+        let until_next = times.peek().map(|Reverse(t)| (*t - now).unsigned_abs());
+        until_next.map_or(self.config.poll_interval, |d| {
+            d.min(self.config.poll_interval)
+        })
+    }
+}
+
+/// A running job queue runtime: the pump, its workers and their signals.
+pub struct Runtime {
+    inner: Arc<Inner>,
+    pump: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is wrong.
+    #[error("invalid runtime configuration: {0}")]
+    Config(String),
+    /// Recovering interrupted jobs failed.
+    #[error("recovering interrupted jobs failed")]
+    Recover(#[source] StoreError),
+}
+
+impl Runtime {
+    /// Recovers jobs a previous process left running, then starts the pump.
+    /// Must be called within a tokio runtime.
+    pub async fn start(
+        store: Arc<dyn JobStore>,
+        pipelines: Pipelines,
+        config: RuntimeConfig,
+    ) -> Result<Self, StartError> {
+        if config.concurrency == 0 {
+            return Err(StartError::Config("concurrency must be at least 1".into()));
+        }
+        if config.heartbeat >= config.lease {
+            return Err(StartError::Config(
+                "heartbeat must be shorter than the lease".into(),
+            ));
+        }
+        let recovered = store
+            .recover(config.recover)
+            .await
+            .map_err(StartError::Recover)?;
+        for job in &recovered {
+            info!(job_id = %job.id, pipeline = %job.pipeline, interrupted = ?job.interrupted, "recovered interrupted job");
+        }
+        let seed = config.jitter_seed;
+        let inner = Arc::new(Inner {
+            store,
+            pipelines,
+            config,
+            wake: Notify::new(),
+            wake_times: Mutex::default(),
+            running: Mutex::default(),
+            stop_claiming: CancellationToken::new(),
+            stop_phases: CancellationToken::new(),
+            jitter: Mutex::new(seed.map_or_else(SeededJitter::from_entropy, SeededJitter::new)),
+            tracker: TaskTracker::new(),
+        });
+        let pump = tokio::spawn(pump(inner.clone()));
+        Ok(Self {
+            inner,
+            pump: Mutex::new(Some(pump)),
+        })
+    }
+
+    /// The store the runtime works on.
+    pub fn store(&self) -> &Arc<dyn JobStore> {
+        &self.inner.store
+    }
+
+    /// The pipelines it runs.
+    pub fn pipelines(&self) -> &Pipelines {
+        &self.inner.pipelines
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    /// Tells the pump that a job was enqueued that becomes runnable at
+    /// `run_at`: it claims at once, or wakes at that time.
+    pub fn notify_enqueued(&self, run_at: OffsetDateTime) {
+        self.inner.wake_at(run_at);
+    }
+
+    /// Cancels a job: a queued one at once, a running one through its
+    /// cancellation signal (it ends `cancelled` after its phase returns or
+    /// the stop grace ends).
+    pub async fn cancel(&self, id: JobId) -> Result<CancelOutcome, StoreError> {
+        let outcome = self.inner.store.request_cancel(id).await?;
+        if let CancelOutcome::Requested(_) = &outcome {
+            if let Some(token) = self.inner.running().cancels.get(&id) {
+                token.cancel();
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Jobs running in this process now.
+    pub fn running_jobs(&self) -> usize {
+        self.inner.running().total
+    }
+
+    /// The most jobs that ran at once in this process.
+    pub fn peak_running(&self) -> usize {
+        self.inner.running().peak
+    }
+
+    /// Stops claiming, lets running phases finish within `timeout`, then
+    /// tells the rest to stop and records them as interrupted: they resume
+    /// at the next start. Returns once every worker has ended.
+    pub async fn shutdown(&self, timeout: Duration) {
+        info!(?timeout, "shutting down: no more claims");
+        self.inner.stop_claiming.cancel();
+        let pump = lock(&self.pump).take();
+        if let Some(pump) = pump {
+            if let Err(e) = pump.await {
+                warn!(error = %e, "pump task ended abnormally");
+            }
+        }
+        self.inner.tracker.close();
+        if tokio::time::timeout(timeout, self.inner.tracker.wait())
+            .await
+            .is_err()
+        {
+            let left = self.running_jobs();
+            info!(
+                left,
+                "shutdown deadline passed: stopping running phases as interrupted"
+            );
+            self.inner.stop_phases.cancel();
+            self.inner.tracker.wait().await;
+        }
+        info!("shutdown complete");
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        // Dropping without `shutdown` stops claiming; running workers end with
+        // their tasks when the tokio runtime goes, and recovery resumes them.
+        self.inner.stop_claiming.cancel();
+    }
+}
+
+async fn pump(inner: Arc<Inner>) {
+    loop {
+        if inner.stop_claiming.is_cancelled() {
+            break;
+        }
+        claim_round(&inner).await;
+        let wait = inner.next_wait();
+        tokio::select! {
+            () = inner.wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+            () = inner.stop_claiming.cancelled() => break,
+        }
+    }
+    debug!("pump stopped");
+}
+
+/// Claims while there are free slots and jobs to claim.
+async fn claim_round(inner: &Arc<Inner>) {
+    loop {
+        let (limit, exclude) = {
+            let running = inner.running();
+            let free = inner.config.concurrency.saturating_sub(running.total);
+            let mut exclude = Vec::new();
+            // A batch may hold jobs of any pipeline, so it is no larger than
+            // the room left under the tightest pipeline cap it could hit.
+            let mut room = usize::MAX;
+            for p in inner.pipelines.iter() {
+                if let Some(cap) = p.concurrency {
+                    let used = running.per_pipeline.get(p.name()).copied().unwrap_or(0);
+                    if used >= cap {
+                        exclude.push(p.name().to_owned());
+                    } else {
+                        room = room.min(cap - used);
+                    }
+                }
+            }
+            (free.min(room), exclude)
+        };
+        if limit == 0 {
+            return;
+        }
+        let req = ClaimRequest {
+            limit,
+            lease_for: inner.config.lease,
+            exclude_pipelines: exclude,
+        };
+        let claimed = match inner.store.claim(req).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, kind = ?e.kind(), "claim failed; trying again at the next wake-up");
+                return;
+            }
+        };
+        let n = claimed.len();
+        for c in claimed {
+            spawn_worker(inner, c);
+        }
+        if n < limit {
+            return;
+        }
+    }
+}
+
+fn spawn_worker(inner: &Arc<Inner>, claimed: Claimed) {
+    let token = CancellationToken::new();
+    {
+        let mut running = inner.running();
+        running.total += 1;
+        running.peak = running.peak.max(running.total);
+        *running
+            .per_pipeline
+            .entry(claimed.job.pipeline.clone())
+            .or_default() += 1;
+        running.cancels.insert(claimed.job.id, token.clone());
+    }
+    let guard = SlotGuard {
+        inner: inner.clone(),
+        job: claimed.job.id,
+        pipeline: claimed.job.pipeline.clone(),
+    };
+    inner.tracker.spawn(async move {
+        let guard = guard;
+        runner::run_job(&guard.inner, claimed, token).await;
+    });
+}
+
+/// Frees the worker's slot when its task ends, however it ends, and wakes
+/// the pump to fill it.
+struct SlotGuard {
+    inner: Arc<Inner>,
+    job: JobId,
+    pipeline: String,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        {
+            let mut running = self.inner.running();
+            running.total = running.total.saturating_sub(1);
+            if let Some(n) = running.per_pipeline.get_mut(&self.pipeline) {
+                *n = n.saturating_sub(1);
+            }
+            running.cancels.remove(&self.job);
+        }
+        self.inner.wake.notify_one();
+    }
+}

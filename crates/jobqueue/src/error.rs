@@ -1,0 +1,25 @@
+//! The façade's error type.
+
+use jobqueue_core::StoreError;
+use jobqueue_runtime::StartError;
+
+/// An error from [`JobQueue`](crate::JobQueue).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store refused or failed; see [`StoreError::kind`].
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No pipeline of that name is registered with this queue.
+    #[error("unknown pipeline {0:?}")]
+    UnknownPipeline(String),
+    /// The queue's configuration is wrong.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The runtime could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// A value could not be converted to or from JSON.
+    #[error("JSON conversion failed: {0}")]
+    Json(#[source] serde_json::Error),
+}

@@ -1,0 +1,321 @@
+//! [`JobQueue`] and its builder.
+
+#[cfg(feature = "sqlite")]
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobqueue_core::{
+    CancelOutcome, Clock, Job, JobFilter, JobId, JobPage, JobStore, MemoryStore, NewJob,
+    RecoverScope, RetryPolicy,
+};
+use jobqueue_runtime::{Pipeline, Pipelines, Runtime, RuntimeConfig};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+
+enum StoreChoice {
+    #[cfg(feature = "sqlite")]
+    Sqlite(PathBuf),
+    Memory,
+    Custom(Arc<dyn JobStore>),
+}
+
+/// Builds a [`JobQueue`]; see [`JobQueue::builder`].
+pub struct JobQueueBuilder {
+    store: StoreChoice,
+    pipelines: Vec<Pipeline>,
+    config: RuntimeConfig,
+    shutdown_timeout: Duration,
+}
+
+impl std::fmt::Debug for JobQueueBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobQueueBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobQueueBuilder {
+    /// Store jobs in the SQLite file at `path` (the default is `jobqueue.db`).
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite(mut self, path: impl Into<PathBuf>) -> Self {
+        self.store = StoreChoice::Sqlite(path.into());
+        self
+    }
+
+    /// Keep jobs in memory only (tests and demos: nothing survives the process).
+    pub fn memory(mut self) -> Self {
+        self.store = StoreChoice::Memory;
+        self
+    }
+
+    /// Use this store.
+    pub fn store(mut self, store: Arc<dyn JobStore>) -> Self {
+        self.store = StoreChoice::Custom(store);
+        self
+    }
+
+    /// Registers a pipeline.
+    pub fn pipeline(mut self, pipeline: Pipeline) -> Self {
+        self.pipelines.push(pipeline);
+        self
+    }
+
+    /// At most `n` jobs run at once (default 8).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.config.concurrency = n;
+        self
+    }
+
+    /// The retry policy of pipelines that have none of their own.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.config.retry = policy;
+        self
+    }
+
+    /// Where time comes from; the queue's own stores share it.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.config.clock = clock;
+        self
+    }
+
+    /// How long a claim lasts without a heartbeat (default 30 s); heartbeats
+    /// come every third of it.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.config.lease = lease;
+        self.config.heartbeat = lease / 3;
+        self
+    }
+
+    /// How long [`JobQueue::shutdown`] lets running phases finish (default 30 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// How long a phase told to stop may take to return (default 5 s).
+    pub fn stop_grace(mut self, grace: Duration) -> Self {
+        self.config.stop_grace = grace;
+        self
+    }
+
+    /// How often the pump looks for work that no wake-up announced (default 1 s).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.config.poll_interval = interval;
+        self
+    }
+
+    /// Seeds the backoff jitter, for reproducible tests.
+    pub fn jitter_seed(mut self, seed: u64) -> Self {
+        self.config.jitter_seed = Some(seed);
+        self
+    }
+
+    /// Which running jobs to recover at start: all of them (one process per
+    /// store, the default) or only those whose lease expired (several
+    /// processes share the store).
+    pub fn recover(mut self, scope: RecoverScope) -> Self {
+        self.config.recover = scope;
+        self
+    }
+
+    /// Opens the store, recovers interrupted jobs and starts the pump.
+    pub async fn start(self) -> Result<JobQueue, Error> {
+        let pipelines = Pipelines::new(self.pipelines).map_err(Error::Config)?;
+        let store: Arc<dyn JobStore> = match self.store {
+            #[cfg(feature = "sqlite")]
+            StoreChoice::Sqlite(path) => open_sqlite(path, self.config.clock.clone()).await?,
+            StoreChoice::Memory => Arc::new(MemoryStore::with_clock(self.config.clock.clone())),
+            StoreChoice::Custom(store) => store,
+        };
+        let runtime = Runtime::start(store.clone(), pipelines, self.config).await?;
+        Ok(JobQueue {
+            store,
+            runtime: Arc::new(runtime),
+            shutdown_timeout: self.shutdown_timeout,
+        })
+    }
+}
+
+#[cfg(feature = "sqlite")]
+async fn open_sqlite(path: PathBuf, clock: Arc<dyn Clock>) -> Result<Arc<dyn JobStore>, Error> {
+    let options = jobqueue_store_sqlite::SqliteOptions::new(path).clock(clock);
+    let store = jobqueue_store_sqlite::SqliteStore::open(options).await?;
+    Ok(Arc::new(store))
+}
+
+/// A running job queue: enqueue, inspect, cancel, retry, delete, shut down.
+///
+/// Cheap to clone; clones share the queue.
+#[derive(Clone)]
+pub struct JobQueue {
+    store: Arc<dyn JobStore>,
+    runtime: Arc<Runtime>,
+    shutdown_timeout: Duration,
+}
+
+impl std::fmt::Debug for JobQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobQueue")
+            .field("runtime", &self.runtime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobQueue {
+    /// A builder with the defaults: SQLite file `jobqueue.db` (or memory
+    /// without the `sqlite` feature), concurrency 8, the system clock.
+    pub fn builder() -> JobQueueBuilder {
+        JobQueueBuilder {
+            #[cfg(feature = "sqlite")]
+            store: StoreChoice::Sqlite(PathBuf::from("jobqueue.db")),
+            #[cfg(not(feature = "sqlite"))]
+            store: StoreChoice::Memory,
+            pipelines: Vec::new(),
+            config: RuntimeConfig::default(),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The store, for what the handle does not cover.
+    pub fn store(&self) -> &Arc<dyn JobStore> {
+        &self.store
+    }
+
+    /// The runtime (running counts, configuration).
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Fills in what the queue knows about the job's pipeline: its phase
+    /// names, and its attempt budget unless `keep_attempts`.
+    fn prepare(&self, mut job: NewJob, keep_attempts: bool) -> Result<NewJob, Error> {
+        let pipeline = self
+            .runtime
+            .pipelines()
+            .get(&job.pipeline)
+            .ok_or_else(|| Error::UnknownPipeline(job.pipeline.clone()))?;
+        job.phases = pipeline.phase_names();
+        if !keep_attempts {
+            let policy = pipeline
+                .retry_policy()
+                .copied()
+                .unwrap_or(self.runtime.config().retry);
+            job.max_attempts = policy.max_attempts;
+        }
+        Ok(job)
+    }
+
+    /// Enqueues a job of `pipeline` with `input`; it is durable when this
+    /// returns. The attempt budget is the pipeline's retry policy's.
+    pub async fn enqueue<T: Serialize + ?Sized>(
+        &self,
+        pipeline: &str,
+        input: &T,
+    ) -> Result<Job, Error> {
+        let input = serde_json::to_value(input).map_err(Error::Json)?;
+        let job = self.prepare(NewJob::new(pipeline).input(input), false)?;
+        self.enqueue_prepared(job).await
+    }
+
+    /// Enqueues a job with every option of [`NewJob`] (priority, `run_at`,
+    /// unique key, attempts, webhook URL). Its phases come from the pipeline.
+    pub async fn enqueue_job(&self, job: NewJob) -> Result<Job, Error> {
+        let job = self.prepare(job, true)?;
+        self.enqueue_prepared(job).await
+    }
+
+    async fn enqueue_prepared(&self, job: NewJob) -> Result<Job, Error> {
+        let job = self.store.enqueue(job).await?;
+        self.runtime.notify_enqueued(job.run_at);
+        Ok(job)
+    }
+
+    /// Enqueues all the jobs or none.
+    pub async fn enqueue_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>, Error> {
+        let jobs = jobs
+            .into_iter()
+            .enumerate()
+            .map(|(index, j)| {
+                self.prepare(j, true).map_err(|e| match e {
+                    Error::UnknownPipeline(p) => Error::Store(jobqueue_core::StoreError::Batch {
+                        index,
+                        source: Box::new(jobqueue_core::StoreError::Invalid(format!(
+                            "unknown pipeline {p:?}"
+                        ))),
+                    }),
+                    other => other,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let jobs = self.store.enqueue_batch(jobs).await?;
+        if let Some(first) = jobs.iter().map(|j| j.run_at).min() {
+            self.runtime.notify_enqueued(first);
+        }
+        for j in &jobs {
+            self.runtime.notify_enqueued(j.run_at);
+        }
+        Ok(jobs)
+    }
+
+    /// One job with its phases.
+    pub async fn get(&self, id: JobId) -> Result<Option<Job>, Error> {
+        Ok(self.store.job(id).await?)
+    }
+
+    /// A page of jobs, newest first.
+    pub async fn list(&self, filter: JobFilter) -> Result<JobPage, Error> {
+        Ok(self.store.list(filter).await?)
+    }
+
+    /// Cancels a job: a queued one at once; a running one is told to stop and
+    /// ends `cancelled` after its phase returns or the stop grace ends.
+    pub async fn cancel(&self, id: JobId) -> Result<CancelOutcome, Error> {
+        Ok(self.runtime.cancel(id).await?)
+    }
+
+    /// Retries a failed or cancelled job: it resumes at its first phase not
+    /// completed, keeps the earlier results, and gets its whole attempt
+    /// budget again.
+    pub async fn retry(&self, id: JobId) -> Result<Job, Error> {
+        let job = self.store.retry(id).await?;
+        self.runtime.notify_enqueued(job.run_at);
+        Ok(job)
+    }
+
+    /// Deletes a finished job with all its rows.
+    pub async fn delete(&self, id: JobId) -> Result<(), Error> {
+        Ok(self.store.delete(id).await?)
+    }
+
+    /// Stops claiming, lets running phases finish within the shutdown
+    /// timeout, then stops the rest as interrupted (they resume at the next
+    /// start).
+    pub async fn shutdown(&self) {
+        self.runtime.shutdown(self.shutdown_timeout).await;
+    }
+}
+
+/// Typed access to a job's input and results.
+pub trait JobResults {
+    /// The job's input read as `T`.
+    fn input_as<T: DeserializeOwned>(&self) -> Result<T, Error>;
+    /// The result of phase `phase` read as `T`, if that phase completed.
+    fn result_of<T: DeserializeOwned>(&self, phase: &str) -> Result<Option<T>, Error>;
+}
+
+impl JobResults for Job {
+    fn input_as<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        T::deserialize(&self.input).map_err(Error::Json)
+    }
+
+    fn result_of<T: DeserializeOwned>(&self, phase: &str) -> Result<Option<T>, Error> {
+        match self.phase(phase).and_then(|p| p.result.as_ref()) {
+            Some(v) => T::deserialize(v).map(Some).map_err(Error::Json),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! The kill tests' child process (filled below).
+fn main() {}
