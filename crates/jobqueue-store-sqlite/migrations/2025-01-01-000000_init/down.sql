@@ -1,0 +1,4 @@
+DROP TABLE webhook_deliveries;
+DROP TABLE events;
+DROP TABLE phases;
+DROP TABLE jobs;

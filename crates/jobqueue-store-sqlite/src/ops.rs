@@ -1,0 +1,708 @@
+//! The write operations, run by the writer inside a group transaction.
+//!
+//! Each mirrors [`jobqueue_core::MemoryStore`] step by step: the same checks
+//! in the same order, the transition table consulted before every change,
+//! the same events. A failing check returns before anything is written, and
+//! the writer rolls the operation's savepoint back in any case.
+
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
+use jobqueue_core::clock::truncate_to_micros;
+use jobqueue_core::machine::{job_transition, phase_transition};
+use jobqueue_core::{
+    AttemptOutcome, CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryId, DeliveryStatus,
+    EventData, FailureOutcome, Interrupted, Job, JobAction, JobError, JobId, JobStatus, Lease,
+    NewJob, Phase, PhaseAction, PhaseStatus, Progress, RecoverScope, StoreError,
+};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::error::db_err;
+use crate::query::{insert_job, job_row, load_job, save_job, with_phases};
+use crate::rows::{DeliveryRow, JobRow, job_status, micros, sql_count};
+use crate::schema::{events, jobs, webhook_deliveries};
+use crate::writer::Tx;
+
+/// A random version-4 UUID made by SQLite, so one `UPDATE` gives every
+/// claimed job its own fencing token.
+const NEW_TOKEN_SQL: &str = "lower(printf('%s-%s-4%s-%s%s-%s', hex(randomblob(4)), \
+     hex(randomblob(2)), substr(hex(randomblob(2)), 2), \
+     substr('89ab', 1 + (abs(random()) % 4), 1), substr(hex(randomblob(2)), 2), \
+     hex(randomblob(6))))";
+
+fn emit(tx: &mut Tx<'_>, job: &Job, data: EventData) -> Result<(), StoreError> {
+    tx.emit(job.id, &job.pipeline, job.webhook_url.as_deref(), data)
+}
+
+fn active_statuses() -> Vec<&'static str> {
+    JobStatus::ALL
+        .iter()
+        .filter(|s| s.is_active())
+        .map(|s| s.as_str())
+        .collect()
+}
+
+fn finished_statuses() -> Vec<&'static str> {
+    JobStatus::ALL
+        .iter()
+        .filter(|s| s.is_finished())
+        .map(|s| s.as_str())
+        .collect()
+}
+
+fn active_holder(tx: &mut Tx<'_>, key: &str) -> Result<Option<JobId>, StoreError> {
+    let id: Option<String> = jobs::table
+        .filter(jobs::unique_key.eq(key))
+        .filter(jobs::status.eq_any(active_statuses()))
+        .select(jobs::id)
+        .first(tx.conn)
+        .optional()
+        .map_err(db_err)?;
+    id.map(|id| {
+        id.parse()
+            .map_err(|e| crate::error::corrupt(format!("job id {id:?}: {e}")))
+    })
+    .transpose()
+}
+
+fn job_of(tx: &mut Tx<'_>, id: JobId) -> Result<Job, StoreError> {
+    load_job(tx.conn, id)?.ok_or(StoreError::JobNotFound(id))
+}
+
+fn leased(tx: &mut Tx<'_>, lease: &Lease) -> Result<Job, StoreError> {
+    let job = job_of(tx, lease.job_id)?;
+    if job.status != JobStatus::Running || job.lease != Some(lease.token) {
+        return Err(StoreError::LeaseLost(lease.job_id));
+    }
+    Ok(job)
+}
+
+fn expires(now: OffsetDateTime, extend: Duration) -> Result<OffsetDateTime, StoreError> {
+    time::Duration::try_from(extend)
+        .ok()
+        .and_then(|d| now.checked_add(d))
+        .ok_or_else(|| StoreError::Invalid(format!("lease duration {extend:?} is too long")))
+}
+
+fn new_job(spec: NewJob, now: OffsetDateTime) -> Job {
+    Job {
+        id: JobId::new(),
+        pipeline: spec.pipeline,
+        status: JobStatus::Queued,
+        input: spec.input,
+        priority: spec.priority,
+        unique_key: spec.unique_key,
+        attempt: 0,
+        max_attempts: spec.max_attempts,
+        created_at: now,
+        run_at: spec.run_at.map_or(now, truncate_to_micros),
+        started_at: None,
+        finished_at: None,
+        stale_at: None,
+        error: None,
+        interrupted: None,
+        webhook_url: spec.webhook_url,
+        cancel_requested: false,
+        lease: None,
+        lease_expires_at: None,
+        phases: spec.phases.into_iter().map(Phase::pending).collect(),
+    }
+}
+
+fn created(job: &Job) -> EventData {
+    EventData::Created {
+        run_at: job.run_at,
+        priority: job.priority,
+    }
+}
+
+fn phase_at(job: &Job, index: usize) -> Result<&Phase, StoreError> {
+    job.phases
+        .get(index)
+        .ok_or(StoreError::NoSuchPhase { job: job.id, index })
+}
+
+fn step_phase(job: &mut Job, index: usize, action: PhaseAction) -> Result<(), StoreError> {
+    let phase = phase_at(job, index)?;
+    let rule = phase_transition(&phase.name, phase.status, action)?;
+    job.phases[index].status = rule.to;
+    Ok(())
+}
+
+fn step_job(job: &mut Job, action: JobAction) -> Result<(), StoreError> {
+    let rule = job_transition(job.status, action)?;
+    job.status = rule.to;
+    Ok(())
+}
+
+fn release_lease(job: &mut Job) {
+    job.lease = None;
+    job.lease_expires_at = None;
+    job.cancel_requested = false;
+}
+
+/// Interrupts a running job in place, as `MemoryStore` does; returns the
+/// event data.
+fn interrupt_job(job: &mut Job, now: OffsetDateTime) -> Result<EventData, StoreError> {
+    step_job(job, JobAction::Interrupt)?;
+    let running = job
+        .phases
+        .iter()
+        .position(|p| p.status == PhaseStatus::Running);
+    let (phase, progress) = match running {
+        Some(i) => {
+            step_phase(job, i, PhaseAction::Interrupt)?;
+            (job.phases[i].name.clone(), job.phases[i].progress.clone())
+        }
+        None => {
+            let next = job
+                .first_incomplete_phase()
+                .map(|i| job.phases[i].name.clone());
+            (next.unwrap_or_default(), None)
+        }
+    };
+    job.interrupted = Some(Interrupted {
+        phase: phase.clone(),
+        at: now,
+        progress: progress.clone(),
+    });
+    job.run_at = now;
+    release_lease(job);
+    Ok(EventData::Interrupted { phase, progress })
+}
+
+/// Saves `after` and appends `events` about it.
+fn commit(
+    tx: &mut Tx<'_>,
+    before: &Job,
+    after: &Job,
+    events: Vec<EventData>,
+) -> Result<(), StoreError> {
+    save_job(tx.conn, before, after)?;
+    for data in events {
+        emit(tx, after, data)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn enqueue(tx: &mut Tx<'_>, spec: NewJob) -> Result<Job, StoreError> {
+    if let Some(key) = &spec.unique_key {
+        if let Some(existing) = active_holder(tx, key)? {
+            return Err(StoreError::Duplicate {
+                key: key.clone(),
+                existing,
+            });
+        }
+    }
+    let job = new_job(spec, tx.now);
+    insert_job(tx.conn, &job)?;
+    emit(tx, &job, created(&job))?;
+    Ok(job)
+}
+
+pub(crate) fn enqueue_batch(tx: &mut Tx<'_>, specs: Vec<NewJob>) -> Result<Vec<Job>, StoreError> {
+    let now = tx.now;
+    let jobs: Vec<Job> = specs.into_iter().map(|s| new_job(s, now)).collect();
+    for (i, job) in jobs.iter().enumerate() {
+        if let Some(key) = &job.unique_key {
+            let earlier = jobs[..i]
+                .iter()
+                .find(|j| j.unique_key.as_ref() == Some(key))
+                .map(|j| j.id);
+            if let Some(existing) = active_holder(tx, key)?.or(earlier) {
+                return Err(StoreError::Batch {
+                    index: i,
+                    source: Box::new(StoreError::Duplicate {
+                        key: key.clone(),
+                        existing,
+                    }),
+                });
+            }
+        }
+    }
+    for job in &jobs {
+        insert_job(tx.conn, job)?;
+    }
+    for job in &jobs {
+        emit(tx, job, created(job))?;
+    }
+    Ok(jobs)
+}
+
+pub(crate) fn claim(tx: &mut Tx<'_>, req: ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
+    if req.limit == 0 {
+        return Ok(Vec::new());
+    }
+    let now = tx.now;
+    let rule = job_transition(JobStatus::Queued, JobAction::Claim)?;
+    let until = micros(expires(now, req.lease_for)?);
+    let now_us = micros(now);
+    // One statement claims the whole batch. Written as SQL: diesel's DSL
+    // has no UPDATE whose target is a subquery with ORDER BY and LIMIT.
+    let excluded = vec!["?"; req.exclude_pipelines.len()].join(", ");
+    let claim_sql = format!(
+        "UPDATE jobs SET status = ?, attempt = attempt + 1, started_at = ?, \
+         lease_expires_at = ?, cancel_requested = 0, lease = {NEW_TOKEN_SQL} \
+         WHERE id IN (SELECT id FROM jobs WHERE status = ? AND run_at <= ? \
+         AND pipeline NOT IN ({excluded}) \
+         ORDER BY priority DESC, run_at, created_at, id LIMIT ?) RETURNING *"
+    );
+    let mut q = diesel::sql_query(claim_sql)
+        .bind::<Text, _>(rule.to.as_str())
+        .bind::<BigInt, _>(now_us)
+        .bind::<BigInt, _>(until)
+        .bind::<Text, _>(JobStatus::Queued.as_str())
+        .bind::<BigInt, _>(now_us)
+        .into_boxed();
+    for p in &req.exclude_pipelines {
+        q = q.bind::<Text, _>(p.clone());
+    }
+    let mut rows: Vec<JobRow> = q
+        .bind::<BigInt, _>(sql_count(req.limit))
+        .load(tx.conn)
+        .map_err(db_err)?;
+    // RETURNING gives no order; claims (and their events) go in claim order.
+    rows.sort_by(|a, b| {
+        (std::cmp::Reverse(a.priority), a.run_at, a.created_at, &a.id).cmp(&(
+            std::cmp::Reverse(b.priority),
+            b.run_at,
+            b.created_at,
+            &b.id,
+        ))
+    });
+    let jobs = with_phases(tx.conn, rows)?;
+    let mut claimed = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let token = job
+            .lease
+            .ok_or_else(|| crate::error::corrupt("claimed job without a lease"))?;
+        emit(
+            tx,
+            &job,
+            EventData::Started {
+                attempt: job.attempt,
+            },
+        )?;
+        let lease = Lease {
+            job_id: job.id,
+            token,
+            attempt: job.attempt,
+        };
+        claimed.push(Claimed { lease, job });
+    }
+    Ok(claimed)
+}
+
+pub(crate) fn heartbeat(tx: &mut Tx<'_>, lease: &Lease, extend: Duration) -> Result<bool, StoreError> {
+    let row = job_row(tx.conn, lease.job_id)?.ok_or(StoreError::JobNotFound(lease.job_id))?;
+    let leased = job_status(&row.status)? == JobStatus::Running
+        && row.lease.as_deref() == Some(lease.token.to_string().as_str());
+    if !leased {
+        return Err(StoreError::LeaseLost(lease.job_id));
+    }
+    let until = expires(tx.now, extend)?;
+    diesel::update(jobs::table.find(&row.id))
+        .set(jobs::lease_expires_at.eq(Some(micros(until))))
+        .execute(tx.conn)
+        .map_err(db_err)?;
+    Ok(row.cancel_requested)
+}
+
+pub(crate) fn phase_started(tx: &mut Tx<'_>, lease: &Lease, index: usize) -> Result<(), StoreError> {
+    let now = tx.now;
+    let before = leased(tx, lease)?;
+    let mut job = before.clone();
+    phase_at(&job, index)?;
+    if let Some(first) = job.first_incomplete_phase().filter(|first| *first < index) {
+        return Err(StoreError::Conflict(format!(
+            "phase {:?} cannot start before phase {:?} completed",
+            job.phases[index].name, job.phases[first].name
+        )));
+    }
+    step_phase(&mut job, index, PhaseAction::Start)?;
+    let p = &mut job.phases[index];
+    p.attempts += 1;
+    p.started_at = Some(now);
+    p.finished_at = None;
+    p.error = None;
+    p.progress = None;
+    let data = EventData::PhaseStarted {
+        phase: p.name.clone(),
+        index,
+        attempt: lease.attempt,
+    };
+    commit(tx, &before, &job, vec![data])
+}
+
+pub(crate) fn phase_progress(
+    tx: &mut Tx<'_>,
+    lease: &Lease,
+    index: usize,
+    progress: Progress,
+) -> Result<(), StoreError> {
+    let before = leased(tx, lease)?;
+    let mut job = before.clone();
+    step_phase(&mut job, index, PhaseAction::Progress)?;
+    let progress = Progress::new(progress.percent, progress.message);
+    let p = &mut job.phases[index];
+    p.progress = Some(progress.clone());
+    let data = EventData::PhaseProgress {
+        phase: p.name.clone(),
+        percent: progress.percent,
+        message: progress.message,
+    };
+    commit(tx, &before, &job, vec![data])
+}
+
+pub(crate) fn phase_completed(
+    tx: &mut Tx<'_>,
+    lease: &Lease,
+    index: usize,
+    result: Value,
+) -> Result<(), StoreError> {
+    let now = tx.now;
+    let before = leased(tx, lease)?;
+    let mut job = before.clone();
+    step_phase(&mut job, index, PhaseAction::Complete)?;
+    let p = &mut job.phases[index];
+    p.result = Some(result.clone());
+    p.finished_at = Some(now);
+    p.error = None;
+    let data = EventData::PhaseCompleted {
+        phase: p.name.clone(),
+        index,
+        result,
+    };
+    commit(tx, &before, &job, vec![data])
+}
+
+pub(crate) fn phase_failed(
+    tx: &mut Tx<'_>,
+    lease: &Lease,
+    index: usize,
+    error: String,
+    outcome: FailureOutcome,
+) -> Result<Job, StoreError> {
+    let now = tx.now;
+    let before = leased(tx, lease)?;
+    let mut job = before.clone();
+    step_phase(&mut job, index, PhaseAction::Fail)?;
+    let name = job.phases[index].name.clone();
+    let p = &mut job.phases[index];
+    p.error = Some(error.clone());
+    p.finished_at = Some(now);
+    let mut events = Vec::with_capacity(2);
+    match outcome {
+        FailureOutcome::RetryAt(at) => {
+            let at = truncate_to_micros(at);
+            step_job(&mut job, JobAction::ScheduleRetry)?;
+            job.run_at = at;
+            release_lease(&mut job);
+            events.push(EventData::PhaseFailed {
+                phase: name,
+                index,
+                error,
+                retry_at: Some(at),
+            });
+        }
+        FailureOutcome::Fail => {
+            step_job(&mut job, JobAction::Fail)?;
+            let job_error = JobError {
+                phase: Some(name.clone()),
+                message: error.clone(),
+                attempt: job.attempt,
+            };
+            job.error = Some(job_error.clone());
+            job.finished_at = Some(now);
+            release_lease(&mut job);
+            events.push(EventData::PhaseFailed {
+                phase: name,
+                index,
+                error,
+                retry_at: None,
+            });
+            events.push(EventData::Failed { error: job_error });
+        }
+    }
+    commit(tx, &before, &job, events)?;
+    Ok(job)
+}
+
+pub(crate) fn complete_job(tx: &mut Tx<'_>, lease: &Lease) -> Result<Job, StoreError> {
+    let now = tx.now;
+    let before = leased(tx, lease)?;
+    let mut job = before.clone();
+    if let Some(i) = job.first_incomplete_phase() {
+        return Err(StoreError::Conflict(format!(
+            "job {} cannot complete: phase {:?} is {}",
+            job.id, job.phases[i].name, job.phases[i].status
+        )));
+    }
+    step_job(&mut job, JobAction::Complete)?;
+    job.finished_at = Some(now);
+    job.error = None;
+    release_lease(&mut job);
+    let data = EventData::Completed {
+        results: job.results(),
+    };
+    commit(tx, &before, &job, vec![data])?;
+    Ok(job)
+}
+
+pub(crate) fn fail_job(tx: &mut Tx<'_>, lease: &Lease, error: JobError) -> Result<Job, StoreError> {
+    let now = tx.now;
+    let before = leased(tx, lease)?;
+    let mut job = before.clone();
+    step_job(&mut job, JobAction::Fail)?;
+    for i in 0..job.phases.len() {
+        if job.phases[i].status == PhaseStatus::Running {
+            step_phase(&mut job, i, PhaseAction::Fail)?;
+            job.phases[i].error = Some(error.message.clone());
+            job.phases[i].finished_at = Some(now);
+        }
+    }
+    job.error = Some(error.clone());
+    job.finished_at = Some(now);
+    release_lease(&mut job);
+    commit(tx, &before, &job, vec![EventData::Failed { error }])?;
+    Ok(job)
+}
+
+pub(crate) fn cancel_running(tx: &mut Tx<'_>, lease: &Lease) -> Result<Job, StoreError> {
+    let now = tx.now;
+    let before = leased(tx, lease)?;
+    let mut job = before.clone();
+    step_job(&mut job, JobAction::Cancel)?;
+    for i in 0..job.phases.len() {
+        if job.phases[i].status == PhaseStatus::Running {
+            step_phase(&mut job, i, PhaseAction::Cancel)?;
+            job.phases[i].finished_at = Some(now);
+        }
+    }
+    job.finished_at = Some(now);
+    release_lease(&mut job);
+    commit(tx, &before, &job, vec![EventData::Cancelled {}])?;
+    Ok(job)
+}
+
+pub(crate) fn interrupt(tx: &mut Tx<'_>, lease: &Lease) -> Result<Job, StoreError> {
+    let now = tx.now;
+    let before = leased(tx, lease)?;
+    let mut job = before.clone();
+    let data = interrupt_job(&mut job, now)?;
+    commit(tx, &before, &job, vec![data])?;
+    Ok(job)
+}
+
+pub(crate) fn recover(tx: &mut Tx<'_>, scope: RecoverScope) -> Result<Vec<Job>, StoreError> {
+    let now = tx.now;
+    let now_us = micros(now);
+    let mut q = jobs::table
+        .filter(jobs::status.eq(JobStatus::Running.as_str()))
+        .select(JobRow::as_select())
+        .order(jobs::id)
+        .into_boxed();
+    if scope == RecoverScope::ExpiredLeases {
+        q = q.filter(
+            jobs::lease_expires_at
+                .is_null()
+                .or(jobs::lease_expires_at.le(now_us)),
+        );
+    }
+    let rows = q.load(tx.conn).map_err(db_err)?;
+    let found = with_phases(tx.conn, rows)?;
+    let mut out = Vec::with_capacity(found.len());
+    let mut staged = Vec::with_capacity(found.len());
+    for before in found {
+        let mut job = before.clone();
+        let data = interrupt_job(&mut job, now)?;
+        staged.push((before, job.clone(), data));
+        out.push(job);
+    }
+    for (before, job, _) in &staged {
+        save_job(tx.conn, before, job)?;
+    }
+    for (_, job, data) in staged {
+        emit(tx, &job, data)?;
+    }
+    Ok(out)
+}
+
+pub(crate) fn request_cancel(tx: &mut Tx<'_>, id: JobId) -> Result<CancelOutcome, StoreError> {
+    let now = tx.now;
+    let before = job_of(tx, id)?;
+    let mut job = before.clone();
+    if job.status == JobStatus::Running {
+        job.cancel_requested = true;
+        save_job(tx.conn, &before, &job)?;
+        return Ok(CancelOutcome::Requested(job));
+    }
+    step_job(&mut job, JobAction::Cancel)?;
+    job.finished_at = Some(now);
+    commit(tx, &before, &job, vec![EventData::Cancelled {}])?;
+    Ok(CancelOutcome::Cancelled(job))
+}
+
+pub(crate) fn retry(tx: &mut Tx<'_>, id: JobId) -> Result<Job, StoreError> {
+    let now = tx.now;
+    let before = job_of(tx, id)?;
+    let mut job = before.clone();
+    step_job(&mut job, JobAction::ManualRetry)?;
+    if let Some(key) = &job.unique_key {
+        if let Some(existing) = active_holder(tx, key)? {
+            return Err(StoreError::Duplicate {
+                key: key.clone(),
+                existing,
+            });
+        }
+    }
+    // A manual retry gives the job its whole attempt budget again.
+    job.attempt = 0;
+    job.run_at = now;
+    job.finished_at = None;
+    job.error = None;
+    job.cancel_requested = false;
+    let from_phase = job
+        .first_incomplete_phase()
+        .map(|i| job.phases[i].name.clone());
+    commit(tx, &before, &job, vec![EventData::Retried { from_phase }])?;
+    Ok(job)
+}
+
+/// Deletes a job's row (its phases cascade) and its events older than
+/// `keep_from`, so the `job.deleted` tombstone stays. Deliveries keep their
+/// own snapshots and are left alone.
+fn remove_job(tx: &mut Tx<'_>, id: &str, keep_from: u64) -> Result<(), StoreError> {
+    diesel::delete(jobs::table.find(id))
+        .execute(tx.conn)
+        .map_err(db_err)?;
+    diesel::delete(
+        events::table
+            .filter(events::job_id.eq(id))
+            .filter(events::seq.lt(i64::try_from(keep_from).unwrap_or(i64::MAX))),
+    )
+    .execute(tx.conn)
+    .map_err(db_err)?;
+    Ok(())
+}
+
+pub(crate) fn delete(tx: &mut Tx<'_>, id: JobId) -> Result<(), StoreError> {
+    let row = job_row(tx.conn, id)?.ok_or(StoreError::JobNotFound(id))?;
+    job_transition(job_status(&row.status)?, JobAction::Delete)?;
+    let keep_from = tx.last_seq() + 1;
+    tx.emit(id, &row.pipeline, row.webhook_url.as_deref(), EventData::Deleted {})?;
+    remove_job(tx, &row.id, keep_from)
+}
+
+pub(crate) fn mark_stale(
+    tx: &mut Tx<'_>,
+    finished_before: OffsetDateTime,
+    limit: usize,
+) -> Result<Vec<JobId>, StoreError> {
+    let now = tx.now;
+    let rows: Vec<JobRow> = jobs::table
+        .filter(jobs::finished_at.lt(micros(finished_before)))
+        .filter(jobs::status.eq_any(finished_statuses()))
+        .order((jobs::finished_at, jobs::id))
+        .limit(sql_count(limit))
+        .select(JobRow::as_select())
+        .load(tx.conn)
+        .map_err(db_err)?;
+    let mut ids = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let rule = job_transition(job_status(&row.status)?, JobAction::MarkStale)?;
+        let id = row.job_id()?;
+        diesel::update(jobs::table.find(&row.id))
+            .set((
+                jobs::status.eq(rule.to.as_str()),
+                jobs::stale_at.eq(Some(micros(now))),
+            ))
+            .execute(tx.conn)
+            .map_err(db_err)?;
+        tx.emit(id, &row.pipeline, row.webhook_url.as_deref(), EventData::Stale {})?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+pub(crate) fn delete_stale(
+    tx: &mut Tx<'_>,
+    stale_before: OffsetDateTime,
+    limit: usize,
+) -> Result<Vec<JobId>, StoreError> {
+    let rows: Vec<JobRow> = jobs::table
+        .filter(jobs::stale_at.lt(micros(stale_before)))
+        .filter(jobs::status.eq(JobStatus::Stale.as_str()))
+        .order((jobs::stale_at, jobs::id))
+        .limit(sql_count(limit))
+        .select(JobRow::as_select())
+        .load(tx.conn)
+        .map_err(db_err)?;
+    for row in &rows {
+        job_transition(job_status(&row.status)?, JobAction::Delete)?;
+    }
+    let keep_from = tx.last_seq() + 1;
+    let mut ids = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id = row.job_id()?;
+        tx.emit(id, &row.pipeline, row.webhook_url.as_deref(), EventData::Deleted {})?;
+        ids.push(id);
+    }
+    for row in &rows {
+        remove_job(tx, &row.id, keep_from)?;
+    }
+    Ok(ids)
+}
+
+pub(crate) fn record_attempt(
+    tx: &mut Tx<'_>,
+    id: DeliveryId,
+    outcome: AttemptOutcome,
+) -> Result<Delivery, StoreError> {
+    let row: DeliveryRow = webhook_deliveries::table
+        .find(id.to_string())
+        .select(DeliveryRow::as_select())
+        .first(tx.conn)
+        .optional()
+        .map_err(db_err)?
+        .ok_or(StoreError::DeliveryNotFound(id))?;
+    let mut d = row.into_delivery()?;
+    if d.status != DeliveryStatus::Pending {
+        return Err(StoreError::Conflict(format!(
+            "webhook delivery {id} already ended as {}",
+            d.status
+        )));
+    }
+    d.attempts += 1;
+    match outcome {
+        AttemptOutcome::Delivered { status } => {
+            d.status = DeliveryStatus::Delivered;
+            d.last_status = Some(status);
+            d.last_error = None;
+            d.next_attempt_at = None;
+        }
+        AttemptOutcome::Retry {
+            status,
+            error,
+            next_attempt_at,
+        } => {
+            d.last_status = status;
+            d.last_error = Some(error);
+            d.next_attempt_at = Some(truncate_to_micros(next_attempt_at));
+        }
+        AttemptOutcome::Failed { status, error } => {
+            d.status = DeliveryStatus::Failed;
+            d.last_status = status;
+            d.last_error = Some(error);
+            d.next_attempt_at = None;
+        }
+    }
+    let new_row = DeliveryRow::of(&d);
+    diesel::update(webhook_deliveries::table.find(&new_row.id))
+        .set(&new_row)
+        .execute(tx.conn)
+        .map_err(db_err)?;
+    Ok(d)
+}

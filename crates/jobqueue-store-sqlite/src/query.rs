@@ -1,0 +1,106 @@
+//! Queries shared by the reads and the writes: loading and saving jobs.
+
+use std::collections::HashMap;
+
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use jobqueue_core::{Job, JobId, StoreError};
+
+use crate::error::db_err;
+use crate::rows::{JobRow, PhaseRow};
+use crate::schema::{jobs, phases};
+
+/// The row of job `id`, without its phases.
+pub(crate) fn job_row(conn: &mut SqliteConnection, id: JobId) -> Result<Option<JobRow>, StoreError> {
+    jobs::table
+        .find(id.to_string())
+        .select(JobRow::as_select())
+        .first(conn)
+        .optional()
+        .map_err(db_err)
+}
+
+/// Job `id` with its phases.
+pub(crate) fn load_job(conn: &mut SqliteConnection, id: JobId) -> Result<Option<Job>, StoreError> {
+    let Some(row) = job_row(conn, id)? else {
+        return Ok(None);
+    };
+    let phases = phases::table
+        .filter(phases::job_id.eq(&row.id))
+        .order(phases::idx)
+        .select(PhaseRow::as_select())
+        .load(conn)
+        .map_err(db_err)?;
+    row.into_job(phases).map(Some)
+}
+
+/// The jobs of `rows`, in that order, with their phases.
+pub(crate) fn with_phases(
+    conn: &mut SqliteConnection,
+    rows: Vec<JobRow>,
+) -> Result<Vec<Job>, StoreError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let mut by_job: HashMap<String, Vec<PhaseRow>> = HashMap::new();
+    // SQLite limits bound parameters per statement; stay well below it.
+    for chunk in ids.chunks(500) {
+        let all: Vec<PhaseRow> = phases::table
+            .filter(phases::job_id.eq_any(chunk))
+            .order((phases::job_id, phases::idx))
+            .select(PhaseRow::as_select())
+            .load(conn)
+            .map_err(db_err)?;
+        for p in all {
+            by_job.entry(p.job_id.clone()).or_default().push(p);
+        }
+    }
+    rows.into_iter()
+        .map(|r| {
+            let phases = by_job.remove(&r.id).unwrap_or_default();
+            r.into_job(phases)
+        })
+        .collect()
+}
+
+/// Inserts a new job and its phases.
+pub(crate) fn insert_job(conn: &mut SqliteConnection, job: &Job) -> Result<(), StoreError> {
+    let row = JobRow::of(job);
+    diesel::insert_into(jobs::table)
+        .values(&row)
+        .execute(conn)
+        .map_err(db_err)?;
+    for (i, p) in job.phases.iter().enumerate() {
+        diesel::insert_into(phases::table)
+            .values(PhaseRow::of(&row.id, i, p))
+            .execute(conn)
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Writes what changed from `before` to `after` (the same job).
+pub(crate) fn save_job(
+    conn: &mut SqliteConnection,
+    before: &Job,
+    after: &Job,
+) -> Result<(), StoreError> {
+    let row = JobRow::of(after);
+    if JobRow::of(before) != row {
+        diesel::update(jobs::table.find(&row.id))
+            .set(&row)
+            .execute(conn)
+            .map_err(db_err)?;
+    }
+    for (i, p) in after.phases.iter().enumerate() {
+        if before.phases.get(i) != Some(p) {
+            let prow = PhaseRow::of(&row.id, i, p);
+            diesel::update(phases::table.find((&row.id, prow.idx)))
+                .set(&prow)
+                .execute(conn)
+                .map_err(db_err)?;
+        }
+    }
+    Ok(())
+}

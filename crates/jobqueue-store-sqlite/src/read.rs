@@ -1,0 +1,197 @@
+//! The read queries and the pool of read connections they run on.
+//!
+//! In WAL mode readers never block the writer nor each other, so reads go to
+//! their own connections, each owned by a thread that takes jobs from a
+//! shared queue. Every read runs in a (deferred) transaction, so a job and
+//! its phases come from one snapshot.
+
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use diesel::connection::SimpleConnection;
+use diesel::dsl::{max, min};
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use jobqueue_core::memory::DEFAULT_PAGE;
+use jobqueue_core::{
+    Delivery, DeliveryFilter, DeliveryStatus, ErrorKind, Event, EventFilter, JobFilter, JobPage,
+    StoreError,
+};
+use time::OffsetDateTime;
+
+use crate::error::db_err;
+use crate::query::with_phases;
+use crate::rows::{DeliveryRow, EventRow, JobRow, from_micros, micros, sql_count};
+use crate::schema::{events, jobs, webhook_deliveries};
+use crate::writer::ReadJob;
+
+/// Runs `f` in a read transaction.
+pub(crate) fn in_read_tx<T>(
+    conn: &mut SqliteConnection,
+    f: impl FnOnce(&mut SqliteConnection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.batch_execute("BEGIN").map_err(db_err)?;
+    let out = f(conn);
+    let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    match conn.batch_execute(end) {
+        Ok(()) => out,
+        Err(e) => {
+            let _ = conn.batch_execute("ROLLBACK");
+            out.and(Err(db_err(e)))
+        }
+    }
+}
+
+/// Starts one thread per connection, all serving one queue of reads.
+pub(crate) fn spawn_pool(
+    conns: Vec<SqliteConnection>,
+) -> Result<(Sender<ReadJob>, Vec<JoinHandle<()>>), StoreError> {
+    let (tx, rx) = std::sync::mpsc::channel::<ReadJob>();
+    let rx = Arc::new(Mutex::new(rx));
+    let mut handles = Vec::with_capacity(conns.len());
+    for (i, mut conn) in conns.into_iter().enumerate() {
+        let rx = Arc::clone(&rx);
+        let handle = std::thread::Builder::new()
+            .name(format!("jobqueue-sqlite-reader-{i}"))
+            .spawn(move || {
+                loop {
+                    // Hold the lock only to take one job.
+                    let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    match job {
+                        Ok(job) => job(&mut conn),
+                        Err(_) => break,
+                    }
+                }
+            })
+            .map_err(|e| {
+                StoreError::backend(ErrorKind::Internal, format!("cannot start reader: {e}"))
+            })?;
+        handles.push(handle);
+    }
+    Ok((tx, handles))
+}
+
+pub(crate) fn list(conn: &mut SqliteConnection, filter: JobFilter) -> Result<JobPage, StoreError> {
+    let limit = if filter.limit == 0 {
+        DEFAULT_PAGE
+    } else {
+        filter.limit
+    };
+    let mut q = jobs::table.select(JobRow::as_select()).into_boxed();
+    if !filter.statuses.is_empty() {
+        let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+        q = q.filter(jobs::status.eq_any(statuses));
+    }
+    if let Some(p) = filter.pipeline {
+        q = q.filter(jobs::pipeline.eq(p));
+    }
+    if let Some(c) = filter.cursor {
+        q = q.filter(jobs::id.lt(c.to_string()));
+    }
+    let mut rows = q
+        .order(jobs::id.desc())
+        .limit(sql_count(limit).saturating_add(1))
+        .load(conn)
+        .map_err(db_err)?;
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let jobs = with_phases(conn, rows)?;
+    let next_cursor = if more { jobs.last().map(|j| j.id) } else { None };
+    Ok(JobPage { jobs, next_cursor })
+}
+
+pub(crate) fn events_after(
+    conn: &mut SqliteConnection,
+    after: u64,
+    filter: EventFilter,
+    limit: usize,
+) -> Result<Vec<Event>, StoreError> {
+    let Ok(after) = i64::try_from(after) else {
+        return Ok(Vec::new());
+    };
+    let mut q = events::table
+        .select(EventRow::as_select())
+        .filter(events::seq.gt(after))
+        .into_boxed();
+    if let Some(job) = filter.job {
+        q = q.filter(events::job_id.eq(job.to_string()));
+    }
+    if !filter.types.is_empty() {
+        let types: Vec<&str> = filter.types.iter().map(|t| t.as_str()).collect();
+        q = q.filter(events::event_type.eq_any(types));
+    }
+    q.order(events::seq)
+        .limit(sql_count(limit))
+        .load(conn)
+        .map_err(db_err)?
+        .into_iter()
+        .map(EventRow::into_event)
+        .collect()
+}
+
+pub(crate) fn last_seq(conn: &mut SqliteConnection) -> Result<u64, StoreError> {
+    let seq: Option<i64> = events::table
+        .select(max(events::seq))
+        .first(conn)
+        .map_err(db_err)?;
+    Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
+}
+
+pub(crate) fn due_deliveries(
+    conn: &mut SqliteConnection,
+    now: OffsetDateTime,
+    limit: usize,
+) -> Result<Vec<Delivery>, StoreError> {
+    webhook_deliveries::table
+        .filter(webhook_deliveries::status.eq(DeliveryStatus::Pending.as_str()))
+        .filter(webhook_deliveries::next_attempt_at.le(micros(now)))
+        .order((
+            webhook_deliveries::next_attempt_at,
+            webhook_deliveries::event_seq,
+            webhook_deliveries::id,
+        ))
+        .limit(sql_count(limit))
+        .select(DeliveryRow::as_select())
+        .load(conn)
+        .map_err(db_err)?
+        .into_iter()
+        .map(DeliveryRow::into_delivery)
+        .collect()
+}
+
+pub(crate) fn next_delivery_at(
+    conn: &mut SqliteConnection,
+) -> Result<Option<OffsetDateTime>, StoreError> {
+    let at: Option<i64> = webhook_deliveries::table
+        .filter(webhook_deliveries::status.eq(DeliveryStatus::Pending.as_str()))
+        .select(min(webhook_deliveries::next_attempt_at))
+        .first(conn)
+        .map_err(db_err)?;
+    at.map(from_micros).transpose()
+}
+
+pub(crate) fn deliveries(
+    conn: &mut SqliteConnection,
+    filter: DeliveryFilter,
+) -> Result<Vec<Delivery>, StoreError> {
+    let mut q = webhook_deliveries::table
+        .select(DeliveryRow::as_select())
+        .into_boxed();
+    if let Some(job) = filter.job {
+        q = q.filter(webhook_deliveries::job_id.eq(job.to_string()));
+    }
+    if !filter.statuses.is_empty() {
+        let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+        q = q.filter(webhook_deliveries::status.eq_any(statuses));
+    }
+    q = q.order((webhook_deliveries::event_seq, webhook_deliveries::id));
+    if filter.limit != 0 {
+        q = q.limit(sql_count(filter.limit));
+    }
+    q.load(conn)
+        .map_err(db_err)?
+        .into_iter()
+        .map(DeliveryRow::into_delivery)
+        .collect()
+}

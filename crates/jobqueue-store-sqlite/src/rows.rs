@@ -1,0 +1,383 @@
+//! Rows of the tables and their mapping to core types.
+//!
+//! Core types have no persistence derives (and the orphan rule forbids diesel
+//! impls for them here), so each table has a row struct and a conversion each
+//! way. Times are unix microseconds, ids hyphenated UUID text, enums their
+//! string names, JSON values text.
+
+use std::str::FromStr;
+
+use diesel::prelude::*;
+use diesel::sqlite::Sqlite;
+use jobqueue_core::{
+    Delivery, DeliveryId, DeliveryStatus, DeliveryTarget, Event, EventData, EventType,
+    Interrupted, Job, JobError, JobId, JobStatus, LeaseToken, Phase, PhaseStatus, Progress,
+    StoreError,
+};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::error::corrupt;
+use crate::schema::{events, jobs, phases, webhook_deliveries};
+
+/// `t` as unix microseconds (sub-microsecond digits dropped, like
+/// [`jobqueue_core::clock::truncate_to_micros`]).
+pub(crate) fn micros(t: OffsetDateTime) -> i64 {
+    let m = t.unix_timestamp_nanos().div_euclid(1000);
+    i64::try_from(m).unwrap_or(if m < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// Unix microseconds back to a time.
+pub(crate) fn from_micros(us: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .map_err(|e| corrupt(format!("time {us}: {e}")))
+}
+
+fn opt_time(us: Option<i64>) -> Result<Option<OffsetDateTime>, StoreError> {
+    us.map(from_micros).transpose()
+}
+
+fn parse<T: FromStr>(what: &str, s: &str) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse().map_err(|e| corrupt(format!("{what} {s:?}: {e}")))
+}
+
+fn json(what: &str, s: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(s).map_err(|e| corrupt(format!("{what}: {e}")))
+}
+
+fn u32_of(what: &str, v: i64) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| corrupt(format!("{what} {v}")))
+}
+
+/// A `usize` count for SQL (`LIMIT`, indexes), saturating.
+pub(crate) fn sql_count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// One row of `jobs`.
+#[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = jobs, check_for_backend(Sqlite), treat_none_as_null = true)]
+pub(crate) struct JobRow {
+    pub(crate) id: String,
+    pub(crate) pipeline: String,
+    pub(crate) status: String,
+    pub(crate) input: String,
+    pub(crate) priority: i64,
+    pub(crate) unique_key: Option<String>,
+    pub(crate) attempt: i64,
+    pub(crate) max_attempts: i64,
+    pub(crate) created_at: i64,
+    pub(crate) run_at: i64,
+    pub(crate) started_at: Option<i64>,
+    pub(crate) finished_at: Option<i64>,
+    pub(crate) stale_at: Option<i64>,
+    pub(crate) error_phase: Option<String>,
+    pub(crate) error_message: Option<String>,
+    pub(crate) error_attempt: Option<i64>,
+    pub(crate) interrupted_phase: Option<String>,
+    pub(crate) interrupted_at: Option<i64>,
+    pub(crate) interrupted_percent: Option<i64>,
+    pub(crate) interrupted_message: Option<String>,
+    pub(crate) webhook_url: Option<String>,
+    pub(crate) cancel_requested: bool,
+    pub(crate) lease: Option<String>,
+    pub(crate) lease_expires_at: Option<i64>,
+}
+
+/// One row of `phases`.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(
+    table_name = phases,
+    primary_key(job_id, idx),
+    check_for_backend(Sqlite),
+    treat_none_as_null = true
+)]
+pub(crate) struct PhaseRow {
+    pub(crate) job_id: String,
+    pub(crate) idx: i64,
+    pub(crate) name: String,
+    pub(crate) status: String,
+    pub(crate) attempts: i64,
+    pub(crate) progress_percent: Option<i64>,
+    pub(crate) progress_message: Option<String>,
+    pub(crate) result: Option<String>,
+    pub(crate) error: Option<String>,
+    pub(crate) started_at: Option<i64>,
+    pub(crate) finished_at: Option<i64>,
+}
+
+/// One row of `events`.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = events, check_for_backend(Sqlite))]
+pub(crate) struct EventRow {
+    pub(crate) seq: i64,
+    pub(crate) job_id: String,
+    pub(crate) pipeline: String,
+    pub(crate) event_type: String,
+    pub(crate) at: i64,
+    pub(crate) data: String,
+}
+
+/// One row of `webhook_deliveries`.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = webhook_deliveries, check_for_backend(Sqlite), treat_none_as_null = true)]
+pub(crate) struct DeliveryRow {
+    pub(crate) id: String,
+    pub(crate) event_seq: i64,
+    pub(crate) job_id: String,
+    pub(crate) target: String,
+    pub(crate) url: String,
+    pub(crate) event_pipeline: String,
+    pub(crate) event_type: String,
+    pub(crate) event_at: i64,
+    pub(crate) event_data: String,
+    pub(crate) status: String,
+    pub(crate) attempts: i64,
+    pub(crate) last_status: Option<i64>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) next_attempt_at: Option<i64>,
+    pub(crate) created_at: i64,
+}
+
+impl JobRow {
+    /// The row of `job` (its phases go to [`PhaseRow`]s).
+    pub(crate) fn of(job: &Job) -> Self {
+        let (error_phase, error_message, error_attempt) = match &job.error {
+            Some(e) => (
+                e.phase.clone(),
+                Some(e.message.clone()),
+                Some(i64::from(e.attempt)),
+            ),
+            None => (None, None, None),
+        };
+        let (interrupted_phase, interrupted_at, interrupted_percent, interrupted_message) =
+            match &job.interrupted {
+                Some(i) => (
+                    Some(i.phase.clone()),
+                    Some(micros(i.at)),
+                    i.progress.as_ref().map(|p| i64::from(p.percent)),
+                    i.progress.as_ref().and_then(|p| p.message.clone()),
+                ),
+                None => (None, None, None, None),
+            };
+        Self {
+            id: job.id.to_string(),
+            pipeline: job.pipeline.clone(),
+            status: job.status.as_str().to_owned(),
+            input: job.input.to_string(),
+            priority: i64::from(job.priority),
+            unique_key: job.unique_key.clone(),
+            attempt: i64::from(job.attempt),
+            max_attempts: i64::from(job.max_attempts),
+            created_at: micros(job.created_at),
+            run_at: micros(job.run_at),
+            started_at: job.started_at.map(micros),
+            finished_at: job.finished_at.map(micros),
+            stale_at: job.stale_at.map(micros),
+            error_phase,
+            error_message,
+            error_attempt,
+            interrupted_phase,
+            interrupted_at,
+            interrupted_percent,
+            interrupted_message,
+            webhook_url: job.webhook_url.clone(),
+            cancel_requested: job.cancel_requested,
+            lease: job.lease.map(|l| l.to_string()),
+            lease_expires_at: job.lease_expires_at.map(micros),
+        }
+    }
+
+    /// The job id of the row.
+    pub(crate) fn job_id(&self) -> Result<JobId, StoreError> {
+        parse("job id", &self.id)
+    }
+
+    /// The job of this row with `phases` (in pipeline order).
+    pub(crate) fn into_job(self, phases: Vec<PhaseRow>) -> Result<Job, StoreError> {
+        let error = match self.error_message {
+            Some(message) => Some(JobError {
+                phase: self.error_phase,
+                message,
+                attempt: u32_of("error attempt", self.error_attempt.unwrap_or(0))?,
+            }),
+            None => None,
+        };
+        let interrupted = match (self.interrupted_phase, self.interrupted_at) {
+            (Some(phase), Some(at)) => Some(Interrupted {
+                phase,
+                at: from_micros(at)?,
+                progress: progress(self.interrupted_percent, self.interrupted_message)?,
+            }),
+            _ => None,
+        };
+        Ok(Job {
+            id: parse("job id", &self.id)?,
+            pipeline: self.pipeline,
+            status: parse("job status", &self.status)?,
+            input: json("job input", &self.input)?,
+            priority: i32::try_from(self.priority)
+                .map_err(|_| corrupt(format!("priority {}", self.priority)))?,
+            unique_key: self.unique_key,
+            attempt: u32_of("attempt", self.attempt)?,
+            max_attempts: u32_of("max_attempts", self.max_attempts)?,
+            created_at: from_micros(self.created_at)?,
+            run_at: from_micros(self.run_at)?,
+            started_at: opt_time(self.started_at)?,
+            finished_at: opt_time(self.finished_at)?,
+            stale_at: opt_time(self.stale_at)?,
+            error,
+            interrupted,
+            webhook_url: self.webhook_url,
+            cancel_requested: self.cancel_requested,
+            lease: self
+                .lease
+                .as_deref()
+                .map(|l| parse::<LeaseToken>("lease", l))
+                .transpose()?,
+            lease_expires_at: opt_time(self.lease_expires_at)?,
+            phases: phases
+                .into_iter()
+                .map(PhaseRow::into_phase)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+fn progress(percent: Option<i64>, message: Option<String>) -> Result<Option<Progress>, StoreError> {
+    percent
+        .map(|p| {
+            let percent = u8::try_from(p).map_err(|_| corrupt(format!("percent {p}")))?;
+            Ok(Progress { percent, message })
+        })
+        .transpose()
+}
+
+impl PhaseRow {
+    /// The row of phase `index` of `job`.
+    pub(crate) fn of(job_id: &str, index: usize, p: &Phase) -> Self {
+        Self {
+            job_id: job_id.to_owned(),
+            idx: sql_count(index),
+            name: p.name.clone(),
+            status: p.status.as_str().to_owned(),
+            attempts: i64::from(p.attempts),
+            progress_percent: p.progress.as_ref().map(|p| i64::from(p.percent)),
+            progress_message: p.progress.as_ref().and_then(|p| p.message.clone()),
+            result: p.result.as_ref().map(Value::to_string),
+            error: p.error.clone(),
+            started_at: p.started_at.map(micros),
+            finished_at: p.finished_at.map(micros),
+        }
+    }
+
+    fn into_phase(self) -> Result<Phase, StoreError> {
+        Ok(Phase {
+            name: self.name,
+            status: parse::<PhaseStatus>("phase status", &self.status)?,
+            attempts: u32_of("phase attempts", self.attempts)?,
+            progress: progress(self.progress_percent, self.progress_message)?,
+            result: self.result.as_deref().map(|r| json("phase result", r)).transpose()?,
+            error: self.error,
+            started_at: opt_time(self.started_at)?,
+            finished_at: opt_time(self.finished_at)?,
+        })
+    }
+}
+
+impl EventRow {
+    /// The row of `event`.
+    pub(crate) fn of(event: &Event) -> Self {
+        Self {
+            seq: i64::try_from(event.seq).unwrap_or(i64::MAX),
+            job_id: event.job_id.to_string(),
+            pipeline: event.pipeline.clone(),
+            event_type: event.event_type().as_str().to_owned(),
+            at: micros(event.at),
+            data: event.data.to_json().to_string(),
+        }
+    }
+
+    /// The event of this row.
+    pub(crate) fn into_event(self) -> Result<Event, StoreError> {
+        event_of(self.seq, &self.job_id, self.pipeline, &self.event_type, self.at, &self.data)
+    }
+}
+
+fn event_of(
+    seq: i64,
+    job_id: &str,
+    pipeline: String,
+    ty: &str,
+    at: i64,
+    data: &str,
+) -> Result<Event, StoreError> {
+    let ty: EventType = parse("event type", ty)?;
+    Ok(Event {
+        seq: u64::try_from(seq).map_err(|_| corrupt(format!("event seq {seq}")))?,
+        job_id: parse("job id", job_id)?,
+        pipeline,
+        at: from_micros(at)?,
+        data: EventData::from_json(ty, json("event data", data)?).map_err(corrupt)?,
+    })
+}
+
+impl DeliveryRow {
+    /// The row of `d`.
+    pub(crate) fn of(d: &Delivery) -> Self {
+        Self {
+            id: d.id.to_string(),
+            event_seq: i64::try_from(d.event_seq).unwrap_or(i64::MAX),
+            job_id: d.job_id.to_string(),
+            target: d.target.as_str().to_owned(),
+            url: d.url.clone(),
+            event_pipeline: d.event.pipeline.clone(),
+            event_type: d.event.event_type().as_str().to_owned(),
+            event_at: micros(d.event.at),
+            event_data: d.event.data.to_json().to_string(),
+            status: d.status.as_str().to_owned(),
+            attempts: i64::from(d.attempts),
+            last_status: d.last_status.map(i64::from),
+            last_error: d.last_error.clone(),
+            next_attempt_at: d.next_attempt_at.map(micros),
+            created_at: micros(d.created_at),
+        }
+    }
+
+    /// The delivery of this row.
+    pub(crate) fn into_delivery(self) -> Result<Delivery, StoreError> {
+        Ok(Delivery {
+            id: parse::<DeliveryId>("delivery id", &self.id)?,
+            event_seq: u64::try_from(self.event_seq)
+                .map_err(|_| corrupt(format!("event seq {}", self.event_seq)))?,
+            job_id: parse("job id", &self.job_id)?,
+            target: parse::<DeliveryTarget>("delivery target", &self.target)?,
+            url: self.url,
+            event: event_of(
+                self.event_seq,
+                &self.job_id,
+                self.event_pipeline,
+                &self.event_type,
+                self.event_at,
+                &self.event_data,
+            )?,
+            status: parse::<DeliveryStatus>("delivery status", &self.status)?,
+            attempts: u32_of("delivery attempts", self.attempts)?,
+            last_status: self
+                .last_status
+                .map(|s| u16::try_from(s).map_err(|_| corrupt(format!("http status {s}"))))
+                .transpose()?,
+            last_error: self.last_error,
+            next_attempt_at: opt_time(self.next_attempt_at)?,
+            created_at: from_micros(self.created_at)?,
+        })
+    }
+}
+
+/// Checks a stored status string names a job status.
+pub(crate) fn job_status(s: &str) -> Result<JobStatus, StoreError> {
+    parse("job status", s)
+}

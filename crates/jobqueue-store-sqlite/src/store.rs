@@ -1,0 +1,350 @@
+//! [`SqliteStore`]: the [`JobStore`] handle, opening, and the plumbing that
+//! sends writes to the writer and reads to the reader pool.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_channel::oneshot;
+use jobqueue_core::{
+    AttemptOutcome, CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId,
+    Event, EventFilter, EventSink, FailureOutcome, Job, JobError, JobFilter, JobId, JobPage,
+    JobStore, Lease, NewJob, Progress, RecoverScope, StoreError, WebhookRoute,
+};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::conn::{Location, SqliteOptions, connect};
+use crate::error::closed;
+use crate::writer::{FnOp, Msg, ReadJob, Shared, Tx};
+use crate::{migrate, ops, read};
+
+/// A [`JobStore`] on a SQLite database. Cheap to clone: clones share the
+/// writer, the readers and the database.
+///
+/// The async methods never block the executor: each hands its work to the
+/// writer thread or a reader thread and awaits the answer. Dropping a call's
+/// future after it was sent does not cancel it: the write still commits.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    location: Location,
+    shared: Arc<Shared>,
+    writer: Option<Sender<Msg>>,
+    /// `None` for an in-memory database: its reads go to the writer.
+    readers: Option<Sender<ReadJob>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channels lets the threads finish what was sent and
+        // stop; joining them closes every connection before we return.
+        self.writer = None;
+        self.readers = None;
+        let me = std::thread::current().id();
+        for t in self.threads.drain(..) {
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("location", &self.inner.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating it if needed) the database file at `path`, applies
+    /// the pending migrations and starts the writer and the readers.
+    ///
+    /// Blocks while it opens and migrates; from async code call it in
+    /// `spawn_blocking` if the database may be large. Fails with
+    /// `SchemaTooNew` (and changes nothing) if the database was written by a
+    /// newer version, `Corrupt` if the file is not a sound database, `Io` if
+    /// the directory is missing or the file is read-only.
+    pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, StoreError> {
+        Self::start(Location::File(path.as_ref().to_path_buf()), options)
+    }
+
+    /// A new private in-memory database, for tests. It has one connection,
+    /// owned by the writer, which also serves the reads.
+    pub fn open_in_memory(options: SqliteOptions) -> Result<Self, StoreError> {
+        Self::start(Location::Memory, options)
+    }
+
+    fn start(location: Location, options: SqliteOptions) -> Result<Self, StoreError> {
+        location.precheck()?;
+        let mut conn = connect(&location, &options, false)?;
+        migrate::migrate(&mut conn)?;
+        let last_seq = read::last_seq(&mut conn)?;
+        let shared = Arc::new(Shared {
+            clock: Arc::clone(&options.clock),
+            routes: Mutex::new(Arc::new(Vec::new())),
+            sink: Mutex::new(None),
+        });
+        let mut threads = Vec::new();
+        let readers = match location {
+            Location::Memory => None,
+            Location::File(_) => {
+                let conns = (0..options.readers.max(1))
+                    .map(|_| connect(&location, &options, true))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let (tx, handles) = read::spawn_pool(conns)?;
+                threads.extend(handles);
+                Some(tx)
+            }
+        };
+        let (writer, handle) =
+            crate::writer::spawn(conn, Arc::clone(&shared), last_seq, options.max_batch)?;
+        threads.push(handle);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                location,
+                shared,
+                writer: Some(writer),
+                readers,
+                threads,
+            }),
+        })
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl for<'a> FnOnce(&mut Tx<'a>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let op = Box::new(FnOp::new(f, reply));
+        self.inner
+            .writer
+            .as_ref()
+            .ok_or_else(closed)?
+            .send(Msg::Write(op))
+            .map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut diesel::SqliteConnection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job: ReadJob = Box::new(move |conn| {
+            let _ = reply.send(read::in_read_tx(conn, f));
+        });
+        let sent = match &self.inner.readers {
+            Some(readers) => readers.send(job).map_err(|_| closed()),
+            None => self
+                .inner
+                .writer
+                .as_ref()
+                .ok_or_else(closed)?
+                .send(Msg::Read(job))
+                .map_err(|_| closed()),
+        };
+        sent?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        self.inner.shared.now()
+    }
+}
+
+#[async_trait]
+impl JobStore for SqliteStore {
+    fn set_event_sink(&self, sink: Arc<dyn EventSink>) {
+        *self
+            .inner
+            .shared
+            .sink
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(sink);
+    }
+
+    fn set_webhook_routes(&self, routes: Vec<WebhookRoute>) {
+        *self
+            .inner
+            .shared
+            .routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(routes);
+    }
+
+    async fn enqueue(&self, job: NewJob) -> Result<Job, StoreError> {
+        job.validate().map_err(StoreError::Invalid)?;
+        self.write(move |tx| ops::enqueue(tx, job)).await
+    }
+
+    async fn enqueue_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>, StoreError> {
+        for (index, spec) in jobs.iter().enumerate() {
+            spec.validate().map_err(|m| StoreError::Batch {
+                index,
+                source: Box::new(StoreError::Invalid(m)),
+            })?;
+        }
+        self.write(move |tx| ops::enqueue_batch(tx, jobs)).await
+    }
+
+    async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
+        self.write(move |tx| ops::claim(tx, req)).await
+    }
+
+    async fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<bool, StoreError> {
+        let lease = *lease;
+        self.write(move |tx| ops::heartbeat(tx, &lease, extend))
+            .await
+    }
+
+    async fn phase_started(&self, lease: &Lease, index: usize) -> Result<(), StoreError> {
+        let lease = *lease;
+        self.write(move |tx| ops::phase_started(tx, &lease, index))
+            .await
+    }
+
+    async fn phase_progress(
+        &self,
+        lease: &Lease,
+        index: usize,
+        progress: Progress,
+    ) -> Result<(), StoreError> {
+        let lease = *lease;
+        self.write(move |tx| ops::phase_progress(tx, &lease, index, progress))
+            .await
+    }
+
+    async fn phase_completed(
+        &self,
+        lease: &Lease,
+        index: usize,
+        result: Value,
+    ) -> Result<(), StoreError> {
+        let lease = *lease;
+        self.write(move |tx| ops::phase_completed(tx, &lease, index, result))
+            .await
+    }
+
+    async fn phase_failed(
+        &self,
+        lease: &Lease,
+        index: usize,
+        error: String,
+        outcome: FailureOutcome,
+    ) -> Result<Job, StoreError> {
+        let lease = *lease;
+        self.write(move |tx| ops::phase_failed(tx, &lease, index, error, outcome))
+            .await
+    }
+
+    async fn complete_job(&self, lease: &Lease) -> Result<Job, StoreError> {
+        let lease = *lease;
+        self.write(move |tx| ops::complete_job(tx, &lease)).await
+    }
+
+    async fn fail_job(&self, lease: &Lease, error: JobError) -> Result<Job, StoreError> {
+        let lease = *lease;
+        self.write(move |tx| ops::fail_job(tx, &lease, error)).await
+    }
+
+    async fn cancel_running(&self, lease: &Lease) -> Result<Job, StoreError> {
+        let lease = *lease;
+        self.write(move |tx| ops::cancel_running(tx, &lease)).await
+    }
+
+    async fn interrupt(&self, lease: &Lease) -> Result<Job, StoreError> {
+        let lease = *lease;
+        self.write(move |tx| ops::interrupt(tx, &lease)).await
+    }
+
+    async fn recover(&self, scope: RecoverScope) -> Result<Vec<Job>, StoreError> {
+        self.write(move |tx| ops::recover(tx, scope)).await
+    }
+
+    async fn request_cancel(&self, id: JobId) -> Result<CancelOutcome, StoreError> {
+        self.write(move |tx| ops::request_cancel(tx, id)).await
+    }
+
+    async fn retry(&self, id: JobId) -> Result<Job, StoreError> {
+        self.write(move |tx| ops::retry(tx, id)).await
+    }
+
+    async fn delete(&self, id: JobId) -> Result<(), StoreError> {
+        self.write(move |tx| ops::delete(tx, id)).await
+    }
+
+    async fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        self.read(move |conn| crate::query::load_job(conn, id))
+            .await
+    }
+
+    async fn list(&self, filter: JobFilter) -> Result<JobPage, StoreError> {
+        self.read(move |conn| read::list(conn, filter)).await
+    }
+
+    async fn events_after(
+        &self,
+        after: u64,
+        filter: EventFilter,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.read(move |conn| read::events_after(conn, after, filter, limit))
+            .await
+    }
+
+    async fn last_seq(&self) -> Result<u64, StoreError> {
+        self.read(read::last_seq).await
+    }
+
+    async fn mark_stale(
+        &self,
+        finished_before: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError> {
+        self.write(move |tx| ops::mark_stale(tx, finished_before, limit))
+            .await
+    }
+
+    async fn delete_stale(
+        &self,
+        stale_before: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError> {
+        self.write(move |tx| ops::delete_stale(tx, stale_before, limit))
+            .await
+    }
+
+    async fn due_deliveries(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        let now = self.now();
+        self.read(move |conn| read::due_deliveries(conn, now, limit))
+            .await
+    }
+
+    async fn next_delivery_at(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        self.read(read::next_delivery_at).await
+    }
+
+    async fn record_attempt(
+        &self,
+        id: DeliveryId,
+        outcome: AttemptOutcome,
+    ) -> Result<Delivery, StoreError> {
+        self.write(move |tx| ops::record_attempt(tx, id, outcome))
+            .await
+    }
+
+    async fn deliveries(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>, StoreError> {
+        self.read(move |conn| read::deliveries(conn, filter)).await
+    }
+}

@@ -1,0 +1,425 @@
+//! Tests of the SQLite store on real files: behaviour next to `MemoryStore`,
+//! failures of the file, query plans, concurrency and crash safety.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jobqueue_core::{
+    ClaimRequest, Clock, ErrorKind, Event, EventFilter, EventSink, EventType, FailureOutcome, JobFilter,
+    JobStatus, JobStore, ManualClock, MemoryStore, NewJob, Progress, RecoverScope,
+    WebhookRoute,
+};
+use serde_json::json;
+
+use crate::{SqliteOptions, SqliteStore};
+
+fn file_store(dir: &tempfile::TempDir, clock: Arc<ManualClock>) -> SqliteStore {
+    SqliteStore::open(dir.path().join("jobs.db"), SqliteOptions::default().clock(clock)).unwrap()
+}
+
+#[derive(Default)]
+struct Collect(Mutex<Vec<Event>>);
+
+impl EventSink for Collect {
+    fn publish(&self, events: &[Event]) {
+        self.0.lock().unwrap().extend_from_slice(events);
+    }
+}
+
+/// One scripted scenario, returning what a caller sees, with ids and tokens
+/// left out so two stores can be compared.
+async fn scenario(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) -> Vec<String> {
+    let sink = Arc::new(Collect::default());
+    store.set_event_sink(sink.clone());
+    store.set_webhook_routes(vec![WebhookRoute {
+        url: "http://hook/a".into(),
+        events: None,
+    }]);
+    let mut seen = Vec::new();
+    let mut log = |s: String| seen.push(s);
+    let a = store
+        .enqueue(
+            NewJob::new("p")
+                .phases(["one", "two"])
+                .unique_key("k")
+                .webhook_url("http://job/hook")
+                .input(json!({"x": 1})),
+        )
+        .await
+        .unwrap();
+    let dup = store.enqueue(NewJob::new("p").unique_key("k")).await;
+    log(format!("dup {:?}", dup.map_err(|e| e.kind())).replace(&a.id.to_string(), "A"));
+    let bad = store.enqueue(NewJob::new(" ")).await;
+    log(format!("bad {:?}", bad.map(|_| ()).map_err(|e| e.kind())));
+    let b = store
+        .enqueue(NewJob::new("p").priority(5).phases(["one"]))
+        .await
+        .unwrap();
+    let claimed = store.claim(ClaimRequest::new(10)).await.unwrap();
+    log(format!(
+        "claimed {:?}",
+        claimed
+            .iter()
+            .map(|c| if c.job.id == a.id { "A" } else { "B" })
+            .collect::<Vec<_>>()
+    ));
+    let la = claimed.iter().find(|c| c.job.id == a.id).unwrap().lease;
+    let lb = claimed.iter().find(|c| c.job.id == b.id).unwrap().lease;
+    log(format!("start1 {:?}", store.phase_started(&la, 1).await.map_err(|e| e.kind())));
+    store.phase_started(&la, 0).await.unwrap();
+    store
+        .phase_progress(&la, 0, Progress::new(150, Some("half".into())))
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(1));
+    store.phase_completed(&la, 0, json!("r0")).await.unwrap();
+    store.phase_started(&la, 1).await.unwrap();
+    let again = store.phase_failed(&la, 1, "boom".into(), FailureOutcome::RetryAt(clock.now())).await.unwrap();
+    log(format!("after fail {} {:?}", again.status, again.phases.iter().map(|p| p.status).collect::<Vec<_>>()));
+    log(format!("stale lease {:?}", store.complete_job(&la).await.map_err(|e| e.kind())));
+    let c2 = store.claim(ClaimRequest::new(1)).await.unwrap();
+    let la2 = c2[0].lease;
+    log(format!("attempt {}", la2.attempt));
+    store.phase_started(&la2, 1).await.unwrap();
+    log(format!("cancel {:?}", store.request_cancel(a.id).await.map(|o| matches!(o, jobqueue_core::CancelOutcome::Requested(_)))));
+    log(format!("hb {:?}", store.heartbeat(&la2, Duration::from_secs(60)).await));
+    let interrupted = store.interrupt(&la2).await.unwrap();
+    log(format!("interrupted {:?}", interrupted.interrupted.map(|i| i.phase)));
+    store.phase_started(&lb, 0).await.unwrap();
+    let failed = store.phase_failed(&lb, 0, "bad".into(), FailureOutcome::Fail).await.unwrap();
+    log(format!("failed {} {:?}", failed.status, failed.error.map(|e| e.message)));
+    let retried = store.retry(b.id).await.unwrap();
+    log(format!("retried {} {}", retried.status, retried.attempt));
+    let c3 = store.claim(ClaimRequest::new(5)).await.unwrap();
+    log(format!("claim3 {}", c3.len()));
+    for c in &c3 {
+        let first = c.job.first_incomplete_phase().unwrap();
+        for i in first..c.job.phases.len() {
+            store.phase_started(&c.lease, i).await.unwrap();
+            store.phase_completed(&c.lease, i, json!(i)).await.unwrap();
+        }
+        let done = store.complete_job(&c.lease).await.unwrap();
+        log(format!("done {} {:?}", done.status, done.results()));
+    }
+    let running = store.enqueue(NewJob::new("q")).await.unwrap();
+    store.claim(ClaimRequest::new(1)).await.unwrap();
+    log(format!("recovered {}", store.recover(RecoverScope::All).await.unwrap().len()));
+    log(format!("job q {:?}", store.job(running.id).await.unwrap().map(|j| j.status)));
+    log(format!("delete running {:?}", store.delete(running.id).await.map_err(|e| e.kind())));
+    clock.advance(Duration::from_secs(100));
+    let stale = store.mark_stale(clock.now(), 10).await.unwrap();
+    log(format!("stale {}", stale.len()));
+    clock.advance(Duration::from_secs(100));
+    let deleted = store.delete_stale(clock.now(), 1).await.unwrap();
+    log(format!("deleted {}", deleted.len()));
+    log(format!("deleted job {:?}", store.job(deleted[0]).await.unwrap().is_none()));
+    let page = store.list(JobFilter { limit: 1, ..JobFilter::default() }).await.unwrap();
+    log(format!("page {} {}", page.jobs.len(), page.next_cursor.is_some()));
+    let page2 = store.list(JobFilter { limit: 5, cursor: page.next_cursor, ..JobFilter::default() }).await.unwrap();
+    log(format!("page2 {} {}", page2.jobs.len(), page2.next_cursor.is_some()));
+    let all = store.events_after(0, EventFilter::default(), 1000).await.unwrap();
+    log(format!("events {:?}", all.iter().map(|e| (e.seq, e.event_type())).collect::<Vec<_>>()));
+    let published = sink.0.lock().unwrap().clone();
+    let seqs: Vec<u64> = published.iter().map(|e| e.seq).collect();
+    log(format!("published {seqs:?}"));
+    log(format!("last {}", store.last_seq().await.unwrap()));
+    let types = store
+        .events_after(0, EventFilter { job: Some(a.id), types: vec![EventType::PhaseFailed] }, 10)
+        .await
+        .unwrap();
+    log(format!("a failed events {}", types.len()));
+    let due = store.due_deliveries(1000).await.unwrap();
+    log(format!("due {:?}", due.iter().map(|d| (d.event_seq, d.target, d.url.clone())).collect::<Vec<_>>()));
+    let first = &due[0];
+    let d = store
+        .record_attempt(first.id, jobqueue_core::AttemptOutcome::Delivered { status: 200 })
+        .await
+        .unwrap();
+    log(format!("delivered {} {:?}", d.status, d.event == first.event));
+    log(format!(
+        "again {:?}",
+        store.record_attempt(first.id, jobqueue_core::AttemptOutcome::Delivered { status: 200 }).await.map_err(|e| e.kind())
+    ));
+    log(format!("next {:?}", store.next_delivery_at().await.unwrap()));
+    let dels = store
+        .deliveries(jobqueue_core::DeliveryFilter { job: Some(deleted[0]), statuses: vec![], limit: 0 })
+        .await
+        .unwrap();
+    log(format!("deliveries of deleted {}", dels.len()));
+    seen
+}
+
+#[tokio::test]
+async fn behaves_like_memory_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::default());
+    let memory = scenario(Arc::new(MemoryStore::with_clock(clock.clone())), clock).await;
+    let clock = Arc::new(ManualClock::default());
+    let sqlite = scenario(Arc::new(file_store(&dir, clock.clone())), clock).await;
+    assert_eq!(sqlite, memory);
+    let clock = Arc::new(ManualClock::default());
+    let mem_db = SqliteStore::open_in_memory(SqliteOptions::default().clock(clock.clone())).unwrap();
+    assert_eq!(scenario(Arc::new(mem_db), clock).await, memory);
+}
+
+#[tokio::test]
+async fn data_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::default());
+    let store = file_store(&dir, clock.clone());
+    let job = store
+        .enqueue(NewJob::new("p").phases(["a"]).input(json!([1, 2])))
+        .await
+        .unwrap();
+    let c = store.claim(ClaimRequest::new(1)).await.unwrap();
+    store.phase_started(&c[0].lease, 0).await.unwrap();
+    store.phase_progress(&c[0].lease, 0, Progress::new(40, None)).await.unwrap();
+    let before = store.job(job.id).await.unwrap().unwrap();
+    drop(store);
+    let store = file_store(&dir, clock);
+    assert_eq!(store.job(job.id).await.unwrap().unwrap(), before);
+    assert_eq!(store.last_seq().await.unwrap(), 4);
+    let next = store.enqueue(NewJob::new("p")).await.unwrap();
+    let ev = store.events_after(4, EventFilter::default(), 10).await.unwrap();
+    assert_eq!(ev.len(), 1);
+    assert_eq!((ev[0].seq, ev[0].job_id), (5, next.id));
+    let recovered = store.recover(RecoverScope::All).await.unwrap();
+    let ctx = recovered[0].interrupted.clone().unwrap();
+    assert_eq!((ctx.phase.as_str(), ctx.progress.map(|p| p.percent)), ("a", Some(40)));
+}
+
+#[tokio::test]
+async fn a_failing_operation_in_a_group_is_rolled_back_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = file_store(&dir, Arc::new(ManualClock::default()));
+    // Many enqueues at once, every other one a duplicate of a key: they land
+    // in shared groups, and each duplicate must fail without taking the others.
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .enqueue(NewJob::new("p").unique_key(format!("k{}", i / 2)))
+                .await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Duplicate),
+        }
+    }
+    assert_eq!(ok, 100);
+    assert_eq!(store.last_seq().await.unwrap(), 100);
+    let events = store.events_after(0, EventFilter::default(), 1000).await.unwrap();
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+}
+
+fn kind_of_open(path: &std::path::Path) -> ErrorKind {
+    match SqliteStore::open(path, SqliteOptions::default()) {
+        Ok(_) => panic!("opened {}", path.display()),
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            e.kind()
+        }
+    }
+}
+
+#[test]
+fn a_corrupt_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+    assert_eq!(kind_of_open(&path), ErrorKind::Corrupt);
+    // The file is left as it was.
+    assert_eq!(std::fs::read(&path).unwrap(), vec![0x5a; 8192]);
+}
+
+#[test]
+fn a_damaged_database_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    drop(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
+    // Keep the header, smash the pages after it.
+    let mut bytes = std::fs::read(&path).unwrap();
+    for b in bytes.iter_mut().skip(100) {
+        *b = 0xff;
+    }
+    std::fs::write(&path, bytes).unwrap();
+    assert_eq!(kind_of_open(&path), ErrorKind::Corrupt);
+}
+
+#[test]
+fn a_missing_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no/such/dir/jobs.db");
+    assert_eq!(kind_of_open(&path), ErrorKind::Io);
+    assert!(!dir.path().join("no").exists());
+}
+
+#[test]
+fn a_read_only_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    drop(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    perms.set_readonly(true);
+    std::fs::set_permissions(&path, perms).unwrap();
+    assert_eq!(kind_of_open(&path), ErrorKind::Io);
+}
+
+#[test]
+fn a_newer_schema_is_refused_untouched() {
+    use diesel::connection::SimpleConnection;
+    use diesel::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    drop(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
+    let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+    conn.batch_execute(
+        "INSERT INTO __diesel_schema_migrations (version) VALUES ('29990101000000');
+         CREATE TABLE from_the_future (x INTEGER);",
+    )
+    .unwrap();
+    drop(conn);
+    let err = SqliteStore::open(&path, SqliteOptions::default()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SchemaTooNew, "{err}");
+    assert!(err.to_string().contains("29990101000000"), "{err}");
+}
+
+#[test]
+fn a_path_that_is_a_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(kind_of_open(dir.path()), ErrorKind::Io);
+}
+
+/// The claim, list and retention queries use an index, not a scan of jobs.
+#[test]
+fn hot_queries_use_indexes() {
+    use diesel::prelude::*;
+    use diesel::sql_types::Text;
+    #[derive(QueryableByName)]
+    struct Plan {
+        #[diesel(sql_type = Text)]
+        detail: String,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    drop(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
+    let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+    let queries = [
+        // claim (the subquery of the claim UPDATE)
+        "SELECT id FROM jobs WHERE status = ?1 AND run_at <= ?2 AND pipeline NOT IN (?3) \
+         ORDER BY priority DESC, run_at, created_at, id LIMIT ?4",
+        // list, unfiltered, by status, by pipeline, next page
+        "SELECT * FROM jobs ORDER BY id DESC LIMIT ?1",
+        "SELECT * FROM jobs WHERE status IN (?1, ?2) ORDER BY id DESC LIMIT ?3",
+        "SELECT * FROM jobs WHERE pipeline = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+        // retention
+        "SELECT * FROM jobs WHERE finished_at < ?1 AND status IN (?2, ?3, ?4) \
+         ORDER BY finished_at, id LIMIT ?5",
+        "SELECT * FROM jobs WHERE stale_at < ?1 AND status = ?2 ORDER BY stale_at, id LIMIT ?3",
+        // recovery, unique keys
+        "SELECT * FROM jobs WHERE status = ?1 ORDER BY id",
+        "SELECT id FROM jobs WHERE unique_key = ?1 AND status IN (?2, ?3)",
+        // due deliveries, event replay
+        "SELECT * FROM webhook_deliveries WHERE status = ?1 AND next_attempt_at <= ?2 \
+         ORDER BY next_attempt_at, event_seq, id LIMIT ?3",
+        "SELECT * FROM events WHERE seq > ?1 AND job_id = ?2 ORDER BY seq LIMIT ?3",
+    ];
+    for q in queries {
+        let plan: Vec<Plan> = diesel::sql_query(format!("EXPLAIN QUERY PLAN {q}"))
+            .load(&mut conn)
+            .unwrap();
+        let plan: Vec<String> = plan.into_iter().map(|p| p.detail).collect();
+        for step in &plan {
+            let full_scan = step.starts_with("SCAN jobs") && !step.contains("USING")
+                || step.starts_with("SCAN webhook_deliveries") && !step.contains("USING")
+                || step.starts_with("SCAN events") && !step.contains("USING");
+            assert!(!full_scan, "{q}\nscans a whole table: {plan:?}");
+        }
+        assert!(plan.iter().any(|s| s.contains("INDEX") || s.contains("PRIMARY KEY")), "{q}: {plan:?}");
+    }
+}
+
+/// Many tasks enqueue and claim at once for a while: every job is claimed
+/// exactly once and the event sequence has no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_enqueue_and_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("jobs.db"), SqliteOptions::default()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let producers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                while tokio::time::Instant::now() < deadline {
+                    ids.push(store.enqueue(NewJob::new("p")).await.unwrap().id);
+                }
+                ids
+            })
+        })
+        .collect();
+    let consumers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                while tokio::time::Instant::now() < deadline {
+                    for c in store.claim(ClaimRequest::new(4)).await.unwrap() {
+                        ids.push(c.job.id);
+                        store.complete_job(&c.lease).await.unwrap();
+                    }
+                    tokio::task::yield_now().await;
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut enqueued = Vec::new();
+    for p in producers {
+        enqueued.extend(p.await.unwrap());
+    }
+    let mut claimed = Vec::new();
+    for c in consumers {
+        claimed.extend(c.await.unwrap());
+    }
+    // Claim what is left after the deadline.
+    loop {
+        let batch = store.claim(ClaimRequest::new(256)).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        for c in batch {
+            claimed.push(c.job.id);
+            store.complete_job(&c.lease).await.unwrap();
+        }
+    }
+    assert!(enqueued.len() > 100, "only {} jobs", enqueued.len());
+    let mut a = enqueued.clone();
+    a.sort();
+    let mut b = claimed.clone();
+    b.sort();
+    let n = b.len();
+    b.dedup();
+    assert_eq!(b.len(), n, "a job was claimed twice");
+    assert_eq!(a, b, "claimed jobs differ from enqueued ones");
+    let last = store.last_seq().await.unwrap();
+    assert_eq!(last, 3 * enqueued.len() as u64);
+    let mut seq = 0;
+    while seq < last {
+        let page = store.events_after(seq, EventFilter::default(), 1000).await.unwrap();
+        for e in page {
+            assert_eq!(e.seq, seq + 1, "gap in the event sequence");
+            seq = e.seq;
+        }
+    }
+    let done = store
+        .list(JobFilter { statuses: vec![JobStatus::Completed], limit: 1, ..JobFilter::default() })
+        .await
+        .unwrap();
+    assert_eq!(done.jobs.len(), 1);
+}

@@ -1,0 +1,353 @@
+//! The writer: one thread that owns the write connection and commits the
+//! operations waiting for it in groups.
+//!
+//! Callers send boxed operations through a channel. The writer takes the
+//! first one, drains whatever else is waiting (up to `max_batch`), and runs
+//! them all in one `BEGIN IMMEDIATE` transaction, each inside its own
+//! `SAVEPOINT` so an operation that fails is rolled back alone. After the
+//! `COMMIT` it publishes each operation's events to the [`EventSink`] in
+//! sequence order and then answers every caller. One commit (one WAL append,
+//! one fsync with `synchronous=FULL`) thus serves many operations.
+//!
+//! The event sequence counter lives here: only the writer appends events,
+//! so it hands out numbers without asking the database, and takes them back
+//! when an operation or a batch is rolled back.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use futures_channel::oneshot;
+use jobqueue_core::clock::truncate_to_micros;
+use jobqueue_core::outbox::default_filter;
+use jobqueue_core::{
+    Clock, Delivery, DeliveryId, DeliveryStatus, DeliveryTarget, ErrorKind, Event, EventData,
+    EventSink, JobId, StoreError, WebhookRoute,
+};
+use time::OffsetDateTime;
+
+use crate::error::db_err;
+use crate::rows::{DeliveryRow, EventRow};
+use crate::schema::{events, webhook_deliveries};
+
+/// A read, run on some connection; it sends its own answer.
+pub(crate) type ReadJob = Box<dyn FnOnce(&mut SqliteConnection) + Send>;
+
+/// What the writer thread receives.
+pub(crate) enum Msg {
+    /// A write, run in the next group transaction.
+    Write(Box<dyn WriteOp>),
+    /// A read, run on the writer's connection after the group commits (only
+    /// for an in-memory database, which has no other connections).
+    Read(ReadJob),
+}
+
+/// State the store's handle and the writer share.
+pub(crate) struct Shared {
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) routes: Mutex<Arc<Vec<WebhookRoute>>>,
+    pub(crate) sink: Mutex<Option<Arc<dyn EventSink>>>,
+}
+
+impl Shared {
+    pub(crate) fn now(&self) -> OffsetDateTime {
+        truncate_to_micros(self.clock.now())
+    }
+
+    fn routes(&self) -> Arc<Vec<WebhookRoute>> {
+        Arc::clone(&self.routes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn sink(&self) -> Option<Arc<dyn EventSink>> {
+        self.sink.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// One operation's view of the group transaction.
+pub(crate) struct Tx<'a> {
+    /// The write connection, inside the transaction and the op's savepoint.
+    pub(crate) conn: &'a mut SqliteConnection,
+    /// The time of this operation.
+    pub(crate) now: OffsetDateTime,
+    routes: &'a [WebhookRoute],
+    last_seq: &'a mut u64,
+    events: Vec<Event>,
+}
+
+impl Tx<'_> {
+    /// The last sequence number handed out so far.
+    pub(crate) fn last_seq(&self) -> u64 {
+        *self.last_seq
+    }
+
+    /// Appends an event about a job, with its webhook deliveries: one per
+    /// configured endpoint that wants its type, and one to the job's own
+    /// `webhook_url` under the default filter.
+    pub(crate) fn emit(
+        &mut self,
+        job_id: JobId,
+        pipeline: &str,
+        webhook_url: Option<&str>,
+        data: EventData,
+    ) -> Result<(), StoreError> {
+        let event = Event {
+            seq: *self.last_seq + 1,
+            job_id,
+            pipeline: pipeline.to_owned(),
+            at: self.now,
+            data,
+        };
+        diesel::insert_into(events::table)
+            .values(EventRow::of(&event))
+            .execute(self.conn)
+            .map_err(db_err)?;
+        let ty = event.event_type();
+        let mut targets: Vec<(DeliveryTarget, &str)> = self
+            .routes
+            .iter()
+            .filter(|r| r.wants(ty))
+            .map(|r| (DeliveryTarget::Endpoint, r.url.as_str()))
+            .collect();
+        if let Some(url) = webhook_url.filter(|_| default_filter(ty)) {
+            targets.push((DeliveryTarget::Job, url));
+        }
+        for (target, url) in targets {
+            let d = Delivery {
+                id: DeliveryId::new(),
+                event_seq: event.seq,
+                job_id: event.job_id,
+                target,
+                url: url.to_owned(),
+                event: event.clone(),
+                status: DeliveryStatus::Pending,
+                attempts: 0,
+                last_status: None,
+                last_error: None,
+                next_attempt_at: Some(self.now),
+                created_at: self.now,
+            };
+            diesel::insert_into(webhook_deliveries::table)
+                .values(DeliveryRow::of(&d))
+                .execute(self.conn)
+                .map_err(db_err)?;
+        }
+        *self.last_seq = event.seq;
+        self.events.push(event);
+        Ok(())
+    }
+}
+
+/// A write operation in a group.
+pub(crate) trait WriteOp: Send {
+    /// Runs the operation inside the group transaction; returns whether it
+    /// succeeded (a failed one is rolled back to its savepoint).
+    fn apply(&mut self, tx: &mut Tx<'_>) -> bool;
+    /// Answers the caller: with the operation's own result, or with the
+    /// failure that ended the whole group.
+    fn finish(self: Box<Self>, group_failure: Option<&(ErrorKind, String)>);
+}
+
+type OpFn<T> = Box<dyn for<'a> FnOnce(&mut Tx<'a>) -> Result<T, StoreError> + Send>;
+
+/// A [`WriteOp`] made of a closure and the channel of its answer.
+pub(crate) struct FnOp<T> {
+    f: Option<OpFn<T>>,
+    out: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T: Send + 'static> FnOp<T> {
+    pub(crate) fn new(
+        f: impl for<'a> FnOnce(&mut Tx<'a>) -> Result<T, StoreError> + Send + 'static,
+        reply: oneshot::Sender<Result<T, StoreError>>,
+    ) -> Self {
+        Self {
+            f: Some(Box::new(f)),
+            out: None,
+            reply,
+        }
+    }
+}
+
+impl<T: Send + 'static> WriteOp for FnOp<T> {
+    fn apply(&mut self, tx: &mut Tx<'_>) -> bool {
+        let Some(f) = self.f.take() else {
+            return false;
+        };
+        // A panic in an operation fails that operation only: its savepoint
+        // is rolled back like any failure, and the writer goes on.
+        let out = catch_unwind(AssertUnwindSafe(|| f(tx))).unwrap_or_else(|_| {
+            Err(StoreError::backend(
+                ErrorKind::Internal,
+                "sqlite store: a write operation panicked; it was rolled back",
+            ))
+        });
+        let ok = out.is_ok();
+        self.out = Some(out);
+        ok
+    }
+
+    fn finish(self: Box<Self>, group_failure: Option<&(ErrorKind, String)>) {
+        let answer = match (self.out, group_failure) {
+            (Some(Err(e)), _) => Err(e),
+            (_, Some((kind, message))) => Err(StoreError::backend(*kind, message.clone())),
+            (Some(Ok(v)), None) => Ok(v),
+            (None, None) => Err(StoreError::backend(
+                ErrorKind::Internal,
+                "sqlite store: operation was not run",
+            )),
+        };
+        // The caller may have stopped waiting; the write stands regardless.
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// Starts the writer thread on `conn`; `last_seq` is the highest sequence
+/// number in the database.
+pub(crate) fn spawn(
+    conn: SqliteConnection,
+    shared: Arc<Shared>,
+    last_seq: u64,
+    max_batch: usize,
+) -> Result<(Sender<Msg>, JoinHandle<()>), StoreError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name("jobqueue-sqlite-writer".to_owned())
+        .spawn(move || {
+            Writer {
+                conn,
+                shared,
+                last_seq,
+                max_batch: max_batch.max(1),
+            }
+            .run(&rx);
+        })
+        .map_err(|e| {
+            StoreError::backend(ErrorKind::Internal, format!("cannot start writer: {e}"))
+        })?;
+    Ok((tx, handle))
+}
+
+struct Writer {
+    conn: SqliteConnection,
+    shared: Arc<Shared>,
+    last_seq: u64,
+    max_batch: usize,
+}
+
+/// Why a group ended before its commit.
+type GroupFailure = (ErrorKind, String);
+
+fn fail(e: diesel::result::Error, during: &str) -> GroupFailure {
+    let e = db_err(e);
+    (e.kind(), format!("{e} (during {during}; nothing of this write was committed)"))
+}
+
+impl Writer {
+    fn run(mut self, rx: &Receiver<Msg>) {
+        let mut writes: Vec<Box<dyn WriteOp>> = Vec::new();
+        let mut reads: Vec<ReadJob> = Vec::new();
+        while let Ok(first) = rx.recv() {
+            let mut next = Some(first);
+            while let Some(msg) = next {
+                match msg {
+                    Msg::Write(op) => writes.push(op),
+                    Msg::Read(job) => reads.push(job),
+                }
+                next = if writes.len() < self.max_batch {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            if !writes.is_empty() {
+                self.group(&mut writes);
+            }
+            for job in reads.drain(..) {
+                job(&mut self.conn);
+            }
+        }
+    }
+
+    /// Runs one group of writes and answers every caller.
+    fn group(&mut self, ops: &mut Vec<Box<dyn WriteOp>>) {
+        let start_seq = self.last_seq;
+        let mut published: Vec<Vec<Event>> = Vec::with_capacity(ops.len());
+        let outcome = self.run_group(ops, &mut published);
+        if let Err(failure) = &outcome {
+            // Best effort: the transaction may already be gone.
+            let _ = self.conn.batch_execute("ROLLBACK");
+            self.last_seq = start_seq;
+            let _ = failure;
+        }
+        let failure = outcome.err();
+        if failure.is_none() {
+            if let Some(sink) = self.shared.sink() {
+                for events in published.iter().filter(|e| !e.is_empty()) {
+                    sink.publish(events);
+                }
+            }
+        }
+        for op in ops.drain(..) {
+            op.finish(failure.as_ref());
+        }
+    }
+
+    fn run_group(
+        &mut self,
+        ops: &mut [Box<dyn WriteOp>],
+        published: &mut Vec<Vec<Event>>,
+    ) -> Result<(), GroupFailure> {
+        let routes = self.shared.routes();
+        let single = ops.len() == 1;
+        self.conn
+            .batch_execute("BEGIN IMMEDIATE")
+            .map_err(|e| fail(e, "BEGIN IMMEDIATE"))?;
+        let mut any_ok = false;
+        for op in ops.iter_mut() {
+            if !single {
+                self.conn
+                    .batch_execute("SAVEPOINT op")
+                    .map_err(|e| fail(e, "SAVEPOINT"))?;
+            }
+            let before = self.last_seq;
+            let mut tx = Tx {
+                conn: &mut self.conn,
+                now: self.shared.now(),
+                routes: &routes,
+                last_seq: &mut self.last_seq,
+                events: Vec::new(),
+            };
+            let ok = op.apply(&mut tx);
+            let events = tx.events;
+            if ok {
+                any_ok = true;
+                published.push(events);
+                if !single {
+                    self.conn
+                        .batch_execute("RELEASE op")
+                        .map_err(|e| fail(e, "RELEASE"))?;
+                }
+            } else {
+                self.last_seq = before;
+                published.push(Vec::new());
+                if single {
+                    self.conn
+                        .batch_execute("ROLLBACK")
+                        .map_err(|e| fail(e, "ROLLBACK"))?;
+                    return Ok(());
+                }
+                self.conn
+                    .batch_execute("ROLLBACK TO op; RELEASE op")
+                    .map_err(|e| fail(e, "ROLLBACK TO"))?;
+            }
+        }
+        let end = if any_ok { "COMMIT" } else { "ROLLBACK" };
+        self.conn.batch_execute(end).map_err(|e| fail(e, end))?;
+        Ok(())
+    }
+}
