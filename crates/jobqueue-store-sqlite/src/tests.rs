@@ -423,3 +423,32 @@ async fn concurrent_enqueue_and_claim() {
         .unwrap();
     assert_eq!(done.jobs.len(), 1);
 }
+
+/// The conformance suite of core on a real file, one fresh file per case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_a_file() {
+    let dirs: Arc<Mutex<Vec<tempfile::TempDir>>> = Arc::default();
+    let keep = dirs.clone();
+    jobqueue_core::testing::run_all(move |clock| {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(
+            dir.path().join("jobs.db"),
+            SqliteOptions::default().clock(clock),
+        )
+        .unwrap();
+        keep.lock().unwrap().push(dir);
+        Box::pin(async move { Arc::new(store) as Arc<dyn JobStore> })
+    })
+    .await;
+    drop(dirs);
+}
+
+/// The conformance suite on an in-memory database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_in_memory() {
+    jobqueue_core::testing::run_all(|clock| {
+        let store = SqliteStore::open_in_memory(SqliteOptions::default().clock(clock)).unwrap();
+        Box::pin(async move { Arc::new(store) as Arc<dyn JobStore> })
+    })
+    .await;
+}
