@@ -32,6 +32,7 @@ macro_rules! store_tests {
     };
 }
 
+mod retention;
 mod runtime;
 
 /// A test's world: a store (that survives "restarts"), a clock, a temp dir.

@@ -8,12 +8,14 @@
 //! every transition with the claim's fencing token. Retries resume at the
 //! failed phase; completed phases never run again. Shutdown stops claiming,
 //! lets phases finish within a deadline and records the rest as interrupted.
+//! The retention scheduler marks old finished jobs stale and deletes them.
 //!
 //! See `docs/runtime-lifecycle.md` for the walk from startup to shutdown.
 
 mod clock;
 mod phase;
 mod pipeline;
+mod retention;
 mod runner;
 mod runtime;
 
@@ -22,4 +24,5 @@ pub use phase::{
     FailureKind, FnPhase, Phase, PhaseContext, PhaseError, ProgressReporter, phase_fn, to_result,
 };
 pub use pipeline::{PhaseSpec, Pipeline, Pipelines};
+pub use retention::{RetentionConfig, RetentionPass, run_retention_pass};
 pub use runtime::{Runtime, RuntimeConfig, StartError};

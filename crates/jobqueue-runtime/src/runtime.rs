@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::pipeline::Pipelines;
+use crate::retention::{RetentionConfig, retention_loop};
 use crate::runner;
 
 /// How the runtime behaves. `Default` gives sensible values for one process
@@ -48,6 +49,8 @@ pub struct RuntimeConfig {
     pub clock: Arc<dyn Clock>,
     /// Seed of the backoff jitter; `None` seeds from the system.
     pub jitter_seed: Option<u64>,
+    /// The retention scheduler's settings; `None` keeps every job forever.
+    pub retention: Option<RetentionConfig>,
 }
 
 impl Default for RuntimeConfig {
@@ -63,6 +66,7 @@ impl Default for RuntimeConfig {
             recover: RecoverScope::All,
             clock: Arc::new(SystemClock),
             jitter_seed: None,
+            retention: None,
         }
     }
 }
@@ -190,6 +194,15 @@ impl Runtime {
             jitter: Mutex::new(seed.map_or_else(SeededJitter::from_entropy, SeededJitter::new)),
             tracker: TaskTracker::new(),
         });
+        if let Some(retention) = inner.config.retention {
+            let (store, clock) = (inner.store.clone(), inner.config.clock.clone());
+            inner.tracker.spawn(retention_loop(
+                store,
+                clock,
+                retention,
+                inner.stop_claiming.clone(),
+            ));
+        }
         let pump = tokio::spawn(pump(inner.clone()));
         Ok(Self {
             inner,

@@ -9,7 +9,7 @@ use jobqueue_core::{
     CancelOutcome, Clock, Job, JobFilter, JobId, JobPage, JobStore, MemoryStore, NewJob,
     RecoverScope, RetryPolicy,
 };
-use jobqueue_runtime::{Pipeline, Pipelines, Runtime, RuntimeConfig};
+use jobqueue_runtime::{Pipeline, Pipelines, RetentionConfig, Runtime, RuntimeConfig};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -105,6 +105,13 @@ impl JobQueueBuilder {
     /// How often the pump looks for work that no wake-up announced (default 1 s).
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.config.poll_interval = interval;
+        self
+    }
+
+    /// Runs the retention scheduler: finished jobs become stale after
+    /// `stale_after`, stale jobs are deleted after `delete_after`.
+    pub fn retention(mut self, retention: RetentionConfig) -> Self {
+        self.config.retention = Some(retention);
         self
     }
 

@@ -1,0 +1,111 @@
+//! The retention scheduler: every `interval`, finished jobs older than
+//! `stale_after` become `stale`, and stale jobs older than `delete_after`
+//! are deleted with all their rows, in small batches.
+//!
+//! It only ever asks the store for finished or stale jobs (the store's
+//! transition table refuses anything else), so queued and running jobs are
+//! never touched. A deleted job's webhook deliveries keep their own payload
+//! snapshots, so pending deliveries still complete.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobqueue_core::{Clock, JobStore, StoreError};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// When finished jobs become stale and when stale jobs are deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// Finished (completed, failed, cancelled) this long ago: stale.
+    pub stale_after: Duration,
+    /// Stale this long: deleted.
+    pub delete_after: Duration,
+    /// How often the scheduler runs.
+    pub interval: Duration,
+    /// Jobs per transaction; small batches keep the writer responsive.
+    pub batch: usize,
+}
+
+impl Default for RetentionConfig {
+    /// 7 days to stale, 30 days to delete, every minute, 100 per batch
+    /// (the defaults of CONTRACT.md §2).
+    fn default() -> Self {
+        Self {
+            stale_after: Duration::from_secs(7 * 86_400),
+            delete_after: Duration::from_secs(30 * 86_400),
+            interval: Duration::from_secs(60),
+            batch: 100,
+        }
+    }
+}
+
+/// What one retention pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionPass {
+    /// Jobs marked stale.
+    pub marked_stale: usize,
+    /// Jobs deleted.
+    pub deleted: usize,
+}
+
+/// Runs one pass: marks, then deletes, batch by batch until nothing is due.
+pub async fn run_retention_pass(
+    store: &dyn JobStore,
+    clock: &dyn Clock,
+    config: &RetentionConfig,
+) -> Result<RetentionPass, StoreError> {
+    let batch = config.batch.max(1);
+    let mut pass = RetentionPass::default();
+    loop {
+        let ids = store
+            .mark_stale(clock.now() - config.stale_after, batch)
+            .await?;
+        pass.marked_stale += ids.len();
+        if ids.len() < batch {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    loop {
+        let ids = store
+            .delete_stale(clock.now() - config.delete_after, batch)
+            .await?;
+        pass.deleted += ids.len();
+        if ids.len() < batch {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    Ok(pass)
+}
+
+/// The scheduler loop; ends when `stop` fires.
+pub(crate) async fn retention_loop(
+    store: Arc<dyn JobStore>,
+    clock: Arc<dyn Clock>,
+    config: RetentionConfig,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(config.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => break,
+        }
+        match run_retention_pass(&*store, &*clock, &config).await {
+            Ok(p) if p != RetentionPass::default() => {
+                info!(
+                    marked_stale = p.marked_stale,
+                    deleted = p.deleted,
+                    "retention pass"
+                );
+            }
+            Ok(_) => debug!("retention pass: nothing due"),
+            Err(e) => {
+                warn!(error = %e, kind = ?e.kind(), "retention pass failed; trying again next interval")
+            }
+        }
+    }
+}

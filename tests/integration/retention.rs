@@ -1,0 +1,168 @@
+//! Retention: finished jobs become stale, then deleted; queued and running
+//! jobs are never touched, and deleted jobs' webhook deliveries end cleanly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobqueue::core::{AttemptOutcome, DeliveryFilter, DeliveryStatus, WebhookRoute};
+use jobqueue::runtime::{RetentionConfig, run_retention_pass};
+use jobqueue::{
+    Clock, EventType, JobStatus, JobStore, ManualClock, MemoryStore, NewJob, PhaseError, Pipeline,
+    phase_fn,
+};
+use jobqueue_tests::StoreKind;
+use proptest::prelude::*;
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::Env;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+store_tests! {
+    async fn stale_then_deleted_and_active_jobs_untouched(kind: StoreKind) {
+        let env = Env::new(kind);
+        let started = Arc::new(Notify::new());
+        let pipelines = vec![
+            Pipeline::new("quick").phase(phase_fn("a", |_ctx| async { Ok::<_, PhaseError>(json!(1)) })),
+            Pipeline::new("long").phase({
+                let started = started.clone();
+                phase_fn("wait", move |ctx| {
+                    let started = started.clone();
+                    async move {
+                        started.notify_one();
+                        ctx.cancelled().await;
+                        Err(PhaseError::retryable("stopped"))
+                    }
+                })
+            }),
+        ];
+        let retention = RetentionConfig { stale_after: HOUR, delete_after: HOUR, interval: Duration::from_secs(60), batch: 2 };
+        let (queue, rec) = env.start_with(pipelines, |b| b.retention(retention)).await;
+        queue.store().set_webhook_routes(vec![WebhookRoute { url: "https://receiver.example/hook".into(), events: None }]);
+        let mut done = Vec::new();
+        for _ in 0..5 {
+            done.push(queue.enqueue("quick", &json!(null)).await.unwrap().id);
+        }
+        let running = queue.enqueue("long", &json!(null)).await.unwrap();
+        started.notified().await;
+        let far = env.clock.now() + Duration::from_secs(365 * 86_400);
+        let queued = queue.enqueue_job(NewJob::new("quick").run_at(far)).await.unwrap();
+        for id in &done {
+            rec.wait_for(*id, EventType::JobStale).await;
+        }
+        for id in &done {
+            rec.wait_for(*id, EventType::JobDeleted).await;
+            assert!(queue.get(*id).await.unwrap().is_none());
+            assert_eq!(rec.types_of(*id).iter().filter(|t| **t == EventType::JobStale).count(), 1);
+        }
+        assert_eq!(queue.get(running.id).await.unwrap().unwrap().status, JobStatus::Running);
+        assert_eq!(queue.get(queued.id).await.unwrap().unwrap().status, JobStatus::Queued);
+        // The deleted jobs' deliveries were kept whole and can still end.
+        for id in &done {
+            let pending = queue
+                .store()
+                .deliveries(DeliveryFilter { job: Some(*id), statuses: vec![DeliveryStatus::Pending], limit: 0 })
+                .await
+                .unwrap();
+            assert!(pending.iter().any(|d| d.event.event_type() == EventType::JobDeleted));
+            for d in pending {
+                let r = queue.store().record_attempt(d.id, AttemptOutcome::Delivered { status: 200 }).await.unwrap();
+                assert_eq!(r.status, DeliveryStatus::Delivered);
+            }
+        }
+        queue.shutdown().await;
+    }
+}
+
+/// What a generated job becomes before retention runs.
+#[derive(Debug, Clone, Copy)]
+enum Fate {
+    Complete,
+    Fail,
+    Cancel,
+    StayQueued,
+    StayRunning,
+}
+
+fn fate() -> impl Strategy<Value = Fate> {
+    prop_oneof![
+        Just(Fate::Complete),
+        Just(Fate::Fail),
+        Just(Fate::Cancel),
+        Just(Fate::StayQueued),
+        Just(Fate::StayRunning),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Over random job sets with random ages, a retention pass marks stale
+    /// exactly the finished jobs older than `stale_after`, deletes exactly
+    /// the stale jobs older than `delete_after`, and leaves queued and
+    /// running jobs alone.
+    #[test]
+    fn retention_touches_only_old_finished_jobs(
+        jobs in proptest::collection::vec((fate(), 0u64..10), 1..25),
+        passes in proptest::collection::vec(0u64..6, 1..5),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        rt.block_on(async {
+            let clock = Arc::new(ManualClock::default());
+            let store = MemoryStore::with_clock(clock.clone());
+            let config = RetentionConfig { stale_after: 3 * HOUR, delete_after: 2 * HOUR, interval: HOUR, batch: 3 };
+            let mut ids = Vec::new();
+            for (fate, age_hours) in &jobs {
+                let job = store.enqueue(NewJob::new("p").phases(["a"])).await.unwrap();
+                if !matches!(fate, Fate::StayQueued) {
+                    let c = store.claim(jobqueue::core::ClaimRequest::new(1)).await.unwrap().remove(0);
+                    match fate {
+                        Fate::Complete => {
+                            store.phase_started(&c.lease, 0).await.unwrap();
+                            store.phase_completed(&c.lease, 0, json!(1)).await.unwrap();
+                            store.complete_job(&c.lease).await.unwrap();
+                        }
+                        Fate::Fail => {
+                            store.phase_started(&c.lease, 0).await.unwrap();
+                            store.phase_failed(&c.lease, 0, "x".into(), jobqueue::core::FailureOutcome::Fail).await.unwrap();
+                        }
+                        Fate::Cancel => {
+                            store.request_cancel(job.id).await.unwrap();
+                            store.cancel_running(&c.lease).await.unwrap();
+                        }
+                        _ => {}
+                    }
+                }
+                ids.push(job.id);
+                clock.advance(HOUR * (*age_hours as u32));
+            }
+            for step in passes {
+                clock.advance(HOUR * step as u32);
+                // Expected from the jobs as they were before this pass.
+                let now = clock.now();
+                let mut expected = Vec::new();
+                for id in &ids {
+                    let before = store.job(*id).await.unwrap();
+                    expected.push(before.map(|j| {
+                        if j.status.is_finished() && j.finished_at.unwrap() < now - config.stale_after {
+                            // Marked now; deleted in the same pass only if
+                            // delete_after were zero, which it is not.
+                            Some(JobStatus::Stale)
+                        } else if j.status == JobStatus::Stale && j.stale_at.unwrap() < now - config.delete_after {
+                            None
+                        } else {
+                            Some(j.status)
+                        }
+                    }));
+                }
+                run_retention_pass(&store, &*clock, &config).await.unwrap();
+                for (id, exp) in ids.iter().zip(expected) {
+                    let after = store.job(*id).await.unwrap().map(|j| j.status);
+                    let exp = exp.flatten();
+                    assert_eq!(after, exp, "job {id}");
+                }
+            }
+        });
+    }
+}
