@@ -1,0 +1,586 @@
+//! The [`Dispatcher`]: sends due webhook deliveries from the store's outbox
+//! and records each attempt's outcome.
+//!
+//! One task loops: it asks the store for due deliveries, starts each (up to
+//! the configured concurrency) on its own task, and sleeps until the next one
+//! is due, a new event was published (the bus's [`latest`] watch), an
+//! attempt finished, or shutdown. Everything it knows is in the store, so a
+//! new dispatcher on the same store resumes where an old one stopped.
+//!
+//! One attempt: `POST` of the event's JSON with the Standard Webhooks
+//! headers. A 2xx answer within the timeout delivers it; 410 Gone fails it
+//! at once; anything else (another status, a timeout, a connection error) is
+//! tried again after the next delay of the retry schedule, or later if the
+//! answer's `Retry-After` says so, and fails after the last delay. A
+//! delivery that cannot be attempted at all (its endpoint left the
+//! configuration, no secret for per-job URLs, a forbidden address) fails at
+//! once with the reason as its error: nothing loops.
+//!
+//! [`latest`]: crate::EventBus::latest
+
+use std::collections::{HashMap, HashSet};
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use jobqueue_core::{
+    AttemptOutcome, Clock, Delivery, DeliveryId, DeliveryTarget, JobStore, StoreError, SystemClock,
+};
+use time::OffsetDateTime;
+use tokio::sync::{broadcast, watch};
+use tokio::task::{self, JoinSet};
+
+use super::sign::SigningKey;
+use super::url::{PublicResolver, Target, find_forbidden};
+use super::{MAX_RETRY_AFTER, WebhookConfig, WebhookError};
+use crate::wire::event_json_string;
+
+/// How often the dispatcher looks at the store even without a wake-up, so it
+/// also finds deliveries written by other processes.
+pub const DEFAULT_MAX_IDLE: Duration = Duration::from_secs(10);
+
+type TrustedClient = Client<HttpConnector, Full<Bytes>>;
+type PublicClient = Client<HttpConnector<PublicResolver>, Full<Bytes>>;
+
+/// How deliveries to one kind of target are signed, retried and timed out.
+struct Route {
+    key: SigningKey,
+    schedule: Vec<Duration>,
+    timeout: Duration,
+}
+
+/// What every attempt task shares.
+struct Shared {
+    store: Arc<dyn JobStore>,
+    clock: Arc<dyn Clock>,
+    /// Configured endpoints by URL.
+    endpoints: HashMap<String, Route>,
+    /// Per-job `webhook_url`s; `None` without a default secret.
+    job_route: Option<Route>,
+    allow_private: bool,
+    /// For configured endpoints: any address.
+    trusted: TrustedClient,
+    /// For per-job URLs unless private targets are allowed: public
+    /// addresses only, checked when connecting.
+    public: PublicClient,
+    attempts: broadcast::Sender<Delivery>,
+}
+
+/// Sends the webhook outbox of one store. Build it, then [`spawn`](Self::spawn) it.
+pub struct Dispatcher {
+    shared: Shared,
+    wake: Option<watch::Receiver<u64>>,
+    concurrency: usize,
+    max_idle: Duration,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("endpoints", &self.shared.endpoints.len())
+            .field("allow_private", &self.shared.allow_private)
+            .field("concurrency", &self.concurrency)
+            .field("max_idle", &self.max_idle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher for `store` with `config` (checked with
+    /// [`WebhookConfig::validate`]), on the system clock.
+    pub fn new(store: Arc<dyn JobStore>, config: &WebhookConfig) -> Result<Self, WebhookError> {
+        config.validate()?;
+        let mut endpoints = HashMap::with_capacity(config.endpoints.len());
+        for e in &config.endpoints {
+            let key =
+                SigningKey::from_secret(&e.secret).map_err(|_| WebhookError::InvalidSecret {
+                    whose: format!("webhook endpoint {}", e.url),
+                })?;
+            let route = Route {
+                key,
+                schedule: e.retry_schedule.clone(),
+                timeout: e.timeout,
+            };
+            endpoints.insert(e.url.clone(), route);
+        }
+        let job_route = match &config.default_secret {
+            Some(secret) => Some(Route {
+                key: SigningKey::from_secret(secret).map_err(|_| WebhookError::InvalidSecret {
+                    whose: "webhook_secret".to_owned(),
+                })?,
+                schedule: config.job_retry_schedule.clone(),
+                timeout: config.job_timeout,
+            }),
+            None => None,
+        };
+        let trusted = client_builder().build(HttpConnector::new());
+        let public = client_builder().build(HttpConnector::new_with_resolver(PublicResolver));
+        let (attempts, _) = broadcast::channel(256);
+        Ok(Self {
+            shared: Shared {
+                store,
+                clock: Arc::new(SystemClock),
+                endpoints,
+                job_route,
+                allow_private: config.allow_private,
+                trusted,
+                public,
+                attempts,
+            },
+            wake: None,
+            concurrency: config.concurrency.max(1),
+            max_idle: DEFAULT_MAX_IDLE,
+        })
+    }
+
+    /// Reads "now" (for `webhook-timestamp` and `next_attempt_at`) from
+    /// `clock`. Timers still run on tokio's time.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.shared.clock = clock;
+        self
+    }
+
+    /// Wakes up whenever `latest` changes: pass
+    /// [`EventBus::latest`](crate::EventBus::latest) so new deliveries go
+    /// out at once instead of at the next look at the store.
+    pub fn wake_on(mut self, latest: watch::Receiver<u64>) -> Self {
+        self.wake = Some(latest);
+        self
+    }
+
+    /// Looks at the store at least this often even without a wake-up
+    /// (default [`DEFAULT_MAX_IDLE`]).
+    pub fn max_idle(mut self, every: Duration) -> Self {
+        self.max_idle = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Every delivery row after an attempt was recorded (status, attempts,
+    /// last error...), for metrics and tests. Receivers that lag lose the
+    /// oldest rows; the store has them all.
+    pub fn attempts(&self) -> broadcast::Receiver<Delivery> {
+        self.shared.attempts.subscribe()
+    }
+
+    /// Attempts every delivery that is due now, once, and returns how many
+    /// were attempted. The running loop of [`spawn`](Self::spawn) does the
+    /// same continuously; this is for one-shot use and tests.
+    pub async fn run_once(&self) -> Result<usize, StoreError> {
+        let due = self.shared.store.due_deliveries(usize::MAX).await?;
+        let count = due.len();
+        let shared = &self.shared;
+        let mut attempts: futures::stream::FuturesUnordered<_> =
+            due.into_iter().map(|d| shared.deliver(d)).collect();
+        while futures::StreamExt::next(&mut attempts).await.is_some() {}
+        Ok(count)
+    }
+
+    /// Starts the dispatch loop on the tokio runtime.
+    pub fn spawn(self) -> DispatcherHandle {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let attempts = self.shared.attempts.clone();
+        let task = tokio::spawn(self.run(stop_rx));
+        DispatcherHandle {
+            stop: stop_tx,
+            task,
+            attempts,
+        }
+    }
+
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let Self {
+            shared,
+            mut wake,
+            concurrency,
+            max_idle,
+        } = self;
+        let shared = Arc::new(shared);
+        // The delivery each attempt task works on, by task.
+        let mut in_flight: HashMap<task::Id, DeliveryId> = HashMap::new();
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut store_failures: u32 = 0;
+        tracing::debug!(concurrency, "webhook dispatcher started");
+        while !*stop.borrow() {
+            let mut wait = max_idle;
+            let free = concurrency.saturating_sub(in_flight.len());
+            if free > 0 {
+                match shared.fill(&mut in_flight, &mut tasks, free).await {
+                    Ok(next) => {
+                        store_failures = 0;
+                        if let Some(next) = next {
+                            wait = wait.min(next);
+                        }
+                    }
+                    Err(e) => {
+                        store_failures = store_failures.saturating_add(1);
+                        // Back off while the store fails: 100 ms doubling up
+                        // to `max_idle`.
+                        let backoff =
+                            Duration::from_millis(100).saturating_mul(1 << store_failures.min(10));
+                        wait = wait.min(backoff);
+                        tracing::warn!(error = %e, retry_in = ?wait, "webhook dispatcher cannot read the outbox");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.changed() => {}
+                Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                    let task = match joined {
+                        Ok((task, _)) => task,
+                        // An attempt cannot panic on anything a receiver
+                        // sends; if one did, its delivery is still pending
+                        // in the store and goes out again.
+                        Err(e) => {
+                            tracing::error!(error = %e, "webhook attempt task failed");
+                            e.id()
+                        }
+                    };
+                    in_flight.remove(&task);
+                }
+                alive = changed(&mut wake) => {
+                    if !alive {
+                        wake = None;
+                    }
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        // Let attempts in flight finish and record their outcome (each is
+        // bounded by its timeout), so a restart sends nothing twice.
+        while tasks.join_next().await.is_some() {}
+        tracing::debug!("webhook dispatcher stopped");
+    }
+}
+
+/// Waits for `wake` to change; `false` once its sender is gone. Never
+/// returns without a wake-up source.
+async fn changed(wake: &mut Option<watch::Receiver<u64>>) -> bool {
+    match wake {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+fn client_builder() -> hyper_util::client::legacy::Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(30));
+    builder
+}
+
+impl Shared {
+    /// Starts up to `free` due deliveries that are not in flight yet, and
+    /// says how long until the next one is due (`None`: wait for an attempt
+    /// to finish or a wake-up).
+    async fn fill(
+        self: &Arc<Self>,
+        in_flight: &mut HashMap<task::Id, DeliveryId>,
+        tasks: &mut JoinSet<()>,
+        free: usize,
+    ) -> Result<Option<Duration>, StoreError> {
+        // Due deliveries include those in flight (they are pending until
+        // recorded), so ask for enough to find `free` new ones.
+        let due = self
+            .store
+            .due_deliveries(free.saturating_add(in_flight.len()))
+            .await?;
+        let busy: HashSet<DeliveryId> = in_flight.values().copied().collect();
+        for (started, d) in due.into_iter().filter(|d| !busy.contains(&d.id)).enumerate() {
+            if started == free {
+                // More are due than there are free slots: look again as soon
+                // as a slot frees.
+                return Ok(None);
+            }
+            let id = d.id;
+            let shared = Arc::clone(self);
+            let handle = tasks.spawn(async move { shared.deliver(d).await });
+            in_flight.insert(handle.id(), id);
+        }
+        let Some(next) = self.store.next_delivery_at().await? else {
+            return Ok(None);
+        };
+        let until = next - self.clock.now();
+        if until.is_positive() {
+            return Ok(Some(until.try_into().unwrap_or(Duration::MAX)));
+        }
+        if in_flight.is_empty() {
+            // Due by the store's clock but not returned as due: the clocks
+            // disagree a little. Look again shortly rather than spin.
+            return Ok(Some(Duration::from_millis(50)));
+        }
+        // What is due is in flight; its outcome decides the next time.
+        Ok(None)
+    }
+
+    /// One attempt of `d`, recorded in the store.
+    async fn deliver(&self, d: Delivery) {
+        let outcome = self.attempt(&d).await;
+        match &outcome {
+            AttemptOutcome::Delivered { status } => {
+                tracing::debug!(id = %d.id, url = %d.url, status, "webhook delivered");
+            }
+            AttemptOutcome::Retry {
+                error,
+                next_attempt_at,
+                ..
+            } => {
+                tracing::info!(id = %d.id, url = %d.url, %error, %next_attempt_at, "webhook attempt failed; will retry");
+            }
+            AttemptOutcome::Failed { error, .. } => {
+                tracing::warn!(id = %d.id, url = %d.url, %error, "webhook delivery failed for good");
+            }
+        }
+        match self.store.record_attempt(d.id, outcome).await {
+            Ok(row) => {
+                let _ = self.attempts.send(row);
+            }
+            // NotFound or Conflict: someone else ended it; nothing to do.
+            // Anything else: it stays pending and is sent again later, with
+            // the same webhook-id, so receivers can tell.
+            Err(e) => {
+                tracing::warn!(id = %d.id, error = %e, "could not record a webhook attempt");
+            }
+        }
+    }
+
+    /// Sends `d` once and says what came of it.
+    async fn attempt(&self, d: &Delivery) -> AttemptOutcome {
+        let failed = |error: String| AttemptOutcome::Failed {
+            status: None,
+            error,
+        };
+        let (route, trusted) = match d.target {
+            DeliveryTarget::Endpoint => match self.endpoints.get(&d.url) {
+                Some(route) => (route, true),
+                None => {
+                    return failed(format!(
+                        "no configured webhook endpoint has the URL {} any more",
+                        d.url
+                    ));
+                }
+            },
+            DeliveryTarget::Job => match &self.job_route {
+                Some(route) => (route, self.allow_private),
+                None => {
+                    return failed(
+                        "no webhook secret is configured for per-job webhook_url deliveries"
+                            .to_owned(),
+                    );
+                }
+            },
+        };
+        // Checked again at delivery time: configuration or DNS may have
+        // changed since the job was enqueued.
+        let target = match Target::parse(&d.url) {
+            Ok(t) => t,
+            Err(reason) => return failed(reason),
+        };
+        if !trusted {
+            if let Err(reason) = super::check_webhook_url(&d.url, false) {
+                return failed(reason);
+            }
+        }
+        if target.https {
+            return failed(
+                "https webhook URLs are not supported by this build (no TLS client)".to_owned(),
+            );
+        }
+
+        let now = self.clock.now();
+        let id = d.id.to_string();
+        let body = event_json_string(&d.event);
+        let timestamp = now.unix_timestamp();
+        let signature = route.key.sign(&id, timestamp, body.as_bytes());
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(&d.url)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::USER_AGENT, USER_AGENT)
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(Full::new(Bytes::from(body)));
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => return failed(format!("cannot build a request to {}: {e}", d.url)),
+        };
+        let sent = if trusted {
+            tokio::time::timeout(route.timeout, self.trusted.request(request)).await
+        } else {
+            tokio::time::timeout(route.timeout, self.public.request(request)).await
+        };
+        match sent {
+            Err(_) => retry_or_fail(
+                d,
+                route,
+                now,
+                None,
+                format!("no answer within {:?}", route.timeout),
+                None,
+            ),
+            Ok(Err(e)) => {
+                if let Some(reason) = find_forbidden(&e) {
+                    return failed(reason);
+                }
+                retry_or_fail(d, route, now, None, error_chain(&e), None)
+            }
+            Ok(Ok(response)) => {
+                let status = response.status();
+                if status.is_success() {
+                    AttemptOutcome::Delivered {
+                        status: status.as_u16(),
+                    }
+                } else if status == StatusCode::GONE {
+                    AttemptOutcome::Failed {
+                        status: Some(status.as_u16()),
+                        error: "410 Gone: the receiver asked for no more deliveries".to_owned(),
+                    }
+                } else {
+                    let wait = retry_after(response.headers(), now);
+                    retry_or_fail(
+                        d,
+                        route,
+                        now,
+                        Some(status.as_u16()),
+                        format!("HTTP {status}"),
+                        wait,
+                    )
+                }
+            }
+        }
+    }
+}
+
+const USER_AGENT: &str = concat!("jobqueue-webhooks/", env!("CARGO_PKG_VERSION"));
+
+/// `Retry` after the schedule's next delay (or `retry_after` when longer),
+/// or `Failed` when the schedule is used up.
+fn retry_or_fail(
+    d: &Delivery,
+    route: &Route,
+    now: OffsetDateTime,
+    status: Option<u16>,
+    error: String,
+    retry_after: Option<Duration>,
+) -> AttemptOutcome {
+    // `attempts` counts the attempts before this one: the first failure
+    // waits the first delay.
+    let made = usize::try_from(d.attempts).unwrap_or(usize::MAX);
+    match route.schedule.get(made) {
+        Some(delay) => {
+            let delay = (*delay).max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER));
+            AttemptOutcome::Retry {
+                status,
+                error,
+                next_attempt_at: now + delay,
+            }
+        }
+        None => AttemptOutcome::Failed {
+            status,
+            error: format!(
+                "{error} (gave up after {} attempts)",
+                made.saturating_add(1)
+            ),
+        },
+    }
+}
+
+/// The wait a `Retry-After` header asks for: seconds, or an HTTP date.
+fn retry_after(headers: &HeaderMap, now: OffsetDateTime) -> Option<Duration> {
+    let value = headers
+        .get(header::RETRY_AFTER)
+        .map(HeaderValue::to_str)?
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let at = time::PrimitiveDateTime::parse(value, format)
+        .ok()?
+        .assume_utc();
+    (at - now).try_into().ok()
+}
+
+/// An error with its sources, `outer: inner: innermost`.
+fn error_chain(e: &(dyn StdError + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Controls a running [`Dispatcher`].
+#[derive(Debug)]
+pub struct DispatcherHandle {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    attempts: broadcast::Sender<Delivery>,
+}
+
+impl DispatcherHandle {
+    /// See [`Dispatcher::attempts`].
+    pub fn attempts(&self) -> broadcast::Receiver<Delivery> {
+        self.attempts.subscribe()
+    }
+
+    /// Stops looking for new deliveries, waits for the attempts in flight
+    /// to finish and be recorded (each is bounded by its timeout), and
+    /// returns when the loop is gone. Pending deliveries stay in the store
+    /// for the next dispatcher.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "webhook dispatcher task failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let now = datetime!(2015-10-21 07:28:00 UTC);
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers, now), None);
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("120"));
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(120)));
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:30:00 GMT"),
+        );
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(120)));
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:00:00 GMT"),
+        );
+        assert_eq!(
+            retry_after(&headers, now),
+            None,
+            "a past date asks for no wait"
+        );
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers, now), None);
+    }
+}

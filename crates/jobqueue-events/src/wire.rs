@@ -1,0 +1,94 @@
+//! The wire JSON of an event (CONTRACT.md §5): one shape for SSE `data:`
+//! lines and webhook bodies.
+//!
+//! ```json
+//! {"seq": 42, "type": "job.phase.completed", "job_id": "...", "pipeline": "build",
+//!  "at": "2030-01-01T00:00:00Z", "data": {...}}
+//! ```
+
+use jobqueue_core::Event;
+use serde_json::{Map, Value};
+use time::UtcOffset;
+use time::format_description::well_known::Rfc3339;
+
+/// The event as the JSON object of CONTRACT.md §5.
+pub fn event_json(event: &Event) -> Value {
+    let mut obj = Map::with_capacity(6);
+    obj.insert("seq".into(), Value::from(event.seq));
+    obj.insert("type".into(), Value::from(event.event_type().as_str()));
+    obj.insert("job_id".into(), Value::from(event.job_id.to_string()));
+    obj.insert("pipeline".into(), Value::from(event.pipeline.clone()));
+    obj.insert("at".into(), Value::from(rfc3339(event.at)));
+    obj.insert("data".into(), event.data.to_json());
+    Value::Object(obj)
+}
+
+/// [`event_json`] serialized on one line, as SSE and webhooks send it.
+pub fn event_json_string(event: &Event) -> String {
+    // serde_json escapes newlines inside strings, so the text is one line.
+    event_json(event).to_string()
+}
+
+/// RFC 3339 in UTC, e.g. `2030-01-02T03:04:05.123456Z`.
+pub(crate) fn rfc3339(at: time::OffsetDateTime) -> String {
+    // Formatting a UTC time as RFC 3339 fails only for years outside 0..=9999,
+    // which no store produces; fall back to the debug form rather than panic.
+    let utc = at.to_offset(UtcOffset::UTC);
+    utc.format(&Rfc3339).unwrap_or_else(|_| utc.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use jobqueue_core::{EventData, JobId};
+    use serde_json::json;
+    use time::macros::datetime;
+
+    use super::*;
+
+    #[test]
+    fn envelope_matches_the_contract() {
+        let id: JobId = "0192f7c5-0000-7000-8000-000000000001".parse().unwrap();
+        let event = Event {
+            seq: 42,
+            job_id: id,
+            pipeline: "build".into(),
+            at: datetime!(2030-01-02 03:04:05.25 +01:00),
+            data: EventData::PhaseCompleted {
+                phase: "fetch".into(),
+                index: 0,
+                result: json!({"n": 1}),
+            },
+        };
+        assert_eq!(
+            event_json(&event),
+            json!({
+                "seq": 42,
+                "type": "job.phase.completed",
+                "job_id": "0192f7c5-0000-7000-8000-000000000001",
+                "pipeline": "build",
+                "at": "2030-01-02T02:04:05.25Z",
+                "data": {"phase": "fetch", "index": 0, "result": {"n": 1}},
+            })
+        );
+    }
+
+    #[test]
+    fn string_form_is_one_line() {
+        let event = Event {
+            seq: 1,
+            job_id: JobId::new(),
+            pipeline: "p".into(),
+            at: datetime!(2030-01-01 00:00:00 UTC),
+            data: EventData::PhaseProgress {
+                phase: "a".into(),
+                percent: 5,
+                message: Some("line one\nline two\r\n".into()),
+            },
+        };
+        let text = event_json_string(&event);
+        assert!(!text.contains('\n') && !text.contains('\r'), "{text}");
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["data"]["message"], "line one\nline two\r\n");
+        assert_eq!(back["at"], "2030-01-01T00:00:00Z");
+    }
+}
