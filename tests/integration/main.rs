@@ -29,6 +29,15 @@ macro_rules! store_tests {
                 }
             )*
         }
+
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(jobqueue_tests::StoreKind::Sqlite).await
+                }
+            )*
+        }
     };
 }
 

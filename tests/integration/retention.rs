@@ -37,7 +37,12 @@ store_tests! {
                 })
             }),
         ];
-        let retention = RetentionConfig { stale_after: HOUR, delete_after: HOUR, interval: Duration::from_secs(60), batch: 2 };
+        // Hours on paused time; the SQLite store runs on real time, scaled down.
+        let (age, interval) = match kind {
+            StoreKind::Memory => (HOUR, Duration::from_secs(60)),
+            StoreKind::Sqlite => (Duration::from_millis(300), Duration::from_millis(50)),
+        };
+        let retention = RetentionConfig { stale_after: age, delete_after: age, interval, batch: 2 };
         let (queue, rec) = env.start_with(pipelines, |b| b.retention(retention)).await;
         queue.store().set_webhook_routes(vec![WebhookRoute { url: "https://receiver.example/hook".into(), events: None }]);
         let mut done = Vec::new();

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use jobqueue::{Clock, Event, EventType, JobId, JobStore, MemoryStore};
 use jobqueue_core::EventSink;
+use jobqueue_store_sqlite::{SqliteOptions, SqliteStore};
 use tokio::sync::Notify;
 
 /// The stores every integration test runs against.
@@ -36,10 +37,12 @@ impl StoreKind {
         memory: &MemoryStore,
         clock: Arc<dyn Clock>,
     ) -> Arc<dyn JobStore> {
-        let _ = (dir, clock);
         match self {
             StoreKind::Memory => Arc::new(memory.clone()),
-            StoreKind::Sqlite => panic!("the SQLite store is not wired into the harness yet"),
+            StoreKind::Sqlite => {
+                let options = SqliteOptions::default().clock(clock);
+                Arc::new(SqliteStore::open(dir.join("jobs.db"), options).unwrap())
+            }
         }
     }
 }

@@ -149,9 +149,15 @@ impl JobQueueBuilder {
 
 #[cfg(feature = "sqlite")]
 async fn open_sqlite(path: PathBuf, clock: Arc<dyn Clock>) -> Result<Arc<dyn JobStore>, Error> {
-    let options = jobqueue_store_sqlite::SqliteOptions::new(path).clock(clock);
-    let store = jobqueue_store_sqlite::SqliteStore::open(options).await?;
-    Ok(Arc::new(store))
+    use jobqueue_store_sqlite::{SqliteOptions, SqliteStore};
+    // Opening checks the file, applies migrations and starts the writer:
+    // blocking work, kept off the async threads.
+    let opened = tokio::task::spawn_blocking(move || {
+        SqliteStore::open(path, SqliteOptions::default().clock(clock))
+    })
+    .await
+    .map_err(|e| Error::Config(format!("opening the SQLite store panicked: {e}")))?;
+    Ok(Arc::new(opened?))
 }
 
 /// A running job queue: enqueue, inspect, cancel, retry, delete, shut down.
