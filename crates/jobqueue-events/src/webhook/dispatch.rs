@@ -293,7 +293,11 @@ impl Shared {
             .due_deliveries(free.saturating_add(in_flight.len()))
             .await?;
         let busy: HashSet<DeliveryId> = in_flight.values().copied().collect();
-        for (started, d) in due.into_iter().filter(|d| !busy.contains(&d.id)).enumerate() {
+        for (started, d) in due
+            .into_iter()
+            .filter(|d| !busy.contains(&d.id))
+            .enumerate()
+        {
             if started == free {
                 // More are due than there are free slots: look again as soon
                 // as a slot frees.
