@@ -41,6 +41,7 @@ macro_rules! store_tests {
     };
 }
 
+mod kill;
 mod retention;
 mod runtime;
 
