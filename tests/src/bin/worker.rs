@@ -8,6 +8,11 @@
 //! Each phase run appends `run <job> <phase> <attempt>` to LOG as it starts,
 //! so the parent can tell which phases ran in which process.
 
+#![expect(
+    clippy::print_stdout,
+    reason = "stdout is how the child reports acknowledgements to the parent"
+)]
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
