@@ -29,6 +29,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::GaiResolver;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use jobqueue_core::{
     AttemptOutcome, Clock, Delivery, DeliveryId, DeliveryTarget, JobStore, StoreError, SystemClock,
@@ -46,8 +47,33 @@ use crate::wire::event_json_string;
 /// also finds deliveries written by other processes.
 pub const DEFAULT_MAX_IDLE: Duration = Duration::from_secs(10);
 
-type TrustedClient = Client<HttpConnector, Full<Bytes>>;
-type PublicClient = Client<HttpConnector<PublicResolver>, Full<Bytes>>;
+/// The connector of the webhook clients: http, and https with feature `tls`.
+#[cfg(feature = "tls")]
+type Connector<R> = hyper_rustls::HttpsConnector<HttpConnector<R>>;
+/// The connector of the webhook clients: http only without feature `tls`.
+#[cfg(not(feature = "tls"))]
+type Connector<R> = HttpConnector<R>;
+
+type TrustedClient = Client<Connector<GaiResolver>, Full<Bytes>>;
+type PublicClient = Client<Connector<PublicResolver>, Full<Bytes>>;
+
+/// A connector that resolves names with `resolver`.
+#[cfg(feature = "tls")]
+fn connector<R>(resolver: R) -> Result<Connector<R>, WebhookError> {
+    let mut http = HttpConnector::new_with_resolver(resolver);
+    // The TLS layer decides the scheme; plain HTTP stays allowed.
+    http.enforce_http(false);
+    let tls = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        .map_err(|e| WebhookError::Tls(e.to_string()))?;
+    Ok(tls.https_or_http().enable_http1().wrap_connector(http))
+}
+
+/// A connector that resolves names with `resolver`.
+#[cfg(not(feature = "tls"))]
+fn connector<R>(resolver: R) -> Result<Connector<R>, WebhookError> {
+    Ok(HttpConnector::new_with_resolver(resolver))
+}
 
 /// How deliveries to one kind of target are signed, retried and timed out.
 struct Route {
@@ -120,8 +146,8 @@ impl Dispatcher {
             }),
             None => None,
         };
-        let trusted = client_builder().build(HttpConnector::new());
-        let public = client_builder().build(HttpConnector::new_with_resolver(PublicResolver));
+        let trusted = client_builder().build(connector(GaiResolver::new())?);
+        let public = client_builder().build(connector(PublicResolver)?);
         let (attempts, _) = broadcast::channel(256);
         Ok(Self {
             shared: Shared {
@@ -392,9 +418,9 @@ impl Shared {
                 return failed(reason);
             }
         }
-        if target.https {
+        if target.https && !cfg!(feature = "tls") {
             return failed(
-                "https webhook URLs are not supported by this build (no TLS client)".to_owned(),
+                "https webhook URLs need the `tls` feature of jobqueue-events".to_owned(),
             );
         }
 

@@ -233,6 +233,9 @@ pub enum WebhookError {
         /// What is wrong.
         reason: String,
     },
+    /// The TLS client could not be set up.
+    #[error("cannot set up the TLS client for https webhooks: {0}")]
+    Tls(String),
     /// Two endpoints have the same URL.
     #[error("webhook endpoint {url} is configured twice")]
     DuplicateEndpoint {

@@ -401,3 +401,22 @@ async fn run_once_sends_what_is_due() {
     assert_eq!(within("run_once", dispatcher.run_once()).await.unwrap(), 0);
     assert_eq!(by_id(rx.drain()).len(), 2);
 }
+
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn https_urls_go_through_tls() {
+    // A plain-HTTP receiver cannot complete a TLS handshake: the attempt
+    // fails as a connection error and is retried, which shows the client
+    // spoke TLS for an https URL.
+    let mut rx = Receiver::start(SECRET, |_| (200, vec![])).await;
+    let (store, bus) = store_and_bus(64);
+    let url = format!("https://127.0.0.1:{}/hooks", rx.addr.port());
+    let (handle, mut attempts) = start(&store, &bus, &endpoint(url, &[60_000]));
+    store.enqueue(NewJob::new("p")).await.unwrap();
+    let row = within("the first attempt", attempts.recv()).await.unwrap();
+    handle.shutdown().await;
+    assert_eq!((row.status, row.attempts), (DeliveryStatus::Pending, 1));
+    let error = row.last_error.unwrap();
+    assert!(!error.contains("feature"), "{error}");
+    assert!(rx.drain().is_empty(), "no request was understood as HTTP");
+}
