@@ -100,7 +100,7 @@ impl Env {
             b = b.pipeline(p);
         }
         let queue = tweak(b).start().await.unwrap();
-        let rec = Recorder::install(queue.store());
+        let rec = Recorder::attach(&queue);
         (queue, rec)
     }
 }

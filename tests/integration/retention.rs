@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobqueue::core::{AttemptOutcome, DeliveryFilter, DeliveryStatus, WebhookRoute};
+use jobqueue::core::{AttemptOutcome, DeliveryFilter, DeliveryStatus};
 use jobqueue::runtime::{RetentionConfig, run_retention_pass};
 use jobqueue::{
-    Clock, EventType, JobStatus, JobStore, ManualClock, MemoryStore, NewJob, PhaseError, Pipeline,
-    phase_fn,
+    Clock, Endpoint, EventType, JobStatus, JobStore, ManualClock, MemoryStore, NewJob, PhaseError,
+    Pipeline, WebhookConfig, phase_fn,
 };
 use jobqueue_tests::StoreKind;
 use proptest::prelude::*;
@@ -18,6 +18,8 @@ use tokio::sync::Notify;
 use crate::Env;
 
 const HOUR: Duration = Duration::from_secs(3600);
+/// Nothing listens on port 1 of loopback: connections are refused.
+const DOWN: &str = "http://127.0.0.1:1/hook";
 
 store_tests! {
     async fn stale_then_deleted_and_active_jobs_untouched(kind: StoreKind) {
@@ -43,8 +45,14 @@ store_tests! {
             StoreKind::Sqlite => (Duration::from_millis(300), Duration::from_millis(50)),
         };
         let retention = RetentionConfig { stale_after: age, delete_after: age, interval, batch: 2 };
-        let (queue, rec) = env.start_with(pipelines, |b| b.retention(retention)).await;
-        queue.store().set_webhook_routes(vec![WebhookRoute { url: "https://receiver.example/hook".into(), events: None }]);
+        // A receiver that is down, with a retry far in the future: the
+        // deliveries stay pending while their jobs are deleted.
+        let webhooks = WebhookConfig {
+            endpoints: vec![Endpoint::new(DOWN, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+                .retry_schedule([Duration::from_secs(400 * 86_400)])],
+            ..WebhookConfig::default()
+        };
+        let (queue, rec) = env.start_with(pipelines, |b| b.retention(retention).webhooks(webhooks)).await;
         let mut done = Vec::new();
         for _ in 0..5 {
             done.push(queue.enqueue("quick", &json!(null)).await.unwrap().id);
@@ -63,20 +71,23 @@ store_tests! {
         }
         assert_eq!(queue.get(running.id).await.unwrap().unwrap().status, JobStatus::Running);
         assert_eq!(queue.get(queued.id).await.unwrap().unwrap().status, JobStatus::Queued);
-        // The deleted jobs' deliveries were kept whole and can still end.
+        queue.shutdown().await;
+        // The deleted jobs' deliveries were kept whole, each with its event,
+        // the deletion's own included, and can still end.
         for id in &done {
-            let pending = queue
-                .store()
-                .deliveries(DeliveryFilter { job: Some(*id), statuses: vec![DeliveryStatus::Pending], limit: 0 })
-                .await
-                .unwrap();
-            assert!(pending.iter().any(|d| d.event.event_type() == EventType::JobDeleted));
-            for d in pending {
+            let deliveries =
+                queue.store().deliveries(DeliveryFilter { job: Some(*id), ..DeliveryFilter::default() }).await.unwrap();
+            let types: Vec<EventType> = deliveries.iter().map(|d| d.event.event_type()).collect();
+            for ty in [EventType::JobCreated, EventType::JobCompleted, EventType::JobStale, EventType::JobDeleted] {
+                assert!(types.contains(&ty), "delivery of {ty} kept: {types:?}");
+            }
+            for d in deliveries {
+                assert_eq!(d.status, DeliveryStatus::Pending, "the receiver was down");
+                assert_eq!(d.url, DOWN);
                 let r = queue.store().record_attempt(d.id, AttemptOutcome::Delivered { status: 200 }).await.unwrap();
                 assert_eq!(r.status, DeliveryStatus::Delivered);
             }
         }
-        queue.shutdown().await;
     }
 }
 

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jobqueue::{Clock, Event, EventType, JobId, JobStore, MemoryStore};
-use jobqueue_core::EventSink;
+use futures_util::StreamExt;
+use jobqueue::{Clock, Event, EventFilter, EventType, JobId, JobQueue, JobStore, MemoryStore};
 use jobqueue_store_sqlite::{SqliteOptions, SqliteStore};
 use tokio::sync::Notify;
 
@@ -54,9 +54,9 @@ pub struct Recorder {
     changed: Notify,
 }
 
-impl EventSink for Recorder {
-    fn publish(&self, events: &[Event]) {
-        self.events.lock().unwrap().extend_from_slice(events);
+impl Recorder {
+    fn push(&self, event: Event) {
+        self.events.lock().unwrap().push(event);
         self.changed.notify_waiters();
     }
 }
@@ -65,10 +65,17 @@ impl EventSink for Recorder {
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 impl Recorder {
-    /// A recorder installed as `store`'s event sink.
-    pub fn install(store: &Arc<dyn JobStore>) -> Arc<Self> {
+    /// A recorder fed by a subscription to every event of `queue`, from the
+    /// first one in its store.
+    pub fn attach(queue: &JobQueue) -> Arc<Self> {
         let r = Arc::new(Self::default());
-        store.set_event_sink(r.clone());
+        let mut events = queue.subscribe_after(0, EventFilter::default());
+        let rec = r.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(event)) = events.next().await {
+                rec.push(event);
+            }
+        });
         r
     }
 

@@ -19,6 +19,12 @@ pub enum Error {
     /// The runtime could not start.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// The webhook configuration is wrong, or a job's `webhook_url` is refused.
+    #[error(transparent)]
+    Webhook(#[from] jobqueue_events::WebhookError),
+    /// A job's `webhook_url` is not allowed.
+    #[error("invalid webhook_url: {0}")]
+    WebhookUrl(String),
     /// A value could not be converted to or from JSON.
     #[error("JSON conversion failed: {0}")]
     Json(#[source] serde_json::Error),

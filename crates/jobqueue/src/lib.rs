@@ -37,6 +37,8 @@ mod queue;
 
 pub use error::Error;
 pub use jobqueue_core as core;
+pub use jobqueue_events as events;
+pub use jobqueue_events::{Endpoint, EventBus, Subscription, WebhookConfig};
 pub use jobqueue_core::{
     CancelOutcome, Clock, ErrorKind, Event, EventData, EventFilter, EventType, Interrupted, Job,
     JobError, JobFilter, JobId, JobPage, JobStatus, JobStore, ManualClock, MemoryStore, NewJob,

@@ -2,13 +2,16 @@
 
 #[cfg(feature = "sqlite")]
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_core::Stream;
 use jobqueue_core::{
-    CancelOutcome, Clock, Job, JobFilter, JobId, JobPage, JobStore, MemoryStore, NewJob,
-    RecoverScope, RetryPolicy,
+    CancelOutcome, Clock, EventFilter, Job, JobFilter, JobId, JobPage, JobStore, MemoryStore, NewJob, RecoverScope,
+    RetryPolicy,
 };
+use jobqueue_events::{Dispatcher, DispatcherHandle, EventBus, Subscription, WebhookConfig};
 use jobqueue_runtime::{Pipeline, Pipelines, RetentionConfig, Runtime, RuntimeConfig};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -28,6 +31,8 @@ pub struct JobQueueBuilder {
     pipelines: Vec<Pipeline>,
     config: RuntimeConfig,
     shutdown_timeout: Duration,
+    webhooks: Option<WebhookConfig>,
+    event_buffer: usize,
 }
 
 impl std::fmt::Debug for JobQueueBuilder {
@@ -115,6 +120,20 @@ impl JobQueueBuilder {
         self
     }
 
+    /// Delivers events as signed webhooks: to the configured endpoints, and
+    /// to each job's `webhook_url` (signed with `default_secret`).
+    pub fn webhooks(mut self, config: WebhookConfig) -> Self {
+        self.webhooks = Some(config);
+        self
+    }
+
+    /// How far a subscriber may fall behind the live events before it is
+    /// resynced from the store (default 1024 events).
+    pub fn event_buffer(mut self, events: usize) -> Self {
+        self.event_buffer = events;
+        self
+    }
+
     /// Seeds the backoff jitter, for reproducible tests.
     pub fn jitter_seed(mut self, seed: u64) -> Self {
         self.config.jitter_seed = Some(seed);
@@ -138,10 +157,23 @@ impl JobQueueBuilder {
             StoreChoice::Memory => Arc::new(MemoryStore::with_clock(self.config.clock.clone())),
             StoreChoice::Custom(store) => store,
         };
+        // The bus is the store's sink before anything runs, so subscribers
+        // see recovery's events too.
+        let bus = EventBus::new(self.event_buffer);
+        store.set_event_sink(Arc::new(bus.clone()));
+        let webhooks = self.webhooks.unwrap_or_default();
+        store.set_webhook_routes(webhooks.routes());
+        let dispatcher = Dispatcher::new(store.clone(), &webhooks)?
+            .with_clock(self.config.clock.clone())
+            .wake_on(bus.latest())
+            .spawn();
         let runtime = Runtime::start(store.clone(), pipelines, self.config).await?;
         Ok(JobQueue {
             store,
             runtime: Arc::new(runtime),
+            bus,
+            dispatcher: Arc::new(Mutex::new(Some(dispatcher))),
+            allow_private_webhooks: webhooks.allow_private,
             shutdown_timeout: self.shutdown_timeout,
         })
     }
@@ -167,6 +199,9 @@ async fn open_sqlite(path: PathBuf, clock: Arc<dyn Clock>) -> Result<Arc<dyn Job
 pub struct JobQueue {
     store: Arc<dyn JobStore>,
     runtime: Arc<Runtime>,
+    bus: EventBus,
+    dispatcher: Arc<Mutex<Option<DispatcherHandle>>>,
+    allow_private_webhooks: bool,
     shutdown_timeout: Duration,
 }
 
@@ -190,6 +225,8 @@ impl JobQueue {
             pipelines: Vec::new(),
             config: RuntimeConfig::default(),
             shutdown_timeout: Duration::from_secs(30),
+            webhooks: None,
+            event_buffer: 1024,
         }
     }
 
@@ -241,7 +278,20 @@ impl JobQueue {
         self.enqueue_prepared(job).await
     }
 
+    /// A job's own `webhook_url` comes from API callers: it must be http(s)
+    /// and, unless private targets are allowed, resolve to public addresses
+    /// only (checked again at delivery time, against DNS rebinding).
+    async fn check_webhook_url(&self, job: &NewJob) -> Result<(), Error> {
+        if let Some(url) = &job.webhook_url {
+            jobqueue_events::check_webhook_url_resolved(url, self.allow_private_webhooks)
+                .await
+                .map_err(Error::WebhookUrl)?;
+        }
+        Ok(())
+    }
+
     async fn enqueue_prepared(&self, job: NewJob) -> Result<Job, Error> {
+        self.check_webhook_url(&job).await?;
         let job = self.store.enqueue(job).await?;
         self.runtime.notify_enqueued(job.run_at);
         Ok(job)
@@ -264,10 +314,10 @@ impl JobQueue {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let jobs = self.store.enqueue_batch(jobs).await?;
-        if let Some(first) = jobs.iter().map(|j| j.run_at).min() {
-            self.runtime.notify_enqueued(first);
+        for job in &jobs {
+            self.check_webhook_url(job).await?;
         }
+        let jobs = self.store.enqueue_batch(jobs).await?;
         for j in &jobs {
             self.runtime.notify_enqueued(j.run_at);
         }
@@ -306,9 +356,44 @@ impl JobQueue {
 
     /// Stops claiming, lets running phases finish within the shutdown
     /// timeout, then stops the rest as interrupted (they resume at the next
-    /// start).
+    /// start), then stops the webhook dispatcher (pending deliveries stay in
+    /// the store and go out after the next start).
     pub async fn shutdown(&self) {
         self.runtime.shutdown(self.shutdown_timeout).await;
+        let dispatcher = self.dispatcher.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(d) = dispatcher {
+            d.shutdown().await;
+        }
+    }
+
+    /// Every event committed from now on that passes `filter`, typed, in
+    /// sequence order, exactly once. A subscriber that falls behind is
+    /// resynced from the store; it never slows the queue.
+    pub fn subscribe(&self, filter: EventFilter) -> Subscription {
+        self.bus.subscribe(self.store.clone(), filter)
+    }
+
+    /// Every event after sequence number `after` that passes `filter`: the
+    /// stored ones first, then live ones, with no gap and no duplicate.
+    pub fn subscribe_after(&self, after: u64, filter: EventFilter) -> Subscription {
+        self.bus.subscribe_after(self.store.clone(), after, filter)
+    }
+
+    /// The Server-Sent Events byte stream of CONTRACT.md §5 for every event
+    /// after `after` (the `Last-Event-ID`) that passes `filter`: replay, then
+    /// live, keep-alives every 15 s. Serve it with
+    /// [`jobqueue_events::sse_body`] or [`jobqueue_events::sse_response`].
+    pub fn sse(
+        &self,
+        after: u64,
+        filter: EventFilter,
+    ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + use<> {
+        jobqueue_events::sse_stream(self.store.clone(), &self.bus, after, filter)
+    }
+
+    /// The event bus (for SSE servers that build their own streams).
+    pub fn bus(&self) -> &EventBus {
+        &self.bus
     }
 }
 
