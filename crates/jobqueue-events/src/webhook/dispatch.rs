@@ -256,7 +256,12 @@ impl Dispatcher {
                 }
             }
             tokio::select! {
-                _ = stop.changed() => {}
+                changed = stop.changed() => {
+                    // The handle was dropped: stop as if told to.
+                    if changed.is_err() {
+                        break;
+                    }
+                }
                 Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                     let task = match joined {
                         Ok((task, _)) => task,
@@ -557,7 +562,8 @@ fn error_chain(e: &(dyn StdError + 'static)) -> String {
     text
 }
 
-/// Controls a running [`Dispatcher`].
+/// Controls a running [`Dispatcher`]. Dropping it stops the loop too, but
+/// without waiting for it.
 #[derive(Debug)]
 pub struct DispatcherHandle {
     stop: watch::Sender<bool>,

@@ -2,12 +2,21 @@
 //! where the key is the base64 text of a `whsec_...` secret, decoded.
 
 use base64::Engine;
+use base64::alphabet;
 use base64::engine::general_purpose::STANDARD;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 /// The prefix of Standard Webhooks secrets.
 pub const SECRET_PREFIX: &str = "whsec_";
+
+/// Decodes secrets with or without `=` padding, as other Standard Webhooks
+/// libraries accept both.
+const SECRET_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// A secret that is not `whsec_` followed by base64.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,7 +40,9 @@ impl SigningKey {
     /// Standard Webhooks libraries allow).
     pub fn from_secret(secret: &str) -> Result<Self, InvalidSecret> {
         let b64 = secret.strip_prefix(SECRET_PREFIX).unwrap_or(secret);
-        let key = STANDARD.decode(b64.trim()).map_err(|_| InvalidSecret)?;
+        let key = SECRET_BASE64
+            .decode(b64.trim())
+            .map_err(|_| InvalidSecret)?;
         if key.is_empty() {
             return Err(InvalidSecret);
         }

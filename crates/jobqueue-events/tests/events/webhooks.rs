@@ -420,3 +420,21 @@ async fn https_urls_go_through_tls() {
     assert!(!error.contains("feature"), "{error}");
     assert!(rx.drain().is_empty(), "no request was understood as HTTP");
 }
+
+#[tokio::test]
+async fn dropping_the_handle_stops_the_loop() {
+    let (store, bus) = store_and_bus(64);
+    let config = endpoint("http://127.0.0.1:9/hooks".to_owned(), &[10]);
+    let (handle, mut attempts) = start(&store, &bus, &config);
+    drop(handle);
+    // The loop ends and drops its side of the attempts channel.
+    within("the loop to end", async {
+        loop {
+            match attempts.recv().await {
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                _ => continue,
+            }
+        }
+    })
+    .await;
+}
