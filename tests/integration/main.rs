@@ -41,6 +41,7 @@ macro_rules! store_tests {
     };
 }
 
+mod events;
 mod kill;
 mod retention;
 mod runtime;

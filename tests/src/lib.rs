@@ -19,6 +19,8 @@ use jobqueue::{Clock, Event, EventFilter, EventType, JobId, JobQueue, JobStore, 
 use jobqueue_store_sqlite::{SqliteOptions, SqliteStore};
 use tokio::sync::Notify;
 
+pub mod receiver;
+
 /// The stores every integration test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {

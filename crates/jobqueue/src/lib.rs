@@ -37,14 +37,14 @@ mod queue;
 
 pub use error::Error;
 pub use jobqueue_core as core;
-pub use jobqueue_events as events;
-pub use jobqueue_events::{Endpoint, EventBus, Subscription, WebhookConfig};
 pub use jobqueue_core::{
     CancelOutcome, Clock, ErrorKind, Event, EventData, EventFilter, EventType, Interrupted, Job,
     JobError, JobFilter, JobId, JobPage, JobStatus, JobStore, ManualClock, MemoryStore, NewJob,
     Phase as PhaseRecord, PhaseStatus, Progress, RecoverScope, RetryPolicy, StoreError,
     SystemClock,
 };
+pub use jobqueue_events as events;
+pub use jobqueue_events::{Endpoint, EventBus, Subscription, WebhookConfig};
 pub use jobqueue_runtime as runtime;
 pub use jobqueue_runtime::{
     FailureKind, Phase, PhaseContext, PhaseError, Pipeline, ProgressReporter, TokioClock, phase_fn,

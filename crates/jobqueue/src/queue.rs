@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_core::Stream;
 use jobqueue_core::{
-    CancelOutcome, Clock, EventFilter, Job, JobFilter, JobId, JobPage, JobStore, MemoryStore, NewJob, RecoverScope,
-    RetryPolicy,
+    CancelOutcome, Clock, EventFilter, Job, JobFilter, JobId, JobPage, JobStore, MemoryStore,
+    NewJob, RecoverScope, RetryPolicy,
 };
 use jobqueue_events::{Dispatcher, DispatcherHandle, EventBus, Subscription, WebhookConfig};
 use jobqueue_runtime::{Pipeline, Pipelines, RetentionConfig, Runtime, RuntimeConfig};
@@ -161,19 +161,28 @@ impl JobQueueBuilder {
         // see recovery's events too.
         let bus = EventBus::new(self.event_buffer);
         store.set_event_sink(Arc::new(bus.clone()));
+        let start_seq = store.last_seq().await?;
         let webhooks = self.webhooks.unwrap_or_default();
         store.set_webhook_routes(webhooks.routes());
-        let dispatcher = Dispatcher::new(store.clone(), &webhooks)?
-            .with_clock(self.config.clock.clone())
-            .wake_on(bus.latest())
-            .spawn();
+        // Without endpoints or a default secret there is nothing to send
+        // (enqueue refuses per-job URLs then), so no dispatcher polls the
+        // outbox on every commit.
+        let dispatcher = if webhooks.endpoints.is_empty() && webhooks.default_secret.is_none() {
+            webhooks.validate()?;
+            None
+        } else {
+            let d = Dispatcher::new(store.clone(), &webhooks)?;
+            Some(d.with_clock(self.config.clock.clone()).wake_on(bus.latest()).spawn())
+        };
         let runtime = Runtime::start(store.clone(), pipelines, self.config).await?;
         Ok(JobQueue {
             store,
             runtime: Arc::new(runtime),
             bus,
-            dispatcher: Arc::new(Mutex::new(Some(dispatcher))),
+            dispatcher: Arc::new(Mutex::new(dispatcher)),
             allow_private_webhooks: webhooks.allow_private,
+            job_webhooks: webhooks.default_secret.is_some(),
+            start_seq,
             shutdown_timeout: self.shutdown_timeout,
         })
     }
@@ -202,6 +211,11 @@ pub struct JobQueue {
     bus: EventBus,
     dispatcher: Arc<Mutex<Option<DispatcherHandle>>>,
     allow_private_webhooks: bool,
+    /// A default secret is configured, so per-job `webhook_url`s can be signed.
+    job_webhooks: bool,
+    /// The store's last sequence number when the queue started: the bus has
+    /// published nothing before it.
+    start_seq: u64,
     shutdown_timeout: Duration,
 }
 
@@ -283,6 +297,11 @@ impl JobQueue {
     /// only (checked again at delivery time, against DNS rebinding).
     async fn check_webhook_url(&self, job: &NewJob) -> Result<(), Error> {
         if let Some(url) = &job.webhook_url {
+            if !self.job_webhooks {
+                return Err(Error::WebhookUrl(
+                    "this queue has no webhook secret to sign per-job webhook_url deliveries with".into(),
+                ));
+            }
             jobqueue_events::check_webhook_url_resolved(url, self.allow_private_webhooks)
                 .await
                 .map_err(Error::WebhookUrl)?;
@@ -360,7 +379,11 @@ impl JobQueue {
     /// the store and go out after the next start).
     pub async fn shutdown(&self) {
         self.runtime.shutdown(self.shutdown_timeout).await;
-        let dispatcher = self.dispatcher.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let dispatcher = self
+            .dispatcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(d) = dispatcher {
             d.shutdown().await;
         }
@@ -370,7 +393,10 @@ impl JobQueue {
     /// sequence order, exactly once. A subscriber that falls behind is
     /// resynced from the store; it never slows the queue.
     pub fn subscribe(&self, filter: EventFilter) -> Subscription {
-        self.bus.subscribe(self.store.clone(), filter)
+        // "Now" is the last event published when this is called, not when the
+        // stream is first polled, so an enqueue right after subscribing is seen.
+        let now = (*self.bus.latest().borrow()).max(self.start_seq);
+        self.bus.subscribe_after(self.store.clone(), now, filter)
     }
 
     /// Every event after sequence number `after` that passes `filter`: the
