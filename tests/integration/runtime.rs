@@ -479,4 +479,30 @@ store_tests! {
         assert!(failed.error.unwrap().message.contains("unknown pipeline \"elsewhere\""));
         queue.shutdown().await;
     }
+
+    async fn expired_leases_are_rescued_and_fenced(kind: StoreKind) {
+        use jobqueue::RecoverScope;
+        use jobqueue::core::ClaimRequest;
+
+        let env = Env::new(kind);
+        // Another "process" claimed the job and died without a heartbeat.
+        let (job, dead) = {
+            let store = env.kind.open(env.dir.path(), &env.memory, env.clock.clone()).await;
+            let job = store.enqueue(NewJob::new("p").phases(["a"])).await.unwrap();
+            let mut req = ClaimRequest::new(1);
+            req.lease_for = std::time::Duration::from_secs(1);
+            (job, store.claim(req).await.unwrap().remove(0))
+        };
+        let (queue, rec) = env
+            .start_with(vec![Pipeline::new("p").phase(counting("a", Arc::new(Counter::default())))], |b| {
+                b.recover(RecoverScope::ExpiredLeases).lease(std::time::Duration::from_secs(1))
+            })
+            .await;
+        assert_eq!(queue.get(job.id).await.unwrap().unwrap().status, JobStatus::Running, "not rescued before expiry");
+        rec.wait_for(job.id, EventType::JobInterrupted).await;
+        rec.wait_for(job.id, EventType::JobCompleted).await;
+        let late = queue.store().phase_started(&dead.lease, 0).await;
+        assert!(matches!(late, Err(jobqueue::StoreError::LeaseLost(_))), "the dead worker's token is fenced: {late:?}");
+        queue.shutdown().await;
+    }
 }

@@ -203,6 +203,9 @@ impl Runtime {
                 inner.stop_claiming.clone(),
             ));
         }
+        if inner.config.recover == RecoverScope::ExpiredLeases {
+            inner.tracker.spawn(rescue_loop(inner.clone()));
+        }
         let pump = tokio::spawn(pump(inner.clone()));
         Ok(Self {
             inner,
@@ -305,6 +308,29 @@ async fn pump(inner: Arc<Inner>) {
         }
     }
     debug!("pump stopped");
+}
+
+/// With several processes on one store, a process that dies leaves its jobs
+/// `running` until their leases expire; every lease period this queues such
+/// jobs again (as interrupted) so a live process picks them up. Fencing
+/// keeps a worker that was only slow from writing after that.
+async fn rescue_loop(inner: Arc<Inner>) {
+    let mut ticker = tokio::time::interval(inner.config.lease);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = inner.stop_claiming.cancelled() => break,
+        }
+        match inner.store.recover(RecoverScope::ExpiredLeases).await {
+            Ok(jobs) if !jobs.is_empty() => {
+                info!(rescued = jobs.len(), "queued jobs whose lease expired");
+                inner.wake.notify_one();
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "rescuing expired leases failed; trying again next period"),
+        }
+    }
 }
 
 /// Claims while there are free slots and jobs to claim.
