@@ -172,7 +172,11 @@ impl JobQueueBuilder {
             None
         } else {
             let d = Dispatcher::new(store.clone(), &webhooks)?;
-            Some(d.with_clock(self.config.clock.clone()).wake_on(bus.latest()).spawn())
+            Some(
+                d.with_clock(self.config.clock.clone())
+                    .wake_on(bus.latest())
+                    .spawn(),
+            )
         };
         let runtime = Runtime::start(store.clone(), pipelines, self.config).await?;
         Ok(JobQueue {
@@ -299,7 +303,8 @@ impl JobQueue {
         if let Some(url) = &job.webhook_url {
             if !self.job_webhooks {
                 return Err(Error::WebhookUrl(
-                    "this queue has no webhook secret to sign per-job webhook_url deliveries with".into(),
+                    "this queue has no webhook secret to sign per-job webhook_url deliveries with"
+                        .into(),
                 ));
             }
             jobqueue_events::check_webhook_url_resolved(url, self.allow_private_webhooks)
