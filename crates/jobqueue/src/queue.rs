@@ -413,7 +413,7 @@ impl JobQueue {
     /// The Server-Sent Events byte stream of CONTRACT.md §5 for every event
     /// after `after` (the `Last-Event-ID`) that passes `filter`: replay, then
     /// live, keep-alives every 15 s. Serve it with
-    /// [`jobqueue_events::sse_body`] or [`jobqueue_events::sse_response`].
+    /// [`jobqueue_events::sse_body`] or [`jobqueue_events::sse::sse_response`].
     pub fn sse(
         &self,
         after: u64,
