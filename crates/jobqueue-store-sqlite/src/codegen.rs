@@ -76,8 +76,7 @@ fn diesel_type(table: &str, column: &str, sql: &str) -> Result<&'static str, Sto
 /// Applies the migrations to an in-memory database and renders its tables
 /// as the contents of `src/schema.rs`.
 pub fn render_schema() -> Result<String, StoreError> {
-    let mut conn =
-        SqliteConnection::establish(":memory:").map_err(|e| conn_err(e, ":memory:"))?;
+    let mut conn = SqliteConnection::establish(":memory:").map_err(|e| conn_err(e, ":memory:"))?;
     crate::migrate::migrate(&mut conn)?;
     let tables: Vec<TableName> = diesel::sql_query(
         "SELECT name FROM sqlite_master WHERE type = 'table' \
@@ -97,10 +96,11 @@ pub fn render_schema() -> Result<String, StoreError> {
     let mut joins = Vec::new();
     for table in &tables {
         let name = &table.name;
-        let columns: Vec<ColumnInfo> =
-            diesel::sql_query(format!("SELECT name, type, \"notnull\", pk FROM pragma_table_info('{name}') ORDER BY cid"))
-                .load(&mut conn)
-                .map_err(db_err)?;
+        let columns: Vec<ColumnInfo> = diesel::sql_query(format!(
+            "SELECT name, type, \"notnull\", pk FROM pragma_table_info('{name}') ORDER BY cid"
+        ))
+        .load(&mut conn)
+        .map_err(db_err)?;
         let mut pk: Vec<&ColumnInfo> = columns.iter().filter(|c| c.pk > 0).collect();
         pk.sort_by_key(|c| c.pk);
         let pk: Vec<&str> = pk.iter().map(|c| c.name.as_str()).collect();

@@ -137,7 +137,10 @@ impl Location {
             if meta.is_dir() {
                 return Err(StoreError::backend(
                     ErrorKind::Io,
-                    format!("cannot open sqlite database {}: it is a directory", path.display()),
+                    format!(
+                        "cannot open sqlite database {}: it is a directory",
+                        path.display()
+                    ),
                 ));
             }
             // Refused even for root, who could write it anyway: a file marked
@@ -196,10 +199,16 @@ pub(crate) fn connect(
             ),
         ));
     }
+    // temp_store = MEMORY keeps the savepoint sub-journals (the writer runs
+    // each operation in a SAVEPOINT) in memory instead of temp files.
     conn.batch_execute(&format!(
-        "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON;{}",
+        "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;{}",
         options.synchronous.as_sql(),
-        if read_only { " PRAGMA query_only = ON;" } else { "" }
+        if read_only {
+            " PRAGMA query_only = ON;"
+        } else {
+            ""
+        }
     ))
     .map_err(db_err)?;
     Ok(conn)

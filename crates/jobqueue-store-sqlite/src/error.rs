@@ -10,8 +10,7 @@ use jobqueue_core::{ErrorKind, StoreError};
 /// The kind of a SQLite failure, read from its message.
 pub(crate) fn kind_of(message: &str) -> ErrorKind {
     let m = message.to_ascii_lowercase();
-    if m.contains("database is locked") || m.contains("table is locked") || m.contains("is busy")
-    {
+    if m.contains("database is locked") || m.contains("table is locked") || m.contains("is busy") {
         ErrorKind::Busy
     } else if m.contains("malformed") || m.contains("not a database") || m.contains("corrupt") {
         ErrorKind::Corrupt
@@ -44,12 +43,18 @@ pub(crate) fn conn_err(e: ConnectionError, path: &str) -> StoreError {
         ErrorKind::Internal => ErrorKind::Io,
         k => k,
     };
-    StoreError::backend(kind, format!("cannot open sqlite database {path:?}: {message}"))
+    StoreError::backend(
+        kind,
+        format!("cannot open sqlite database {path:?}: {message}"),
+    )
 }
 
 /// A stored value that does not read back.
 pub(crate) fn corrupt(what: impl std::fmt::Display) -> StoreError {
-    StoreError::backend(ErrorKind::Corrupt, format!("sqlite: bad stored value: {what}"))
+    StoreError::backend(
+        ErrorKind::Corrupt,
+        format!("sqlite: bad stored value: {what}"),
+    )
 }
 
 /// The store's threads are gone.
@@ -65,10 +70,16 @@ mod tests {
     fn sqlite_messages_map_to_kinds() {
         assert_eq!(kind_of("database is locked"), ErrorKind::Busy);
         assert_eq!(kind_of("database table is locked"), ErrorKind::Busy);
-        assert_eq!(kind_of("database disk image is malformed"), ErrorKind::Corrupt);
+        assert_eq!(
+            kind_of("database disk image is malformed"),
+            ErrorKind::Corrupt
+        );
         assert_eq!(kind_of("file is not a database"), ErrorKind::Corrupt);
         assert_eq!(kind_of("unable to open database file"), ErrorKind::Io);
-        assert_eq!(kind_of("attempt to write a readonly database"), ErrorKind::Io);
+        assert_eq!(
+            kind_of("attempt to write a readonly database"),
+            ErrorKind::Io
+        );
         assert_eq!(kind_of("database or disk is full"), ErrorKind::Io);
         assert_eq!(kind_of("disk I/O error"), ErrorKind::Io);
         assert_eq!(kind_of("no such table: x"), ErrorKind::Internal);

@@ -5,9 +5,9 @@
 //! this build does not know was written by a newer version, and is refused
 //! before anything is written to it.
 
+use diesel::migration::MigrationSource;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
-use diesel::migration::MigrationSource;
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use jobqueue_core::{ErrorKind, StoreError};
@@ -34,26 +34,32 @@ struct Count {
 
 /// The migration versions this build knows, as diesel records them.
 fn known_versions() -> Result<Vec<String>, StoreError> {
-    let list = MigrationSource::<Sqlite>::migrations(&MIGRATIONS)
-    .map_err(|e| StoreError::backend(ErrorKind::Internal, format!("embedded migrations: {e}")))?;
-    Ok(list.iter().map(|m| m.name().version().to_string()).collect())
+    let list = MigrationSource::<Sqlite>::migrations(&MIGRATIONS).map_err(|e| {
+        StoreError::backend(ErrorKind::Internal, format!("embedded migrations: {e}"))
+    })?;
+    Ok(list
+        .iter()
+        .map(|m| m.name().version().to_string())
+        .collect())
 }
 
 /// Fails with [`ErrorKind::SchemaTooNew`] when the database records a
 /// migration this build does not know. Reads only.
 pub(crate) fn check_version(conn: &mut SqliteConnection) -> Result<(), StoreError> {
-    let tables: Count =
-        diesel::sql_query("SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = ?")
-            .bind::<Text, _>(MIGRATIONS_TABLE)
-            .get_result(conn)
-            .map_err(db_err)?;
+    let tables: Count = diesel::sql_query(
+        "SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = ?",
+    )
+    .bind::<Text, _>(MIGRATIONS_TABLE)
+    .get_result(conn)
+    .map_err(db_err)?;
     if tables.n == 0 {
         return Ok(());
     }
-    let applied: Vec<Version> =
-        diesel::sql_query(format!("SELECT version FROM {MIGRATIONS_TABLE} ORDER BY version"))
-            .load(conn)
-            .map_err(db_err)?;
+    let applied: Vec<Version> = diesel::sql_query(format!(
+        "SELECT version FROM {MIGRATIONS_TABLE} ORDER BY version"
+    ))
+    .load(conn)
+    .map_err(db_err)?;
     let known = known_versions()?;
     let unknown: Vec<String> = applied
         .into_iter()

@@ -53,14 +53,14 @@ fn finished_statuses() -> Vec<&'static str> {
 }
 
 fn active_holder(tx: &mut Tx<'_>, key: &str) -> Result<Option<JobId>, StoreError> {
-    let id: Option<String> = jobs::table
+    // No `.first()`: see `query::job_row`. At most one active job holds a key.
+    let ids: Vec<String> = jobs::table
         .filter(jobs::unique_key.eq(key))
         .filter(jobs::status.eq_any(active_statuses()))
         .select(jobs::id)
-        .first(tx.conn)
-        .optional()
+        .load(tx.conn)
         .map_err(db_err)?;
-    id.map(|id| {
+    ids.into_iter().next().map(|id| {
         id.parse()
             .map_err(|e| crate::error::corrupt(format!("job id {id:?}: {e}")))
     })
@@ -68,7 +68,17 @@ fn active_holder(tx: &mut Tx<'_>, key: &str) -> Result<Option<JobId>, StoreError
 }
 
 fn job_of(tx: &mut Tx<'_>, id: JobId) -> Result<Job, StoreError> {
+    if let Some(job) = tx.cache.get(id) {
+        return Ok(job.clone());
+    }
     load_job(tx.conn, id)?.ok_or(StoreError::JobNotFound(id))
+}
+
+/// Writes what changed from `before` to `after` and notes it in the cache.
+fn save(tx: &mut Tx<'_>, before: &Job, after: &Job) -> Result<(), StoreError> {
+    save_job(tx.conn, before, after)?;
+    tx.cache.put(after);
+    Ok(())
 }
 
 fn leased(tx: &mut Tx<'_>, lease: &Lease) -> Result<Job, StoreError> {
@@ -79,10 +89,12 @@ fn leased(tx: &mut Tx<'_>, lease: &Lease) -> Result<Job, StoreError> {
     Ok(job)
 }
 
-fn expires(now: OffsetDateTime, extend: Duration) -> Result<OffsetDateTime, StoreError> {
+pub(crate) fn expires(now: OffsetDateTime, extend: Duration) -> Result<OffsetDateTime, StoreError> {
     time::Duration::try_from(extend)
         .ok()
         .and_then(|d| now.checked_add(d))
+        // Stored to the microsecond, so kept to the microsecond everywhere.
+        .map(truncate_to_micros)
         .ok_or_else(|| StoreError::Invalid(format!("lease duration {extend:?} is too long")))
 }
 
@@ -180,7 +192,7 @@ fn commit(
     after: &Job,
     events: Vec<EventData>,
 ) -> Result<(), StoreError> {
-    save_job(tx.conn, before, after)?;
+    save(tx, before, after)?;
     for data in events {
         emit(tx, after, data)?;
     }
@@ -285,6 +297,7 @@ pub(crate) fn claim(tx: &mut Tx<'_>, req: ClaimRequest) -> Result<Vec<Claimed>, 
                 attempt: job.attempt,
             },
         )?;
+        tx.cache.put(&job);
         let lease = Lease {
             job_id: job.id,
             token,
@@ -295,22 +308,23 @@ pub(crate) fn claim(tx: &mut Tx<'_>, req: ClaimRequest) -> Result<Vec<Claimed>, 
     Ok(claimed)
 }
 
-pub(crate) fn heartbeat(tx: &mut Tx<'_>, lease: &Lease, extend: Duration) -> Result<bool, StoreError> {
-    let row = job_row(tx.conn, lease.job_id)?.ok_or(StoreError::JobNotFound(lease.job_id))?;
-    let leased = job_status(&row.status)? == JobStatus::Running
-        && row.lease.as_deref() == Some(lease.token.to_string().as_str());
-    if !leased {
-        return Err(StoreError::LeaseLost(lease.job_id));
-    }
-    let until = expires(tx.now, extend)?;
-    diesel::update(jobs::table.find(&row.id))
-        .set(jobs::lease_expires_at.eq(Some(micros(until))))
-        .execute(tx.conn)
-        .map_err(db_err)?;
-    Ok(row.cancel_requested)
+pub(crate) fn heartbeat(
+    tx: &mut Tx<'_>,
+    lease: &Lease,
+    extend: Duration,
+) -> Result<bool, StoreError> {
+    let before = leased(tx, lease)?;
+    let mut job = before.clone();
+    job.lease_expires_at = Some(expires(tx.now, extend)?);
+    save(tx, &before, &job)?;
+    Ok(job.cancel_requested)
 }
 
-pub(crate) fn phase_started(tx: &mut Tx<'_>, lease: &Lease, index: usize) -> Result<(), StoreError> {
+pub(crate) fn phase_started(
+    tx: &mut Tx<'_>,
+    lease: &Lease,
+    index: usize,
+) -> Result<(), StoreError> {
     let now = tx.now;
     let before = leased(tx, lease)?;
     let mut job = before.clone();
@@ -522,7 +536,7 @@ pub(crate) fn recover(tx: &mut Tx<'_>, scope: RecoverScope) -> Result<Vec<Job>, 
         out.push(job);
     }
     for (before, job, _) in &staged {
-        save_job(tx.conn, before, job)?;
+        save(tx, before, job)?;
     }
     for (_, job, data) in staged {
         emit(tx, &job, data)?;
@@ -536,7 +550,7 @@ pub(crate) fn request_cancel(tx: &mut Tx<'_>, id: JobId) -> Result<CancelOutcome
     let mut job = before.clone();
     if job.status == JobStatus::Running {
         job.cancel_requested = true;
-        save_job(tx.conn, &before, &job)?;
+        save(tx, &before, &job)?;
         return Ok(CancelOutcome::Requested(job));
     }
     step_job(&mut job, JobAction::Cancel)?;
@@ -575,6 +589,9 @@ pub(crate) fn retry(tx: &mut Tx<'_>, id: JobId) -> Result<Job, StoreError> {
 /// `keep_from`, so the `job.deleted` tombstone stays. Deliveries keep their
 /// own snapshots and are left alone.
 fn remove_job(tx: &mut Tx<'_>, id: &str, keep_from: u64) -> Result<(), StoreError> {
+    if let Ok(job_id) = id.parse() {
+        tx.cache.forget(job_id);
+    }
     diesel::delete(jobs::table.find(id))
         .execute(tx.conn)
         .map_err(db_err)?;
@@ -592,7 +609,12 @@ pub(crate) fn delete(tx: &mut Tx<'_>, id: JobId) -> Result<(), StoreError> {
     let row = job_row(tx.conn, id)?.ok_or(StoreError::JobNotFound(id))?;
     job_transition(job_status(&row.status)?, JobAction::Delete)?;
     let keep_from = tx.last_seq() + 1;
-    tx.emit(id, &row.pipeline, row.webhook_url.as_deref(), EventData::Deleted {})?;
+    tx.emit(
+        id,
+        &row.pipeline,
+        row.webhook_url.as_deref(),
+        EventData::Deleted {},
+    )?;
     remove_job(tx, &row.id, keep_from)
 }
 
@@ -614,6 +636,7 @@ pub(crate) fn mark_stale(
     for row in &rows {
         let rule = job_transition(job_status(&row.status)?, JobAction::MarkStale)?;
         let id = row.job_id()?;
+        tx.cache.forget(id);
         diesel::update(jobs::table.find(&row.id))
             .set((
                 jobs::status.eq(rule.to.as_str()),
@@ -621,7 +644,12 @@ pub(crate) fn mark_stale(
             ))
             .execute(tx.conn)
             .map_err(db_err)?;
-        tx.emit(id, &row.pipeline, row.webhook_url.as_deref(), EventData::Stale {})?;
+        tx.emit(
+            id,
+            &row.pipeline,
+            row.webhook_url.as_deref(),
+            EventData::Stale {},
+        )?;
         ids.push(id);
     }
     Ok(ids)
@@ -647,7 +675,12 @@ pub(crate) fn delete_stale(
     let mut ids = Vec::with_capacity(rows.len());
     for row in &rows {
         let id = row.job_id()?;
-        tx.emit(id, &row.pipeline, row.webhook_url.as_deref(), EventData::Deleted {})?;
+        tx.emit(
+            id,
+            &row.pipeline,
+            row.webhook_url.as_deref(),
+            EventData::Deleted {},
+        )?;
         ids.push(id);
     }
     for row in &rows {
@@ -661,12 +694,14 @@ pub(crate) fn record_attempt(
     id: DeliveryId,
     outcome: AttemptOutcome,
 ) -> Result<Delivery, StoreError> {
-    let row: DeliveryRow = webhook_deliveries::table
+    let rows: Vec<DeliveryRow> = webhook_deliveries::table
         .find(id.to_string())
         .select(DeliveryRow::as_select())
-        .first(tx.conn)
-        .optional()
-        .map_err(db_err)?
+        .load(tx.conn)
+        .map_err(db_err)?;
+    let row = rows
+        .into_iter()
+        .next()
         .ok_or(StoreError::DeliveryNotFound(id))?;
     let mut d = row.into_delivery()?;
     if d.status != DeliveryStatus::Pending {

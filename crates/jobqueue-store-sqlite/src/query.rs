@@ -7,11 +7,14 @@ use diesel::sqlite::SqliteConnection;
 use jobqueue_core::{Job, JobId, StoreError};
 
 use crate::error::db_err;
-use crate::rows::{JobRow, PhaseRow};
+use crate::rows::{JobPatch, JobRow, PhasePatch, PhaseRow};
 use crate::schema::{jobs, phases};
 
 /// The row of job `id`, without its phases.
-pub(crate) fn job_row(conn: &mut SqliteConnection, id: JobId) -> Result<Option<JobRow>, StoreError> {
+pub(crate) fn job_row(
+    conn: &mut SqliteConnection,
+    id: JobId,
+) -> Result<Option<JobRow>, StoreError> {
     jobs::table
         .find(id.to_string())
         .select(JobRow::as_select())
@@ -80,24 +83,28 @@ pub(crate) fn insert_job(conn: &mut SqliteConnection, job: &Job) -> Result<(), S
     Ok(())
 }
 
-/// Writes what changed from `before` to `after` (the same job).
+/// Writes what changed from `before` to `after` (the same job): only the
+/// changed columns of the job row and of each changed phase.
 pub(crate) fn save_job(
     conn: &mut SqliteConnection,
     before: &Job,
     after: &Job,
 ) -> Result<(), StoreError> {
     let row = JobRow::of(after);
-    if JobRow::of(before) != row {
+    if let Some(patch) = JobPatch::between(&JobRow::of(before), &row) {
         diesel::update(jobs::table.find(&row.id))
-            .set(&row)
+            .set(&patch)
             .execute(conn)
             .map_err(db_err)?;
     }
     for (i, p) in after.phases.iter().enumerate() {
-        if before.phases.get(i) != Some(p) {
-            let prow = PhaseRow::of(&row.id, i, p);
-            diesel::update(phases::table.find((&row.id, prow.idx)))
-                .set(&prow)
+        let Some(old) = before.phases.get(i).filter(|old| *old != p) else {
+            continue;
+        };
+        let new = PhaseRow::of(&row.id, i, p);
+        if let Some(patch) = PhasePatch::between(&PhaseRow::of(&row.id, i, old), &new) {
+            diesel::update(phases::table.find((&row.id, new.idx)))
+                .set(&patch)
                 .execute(conn)
                 .map_err(db_err)?;
         }

@@ -97,7 +97,11 @@ pub(crate) fn list(conn: &mut SqliteConnection, filter: JobFilter) -> Result<Job
     let more = rows.len() > limit;
     rows.truncate(limit);
     let jobs = with_phases(conn, rows)?;
-    let next_cursor = if more { jobs.last().map(|j| j.id) } else { None };
+    let next_cursor = if more {
+        jobs.last().map(|j| j.id)
+    } else {
+        None
+    };
     Ok(JobPage { jobs, next_cursor })
 }
 

@@ -10,9 +10,8 @@ use std::str::FromStr;
 use diesel::prelude::*;
 use diesel::sqlite::Sqlite;
 use jobqueue_core::{
-    Delivery, DeliveryId, DeliveryStatus, DeliveryTarget, Event, EventData, EventType,
-    Interrupted, Job, JobError, JobId, JobStatus, LeaseToken, Phase, PhaseStatus, Progress,
-    StoreError,
+    Delivery, DeliveryId, DeliveryStatus, DeliveryTarget, Event, EventData, EventType, Interrupted,
+    Job, JobError, JobId, JobStatus, LeaseToken, Phase, PhaseStatus, Progress, StoreError,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -58,8 +57,17 @@ pub(crate) fn sql_count(n: usize) -> i64 {
 }
 
 /// One row of `jobs`.
-#[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Insertable, AsChangeset)]
-#[diesel(table_name = jobs, check_for_backend(Sqlite), treat_none_as_null = true)]
+#[derive(
+    Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Insertable, AsChangeset,
+)]
+// `treat_none_as_default_value = false` inserts `None` as NULL, so the
+// INSERT has one shape and diesel can keep it prepared.
+#[diesel(
+    table_name = jobs,
+    check_for_backend(Sqlite),
+    treat_none_as_null = true,
+    treat_none_as_default_value = false
+)]
 pub(crate) struct JobRow {
     pub(crate) id: String,
     pub(crate) pipeline: String,
@@ -93,7 +101,8 @@ pub(crate) struct JobRow {
     table_name = phases,
     primary_key(job_id, idx),
     check_for_backend(Sqlite),
-    treat_none_as_null = true
+    treat_none_as_null = true,
+    treat_none_as_default_value = false
 )]
 pub(crate) struct PhaseRow {
     pub(crate) job_id: String,
@@ -123,7 +132,12 @@ pub(crate) struct EventRow {
 
 /// One row of `webhook_deliveries`.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
-#[diesel(table_name = webhook_deliveries, check_for_backend(Sqlite), treat_none_as_null = true)]
+#[diesel(
+    table_name = webhook_deliveries,
+    check_for_backend(Sqlite),
+    treat_none_as_null = true,
+    treat_none_as_default_value = false
+)]
 pub(crate) struct DeliveryRow {
     pub(crate) id: String,
     pub(crate) event_seq: i64,
@@ -280,7 +294,11 @@ impl PhaseRow {
             status: parse::<PhaseStatus>("phase status", &self.status)?,
             attempts: u32_of("phase attempts", self.attempts)?,
             progress: progress(self.progress_percent, self.progress_message)?,
-            result: self.result.as_deref().map(|r| json("phase result", r)).transpose()?,
+            result: self
+                .result
+                .as_deref()
+                .map(|r| json("phase result", r))
+                .transpose()?,
             error: self.error,
             started_at: opt_time(self.started_at)?,
             finished_at: opt_time(self.finished_at)?,
@@ -303,7 +321,14 @@ impl EventRow {
 
     /// The event of this row.
     pub(crate) fn into_event(self) -> Result<Event, StoreError> {
-        event_of(self.seq, &self.job_id, self.pipeline, &self.event_type, self.at, &self.data)
+        event_of(
+            self.seq,
+            &self.job_id,
+            self.pipeline,
+            &self.event_type,
+            self.at,
+            &self.data,
+        )
     }
 }
 
@@ -380,4 +405,87 @@ impl DeliveryRow {
 /// Checks a stored status string names a job status.
 pub(crate) fn job_status(s: &str) -> Result<JobStatus, StoreError> {
     parse("job status", s)
+}
+
+/// Sets `patch.f` for every field `f` that differs between two rows, and
+/// says whether any did.
+macro_rules! diff_rows {
+    ($patch:ident, $before:ident, $after:ident; $($f:ident),* $(,)?) => {{
+        let mut changed = false;
+        $(
+            if $before.$f != $after.$f {
+                $patch.$f = Some($after.$f.clone());
+                changed = true;
+            }
+        )*
+        changed
+    }};
+}
+
+/// The columns of a `jobs` row that changed; `None` leaves a column alone.
+/// Updating only those keeps each `UPDATE` small: diesel prepares every
+/// `UPDATE` afresh, and SQLite touches only the indexes on changed columns.
+#[derive(Debug, Default, AsChangeset)]
+#[diesel(table_name = jobs, check_for_backend(Sqlite))]
+pub(crate) struct JobPatch {
+    status: Option<String>,
+    input: Option<String>,
+    priority: Option<i64>,
+    unique_key: Option<Option<String>>,
+    attempt: Option<i64>,
+    max_attempts: Option<i64>,
+    run_at: Option<i64>,
+    started_at: Option<Option<i64>>,
+    finished_at: Option<Option<i64>>,
+    stale_at: Option<Option<i64>>,
+    error_phase: Option<Option<String>>,
+    error_message: Option<Option<String>>,
+    error_attempt: Option<Option<i64>>,
+    interrupted_phase: Option<Option<String>>,
+    interrupted_at: Option<Option<i64>>,
+    interrupted_percent: Option<Option<i64>>,
+    interrupted_message: Option<Option<String>>,
+    webhook_url: Option<Option<String>>,
+    cancel_requested: Option<bool>,
+    lease: Option<Option<String>>,
+    lease_expires_at: Option<Option<i64>>,
+}
+
+impl JobPatch {
+    /// What changed from `before` to `after`, or `None` if nothing did.
+    pub(crate) fn between(before: &JobRow, after: &JobRow) -> Option<Self> {
+        let mut p = Self::default();
+        let changed = diff_rows!(p, before, after;
+            status, input, priority, unique_key, attempt, max_attempts, run_at, started_at,
+            finished_at, stale_at, error_phase, error_message, error_attempt,
+            interrupted_phase, interrupted_at, interrupted_percent, interrupted_message,
+            webhook_url, cancel_requested, lease, lease_expires_at);
+        changed.then_some(p)
+    }
+}
+
+/// The columns of a `phases` row that changed.
+#[derive(Debug, Default, AsChangeset)]
+#[diesel(table_name = phases, check_for_backend(Sqlite))]
+pub(crate) struct PhasePatch {
+    name: Option<String>,
+    status: Option<String>,
+    attempts: Option<i64>,
+    progress_percent: Option<Option<i64>>,
+    progress_message: Option<Option<String>>,
+    result: Option<Option<String>>,
+    error: Option<Option<String>>,
+    started_at: Option<Option<i64>>,
+    finished_at: Option<Option<i64>>,
+}
+
+impl PhasePatch {
+    /// What changed from `before` to `after`, or `None` if nothing did.
+    pub(crate) fn between(before: &PhaseRow, after: &PhaseRow) -> Option<Self> {
+        let mut p = Self::default();
+        let changed = diff_rows!(p, before, after;
+            name, status, attempts, progress_percent, progress_message, result, error,
+            started_at, finished_at);
+        changed.then_some(p)
+    }
 }

@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 
 use crate::conn::{Location, SqliteOptions, connect};
 use crate::error::closed;
-use crate::writer::{FnOp, Msg, ReadJob, Shared, Tx};
+use crate::writer::{ClaimMsg, FnOp, Msg, ReadJob, Shared, Tx};
 use crate::{migrate, ops, read};
 
 /// A [`JobStore`] on a SQLite database. Cheap to clone: clones share the
@@ -46,14 +46,21 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         // Closing the channels lets the threads finish what was sent and
-        // stop; joining them closes every connection before we return.
-        self.writer = None;
+        // stop; joining them closes every connection before we return. The
+        // readers go first, so the writer's connection is the last one: on
+        // closing it SQLite checkpoints the WAL into the database file and
+        // removes the -wal file.
         self.readers = None;
         let me = std::thread::current().id();
+        let writer = self.threads.pop();
         for t in self.threads.drain(..) {
             if t.thread().id() != me {
                 let _ = t.join();
             }
+        }
+        self.writer = None;
+        if let Some(t) = writer.filter(|t| t.thread().id() != me) {
+            let _ = t.join();
         }
     }
 }
@@ -199,7 +206,20 @@ impl JobStore for SqliteStore {
     }
 
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
-        self.write(move |tx| ops::claim(tx, req)).await
+        if req.limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Refuse a lease the clock cannot express here, so a bad request
+        // never fails the claims merged with it.
+        ops::expires(self.now(), req.lease_for)?;
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .writer
+            .as_ref()
+            .ok_or_else(closed)?
+            .send(Msg::Claim(ClaimMsg { req, reply }))
+            .map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
     }
 
     async fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<bool, StoreError> {

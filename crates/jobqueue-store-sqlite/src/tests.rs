@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jobqueue_core::{
-    ClaimRequest, Clock, ErrorKind, Event, EventFilter, EventSink, EventType, FailureOutcome, JobFilter,
-    JobStatus, JobStore, ManualClock, MemoryStore, NewJob, Progress, RecoverScope,
+    ClaimRequest, Clock, ErrorKind, Event, EventFilter, EventSink, EventType, FailureOutcome,
+    JobFilter, JobStatus, JobStore, ManualClock, MemoryStore, NewJob, Progress, RecoverScope,
     WebhookRoute,
 };
 use serde_json::json;
@@ -14,7 +14,11 @@ use serde_json::json;
 use crate::{SqliteOptions, SqliteStore};
 
 fn file_store(dir: &tempfile::TempDir, clock: Arc<ManualClock>) -> SqliteStore {
-    SqliteStore::open(dir.path().join("jobs.db"), SqliteOptions::default().clock(clock)).unwrap()
+    SqliteStore::open(
+        dir.path().join("jobs.db"),
+        SqliteOptions::default().clock(clock),
+    )
+    .unwrap()
 }
 
 #[derive(Default)]
@@ -65,7 +69,10 @@ async fn scenario(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) -> Vec<Stri
     ));
     let la = claimed.iter().find(|c| c.job.id == a.id).unwrap().lease;
     let lb = claimed.iter().find(|c| c.job.id == b.id).unwrap().lease;
-    log(format!("start1 {:?}", store.phase_started(&la, 1).await.map_err(|e| e.kind())));
+    log(format!(
+        "start1 {:?}",
+        store.phase_started(&la, 1).await.map_err(|e| e.kind())
+    ));
     store.phase_started(&la, 0).await.unwrap();
     store
         .phase_progress(&la, 0, Progress::new(150, Some("half".into())))
@@ -74,20 +81,49 @@ async fn scenario(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) -> Vec<Stri
     clock.advance(Duration::from_secs(1));
     store.phase_completed(&la, 0, json!("r0")).await.unwrap();
     store.phase_started(&la, 1).await.unwrap();
-    let again = store.phase_failed(&la, 1, "boom".into(), FailureOutcome::RetryAt(clock.now())).await.unwrap();
-    log(format!("after fail {} {:?}", again.status, again.phases.iter().map(|p| p.status).collect::<Vec<_>>()));
-    log(format!("stale lease {:?}", store.complete_job(&la).await.map_err(|e| e.kind())));
+    let again = store
+        .phase_failed(&la, 1, "boom".into(), FailureOutcome::RetryAt(clock.now()))
+        .await
+        .unwrap();
+    log(format!(
+        "after fail {} {:?}",
+        again.status,
+        again.phases.iter().map(|p| p.status).collect::<Vec<_>>()
+    ));
+    log(format!(
+        "stale lease {:?}",
+        store.complete_job(&la).await.map_err(|e| e.kind())
+    ));
     let c2 = store.claim(ClaimRequest::new(1)).await.unwrap();
     let la2 = c2[0].lease;
     log(format!("attempt {}", la2.attempt));
     store.phase_started(&la2, 1).await.unwrap();
-    log(format!("cancel {:?}", store.request_cancel(a.id).await.map(|o| matches!(o, jobqueue_core::CancelOutcome::Requested(_)))));
-    log(format!("hb {:?}", store.heartbeat(&la2, Duration::from_secs(60)).await));
+    log(format!(
+        "cancel {:?}",
+        store
+            .request_cancel(a.id)
+            .await
+            .map(|o| matches!(o, jobqueue_core::CancelOutcome::Requested(_)))
+    ));
+    log(format!(
+        "hb {:?}",
+        store.heartbeat(&la2, Duration::from_secs(60)).await
+    ));
     let interrupted = store.interrupt(&la2).await.unwrap();
-    log(format!("interrupted {:?}", interrupted.interrupted.map(|i| i.phase)));
+    log(format!(
+        "interrupted {:?}",
+        interrupted.interrupted.map(|i| i.phase)
+    ));
     store.phase_started(&lb, 0).await.unwrap();
-    let failed = store.phase_failed(&lb, 0, "bad".into(), FailureOutcome::Fail).await.unwrap();
-    log(format!("failed {} {:?}", failed.status, failed.error.map(|e| e.message)));
+    let failed = store
+        .phase_failed(&lb, 0, "bad".into(), FailureOutcome::Fail)
+        .await
+        .unwrap();
+    log(format!(
+        "failed {} {:?}",
+        failed.status,
+        failed.error.map(|e| e.message)
+    ));
     let retried = store.retry(b.id).await.unwrap();
     log(format!("retried {} {}", retried.status, retried.attempt));
     let c3 = store.claim(ClaimRequest::new(5)).await.unwrap();
@@ -103,46 +139,119 @@ async fn scenario(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) -> Vec<Stri
     }
     let running = store.enqueue(NewJob::new("q")).await.unwrap();
     store.claim(ClaimRequest::new(1)).await.unwrap();
-    log(format!("recovered {}", store.recover(RecoverScope::All).await.unwrap().len()));
-    log(format!("job q {:?}", store.job(running.id).await.unwrap().map(|j| j.status)));
-    log(format!("delete running {:?}", store.delete(running.id).await.map_err(|e| e.kind())));
+    log(format!(
+        "recovered {}",
+        store.recover(RecoverScope::All).await.unwrap().len()
+    ));
+    log(format!(
+        "job q {:?}",
+        store.job(running.id).await.unwrap().map(|j| j.status)
+    ));
+    log(format!(
+        "delete running {:?}",
+        store.delete(running.id).await.map_err(|e| e.kind())
+    ));
     clock.advance(Duration::from_secs(100));
     let stale = store.mark_stale(clock.now(), 10).await.unwrap();
     log(format!("stale {}", stale.len()));
     clock.advance(Duration::from_secs(100));
     let deleted = store.delete_stale(clock.now(), 1).await.unwrap();
     log(format!("deleted {}", deleted.len()));
-    log(format!("deleted job {:?}", store.job(deleted[0]).await.unwrap().is_none()));
-    let page = store.list(JobFilter { limit: 1, ..JobFilter::default() }).await.unwrap();
-    log(format!("page {} {}", page.jobs.len(), page.next_cursor.is_some()));
-    let page2 = store.list(JobFilter { limit: 5, cursor: page.next_cursor, ..JobFilter::default() }).await.unwrap();
-    log(format!("page2 {} {}", page2.jobs.len(), page2.next_cursor.is_some()));
-    let all = store.events_after(0, EventFilter::default(), 1000).await.unwrap();
-    log(format!("events {:?}", all.iter().map(|e| (e.seq, e.event_type())).collect::<Vec<_>>()));
+    log(format!(
+        "deleted job {:?}",
+        store.job(deleted[0]).await.unwrap().is_none()
+    ));
+    let page = store
+        .list(JobFilter {
+            limit: 1,
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    log(format!(
+        "page {} {}",
+        page.jobs.len(),
+        page.next_cursor.is_some()
+    ));
+    let page2 = store
+        .list(JobFilter {
+            limit: 5,
+            cursor: page.next_cursor,
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    log(format!(
+        "page2 {} {}",
+        page2.jobs.len(),
+        page2.next_cursor.is_some()
+    ));
+    let all = store
+        .events_after(0, EventFilter::default(), 1000)
+        .await
+        .unwrap();
+    log(format!(
+        "events {:?}",
+        all.iter()
+            .map(|e| (e.seq, e.event_type()))
+            .collect::<Vec<_>>()
+    ));
     let published = sink.0.lock().unwrap().clone();
     let seqs: Vec<u64> = published.iter().map(|e| e.seq).collect();
     log(format!("published {seqs:?}"));
     log(format!("last {}", store.last_seq().await.unwrap()));
     let types = store
-        .events_after(0, EventFilter { job: Some(a.id), types: vec![EventType::PhaseFailed] }, 10)
+        .events_after(
+            0,
+            EventFilter {
+                job: Some(a.id),
+                types: vec![EventType::PhaseFailed],
+            },
+            10,
+        )
         .await
         .unwrap();
     log(format!("a failed events {}", types.len()));
     let due = store.due_deliveries(1000).await.unwrap();
-    log(format!("due {:?}", due.iter().map(|d| (d.event_seq, d.target, d.url.clone())).collect::<Vec<_>>()));
+    log(format!(
+        "due {:?}",
+        due.iter()
+            .map(|d| (d.event_seq, d.target, d.url.clone()))
+            .collect::<Vec<_>>()
+    ));
     let first = &due[0];
     let d = store
-        .record_attempt(first.id, jobqueue_core::AttemptOutcome::Delivered { status: 200 })
+        .record_attempt(
+            first.id,
+            jobqueue_core::AttemptOutcome::Delivered { status: 200 },
+        )
         .await
         .unwrap();
-    log(format!("delivered {} {:?}", d.status, d.event == first.event));
+    log(format!(
+        "delivered {} {:?}",
+        d.status,
+        d.event == first.event
+    ));
     log(format!(
         "again {:?}",
-        store.record_attempt(first.id, jobqueue_core::AttemptOutcome::Delivered { status: 200 }).await.map_err(|e| e.kind())
+        store
+            .record_attempt(
+                first.id,
+                jobqueue_core::AttemptOutcome::Delivered { status: 200 }
+            )
+            .await
+            .map_err(|e| e.kind())
     ));
-    log(format!("next {:?}", store.next_delivery_at().await.unwrap()));
+    log(format!(
+        "next {:?}",
+        store.next_delivery_at().await.unwrap()
+    ));
     let dels = store
-        .deliveries(jobqueue_core::DeliveryFilter { job: Some(deleted[0]), statuses: vec![], limit: 0 })
+        .deliveries(jobqueue_core::DeliveryFilter {
+            job: Some(deleted[0]),
+            statuses: vec![],
+            limit: 0,
+        })
         .await
         .unwrap();
     log(format!("deliveries of deleted {}", dels.len()));
@@ -158,7 +267,8 @@ async fn behaves_like_memory_store() {
     let sqlite = scenario(Arc::new(file_store(&dir, clock.clone())), clock).await;
     assert_eq!(sqlite, memory);
     let clock = Arc::new(ManualClock::default());
-    let mem_db = SqliteStore::open_in_memory(SqliteOptions::default().clock(clock.clone())).unwrap();
+    let mem_db =
+        SqliteStore::open_in_memory(SqliteOptions::default().clock(clock.clone())).unwrap();
     assert_eq!(scenario(Arc::new(mem_db), clock).await, memory);
 }
 
@@ -173,19 +283,28 @@ async fn data_survives_reopen() {
         .unwrap();
     let c = store.claim(ClaimRequest::new(1)).await.unwrap();
     store.phase_started(&c[0].lease, 0).await.unwrap();
-    store.phase_progress(&c[0].lease, 0, Progress::new(40, None)).await.unwrap();
+    store
+        .phase_progress(&c[0].lease, 0, Progress::new(40, None))
+        .await
+        .unwrap();
     let before = store.job(job.id).await.unwrap().unwrap();
     drop(store);
     let store = file_store(&dir, clock);
     assert_eq!(store.job(job.id).await.unwrap().unwrap(), before);
     assert_eq!(store.last_seq().await.unwrap(), 4);
     let next = store.enqueue(NewJob::new("p")).await.unwrap();
-    let ev = store.events_after(4, EventFilter::default(), 10).await.unwrap();
+    let ev = store
+        .events_after(4, EventFilter::default(), 10)
+        .await
+        .unwrap();
     assert_eq!(ev.len(), 1);
     assert_eq!((ev[0].seq, ev[0].job_id), (5, next.id));
     let recovered = store.recover(RecoverScope::All).await.unwrap();
     let ctx = recovered[0].interrupted.clone().unwrap();
-    assert_eq!((ctx.phase.as_str(), ctx.progress.map(|p| p.percent)), ("a", Some(40)));
+    assert_eq!(
+        (ctx.phase.as_str(), ctx.progress.map(|p| p.percent)),
+        ("a", Some(40))
+    );
 }
 
 #[tokio::test]
@@ -212,7 +331,10 @@ async fn a_failing_operation_in_a_group_is_rolled_back_alone() {
     }
     assert_eq!(ok, 100);
     assert_eq!(store.last_seq().await.unwrap(), 100);
-    let events = store.events_after(0, EventFilter::default(), 1000).await.unwrap();
+    let events = store
+        .events_after(0, EventFilter::default(), 1000)
+        .await
+        .unwrap();
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
 }
@@ -248,6 +370,9 @@ fn a_damaged_database_is_a_clear_error() {
         *b = 0xff;
     }
     std::fs::write(&path, bytes).unwrap();
+    // A -wal file left behind would still hold good copies of the pages.
+    let _ = std::fs::remove_file(dir.path().join("jobs.db-wal"));
+    let _ = std::fs::remove_file(dir.path().join("jobs.db-shm"));
     assert_eq!(kind_of_open(&path), ErrorKind::Corrupt);
 }
 
@@ -340,7 +465,11 @@ fn hot_queries_use_indexes() {
                 || step.starts_with("SCAN events") && !step.contains("USING");
             assert!(!full_scan, "{q}\nscans a whole table: {plan:?}");
         }
-        assert!(plan.iter().any(|s| s.contains("INDEX") || s.contains("PRIMARY KEY")), "{q}: {plan:?}");
+        assert!(
+            plan.iter()
+                .any(|s| s.contains("INDEX") || s.contains("PRIMARY KEY")),
+            "{q}: {plan:?}"
+        );
     }
 }
 
@@ -411,14 +540,21 @@ async fn concurrent_enqueue_and_claim() {
     assert_eq!(last, 3 * enqueued.len() as u64);
     let mut seq = 0;
     while seq < last {
-        let page = store.events_after(seq, EventFilter::default(), 1000).await.unwrap();
+        let page = store
+            .events_after(seq, EventFilter::default(), 1000)
+            .await
+            .unwrap();
         for e in page {
             assert_eq!(e.seq, seq + 1, "gap in the event sequence");
             seq = e.seq;
         }
     }
     let done = store
-        .list(JobFilter { statuses: vec![JobStatus::Completed], limit: 1, ..JobFilter::default() })
+        .list(JobFilter {
+            statuses: vec![JobStatus::Completed],
+            limit: 1,
+            ..JobFilter::default()
+        })
         .await
         .unwrap();
     assert_eq!(done.jobs.len(), 1);
@@ -451,4 +587,155 @@ async fn conformance_in_memory() {
         Box::pin(async move { Arc::new(store) as Arc<dyn JobStore> })
     })
     .await;
+}
+
+/// Set in the environment of the child process of [`acknowledged_writes_survive_sigkill`]:
+/// the database it writes to.
+const CRASH_CHILD_ENV: &str = "JOBQUEUE_SQLITE_CRASH_CHILD";
+
+/// The child of [`acknowledged_writes_survive_sigkill`]: when the parent
+/// runs it (with [`CRASH_CHILD_ENV`] set), it writes through the store until
+/// it is killed, printing `ACK <id>` after each enqueue returned and
+/// `DONE <id>` after each job it completed. Run without the variable, it
+/// does nothing.
+#[test]
+fn crash_child() {
+    use std::io::Write as _;
+    let Ok(path) = std::env::var(CRASH_CHILD_ENV) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        let out = Arc::new(Mutex::new(std::io::stdout()));
+        // A safety net only: the parent kills the child long before.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut tasks = Vec::new();
+        for t in 0..16 {
+            let store = store.clone();
+            let out = out.clone();
+            tasks.push(tokio::spawn(async move {
+                while tokio::time::Instant::now() < deadline {
+                    let job = store
+                        .enqueue(NewJob::new("crash").phases(["only"]).input(json!({"t": t})))
+                        .await
+                        .unwrap();
+                    {
+                        let mut o = out.lock().unwrap();
+                        writeln!(o, "ACK {}", job.id).unwrap();
+                        o.flush().unwrap();
+                    }
+                    if t % 2 == 0 {
+                        for c in store.claim(ClaimRequest::new(2)).await.unwrap() {
+                            store.phase_started(&c.lease, 0).await.unwrap();
+                            store.phase_completed(&c.lease, 0, json!(t)).await.unwrap();
+                            store.complete_job(&c.lease).await.unwrap();
+                            let mut o = out.lock().unwrap();
+                            writeln!(o, "DONE {}", c.job.id).unwrap();
+                            o.flush().unwrap();
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+}
+
+/// A child process writes through the store and is killed with SIGKILL at
+/// random moments; after each kill the database opens cleanly and holds
+/// every write the child had acknowledged.
+#[test]
+fn acknowledged_writes_survive_sigkill() {
+    use std::collections::hash_map::RandomState;
+    use std::hash::BuildHasher as _;
+    use std::io::BufRead as _;
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    let exe = std::env::current_exe().unwrap();
+    let mut acked = Vec::new();
+    let mut done = Vec::new();
+    let random = RandomState::new();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for round in 0..5u64 {
+        // Kill after a random number of acknowledgements, 1 to 400.
+        let kill_after = 1 + random.hash_one(round) % 400;
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "tests::crash_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CRASH_CHILD_ENV, &path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut seen = 0;
+        while seen < kill_after {
+            let Some(line) = lines.next() else { break };
+            let line = line.unwrap();
+            if let Some(id) = line.strip_prefix("ACK ") {
+                acked.push(id.parse::<jobqueue_core::JobId>().unwrap());
+                seen += 1;
+            } else if let Some(id) = line.strip_prefix("DONE ") {
+                done.push(id.parse::<jobqueue_core::JobId>().unwrap());
+            }
+        }
+        assert_eq!(seen, kill_after, "the child stopped early in round {round}");
+        child.kill().unwrap();
+        // What was printed before the kill was acknowledged too.
+        for line in lines {
+            let line = line.unwrap();
+            if let Some(id) = line.strip_prefix("ACK ") {
+                acked.push(id.parse().unwrap());
+            } else if let Some(id) = line.strip_prefix("DONE ") {
+                done.push(id.parse().unwrap());
+            }
+        }
+        child.wait().unwrap();
+
+        rt.block_on(async {
+            let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+            for id in &acked {
+                assert!(
+                    store.job(*id).await.unwrap().is_some(),
+                    "round {round}: acknowledged job {id} is lost"
+                );
+            }
+            for id in &done {
+                let job = store.job(*id).await.unwrap().unwrap();
+                assert_eq!(job.status, JobStatus::Completed, "round {round}: job {id}");
+            }
+            let last = store.last_seq().await.unwrap();
+            let mut seq = 0;
+            while seq < last {
+                for e in store
+                    .events_after(seq, EventFilter::default(), 1000)
+                    .await
+                    .unwrap()
+                {
+                    assert_eq!(e.seq, seq + 1, "round {round}: gap in the event sequence");
+                    seq = e.seq;
+                }
+            }
+            // Jobs the child held when it died are recovered.
+            store.recover(RecoverScope::All).await.unwrap();
+        });
+    }
+    assert!(acked.len() >= 5);
 }

@@ -13,6 +13,7 @@
 //! so it hands out numbers without asking the database, and takes them back
 //! when an operation or a batch is rolled back.
 
+use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -25,8 +26,8 @@ use futures_channel::oneshot;
 use jobqueue_core::clock::truncate_to_micros;
 use jobqueue_core::outbox::default_filter;
 use jobqueue_core::{
-    Clock, Delivery, DeliveryId, DeliveryStatus, DeliveryTarget, ErrorKind, Event, EventData,
-    EventSink, JobId, StoreError, WebhookRoute,
+    ClaimRequest, Claimed, Clock, Delivery, DeliveryId, DeliveryStatus, DeliveryTarget, ErrorKind, Event, EventData,
+    EventSink, Job, JobId, JobStatus, StoreError, WebhookRoute,
 };
 use time::OffsetDateTime;
 
@@ -41,9 +42,104 @@ pub(crate) type ReadJob = Box<dyn FnOnce(&mut SqliteConnection) + Send>;
 pub(crate) enum Msg {
     /// A write, run in the next group transaction.
     Write(Box<dyn WriteOp>),
+    /// A claim. The claims of a group are merged into one statement.
+    Claim(ClaimMsg),
     /// A read, run on the writer's connection after the group commits (only
     /// for an in-memory database, which has no other connections).
     Read(ReadJob),
+}
+
+/// A claim request and where its answer goes.
+pub(crate) struct ClaimMsg {
+    pub(crate) req: ClaimRequest,
+    pub(crate) reply: oneshot::Sender<Result<Vec<Claimed>, StoreError>>,
+}
+
+/// The claims of one group as one operation: consecutive requests with the
+/// same lease duration and exclusions become one `UPDATE ... RETURNING` for
+/// the sum of their limits, and the claimed jobs are dealt out in claim
+/// order, as if the requests had run one after the other.
+struct MergedClaims {
+    claims: Vec<ClaimMsg>,
+    out: Option<Result<Vec<Vec<Claimed>>, StoreError>>,
+}
+
+impl MergedClaims {
+    fn run(&self, tx: &mut Tx<'_>) -> Result<Vec<Vec<Claimed>>, StoreError> {
+        let mut answers = Vec::with_capacity(self.claims.len());
+        let mut i = 0;
+        while i < self.claims.len() {
+            let first = &self.claims[i].req;
+            let run = self.claims[i..]
+                .iter()
+                .take_while(|c| {
+                    c.req.lease_for == first.lease_for
+                        && c.req.exclude_pipelines == first.exclude_pipelines
+                })
+                .count();
+            let total = self.claims[i..i + run]
+                .iter()
+                .fold(0usize, |n, c| n.saturating_add(c.req.limit));
+            let merged = ClaimRequest {
+                limit: total,
+                lease_for: first.lease_for,
+                exclude_pipelines: first.exclude_pipelines.clone(),
+            };
+            let mut claimed = crate::ops::claim(tx, merged)?.into_iter();
+            for c in &self.claims[i..i + run] {
+                answers.push(claimed.by_ref().take(c.req.limit).collect());
+            }
+            i += run;
+        }
+        Ok(answers)
+    }
+}
+
+impl WriteOp for MergedClaims {
+    fn apply(&mut self, tx: &mut Tx<'_>) -> bool {
+        let out = catch_unwind(AssertUnwindSafe(|| self.run(tx))).unwrap_or_else(|_| {
+            Err(StoreError::backend(
+                ErrorKind::Internal,
+                "sqlite store: a claim panicked; it was rolled back",
+            ))
+        });
+        let ok = out.is_ok();
+        self.out = Some(out);
+        ok
+    }
+
+    fn finish(self: Box<Self>, group_failure: Option<&(ErrorKind, String)>) {
+        let answers = match (self.out, group_failure) {
+            (Some(Ok(answers)), None) => answers.into_iter().map(Ok).collect(),
+            (Some(Err(e)), _) => {
+                let (kind, message) = (e.kind(), e.to_string());
+                let mut first = Some(e);
+                self.claims
+                    .iter()
+                    .map(|_| {
+                        Err(first
+                            .take()
+                            .unwrap_or_else(|| StoreError::backend(kind, message.clone())))
+                    })
+                    .collect()
+            }
+            (_, failure) => {
+                let (kind, message) = failure.cloned().unwrap_or((
+                    ErrorKind::Internal,
+                    "sqlite store: claim was not run".to_owned(),
+                ));
+                self.claims
+                    .iter()
+                    .map(|_| Err(StoreError::backend(kind, message.clone())))
+                    .collect::<Vec<_>>()
+            }
+        };
+        for (claim, answer) in self.claims.into_iter().zip(answers) {
+            // The caller may have stopped waiting; the claim stands (its
+            // lease expires and recovery requeues the job).
+            let _ = claim.reply.send(answer);
+        }
+    }
 }
 
 /// State the store's handle and the writer share.
@@ -67,12 +163,70 @@ impl Shared {
     }
 }
 
+/// The running jobs as the writer last wrote them, so the operations of a
+/// worker (phase changes, heartbeats, completion) need no `SELECT`. Sound
+/// because this writer is the only one: each entry is exactly what the
+/// database holds, or the database is read instead. An operation's changes
+/// to the cache are undone with its savepoint, and a failed group empties it.
+#[derive(Default)]
+pub(crate) struct JobCache {
+    jobs: HashMap<JobId, Job>,
+    undo: Vec<(JobId, Option<Job>)>,
+}
+
+impl JobCache {
+    /// Running jobs beyond this many are read from the database instead.
+    const CAPACITY: usize = 65_536;
+
+    pub(crate) fn get(&self, id: JobId) -> Option<&Job> {
+        self.jobs.get(&id)
+    }
+
+    /// Records `job` as written: kept while it runs, dropped otherwise.
+    pub(crate) fn put(&mut self, job: &Job) {
+        let old = if job.status == JobStatus::Running
+            && (self.jobs.len() < Self::CAPACITY || self.jobs.contains_key(&job.id))
+        {
+            self.jobs.insert(job.id, job.clone())
+        } else {
+            self.jobs.remove(&job.id)
+        };
+        self.undo.push((job.id, old));
+    }
+
+    /// Drops job `id`.
+    pub(crate) fn forget(&mut self, id: JobId) {
+        let old = self.jobs.remove(&id);
+        self.undo.push((id, old));
+    }
+
+    fn begin(&mut self) {
+        self.undo.clear();
+    }
+
+    fn rollback(&mut self) {
+        while let Some((id, old)) = self.undo.pop() {
+            match old {
+                Some(job) => self.jobs.insert(id, job),
+                None => self.jobs.remove(&id),
+            };
+        }
+    }
+
+    fn clear(&mut self) {
+        self.jobs.clear();
+        self.undo.clear();
+    }
+}
+
 /// One operation's view of the group transaction.
 pub(crate) struct Tx<'a> {
     /// The write connection, inside the transaction and the op's savepoint.
     pub(crate) conn: &'a mut SqliteConnection,
     /// The time of this operation.
     pub(crate) now: OffsetDateTime,
+    /// The running jobs as last written.
+    pub(crate) cache: &'a mut JobCache,
     routes: &'a [WebhookRoute],
     last_seq: &'a mut u64,
     events: Vec<Event>,
@@ -220,6 +374,7 @@ pub(crate) fn spawn(
         .spawn(move || {
             Writer {
                 conn,
+                cache: JobCache::default(),
                 shared,
                 last_seq,
                 max_batch: max_batch.max(1),
@@ -234,6 +389,7 @@ pub(crate) fn spawn(
 
 struct Writer {
     conn: SqliteConnection,
+    cache: JobCache,
     shared: Arc<Shared>,
     last_seq: u64,
     max_batch: usize,
@@ -244,25 +400,38 @@ type GroupFailure = (ErrorKind, String);
 
 fn fail(e: diesel::result::Error, during: &str) -> GroupFailure {
     let e = db_err(e);
-    (e.kind(), format!("{e} (during {during}; nothing of this write was committed)"))
+    (
+        e.kind(),
+        format!("{e} (during {during}; nothing of this write was committed)"),
+    )
 }
 
 impl Writer {
     fn run(mut self, rx: &Receiver<Msg>) {
         let mut writes: Vec<Box<dyn WriteOp>> = Vec::new();
         let mut reads: Vec<ReadJob> = Vec::new();
+        let mut claims: Vec<ClaimMsg> = Vec::new();
         while let Ok(first) = rx.recv() {
             let mut next = Some(first);
             while let Some(msg) = next {
                 match msg {
                     Msg::Write(op) => writes.push(op),
+                    Msg::Claim(c) => claims.push(c),
                     Msg::Read(job) => reads.push(job),
                 }
-                next = if writes.len() < self.max_batch {
+                next = if writes.len() + claims.len() < self.max_batch {
                     rx.try_recv().ok()
                 } else {
                     None
                 };
+            }
+            if !claims.is_empty() {
+                // After the other writes, so jobs enqueued in this group can
+                // be claimed at once.
+                writes.push(Box::new(MergedClaims {
+                    claims: std::mem::take(&mut claims),
+                    out: None,
+                }));
             }
             if !writes.is_empty() {
                 self.group(&mut writes);
@@ -282,6 +451,7 @@ impl Writer {
             // Best effort: the transaction may already be gone.
             let _ = self.conn.batch_execute("ROLLBACK");
             self.last_seq = start_seq;
+            self.cache.clear();
             let _ = failure;
         }
         let failure = outcome.err();
@@ -315,9 +485,11 @@ impl Writer {
                     .map_err(|e| fail(e, "SAVEPOINT"))?;
             }
             let before = self.last_seq;
+            self.cache.begin();
             let mut tx = Tx {
                 conn: &mut self.conn,
                 now: self.shared.now(),
+                cache: &mut self.cache,
                 routes: &routes,
                 last_seq: &mut self.last_seq,
                 events: Vec::new(),
@@ -334,6 +506,7 @@ impl Writer {
                 }
             } else {
                 self.last_seq = before;
+                self.cache.rollback();
                 published.push(Vec::new());
                 if single {
                     self.conn
@@ -351,3 +524,4 @@ impl Writer {
         Ok(())
     }
 }
+

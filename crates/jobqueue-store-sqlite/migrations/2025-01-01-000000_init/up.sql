@@ -38,13 +38,18 @@ CREATE INDEX jobs_claim ON jobs (status, priority DESC, run_at, created_at, id);
 CREATE INDEX jobs_status_id ON jobs (status, id);
 CREATE INDEX jobs_pipeline_id ON jobs (pipeline, id);
 -- Retention: mark_stale by finished_at, delete_stale by stale_at.
-CREATE INDEX jobs_finished ON jobs (finished_at, id) WHERE finished_at IS NOT NULL;
-CREATE INDEX jobs_stale ON jobs (stale_at, id) WHERE stale_at IS NOT NULL;
--- At most one queued or running job holds a unique key. The store checks it
--- first to name the holder; the index makes the invariant the database's too.
-CREATE UNIQUE INDEX jobs_unique_active ON jobs (unique_key)
-    WHERE unique_key IS NOT NULL AND status IN ('queued', 'running');
-CREATE INDEX jobs_unique_key ON jobs (unique_key) WHERE unique_key IS NOT NULL;
+--
+-- No partial indexes, on purpose: to decide whether a partial index applies,
+-- SQLite's planner compares the index's WHERE with the query's and records
+-- the bound parameters it looked at; rebinding any of them then forces a
+-- re-prepare of the statement on every execution, which doubled the cost
+-- of every statement on jobs.
+CREATE INDEX jobs_finished ON jobs (finished_at, id);
+CREATE INDEX jobs_stale ON jobs (stale_at, id);
+-- Unique keys: at most one queued or running job holds a key. The writer
+-- checks it before every enqueue and manual retry (one writer, so the check
+-- and the write cannot interleave); this index serves the check.
+CREATE INDEX jobs_unique_key ON jobs (unique_key, status);
 
 -- One row per job and phase, in pipeline order.
 CREATE TABLE phases (
