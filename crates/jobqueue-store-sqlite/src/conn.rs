@@ -159,6 +159,14 @@ impl Location {
     }
 }
 
+/// Pages in the WAL before the commit that passes it checkpoints (SQLite's
+/// default is 1000). The writer's commits checkpoint, so the WAL is copied
+/// back completely and starts over; a longer one lets a page written by many
+/// commits be copied once. Tried: checkpointing from a separate thread does
+/// not work under steady load: the WAL restarts only when a checkpoint has
+/// caught up with the writer, which it never does while the writer appends.
+const WAL_AUTOCHECKPOINT_PAGES: u32 = 4000;
+
 #[derive(QueryableByName)]
 struct JournalMode {
     #[diesel(sql_type = Text)]
@@ -202,7 +210,8 @@ pub(crate) fn connect(
     // temp_store = MEMORY keeps the savepoint sub-journals (the writer runs
     // each operation in a SAVEPOINT) in memory instead of temp files.
     conn.batch_execute(&format!(
-        "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;{}",
+        "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; \
+         PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES};{}",
         options.synchronous.as_sql(),
         if read_only {
             " PRAGMA query_only = ON;"

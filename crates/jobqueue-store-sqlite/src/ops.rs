@@ -60,11 +60,13 @@ fn active_holder(tx: &mut Tx<'_>, key: &str) -> Result<Option<JobId>, StoreError
         .select(jobs::id)
         .load(tx.conn)
         .map_err(db_err)?;
-    ids.into_iter().next().map(|id| {
-        id.parse()
-            .map_err(|e| crate::error::corrupt(format!("job id {id:?}: {e}")))
-    })
-    .transpose()
+    ids.into_iter()
+        .next()
+        .map(|id| {
+            id.parse()
+                .map_err(|e| crate::error::corrupt(format!("job id {id:?}: {e}")))
+        })
+        .transpose()
 }
 
 fn job_of(tx: &mut Tx<'_>, id: JobId) -> Result<Job, StoreError> {

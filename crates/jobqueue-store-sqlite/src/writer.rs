@@ -26,8 +26,8 @@ use futures_channel::oneshot;
 use jobqueue_core::clock::truncate_to_micros;
 use jobqueue_core::outbox::default_filter;
 use jobqueue_core::{
-    ClaimRequest, Claimed, Clock, Delivery, DeliveryId, DeliveryStatus, DeliveryTarget, ErrorKind, Event, EventData,
-    EventSink, Job, JobId, JobStatus, StoreError, WebhookRoute,
+    ClaimRequest, Claimed, Clock, Delivery, DeliveryId, DeliveryStatus, DeliveryTarget, ErrorKind,
+    Event, EventData, EventSink, Job, JobId, JobStatus, StoreError, WebhookRoute,
 };
 use time::OffsetDateTime;
 
@@ -524,4 +524,3 @@ impl Writer {
         Ok(())
     }
 }
-

@@ -49,7 +49,7 @@ CREATE INDEX jobs_stale ON jobs (stale_at, id);
 -- Unique keys: at most one queued or running job holds a key. The writer
 -- checks it before every enqueue and manual retry (one writer, so the check
 -- and the write cannot interleave); this index serves the check.
-CREATE INDEX jobs_unique_key ON jobs (unique_key, status);
+CREATE INDEX jobs_unique_key ON jobs (unique_key);
 
 -- One row per job and phase, in pipeline order.
 CREATE TABLE phases (
