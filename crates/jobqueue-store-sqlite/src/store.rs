@@ -29,6 +29,8 @@ use crate::{migrate, ops, read};
 /// The async methods never block the executor: each hands its work to the
 /// writer thread or a reader thread and awaits the answer. Dropping a call's
 /// future after it was sent does not cancel it: the write still commits.
+/// Dropping the last clone lets the writer commit what was already sent,
+/// then stops the threads and closes the database, waiting for them.
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
