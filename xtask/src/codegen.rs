@@ -5,6 +5,9 @@
 //!   `BEGIN GENERATED: state-model` / `END GENERATED: state-model` markers:
 //!   the status and event-type names and both transition tables, rendered from
 //!   `jobqueue_core::machine`.
+//! - The event catalogue of `docs/events.md`, between the
+//!   `BEGIN GENERATED: event-catalogue` markers: every event type, the
+//!   transitions that emit it, and its sample `data` JSON from core.
 //! - `crates/jobqueue-store-sqlite/src/schema.rs`, the diesel tables, from
 //!   the SQLite store's migrations (see [`sqlite_schema`]).
 //!
@@ -19,6 +22,7 @@ use anyhow::{Context, Result, bail};
 use jobqueue_core::machine::{
     EventType, JOB_TRANSITIONS, JobStatus, PHASE_TRANSITIONS, PhaseStatus,
 };
+use jobqueue_core::{EventData, JobError, Progress};
 
 use crate::util::{project_root, read_file, rel};
 
@@ -87,6 +91,15 @@ fn outputs() -> Result<Vec<Output>> {
         content,
     });
 
+    let events = root.join("docs/events.md");
+    let text = read_file(&events)?;
+    let content = replace_block(&text, "event-catalogue", &event_catalogue())
+        .with_context(|| format!("in {}", events.display()))?;
+    outputs.push(Output {
+        path: events,
+        content,
+    });
+
     outputs.push(sqlite_schema()?);
     Ok(outputs)
 }
@@ -131,6 +144,94 @@ fn replace_block(text: &str, name: &str, body: &str) -> Result<String> {
         body.trim(),
         &text[stop..]
     ))
+}
+
+/// A sample of each event type's data. The match is exhaustive, so a new
+/// event type does not compile until it has a sample here.
+fn sample(ty: EventType) -> EventData {
+    let at = time::macros::datetime!(2030-01-02 03:04:05 UTC);
+    let phase = || "fetch".to_owned();
+    match ty {
+        EventType::JobCreated => EventData::Created {
+            run_at: at,
+            priority: 0,
+        },
+        EventType::JobStarted => EventData::Started { attempt: 1 },
+        EventType::PhaseStarted => EventData::PhaseStarted {
+            phase: phase(),
+            index: 0,
+            attempt: 1,
+        },
+        EventType::PhaseProgress => EventData::PhaseProgress {
+            phase: phase(),
+            percent: 40,
+            message: Some("4 of 10 files".into()),
+        },
+        EventType::PhaseCompleted => EventData::PhaseCompleted {
+            phase: phase(),
+            index: 0,
+            result: serde_json::json!({"files": 10}),
+        },
+        EventType::PhaseFailed => EventData::PhaseFailed {
+            phase: phase(),
+            index: 0,
+            error: "connection reset".into(),
+            retry_at: Some(at),
+        },
+        EventType::JobCompleted => EventData::Completed {
+            results: serde_json::json!({"fetch": {"files": 10}, "build": "ok"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        },
+        EventType::JobFailed => EventData::Failed {
+            error: JobError {
+                phase: Some(phase()),
+                message: "connection reset".into(),
+                attempt: 3,
+            },
+        },
+        EventType::JobCancelled => EventData::Cancelled {},
+        EventType::JobRetried => EventData::Retried {
+            from_phase: Some("build".into()),
+        },
+        EventType::JobInterrupted => EventData::Interrupted {
+            phase: phase(),
+            progress: Some(Progress::new(40, Some("4 of 10 files".into()))),
+        },
+        EventType::JobStale => EventData::Stale {},
+        EventType::JobDeleted => EventData::Deleted {},
+    }
+}
+
+/// The event catalogue as Markdown: each type, what emits it, sample data.
+fn event_catalogue() -> String {
+    let mut md = String::from("| type | emitted by | sample `data` |\n|---|---|---|\n");
+    for ty in EventType::ALL {
+        let mut sources: Vec<String> = JOB_TRANSITIONS
+            .iter()
+            .filter(|r| r.event == Some(*ty))
+            .map(|r| format!("job `{}` → `{}` (`{}`)", r.from, r.to, r.action))
+            .chain(
+                PHASE_TRANSITIONS
+                    .iter()
+                    .filter(|r| r.event == Some(*ty))
+                    .map(|r| format!("phase `{}` → `{}` (`{}`)", r.from, r.to, r.action)),
+            )
+            .collect();
+        if *ty == EventType::JobCreated {
+            sources.push("enqueue".to_owned());
+        }
+        if *ty == EventType::PhaseFailed {
+            sources.push(
+                "with job `running` → `queued` (`schedule_retry`) when `retry_at` is set"
+                    .to_owned(),
+            );
+        }
+        let data = sample(*ty).to_json().to_string().replace('|', "\\|");
+        let _ = writeln!(md, "| `{ty}` | {} | `{data}` |", sources.join("; "));
+    }
+    md
 }
 
 /// The state model as Markdown: names, transition tables, diagrams.
