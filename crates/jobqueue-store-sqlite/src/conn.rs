@@ -46,6 +46,10 @@ pub struct SqliteOptions {
     pub readers: usize,
     /// The most write operations the writer gathers into one transaction.
     pub max_batch: usize,
+    /// The largest the database file may grow, in bytes (`None`: no limit
+    /// but the disk's). A write that would pass it fails with an `Io` error,
+    /// as on a full disk, and changes nothing.
+    pub max_size: Option<u64>,
 }
 
 impl Default for SqliteOptions {
@@ -56,6 +60,7 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             readers: 2,
             max_batch: 512,
+            max_size: None,
         }
     }
 }
@@ -76,6 +81,12 @@ impl SqliteOptions {
     /// Sets the busy timeout.
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
         self.busy_timeout = timeout;
+        self
+    }
+
+    /// Caps the size of the database file (see [`SqliteOptions::max_size`]).
+    pub fn max_size(mut self, bytes: u64) -> Self {
+        self.max_size = Some(bytes);
         self
     }
 
@@ -220,5 +231,20 @@ pub(crate) fn connect(
         }
     ))
     .map_err(db_err)?;
+    if let (Some(bytes), false) = (options.max_size, read_only) {
+        let page: Vec<PageSize> = diesel::sql_query("PRAGMA page_size")
+            .load(&mut conn)
+            .map_err(db_err)?;
+        let page = page.first().map_or(4096, |p| p.page_size.max(512));
+        let pages = (bytes / u64::try_from(page).unwrap_or(4096)).max(1);
+        conn.batch_execute(&format!("PRAGMA max_page_count = {pages};"))
+            .map_err(db_err)?;
+    }
     Ok(conn)
+}
+
+#[derive(QueryableByName)]
+struct PageSize {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    page_size: i64,
 }

@@ -747,3 +747,58 @@ fn acknowledged_writes_survive_sigkill() {
     }
     assert!(acked.len() >= 5);
 }
+
+/// A full disk (here: the database at its size cap) fails the write that
+/// hits it with an `Io` error, never a panic; what was acknowledged stays,
+/// the event sequence stays gap-free, and the store keeps serving.
+#[tokio::test]
+async fn a_full_disk_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    drop(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
+    let size = std::fs::metadata(&path).unwrap().len();
+    let store =
+        SqliteStore::open(&path, SqliteOptions::default().max_size(size + 64 * 1024)).unwrap();
+    let big = json!("x".repeat(2000));
+    let mut acked = Vec::new();
+    let err = loop {
+        match store.enqueue(NewJob::new("p").input(big.clone())).await {
+            Ok(job) => acked.push(job.id),
+            Err(e) => break e,
+        }
+        assert!(acked.len() < 10_000, "the cap was never reached");
+    };
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    assert!(err.to_string().contains("full"), "{err}");
+    // Concurrent writers all get clean errors too.
+    let results = futures::future::join_all(
+        (0..20).map(|_| store.enqueue(NewJob::new("p").input(big.clone()))),
+    )
+    .await;
+    for r in results {
+        if let Err(e) = r {
+            assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+        }
+    }
+    // Small writes may still fit; reads work; nothing acknowledged is lost.
+    for id in &acked {
+        assert!(store.job(*id).await.unwrap().is_some());
+    }
+    let last = store.last_seq().await.unwrap();
+    let events = store
+        .events_after(0, EventFilter::default(), 100_000)
+        .await
+        .unwrap();
+    assert_eq!(events.len() as u64, last);
+    assert!(
+        events
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.seq == i as u64 + 1)
+    );
+    drop(store);
+    let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+    for id in &acked {
+        assert!(store.job(*id).await.unwrap().is_some());
+    }
+}

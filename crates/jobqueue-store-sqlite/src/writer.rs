@@ -96,16 +96,16 @@ impl MergedClaims {
 }
 
 impl WriteOp for MergedClaims {
-    fn apply(&mut self, tx: &mut Tx<'_>) -> bool {
+    fn apply(&mut self, tx: &mut Tx<'_>) -> Result<(), GroupFailure> {
         let out = catch_unwind(AssertUnwindSafe(|| self.run(tx))).unwrap_or_else(|_| {
             Err(StoreError::backend(
                 ErrorKind::Internal,
                 "sqlite store: a claim panicked; it was rolled back",
             ))
         });
-        let ok = out.is_ok();
+        let failed = out.as_ref().err().map(|e| (e.kind(), e.to_string()));
         self.out = Some(out);
-        ok
+        failed.map_or(Ok(()), Err)
     }
 
     fn finish(self: Box<Self>, group_failure: Option<&(ErrorKind, String)>) {
@@ -297,9 +297,9 @@ impl Tx<'_> {
 
 /// A write operation in a group.
 pub(crate) trait WriteOp: Send {
-    /// Runs the operation inside the group transaction; returns whether it
-    /// succeeded (a failed one is rolled back to its savepoint).
-    fn apply(&mut self, tx: &mut Tx<'_>) -> bool;
+    /// Runs the operation inside the group transaction; on failure returns
+    /// the kind and text of its error (it is rolled back to its savepoint).
+    fn apply(&mut self, tx: &mut Tx<'_>) -> Result<(), GroupFailure>;
     /// Answers the caller: with the operation's own result, or with the
     /// failure that ended the whole group.
     fn finish(self: Box<Self>, group_failure: Option<&(ErrorKind, String)>);
@@ -328,9 +328,9 @@ impl<T: Send + 'static> FnOp<T> {
 }
 
 impl<T: Send + 'static> WriteOp for FnOp<T> {
-    fn apply(&mut self, tx: &mut Tx<'_>) -> bool {
+    fn apply(&mut self, tx: &mut Tx<'_>) -> Result<(), GroupFailure> {
         let Some(f) = self.f.take() else {
-            return false;
+            return Err((ErrorKind::Internal, "operation run twice".to_owned()));
         };
         // A panic in an operation fails that operation only: its savepoint
         // is rolled back like any failure, and the writer goes on.
@@ -340,9 +340,9 @@ impl<T: Send + 'static> WriteOp for FnOp<T> {
                 "sqlite store: a write operation panicked; it was rolled back",
             ))
         });
-        let ok = out.is_ok();
+        let failed = out.as_ref().err().map(|e| (e.kind(), e.to_string()));
         self.out = Some(out);
-        ok
+        failed.map_or(Ok(()), Err)
     }
 
     fn finish(self: Box<Self>, group_failure: Option<&(ErrorKind, String)>) {
@@ -494,9 +494,33 @@ impl Writer {
                 last_seq: &mut self.last_seq,
                 events: Vec::new(),
             };
-            let ok = op.apply(&mut tx);
+            let applied = op.apply(&mut tx);
             let events = tx.events;
-            if ok {
+            if let Err((kind, message)) = applied {
+                self.last_seq = before;
+                self.cache.rollback();
+                published.push(Vec::new());
+                if single {
+                    // If SQLite already rolled back, this fails harmlessly:
+                    // either way nothing of the one operation remains.
+                    let _ = self.conn.batch_execute("ROLLBACK");
+                    return Ok(());
+                }
+                // Some failures (a full disk, an I/O error) make SQLite roll
+                // back the whole transaction; the savepoint is then gone and
+                // the group fails with the operation's error as its cause.
+                self.conn
+                    .batch_execute("ROLLBACK TO op; RELEASE op")
+                    .map_err(|_| {
+                        (
+                            kind,
+                            format!(
+                                "{message} (SQLite rolled back the whole group of writes \
+                                 this one was in; nothing of them was committed)"
+                            ),
+                        )
+                    })?;
+            } else {
                 any_ok = true;
                 published.push(events);
                 if !single {
@@ -504,19 +528,6 @@ impl Writer {
                         .batch_execute("RELEASE op")
                         .map_err(|e| fail(e, "RELEASE"))?;
                 }
-            } else {
-                self.last_seq = before;
-                self.cache.rollback();
-                published.push(Vec::new());
-                if single {
-                    self.conn
-                        .batch_execute("ROLLBACK")
-                        .map_err(|e| fail(e, "ROLLBACK"))?;
-                    return Ok(());
-                }
-                self.conn
-                    .batch_execute("ROLLBACK TO op; RELEASE op")
-                    .map_err(|e| fail(e, "ROLLBACK TO"))?;
             }
         }
         let end = if any_ok { "COMMIT" } else { "ROLLBACK" };
