@@ -35,6 +35,11 @@
 mod error;
 mod queue;
 
+// The README's quick start compiles as a doctest, so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
+
 pub use error::Error;
 pub use jobqueue_core as core;
 pub use jobqueue_core::{
