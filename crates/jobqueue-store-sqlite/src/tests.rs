@@ -802,3 +802,21 @@ async fn a_full_disk_is_a_clear_error() {
         assert!(store.job(*id).await.unwrap().is_some());
     }
 }
+
+/// A sink that panics does not take the writer down.
+#[tokio::test]
+async fn a_panicking_sink_does_not_stop_the_store() {
+    struct Boom;
+    impl EventSink for Boom {
+        fn publish(&self, _: &[Event]) {
+            panic!("sink bug");
+        }
+    }
+    let store = SqliteStore::open_in_memory(SqliteOptions::default()).unwrap();
+    store.set_event_sink(Arc::new(Boom));
+    let a = store.enqueue(NewJob::new("p")).await.unwrap();
+    let b = store.enqueue(NewJob::new("p")).await.unwrap();
+    assert!(store.job(a.id).await.unwrap().is_some());
+    assert!(store.job(b.id).await.unwrap().is_some());
+    assert_eq!(store.last_seq().await.unwrap(), 2);
+}

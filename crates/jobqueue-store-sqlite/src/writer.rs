@@ -458,7 +458,11 @@ impl Writer {
         if failure.is_none() {
             if let Some(sink) = self.shared.sink() {
                 for events in published.iter().filter(|e| !e.is_empty()) {
-                    sink.publish(events);
+                    // The sink is someone else's code on the writer's thread:
+                    // if it panics, that batch of events is not delivered to
+                    // it (they are committed and can be read back), and the
+                    // writer lives on.
+                    let _ = catch_unwind(AssertUnwindSafe(|| sink.publish(events)));
                 }
             }
         }
