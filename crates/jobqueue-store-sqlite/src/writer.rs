@@ -446,16 +446,15 @@ impl Writer {
     fn group(&mut self, ops: &mut Vec<Box<dyn WriteOp>>) {
         let start_seq = self.last_seq;
         let mut published: Vec<Vec<Event>> = Vec::with_capacity(ops.len());
-        let outcome = self.run_group(ops, &mut published);
-        if let Err(failure) = &outcome {
-            // Best effort: the transaction may already be gone.
+        let failure = self.run_group(ops, &mut published).err();
+        if failure.is_some() {
+            // Best effort: the transaction may already be gone. Nothing of
+            // the group committed, so its sequence numbers are free again
+            // and the cache may hold its uncommitted jobs.
             let _ = self.conn.batch_execute("ROLLBACK");
             self.last_seq = start_seq;
             self.cache.clear();
-            let _ = failure;
-        }
-        let failure = outcome.err();
-        if failure.is_none() {
+        } else {
             if let Some(sink) = self.shared.sink() {
                 for events in published.iter().filter(|e| !e.is_empty()) {
                     // The sink is someone else's code on the writer's thread:
