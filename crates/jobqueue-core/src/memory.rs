@@ -134,7 +134,12 @@ impl State {
             published.push(event);
         }
         if let (Some(sink), false) = (&self.sink, published.is_empty()) {
-            sink.publish(&published);
+            // The change is already applied: a panicking sink must not turn a
+            // successful write into a panic in the caller.
+            let publish = std::panic::AssertUnwindSafe(|| sink.publish(&published));
+            if std::panic::catch_unwind(publish).is_err() {
+                // Subscribers resync from the store; nothing is lost.
+            }
         }
     }
 
@@ -284,8 +289,14 @@ fn interrupt_job(job: &mut Job, now: OffsetDateTime) -> Result<Staged, StoreErro
     Ok(Staged::new(job, EventData::Interrupted { phase, progress }))
 }
 
-fn expired(after: OffsetDateTime, extend: Duration) -> OffsetDateTime {
-    after + extend
+/// When a lease taken at `now` for `extend` runs out, or why it cannot be
+/// represented (a duration past the year 9999 is a caller's mistake).
+fn lease_until(now: OffsetDateTime, extend: Duration) -> Result<OffsetDateTime, StoreError> {
+    time::Duration::try_from(extend)
+        .ok()
+        .and_then(|d| now.checked_add(d))
+        .map(truncate_to_micros)
+        .ok_or_else(|| StoreError::Invalid(format!("lease duration {extend:?} is too long")))
 }
 
 #[async_trait]
@@ -355,6 +366,7 @@ impl JobStore for MemoryStore {
 
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
         let now = self.now();
+        let until = lease_until(now, req.lease_for)?;
         let mut st = self.lock();
         let mut runnable: Vec<&Job> = st
             .jobs
@@ -371,7 +383,7 @@ impl JobStore for MemoryStore {
             step_job(&mut job, JobAction::Claim)?;
             job.attempt += 1;
             job.started_at = Some(now);
-            job.lease_expires_at = Some(expired(now, req.lease_for));
+            job.lease_expires_at = Some(until);
             job.cancel_requested = false;
             staged.push(Staged::new(
                 &job,
@@ -397,7 +409,7 @@ impl JobStore for MemoryStore {
         let now = self.now();
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
-        job.lease_expires_at = Some(expired(now, extend));
+        job.lease_expires_at = Some(lease_until(now, extend)?);
         let requested = job.cancel_requested;
         st.jobs.insert(job.id, job);
         Ok(requested)

@@ -151,7 +151,9 @@ impl EventFilter {
 /// Receives every event after its commit, in sequence order.
 pub trait EventSink: Send + Sync {
     /// Called once per committed write with the events it appended. Must not
-    /// block: buffer or drop, never wait.
+    /// block: buffer or drop, never wait. It runs on the store's write path;
+    /// a panic in it is caught by the store (the write stays committed and
+    /// those events are only in the store, where subscribers resync from).
     fn publish(&self, events: &[Event]);
 }
 

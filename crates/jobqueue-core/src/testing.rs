@@ -1115,6 +1115,28 @@ async fn recover_interrupted(ctx: &Ctx) {
 
 async fn heartbeat_and_expired_leases(ctx: &Ctx) {
     let s = &ctx.store;
+    // A lease too long to represent is refused, and nothing changes.
+    let j = enqueue(ctx, "p", &["a"]).await;
+    let before = snapshot(ctx).await;
+    let mut absurd = ClaimRequest::new(1);
+    absurd.lease_for = Duration::MAX;
+    assert_kind(s.claim(absurd).await, ErrorKind::Invalid);
+    assert_eq!(
+        snapshot(ctx).await,
+        before,
+        "a refused claim changes nothing"
+    );
+    let c = claim_one(ctx).await;
+    assert_eq!(c.job.id, j.id);
+    let before = snapshot(ctx).await;
+    assert_kind(
+        s.heartbeat(&c.lease, Duration::MAX).await,
+        ErrorKind::Invalid,
+    );
+    assert_eq!(snapshot(ctx).await, before);
+    s.request_cancel(j.id).await.unwrap();
+    s.cancel_running(&c.lease).await.unwrap();
+
     let a = enqueue(ctx, "p", &["a"]).await;
     let b = enqueue(ctx, "p", &["a"]).await;
     let mut req = ClaimRequest::new(2);
