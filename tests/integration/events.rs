@@ -146,4 +146,55 @@ store_tests! {
         }
         queue.shutdown().await;
     }
+
+    async fn sse_clients_reconnecting_at_random_points_see_every_event_once(kind: StoreKind) {
+        let env = Env::new(kind);
+        let (queue, rec) = env.start_with(vec![two_phases()], |b| b.concurrency(4)).await;
+        // A client that stops reading after the first frame: it must not
+        // slow the queue (its buffer is bounded; it would resync later).
+        let mut stalled = Box::pin(queue.sse(0, EventFilter::default()));
+        let _ = stalled.next().await;
+        let mut jobs = Vec::new();
+        for i in 0..20 {
+            jobs.push(queue.enqueue("p", &json!(i)).await.unwrap().id);
+        }
+        // A client that drops the connection after a random number of frames
+        // and reconnects with the last id it saw, while the jobs run.
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut last_id = 0u64;
+        let mut seen: Vec<u64> = Vec::new();
+        let mut completed = std::collections::HashSet::new();
+        while completed.len() < jobs.len() {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            let frames_this_time = 1 + (seed >> 33) % 7;
+            let mut sse = Box::pin(queue.sse(last_id, EventFilter::default()));
+            let mut buffer = String::new();
+            let mut got = 0;
+            while got < frames_this_time && completed.len() < jobs.len() {
+                let chunk = tokio::time::timeout(Duration::from_secs(20), sse.next()).await.unwrap().unwrap().unwrap();
+                buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+                while let Some(end) = buffer.find("\n\n") {
+                    let frame: String = buffer.drain(..end + 2).collect();
+                    let Some(rest) = frame.strip_prefix("id: ") else { continue };
+                    let id: u64 = rest.lines().next().unwrap().parse().unwrap();
+                    let data: serde_json::Value =
+                        serde_json::from_str(frame.lines().nth(2).unwrap().strip_prefix("data: ").unwrap()).unwrap();
+                    if data["type"] == "job.completed" {
+                        completed.insert(data["job_id"].as_str().unwrap().to_owned());
+                    }
+                    seen.push(id);
+                    last_id = id;
+                    got += 1;
+                }
+            }
+            // Dropping `sse` here is the disconnect.
+        }
+        for id in &jobs {
+            rec.wait_for(*id, EventType::JobCompleted).await;
+        }
+        let expected: Vec<u64> = (1..=*seen.last().unwrap()).collect();
+        assert_eq!(seen, expected, "every event exactly once, in order, across reconnects");
+        drop(stalled);
+        queue.shutdown().await;
+    }
 }
