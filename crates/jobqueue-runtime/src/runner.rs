@@ -70,7 +70,7 @@ impl JobRun<'_> {
                 "unknown pipeline {:?}: this process does not define it",
                 job.pipeline
             );
-            self.fail(&job, None, message).await;
+            self.fail(message).await;
             return;
         };
         let names = pipeline.phase_names();
@@ -80,7 +80,7 @@ impl JobRun<'_> {
                 "pipeline {:?} has phases {names:?} but the job was enqueued with {recorded:?}",
                 job.pipeline
             );
-            self.fail(&job, None, message).await;
+            self.fail(message).await;
             return;
         }
         let deadline = pipeline.attempt_timeout.map(|t| (Instant::now() + t, t));
