@@ -359,17 +359,16 @@ impl JobRun<'_> {
         }
     }
 
-    async fn fail(&self, job: &Job, phase: Option<String>, message: String) {
+    async fn fail(&self, message: String) {
         error!(%message, "job failed");
         let err = JobError {
-            phase,
+            phase: None,
             message,
             attempt: self.lease.attempt,
         };
         if let Err(e) = self.store().fail_job(&self.lease, err).await {
             self.store_failed("fail job", &e);
         }
-        let _ = job;
     }
 
     async fn end_cancelled(&self) {
