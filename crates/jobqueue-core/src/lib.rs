@@ -15,6 +15,7 @@
 //! HTTP library: no tokio, diesel or hyper in its dependency tree
 //! (`cargo xtask tidy` checks it).
 
+mod apply;
 pub mod clock;
 pub mod error;
 pub mod event;

@@ -18,10 +18,8 @@ use crate::clock::{Clock, SystemClock, truncate_to_micros};
 use crate::error::StoreError;
 use crate::event::{Event, EventData};
 use crate::id::{DeliveryId, JobId, LeaseToken};
-use crate::job::{Interrupted, Job, JobError, NewJob, Phase, Progress};
-use crate::machine::{
-    JobAction, JobStatus, PhaseAction, PhaseStatus, job_transition, phase_transition,
-};
+use crate::job::{Job, JobError, NewJob, Phase, Progress};
+use crate::machine::{JobAction, JobStatus, PhaseAction, PhaseStatus, job_transition};
 use crate::outbox::{
     AttemptOutcome, Delivery, DeliveryFilter, DeliveryStatus, DeliveryTarget, WebhookRoute,
     default_filter,
@@ -224,69 +222,13 @@ fn new_job(spec: NewJob, now: OffsetDateTime) -> Job {
 }
 
 fn created(job: &Job) -> Staged {
-    Staged::new(
-        job,
-        EventData::Created {
-            run_at: job.run_at,
-            priority: job.priority,
-        },
-    )
+    Staged::new(job, job.created_event())
 }
 
-fn phase_at(job: &Job, index: usize) -> Result<&Phase, StoreError> {
-    job.phases
-        .get(index)
-        .ok_or(StoreError::NoSuchPhase { job: job.id, index })
-}
-
-/// Applies the phase rule for `action` to phase `index`, or says why not.
-fn step_phase(job: &mut Job, index: usize, action: PhaseAction) -> Result<(), StoreError> {
-    let phase = phase_at(job, index)?;
-    let rule = phase_transition(&phase.name, phase.status, action)?;
-    job.phases[index].status = rule.to;
-    Ok(())
-}
-
-fn step_job(job: &mut Job, action: JobAction) -> Result<(), StoreError> {
-    let rule = job_transition(job.status, action)?;
-    job.status = rule.to;
-    Ok(())
-}
-
-fn release_lease(job: &mut Job) {
-    job.lease = None;
-    job.lease_expires_at = None;
-    job.cancel_requested = false;
-}
-
-/// Interrupts a running job in place: the running phase goes back to
-/// pending and its progress is kept as the job's interrupted context.
+/// Interrupts a running job in place (see [`Job::interrupt`]).
 fn interrupt_job(job: &mut Job, now: OffsetDateTime) -> Result<Staged, StoreError> {
-    step_job(job, JobAction::Interrupt)?;
-    let running = job
-        .phases
-        .iter()
-        .position(|p| p.status == PhaseStatus::Running);
-    let (phase, progress) = match running {
-        Some(i) => {
-            step_phase(job, i, PhaseAction::Interrupt)?;
-            (job.phases[i].name.clone(), job.phases[i].progress.clone())
-        }
-        None => {
-            let next = job
-                .first_incomplete_phase()
-                .map(|i| job.phases[i].name.clone());
-            (next.unwrap_or_default(), None)
-        }
-    };
-    job.interrupted = Some(Interrupted {
-        phase: phase.clone(),
-        at: now,
-        progress: progress.clone(),
-    });
-    job.run_at = now;
-    release_lease(job);
-    Ok(Staged::new(job, EventData::Interrupted { phase, progress }))
+    let data = job.interrupt(now)?;
+    Ok(Staged::new(job, data))
 }
 
 /// When a lease taken at `now` for `extend` runs out, or why it cannot be
@@ -380,7 +322,7 @@ impl JobStore for MemoryStore {
         let mut staged = Vec::with_capacity(ids.len());
         for id in ids {
             let mut job = st.job(id)?;
-            step_job(&mut job, JobAction::Claim)?;
+            job.step(JobAction::Claim)?;
             job.attempt += 1;
             job.started_at = Some(now);
             job.lease_expires_at = Some(until);
@@ -419,14 +361,14 @@ impl JobStore for MemoryStore {
         let now = self.now();
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
-        phase_at(&job, index)?;
+        job.phase_at(index)?;
         if let Some(first) = job.first_incomplete_phase().filter(|first| *first < index) {
             return Err(StoreError::Conflict(format!(
                 "phase {:?} cannot start before phase {:?} completed",
                 job.phases[index].name, job.phases[first].name
             )));
         }
-        step_phase(&mut job, index, PhaseAction::Start)?;
+        job.step_phase(index, PhaseAction::Start)?;
         let p = &mut job.phases[index];
         p.attempts += 1;
         p.started_at = Some(now);
@@ -453,7 +395,7 @@ impl JobStore for MemoryStore {
         let now = self.now();
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
-        step_phase(&mut job, index, PhaseAction::Progress)?;
+        job.step_phase(index, PhaseAction::Progress)?;
         let progress = Progress::new(progress.percent, progress.message);
         let p = &mut job.phases[index];
         p.progress = Some(progress.clone());
@@ -477,7 +419,7 @@ impl JobStore for MemoryStore {
         let now = self.now();
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
-        step_phase(&mut job, index, PhaseAction::Complete)?;
+        job.step_phase(index, PhaseAction::Complete)?;
         let p = &mut job.phases[index];
         p.result = Some(result.clone());
         p.finished_at = Some(now);
@@ -503,7 +445,7 @@ impl JobStore for MemoryStore {
         let now = self.now();
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
-        step_phase(&mut job, index, PhaseAction::Fail)?;
+        job.step_phase(index, PhaseAction::Fail)?;
         let name = job.phases[index].name.clone();
         let p = &mut job.phases[index];
         p.error = Some(error.clone());
@@ -512,9 +454,9 @@ impl JobStore for MemoryStore {
         match outcome {
             FailureOutcome::RetryAt(at) => {
                 let at = truncate_to_micros(at);
-                step_job(&mut job, JobAction::ScheduleRetry)?;
+                job.step(JobAction::ScheduleRetry)?;
                 job.run_at = at;
-                release_lease(&mut job);
+                job.release_lease();
                 staged.push(Staged::new(
                     &job,
                     EventData::PhaseFailed {
@@ -526,7 +468,7 @@ impl JobStore for MemoryStore {
                 ));
             }
             FailureOutcome::Fail => {
-                step_job(&mut job, JobAction::Fail)?;
+                job.step(JobAction::Fail)?;
                 let job_error = JobError {
                     phase: Some(name.clone()),
                     message: error.clone(),
@@ -534,7 +476,7 @@ impl JobStore for MemoryStore {
                 };
                 job.error = Some(job_error.clone());
                 job.finished_at = Some(now);
-                release_lease(&mut job);
+                job.release_lease();
                 staged.push(Staged::new(
                     &job,
                     EventData::PhaseFailed {
@@ -562,10 +504,10 @@ impl JobStore for MemoryStore {
                 job.id, job.phases[i].name, job.phases[i].status
             )));
         }
-        step_job(&mut job, JobAction::Complete)?;
+        job.step(JobAction::Complete)?;
         job.finished_at = Some(now);
         job.error = None;
-        release_lease(&mut job);
+        job.release_lease();
         let staged = vec![Staged::new(
             &job,
             EventData::Completed {
@@ -581,17 +523,17 @@ impl JobStore for MemoryStore {
         let now = self.now();
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
-        step_job(&mut job, JobAction::Fail)?;
+        job.step(JobAction::Fail)?;
         for i in 0..job.phases.len() {
             if job.phases[i].status == PhaseStatus::Running {
-                step_phase(&mut job, i, PhaseAction::Fail)?;
+                job.step_phase(i, PhaseAction::Fail)?;
                 job.phases[i].error = Some(error.message.clone());
                 job.phases[i].finished_at = Some(now);
             }
         }
         job.error = Some(error.clone());
         job.finished_at = Some(now);
-        release_lease(&mut job);
+        job.release_lease();
         let staged = vec![Staged::new(&job, EventData::Failed { error })];
         st.jobs.insert(job.id, job.clone());
         st.commit(now, staged);
@@ -602,15 +544,15 @@ impl JobStore for MemoryStore {
         let now = self.now();
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
-        step_job(&mut job, JobAction::Cancel)?;
+        job.step(JobAction::Cancel)?;
         for i in 0..job.phases.len() {
             if job.phases[i].status == PhaseStatus::Running {
-                step_phase(&mut job, i, PhaseAction::Cancel)?;
+                job.step_phase(i, PhaseAction::Cancel)?;
                 job.phases[i].finished_at = Some(now);
             }
         }
         job.finished_at = Some(now);
-        release_lease(&mut job);
+        job.release_lease();
         let staged = vec![Staged::new(&job, EventData::Cancelled {})];
         st.jobs.insert(job.id, job.clone());
         st.commit(now, staged);
@@ -660,7 +602,7 @@ impl JobStore for MemoryStore {
             st.jobs.insert(id, job.clone());
             return Ok(CancelOutcome::Requested(job));
         }
-        step_job(&mut job, JobAction::Cancel)?;
+        job.step(JobAction::Cancel)?;
         job.finished_at = Some(now);
         let staged = vec![Staged::new(&job, EventData::Cancelled {})];
         st.jobs.insert(id, job.clone());
@@ -672,7 +614,7 @@ impl JobStore for MemoryStore {
         let now = self.now();
         let mut st = self.lock();
         let mut job = st.job(id)?;
-        step_job(&mut job, JobAction::ManualRetry)?;
+        job.step(JobAction::ManualRetry)?;
         if let Some(key) = &job.unique_key {
             if let Some(existing) = st.active_holder(key) {
                 return Err(StoreError::Duplicate {
@@ -700,7 +642,7 @@ impl JobStore for MemoryStore {
         let now = self.now();
         let mut st = self.lock();
         let mut job = st.job(id)?;
-        step_job(&mut job, JobAction::Delete)?;
+        job.step(JobAction::Delete)?;
         let keep_from = st.last_seq + 1;
         st.commit(now, vec![Staged::new(&job, EventData::Deleted {})]);
         st.remove_job(id, keep_from);
@@ -779,7 +721,7 @@ impl JobStore for MemoryStore {
         let mut staged = Vec::with_capacity(ids.len());
         for id in &ids {
             let mut job = st.job(*id)?;
-            step_job(&mut job, JobAction::MarkStale)?;
+            job.step(JobAction::MarkStale)?;
             job.stale_at = Some(now);
             staged.push(Staged::new(&job, EventData::Stale {}));
             st.jobs.insert(*id, job);
