@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 
 use diesel::prelude::*;
-use diesel::sqlite::SqliteConnection;
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::sqlite::{Sqlite, SqliteConnection};
 use jobqueue_core::{Job, JobId, StoreError};
 
 use crate::error::db_err;
@@ -92,8 +93,7 @@ pub(crate) fn save_job(
 ) -> Result<(), StoreError> {
     let row = JobRow::of(after);
     if let Some(patch) = JobPatch::between(&JobRow::of(before), &row) {
-        diesel::update(jobs::table.find(&row.id))
-            .set(&patch)
+        Update::new("jobs", patch.as_changeset(), jobs::id.eq(&row.id))
             .execute(conn)
             .map_err(db_err)?;
     }
@@ -103,11 +103,51 @@ pub(crate) fn save_job(
         };
         let new = PhaseRow::of(&row.id, i, p);
         if let Some(patch) = PhasePatch::between(&PhaseRow::of(&row.id, i, old), &new) {
-            diesel::update(phases::table.find((&row.id, new.idx)))
-                .set(&patch)
+            let key = phases::job_id.eq(&row.id).and(phases::idx.eq(new.idx));
+            Update::new("phases", patch.as_changeset(), key)
                 .execute(conn)
                 .map_err(db_err)?;
         }
     }
     Ok(())
 }
+
+/// `UPDATE table SET set WHERE filter`, which diesel keeps prepared (keyed by
+/// its SQL text) where its own `UPDATE` is prepared afresh on every run.
+/// Sound because the writer's changesets come in few shapes (the columns a
+/// kind of operation changes), so the cache stays small.
+pub(crate) struct Update<C, W> {
+    table: &'static str,
+    set: C,
+    filter: W,
+}
+
+impl<C, W> Update<C, W> {
+    pub(crate) fn new(table: &'static str, set: C, filter: W) -> Self {
+        Self { table, set, filter }
+    }
+}
+
+impl<C, W> QueryFragment<Sqlite> for Update<C, W>
+where
+    C: QueryFragment<Sqlite>,
+    W: QueryFragment<Sqlite>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        out.push_sql("UPDATE ");
+        out.push_identifier(self.table)?;
+        out.push_sql(" SET ");
+        self.set.walk_ast(out.reborrow())?;
+        out.push_sql(" WHERE ");
+        self.filter.walk_ast(out.reborrow())?;
+        Ok(())
+    }
+}
+
+impl<C, W> QueryId for Update<C, W> {
+    type QueryId = ();
+    // Not keyed by type: the SQL depends on which columns are set.
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<C, W> RunQueryDsl<SqliteConnection> for Update<C, W> {}

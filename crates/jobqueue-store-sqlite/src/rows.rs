@@ -423,8 +423,9 @@ macro_rules! diff_rows {
 }
 
 /// The columns of a `jobs` row that changed; `None` leaves a column alone.
-/// Updating only those keeps each `UPDATE` small: diesel prepares every
-/// `UPDATE` afresh, and SQLite touches only the indexes on changed columns.
+/// Updating only those keeps each `UPDATE` small: SQLite touches only the
+/// indexes on changed columns. Run through [`crate::query::Update`], which
+/// diesel keeps prepared per set of columns.
 #[derive(Debug, Default, AsChangeset)]
 #[diesel(table_name = jobs, check_for_backend(Sqlite))]
 pub(crate) struct JobPatch {
