@@ -2,8 +2,10 @@
 //!
 //! Each mirrors [`jobqueue_core::MemoryStore`] step by step: the same checks
 //! in the same order, the transition table consulted before every change,
-//! the same events. A failing check returns before anything is written, and
-//! the writer rolls the operation's savepoint back in any case.
+//! the same events. A failing check returns before anything is written, so a
+//! refused operation leaves nothing to undo; an operation that fails after it
+//! wrote is rolled back alone by the writer (see [`crate::writer`]). Writes
+//! go through [`Tx::write_conn`], reads through [`Tx::conn`].
 
 use std::time::Duration;
 
@@ -58,7 +60,7 @@ fn active_holder(tx: &mut Tx<'_>, key: &str) -> Result<Option<JobId>, StoreError
         .filter(jobs::unique_key.eq(key))
         .filter(jobs::status.eq_any(active_statuses()))
         .select(jobs::id)
-        .load(tx.conn)
+        .load(tx.conn())
         .map_err(db_err)?;
     ids.into_iter()
         .next()
@@ -73,12 +75,12 @@ fn job_of(tx: &mut Tx<'_>, id: JobId) -> Result<Job, StoreError> {
     if let Some(job) = tx.cache.get(id) {
         return Ok(job.clone());
     }
-    load_job(tx.conn, id)?.ok_or(StoreError::JobNotFound(id))
+    load_job(tx.conn(), id)?.ok_or(StoreError::JobNotFound(id))
 }
 
 /// Writes what changed from `before` to `after` and notes it in the cache.
 fn save(tx: &mut Tx<'_>, before: &Job, after: &Job) -> Result<(), StoreError> {
-    save_job(tx.conn, before, after)?;
+    save_job(tx.write_conn(), before, after)?;
     tx.cache.put(after);
     Ok(())
 }
@@ -211,7 +213,7 @@ pub(crate) fn enqueue(tx: &mut Tx<'_>, spec: NewJob) -> Result<Job, StoreError> 
         }
     }
     let job = new_job(spec, tx.now);
-    insert_job(tx.conn, &job)?;
+    insert_job(tx.write_conn(), &job)?;
     emit(tx, &job, created(&job))?;
     Ok(job)
 }
@@ -237,7 +239,7 @@ pub(crate) fn enqueue_batch(tx: &mut Tx<'_>, specs: Vec<NewJob>) -> Result<Vec<J
         }
     }
     for job in &jobs {
-        insert_job(tx.conn, job)?;
+        insert_job(tx.write_conn(), job)?;
     }
     for job in &jobs {
         emit(tx, job, created(job))?;
@@ -275,7 +277,7 @@ pub(crate) fn claim(tx: &mut Tx<'_>, req: ClaimRequest) -> Result<Vec<Claimed>, 
     }
     let mut rows: Vec<JobRow> = q
         .bind::<BigInt, _>(sql_count(req.limit))
-        .load(tx.conn)
+        .load(tx.write_conn())
         .map_err(db_err)?;
     // RETURNING gives no order; claims (and their events) go in claim order.
     rows.sort_by(|a, b| {
@@ -286,7 +288,7 @@ pub(crate) fn claim(tx: &mut Tx<'_>, req: ClaimRequest) -> Result<Vec<Claimed>, 
             &b.id,
         ))
     });
-    let jobs = with_phases(tx.conn, rows)?;
+    let jobs = with_phases(tx.conn(), rows)?;
     let mut claimed = Vec::with_capacity(jobs.len());
     for job in jobs {
         let token = job
@@ -527,8 +529,8 @@ pub(crate) fn recover(tx: &mut Tx<'_>, scope: RecoverScope) -> Result<Vec<Job>, 
                 .or(jobs::lease_expires_at.le(now_us)),
         );
     }
-    let rows = q.load(tx.conn).map_err(db_err)?;
-    let found = with_phases(tx.conn, rows)?;
+    let rows = q.load(tx.conn()).map_err(db_err)?;
+    let found = with_phases(tx.conn(), rows)?;
     let mut out = Vec::with_capacity(found.len());
     let mut staged = Vec::with_capacity(found.len());
     for before in found {
@@ -595,20 +597,20 @@ fn remove_job(tx: &mut Tx<'_>, id: &str, keep_from: u64) -> Result<(), StoreErro
         tx.cache.forget(job_id);
     }
     diesel::delete(jobs::table.find(id))
-        .execute(tx.conn)
+        .execute(tx.write_conn())
         .map_err(db_err)?;
     diesel::delete(
         events::table
             .filter(events::job_id.eq(id))
             .filter(events::seq.lt(i64::try_from(keep_from).unwrap_or(i64::MAX))),
     )
-    .execute(tx.conn)
+    .execute(tx.write_conn())
     .map_err(db_err)?;
     Ok(())
 }
 
 pub(crate) fn delete(tx: &mut Tx<'_>, id: JobId) -> Result<(), StoreError> {
-    let row = job_row(tx.conn, id)?.ok_or(StoreError::JobNotFound(id))?;
+    let row = job_row(tx.conn(), id)?.ok_or(StoreError::JobNotFound(id))?;
     job_transition(job_status(&row.status)?, JobAction::Delete)?;
     let keep_from = tx.last_seq() + 1;
     tx.emit(
@@ -632,7 +634,7 @@ pub(crate) fn mark_stale(
         .order((jobs::finished_at, jobs::id))
         .limit(sql_count(limit))
         .select(JobRow::as_select())
-        .load(tx.conn)
+        .load(tx.conn())
         .map_err(db_err)?;
     let mut ids = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -644,7 +646,7 @@ pub(crate) fn mark_stale(
                 jobs::status.eq(rule.to.as_str()),
                 jobs::stale_at.eq(Some(micros(now))),
             ))
-            .execute(tx.conn)
+            .execute(tx.write_conn())
             .map_err(db_err)?;
         tx.emit(
             id,
@@ -668,7 +670,7 @@ pub(crate) fn delete_stale(
         .order((jobs::stale_at, jobs::id))
         .limit(sql_count(limit))
         .select(JobRow::as_select())
-        .load(tx.conn)
+        .load(tx.conn())
         .map_err(db_err)?;
     for row in &rows {
         job_transition(job_status(&row.status)?, JobAction::Delete)?;
@@ -699,7 +701,7 @@ pub(crate) fn record_attempt(
     let rows: Vec<DeliveryRow> = webhook_deliveries::table
         .find(id.to_string())
         .select(DeliveryRow::as_select())
-        .load(tx.conn)
+        .load(tx.conn())
         .map_err(db_err)?;
     let row = rows
         .into_iter()
@@ -739,7 +741,7 @@ pub(crate) fn record_attempt(
     let new_row = DeliveryRow::of(&d);
     diesel::update(webhook_deliveries::table.find(&new_row.id))
         .set(&new_row)
-        .execute(tx.conn)
+        .execute(tx.write_conn())
         .map_err(db_err)?;
     Ok(d)
 }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -103,6 +104,7 @@ impl SqliteStore {
             clock: Arc::clone(&options.clock),
             routes: Mutex::new(Arc::new(Vec::new())),
             sink: Mutex::new(None),
+            reruns: AtomicU64::new(0),
         });
         let mut threads = Vec::new();
         let readers = match location {
@@ -132,8 +134,10 @@ impl SqliteStore {
 
     async fn write<T: Send + 'static>(
         &self,
-        f: impl for<'a> FnOnce(&mut Tx<'a>) -> Result<T, StoreError> + Send + 'static,
+        f: impl for<'a> FnMut(&mut Tx<'a>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        // `FnMut`: the writer may run an operation again (see `writer`), so
+        // the closures clone what they pass on.
         let (reply, answer) = oneshot::channel();
         let op = Box::new(FnOp::new(f, reply));
         self.inner
@@ -170,6 +174,24 @@ impl SqliteStore {
     fn now(&self) -> OffsetDateTime {
         self.inner.shared.now()
     }
+
+    /// Runs `f` as a write operation, for tests of the writer.
+    #[cfg(test)]
+    pub(crate) async fn write_op<T: Send + 'static>(
+        &self,
+        f: impl for<'a> FnMut(&mut Tx<'a>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.write(f).await
+    }
+
+    /// How many groups the writer ran again with savepoints.
+    #[cfg(test)]
+    pub(crate) fn reruns(&self) -> u64 {
+        self.inner
+            .shared
+            .reruns
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 #[async_trait]
@@ -194,7 +216,7 @@ impl JobStore for SqliteStore {
 
     async fn enqueue(&self, job: NewJob) -> Result<Job, StoreError> {
         job.validate().map_err(StoreError::Invalid)?;
-        self.write(move |tx| ops::enqueue(tx, job)).await
+        self.write(move |tx| ops::enqueue(tx, job.clone())).await
     }
 
     async fn enqueue_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>, StoreError> {
@@ -204,7 +226,8 @@ impl JobStore for SqliteStore {
                 source: Box::new(StoreError::Invalid(m)),
             })?;
         }
-        self.write(move |tx| ops::enqueue_batch(tx, jobs)).await
+        self.write(move |tx| ops::enqueue_batch(tx, jobs.clone()))
+            .await
     }
 
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
@@ -243,7 +266,7 @@ impl JobStore for SqliteStore {
         progress: Progress,
     ) -> Result<(), StoreError> {
         let lease = *lease;
-        self.write(move |tx| ops::phase_progress(tx, &lease, index, progress))
+        self.write(move |tx| ops::phase_progress(tx, &lease, index, progress.clone()))
             .await
     }
 
@@ -254,7 +277,7 @@ impl JobStore for SqliteStore {
         result: Value,
     ) -> Result<(), StoreError> {
         let lease = *lease;
-        self.write(move |tx| ops::phase_completed(tx, &lease, index, result))
+        self.write(move |tx| ops::phase_completed(tx, &lease, index, result.clone()))
             .await
     }
 
@@ -266,7 +289,7 @@ impl JobStore for SqliteStore {
         outcome: FailureOutcome,
     ) -> Result<Job, StoreError> {
         let lease = *lease;
-        self.write(move |tx| ops::phase_failed(tx, &lease, index, error, outcome))
+        self.write(move |tx| ops::phase_failed(tx, &lease, index, error.clone(), outcome.clone()))
             .await
     }
 
@@ -277,7 +300,8 @@ impl JobStore for SqliteStore {
 
     async fn fail_job(&self, lease: &Lease, error: JobError) -> Result<Job, StoreError> {
         let lease = *lease;
-        self.write(move |tx| ops::fail_job(tx, &lease, error)).await
+        self.write(move |tx| ops::fail_job(tx, &lease, error.clone()))
+            .await
     }
 
     async fn cancel_running(&self, lease: &Lease) -> Result<Job, StoreError> {
@@ -362,7 +386,7 @@ impl JobStore for SqliteStore {
         id: DeliveryId,
         outcome: AttemptOutcome,
     ) -> Result<Delivery, StoreError> {
-        self.write(move |tx| ops::record_attempt(tx, id, outcome))
+        self.write(move |tx| ops::record_attempt(tx, id, outcome.clone()))
             .await
     }
 

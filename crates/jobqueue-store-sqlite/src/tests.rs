@@ -337,6 +337,53 @@ async fn a_failing_operation_in_a_group_is_rolled_back_alone() {
         .unwrap();
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+    // Refusals are decided before anything is written: no group needed its
+    // savepoints.
+    assert_eq!(store.reruns(), 0);
+
+    // Operations that fail after they wrote (a job and its event): their
+    // groups run again with savepoints, and only they are rolled back.
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                store.enqueue(NewJob::new("ok")).await.map(|_| ())
+            } else {
+                store
+                    .write_op(|tx| {
+                        crate::ops::enqueue(tx, NewJob::new("doomed"))?;
+                        Err::<(), _>(jobqueue_core::StoreError::Conflict("late".into()))
+                    })
+                    .await
+            }
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Conflict, "{e}"),
+        }
+    }
+    assert_eq!(ok, 100);
+    assert!(store.reruns() > 0, "no group ran again with savepoints");
+    assert_eq!(store.last_seq().await.unwrap(), 200);
+    let events = store
+        .events_after(0, EventFilter::default(), 1000)
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+    assert!(events[100..].iter().all(|e| e.pipeline == "ok"));
+    let doomed = store
+        .list(JobFilter {
+            pipeline: Some("doomed".into()),
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(doomed.jobs.is_empty());
 }
 
 fn kind_of_open(path: &std::path::Path) -> ErrorKind {

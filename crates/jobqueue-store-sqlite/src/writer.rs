@@ -3,11 +3,19 @@
 //!
 //! Callers send boxed operations through a channel. The writer takes the
 //! first one, drains whatever else is waiting (up to `max_batch`), and runs
-//! them all in one `BEGIN IMMEDIATE` transaction, each inside its own
-//! `SAVEPOINT` so an operation that fails is rolled back alone. After the
-//! `COMMIT` it publishes each operation's events to the [`EventSink`] in
-//! sequence order and then answers every caller. One commit (one WAL append,
-//! one fsync with `synchronous=FULL`) thus serves many operations.
+//! them all in one `BEGIN IMMEDIATE` transaction. After the `COMMIT` it
+//! publishes each operation's events to the [`EventSink`] in sequence order
+//! and then answers every caller. One commit (one WAL append, one fsync with
+//! `synchronous=FULL`) thus serves many operations.
+//!
+//! An operation that fails is rolled back alone, the others commit. Most
+//! failures are refusals decided before the operation writes anything (lease
+//! lost, transition refused, duplicate key): nothing to undo in SQLite, so a
+//! group first runs without savepoints. If an operation fails after it
+//! wrote (or with an SQL error, or a panic), the writer rolls the whole
+//! transaction back and runs the group again with each operation inside its
+//! own `SAVEPOINT`, so that one is rolled back alone. No caller is answered
+//! before the commit, so the first run is never seen.
 //!
 //! The event sequence counter lives here: only the writer appends events,
 //! so it hands out numbers without asking the database, and takes them back
@@ -15,6 +23,7 @@
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -96,14 +105,14 @@ impl MergedClaims {
 }
 
 impl WriteOp for MergedClaims {
-    fn apply(&mut self, tx: &mut Tx<'_>) -> Result<(), GroupFailure> {
+    fn apply(&mut self, tx: &mut Tx<'_>) -> Result<(), OpFailure> {
         let out = catch_unwind(AssertUnwindSafe(|| self.run(tx))).unwrap_or_else(|_| {
             Err(StoreError::backend(
                 ErrorKind::Internal,
                 "sqlite store: a claim panicked; it was rolled back",
             ))
         });
-        let failed = out.as_ref().err().map(|e| (e.kind(), e.to_string()));
+        let failed = out.as_ref().err().map(OpFailure::of);
         self.out = Some(out);
         failed.map_or(Ok(()), Err)
     }
@@ -147,6 +156,8 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) routes: Mutex<Arc<Vec<WebhookRoute>>>,
     pub(crate) sink: Mutex<Option<Arc<dyn EventSink>>>,
+    /// How many groups were run again with savepoints.
+    pub(crate) reruns: AtomicU64,
 }
 
 impl Shared {
@@ -221,8 +232,12 @@ impl JobCache {
 
 /// One operation's view of the group transaction.
 pub(crate) struct Tx<'a> {
-    /// The write connection, inside the transaction and the op's savepoint.
-    pub(crate) conn: &'a mut SqliteConnection,
+    /// The write connection, inside the transaction (and the op's savepoint
+    /// if it has one). Reached through [`Tx::conn`] to read and
+    /// [`Tx::write_conn`] to write.
+    db: &'a mut SqliteConnection,
+    /// Whether the operation ran a statement that writes.
+    wrote: bool,
     /// The time of this operation.
     pub(crate) now: OffsetDateTime,
     /// The running jobs as last written.
@@ -233,6 +248,18 @@ pub(crate) struct Tx<'a> {
 }
 
 impl Tx<'_> {
+    /// The connection, to read.
+    pub(crate) fn conn(&mut self) -> &mut SqliteConnection {
+        self.db
+    }
+
+    /// The connection, to write: noted, so that a failure after it rolls
+    /// the operation back with a savepoint (see the module docs).
+    pub(crate) fn write_conn(&mut self) -> &mut SqliteConnection {
+        self.wrote = true;
+        self.db
+    }
+
     /// The last sequence number handed out so far.
     pub(crate) fn last_seq(&self) -> u64 {
         *self.last_seq
@@ -257,7 +284,7 @@ impl Tx<'_> {
         };
         diesel::insert_into(events::table)
             .values(EventRow::of(&event))
-            .execute(self.conn)
+            .execute(self.write_conn())
             .map_err(db_err)?;
         let ty = event.event_type();
         let mut targets: Vec<(DeliveryTarget, &str)> = self
@@ -286,7 +313,7 @@ impl Tx<'_> {
             };
             diesel::insert_into(webhook_deliveries::table)
                 .values(DeliveryRow::of(&d))
-                .execute(self.conn)
+                .execute(self.write_conn())
                 .map_err(db_err)?;
         }
         *self.last_seq = event.seq;
@@ -298,29 +325,49 @@ impl Tx<'_> {
 /// A write operation in a group.
 pub(crate) trait WriteOp: Send {
     /// Runs the operation inside the group transaction; on failure returns
-    /// the kind and text of its error (it is rolled back to its savepoint).
-    fn apply(&mut self, tx: &mut Tx<'_>) -> Result<(), GroupFailure>;
+    /// the kind and text of its error. May run twice (see the module docs):
+    /// the second run's result is the one answered.
+    fn apply(&mut self, tx: &mut Tx<'_>) -> Result<(), OpFailure>;
     /// Answers the caller: with the operation's own result, or with the
     /// failure that ended the whole group.
     fn finish(self: Box<Self>, group_failure: Option<&(ErrorKind, String)>);
 }
 
-type OpFn<T> = Box<dyn for<'a> FnOnce(&mut Tx<'a>) -> Result<T, StoreError> + Send>;
+/// Why an operation failed.
+pub(crate) struct OpFailure {
+    kind: ErrorKind,
+    message: String,
+    /// A refusal of the store's rules (not an SQL error, not a panic): by
+    /// itself it leaves the transaction as it was.
+    refusal: bool,
+}
+
+impl OpFailure {
+    fn of(e: &StoreError) -> Self {
+        Self {
+            kind: e.kind(),
+            message: e.to_string(),
+            refusal: !matches!(e, StoreError::Backend { .. }),
+        }
+    }
+}
+
+type OpFn<T> = Box<dyn for<'a> FnMut(&mut Tx<'a>) -> Result<T, StoreError> + Send>;
 
 /// A [`WriteOp`] made of a closure and the channel of its answer.
 pub(crate) struct FnOp<T> {
-    f: Option<OpFn<T>>,
+    f: OpFn<T>,
     out: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
 }
 
 impl<T: Send + 'static> FnOp<T> {
     pub(crate) fn new(
-        f: impl for<'a> FnOnce(&mut Tx<'a>) -> Result<T, StoreError> + Send + 'static,
+        f: impl for<'a> FnMut(&mut Tx<'a>) -> Result<T, StoreError> + Send + 'static,
         reply: oneshot::Sender<Result<T, StoreError>>,
     ) -> Self {
         Self {
-            f: Some(Box::new(f)),
+            f: Box::new(f),
             out: None,
             reply,
         }
@@ -328,19 +375,17 @@ impl<T: Send + 'static> FnOp<T> {
 }
 
 impl<T: Send + 'static> WriteOp for FnOp<T> {
-    fn apply(&mut self, tx: &mut Tx<'_>) -> Result<(), GroupFailure> {
-        let Some(f) = self.f.take() else {
-            return Err((ErrorKind::Internal, "operation run twice".to_owned()));
-        };
+    fn apply(&mut self, tx: &mut Tx<'_>) -> Result<(), OpFailure> {
         // A panic in an operation fails that operation only: its savepoint
         // is rolled back like any failure, and the writer goes on.
+        let f = &mut self.f;
         let out = catch_unwind(AssertUnwindSafe(|| f(tx))).unwrap_or_else(|_| {
             Err(StoreError::backend(
                 ErrorKind::Internal,
                 "sqlite store: a write operation panicked; it was rolled back",
             ))
         });
-        let failed = out.as_ref().err().map(|e| (e.kind(), e.to_string()));
+        let failed = out.as_ref().err().map(OpFailure::of);
         self.out = Some(out);
         failed.map_or(Ok(()), Err)
     }
@@ -446,7 +491,25 @@ impl Writer {
     fn group(&mut self, ops: &mut Vec<Box<dyn WriteOp>>) {
         let start_seq = self.last_seq;
         let mut published: Vec<Vec<Event>> = Vec::with_capacity(ops.len());
-        let failure = self.run_group(ops, &mut published).err();
+        // One operation needs no savepoint: a failure rolls back the whole
+        // transaction, which is that operation alone.
+        let mut savepoints = ops.len() == 1;
+        let failure = loop {
+            match self.run_group(ops, &mut published, savepoints) {
+                Ok(()) => break None,
+                Err(Stop::Failed(failure)) => break Some(failure),
+                Err(Stop::NeedsSavepoints) => {
+                    // Nothing of this run is committed nor answered: undo
+                    // it and run the group again, each op in a savepoint.
+                    let _ = self.conn.batch_execute("ROLLBACK");
+                    self.last_seq = start_seq;
+                    self.cache.clear();
+                    published.clear();
+                    savepoints = true;
+                    self.shared.reruns.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        };
         if failure.is_some() {
             // Best effort: the transaction may already be gone. Nothing of
             // the group committed, so its sequence numbers are free again
@@ -454,15 +517,13 @@ impl Writer {
             let _ = self.conn.batch_execute("ROLLBACK");
             self.last_seq = start_seq;
             self.cache.clear();
-        } else {
-            if let Some(sink) = self.shared.sink() {
-                for events in published.iter().filter(|e| !e.is_empty()) {
-                    // The sink is someone else's code on the writer's thread:
-                    // if it panics, that batch of events is not delivered to
-                    // it (they are committed and can be read back), and the
-                    // writer lives on.
-                    let _ = catch_unwind(AssertUnwindSafe(|| sink.publish(events)));
-                }
+        } else if let Some(sink) = self.shared.sink() {
+            for events in published.iter().filter(|e| !e.is_empty()) {
+                // The sink is someone else's code on the writer's thread:
+                // if it panics, that batch of events is not delivered to
+                // it (they are committed and can be read back), and the
+                // writer lives on.
+                let _ = catch_unwind(AssertUnwindSafe(|| sink.publish(events)));
             }
         }
         for op in ops.drain(..) {
@@ -470,27 +531,35 @@ impl Writer {
         }
     }
 
+    /// Runs the group in one transaction. Without `savepoints`, stops with
+    /// [`Stop::NeedsSavepoints`] at the first operation whose failure may
+    /// have left writes behind.
     fn run_group(
         &mut self,
         ops: &mut [Box<dyn WriteOp>],
         published: &mut Vec<Vec<Event>>,
-    ) -> Result<(), GroupFailure> {
+        savepoints: bool,
+    ) -> Result<(), Stop> {
         let routes = self.shared.routes();
         let single = ops.len() == 1;
+        let savepoints = savepoints && !single;
         self.conn
             .batch_execute("BEGIN IMMEDIATE")
             .map_err(|e| fail(e, "BEGIN IMMEDIATE"))?;
         let mut any_ok = false;
         for op in ops.iter_mut() {
-            if !single {
+            if savepoints {
                 self.conn
                     .batch_execute("SAVEPOINT op")
                     .map_err(|e| fail(e, "SAVEPOINT"))?;
             }
+            #[cfg(debug_assertions)]
+            let changes_before = total_changes(&mut self.conn);
             let before = self.last_seq;
             self.cache.begin();
             let mut tx = Tx {
-                conn: &mut self.conn,
+                db: &mut self.conn,
+                wrote: false,
                 now: self.shared.now(),
                 cache: &mut self.cache,
                 routes: &routes,
@@ -498,43 +567,87 @@ impl Writer {
                 events: Vec::new(),
             };
             let applied = op.apply(&mut tx);
-            let events = tx.events;
-            if let Err((kind, message)) = applied {
-                self.last_seq = before;
-                self.cache.rollback();
-                published.push(Vec::new());
-                if single {
-                    // If SQLite already rolled back, this fails harmlessly:
-                    // either way nothing of the one operation remains.
-                    let _ = self.conn.batch_execute("ROLLBACK");
-                    return Ok(());
-                }
-                // Some failures (a full disk, an I/O error) make SQLite roll
-                // back the whole transaction; the savepoint is then gone and
-                // the group fails with the operation's error as its cause.
-                self.conn
-                    .batch_execute("ROLLBACK TO op; RELEASE op")
-                    .map_err(|_| {
-                        (
-                            kind,
-                            format!(
-                                "{message} (SQLite rolled back the whole group of writes \
-                                 this one was in; nothing of them was committed)"
-                            ),
-                        )
-                    })?;
-            } else {
+            let (events, wrote) = (tx.events, tx.wrote);
+            #[cfg(debug_assertions)]
+            assert!(
+                wrote || total_changes(&mut self.conn) == changes_before,
+                "an operation wrote through Tx::conn instead of Tx::write_conn"
+            );
+            let Err(failure) = applied else {
                 any_ok = true;
                 published.push(events);
-                if !single {
+                if savepoints {
                     self.conn
                         .batch_execute("RELEASE op")
                         .map_err(|e| fail(e, "RELEASE"))?;
                 }
+                continue;
+            };
+            self.last_seq = before;
+            self.cache.rollback();
+            published.push(Vec::new());
+            if single {
+                // If SQLite already rolled back, this fails harmlessly:
+                // either way nothing of the one operation remains.
+                let _ = self.conn.batch_execute("ROLLBACK");
+                return Ok(());
             }
+            if !savepoints {
+                if failure.refusal && !wrote {
+                    // Refused before it wrote: nothing to undo.
+                    continue;
+                }
+                return Err(Stop::NeedsSavepoints);
+            }
+            // Some failures (a full disk, an I/O error) make SQLite roll
+            // back the whole transaction; the savepoint is then gone and
+            // the group fails with the operation's error as its cause.
+            let OpFailure { kind, message, .. } = failure;
+            self.conn
+                .batch_execute("ROLLBACK TO op; RELEASE op")
+                .map_err(|_| {
+                    Stop::Failed((
+                        kind,
+                        format!(
+                            "{message} (SQLite rolled back the whole group of writes \
+                             this one was in; nothing of them was committed)"
+                        ),
+                    ))
+                })?;
         }
         let end = if any_ok { "COMMIT" } else { "ROLLBACK" };
         self.conn.batch_execute(end).map_err(|e| fail(e, end))?;
         Ok(())
     }
+}
+
+/// Why a run of a group stopped before its commit.
+enum Stop {
+    /// The group failed; every caller gets this error.
+    Failed(GroupFailure),
+    /// An operation failed after it may have written: run the group again
+    /// with savepoints.
+    NeedsSavepoints,
+}
+
+impl From<GroupFailure> for Stop {
+    fn from(failure: GroupFailure) -> Self {
+        Self::Failed(failure)
+    }
+}
+
+/// SQLite's count of rows changed on this connection, to check in debug
+/// builds that every write goes through [`Tx::write_conn`].
+#[cfg(debug_assertions)]
+fn total_changes(conn: &mut SqliteConnection) -> i64 {
+    #[derive(QueryableByName)]
+    struct Changes {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query("SELECT total_changes() AS n")
+        .load::<Changes>(conn)
+        .ok()
+        .and_then(|v| v.into_iter().next())
+        .map_or(-1, |c| c.n)
 }
