@@ -1,6 +1,7 @@
 //! Queries shared by the reads and the writes: loading and saving jobs.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
@@ -71,8 +72,7 @@ pub(crate) fn with_phases(
 /// Inserts a new job and its phases.
 pub(crate) fn insert_job(conn: &mut SqliteConnection, job: &Job) -> Result<(), StoreError> {
     let row = JobRow::of(job);
-    diesel::insert_into(jobs::table)
-        .values(&row)
+    Fixed::<kind::InsertJob, _>::new(diesel::insert_into(jobs::table).values(&row))
         .execute(conn)
         .map_err(db_err)?;
     for (i, p) in job.phases.iter().enumerate() {
@@ -151,3 +151,46 @@ impl<C, W> QueryId for Update<C, W> {
 }
 
 impl<C, W> RunQueryDsl<SqliteConnection> for Update<C, W> {}
+
+/// A statement whose SQL is fixed by its kind `K`, which diesel then keeps
+/// prepared under `K` (its cheapest path: no SQL built per run). diesel's
+/// derived `Insertable` inserts are otherwise keyed by their SQL text, built
+/// anew on every run. Only for statements that cannot change shape, e.g. an
+/// insert of a row whose `None`s are inserted as NULL (a test checks the
+/// SQL does not vary).
+pub(crate) struct Fixed<K, Q> {
+    query: Q,
+    kind: PhantomData<K>,
+}
+
+impl<K, Q> Fixed<K, Q> {
+    pub(crate) fn new(query: Q) -> Self {
+        Self {
+            query,
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<K, Q: QueryFragment<Sqlite>> QueryFragment<Sqlite> for Fixed<K, Q> {
+    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        self.query.walk_ast(out)
+    }
+}
+
+impl<K: 'static, Q> QueryId for Fixed<K, Q> {
+    type QueryId = K;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl<K, Q> RunQueryDsl<SqliteConnection> for Fixed<K, Q> {}
+
+/// Kinds of [`Fixed`] statements.
+pub(crate) mod kind {
+    /// `INSERT INTO jobs` of a whole [`crate::rows::JobRow`].
+    pub(crate) struct InsertJob;
+    /// `INSERT INTO events` of an [`crate::rows::EventRow`].
+    pub(crate) struct InsertEvent;
+    /// `INSERT INTO webhook_deliveries` of a [`crate::rows::DeliveryRow`].
+    pub(crate) struct InsertDelivery;
+}

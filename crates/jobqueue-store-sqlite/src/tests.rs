@@ -867,3 +867,106 @@ async fn a_panicking_sink_does_not_stop_the_store() {
     assert!(store.job(b.id).await.unwrap().is_some());
     assert_eq!(store.last_seq().await.unwrap(), 2);
 }
+
+/// The inserts the writer keeps prepared by kind (`query::Fixed`) have one
+/// SQL text whatever the row holds: `None`s go in as NULL, not as DEFAULT.
+#[test]
+fn fixed_inserts_do_not_change_shape() {
+    use diesel::sqlite::Sqlite;
+
+    use crate::rows::{DeliveryRow, EventRow, JobRow};
+    use crate::schema::{events, jobs, webhook_deliveries};
+
+    fn sql(q: &impl diesel::query_builder::QueryFragment<Sqlite>) -> String {
+        let text = diesel::debug_query::<Sqlite, _>(q).to_string();
+        text.split(" -- binds").next().unwrap().to_owned()
+    }
+    let empty = JobRow {
+        id: "a".into(),
+        pipeline: "p".into(),
+        status: "queued".into(),
+        input: "null".into(),
+        priority: 0,
+        unique_key: None,
+        attempt: 0,
+        max_attempts: 1,
+        created_at: 0,
+        run_at: 0,
+        started_at: None,
+        finished_at: None,
+        stale_at: None,
+        error_phase: None,
+        error_message: None,
+        error_attempt: None,
+        interrupted_phase: None,
+        interrupted_at: None,
+        interrupted_percent: None,
+        interrupted_message: None,
+        webhook_url: None,
+        cancel_requested: false,
+        lease: None,
+        lease_expires_at: None,
+    };
+    let full = JobRow {
+        unique_key: Some("k".into()),
+        started_at: Some(1),
+        finished_at: Some(1),
+        stale_at: Some(1),
+        error_phase: Some("x".into()),
+        error_message: Some("x".into()),
+        error_attempt: Some(1),
+        interrupted_phase: Some("x".into()),
+        interrupted_at: Some(1),
+        interrupted_percent: Some(1),
+        interrupted_message: Some("x".into()),
+        webhook_url: Some("x".into()),
+        lease: Some("x".into()),
+        lease_expires_at: Some(1),
+        ..empty.clone()
+    };
+    let job_sql = sql(&diesel::insert_into(jobs::table).values(&empty));
+    assert_eq!(
+        job_sql,
+        sql(&diesel::insert_into(jobs::table).values(&full))
+    );
+    assert!(!job_sql.contains("DEFAULT"), "{job_sql}");
+    let event = EventRow {
+        seq: 1,
+        job_id: "a".into(),
+        pipeline: "p".into(),
+        event_type: "job.created".into(),
+        at: 0,
+        data: "{}".into(),
+    };
+    let event_sql = sql(&diesel::insert_into(events::table).values(&event));
+    assert!(event_sql.contains("`data`"), "{event_sql}");
+    let pending = DeliveryRow {
+        id: "d".into(),
+        event_seq: 1,
+        job_id: "a".into(),
+        target: "endpoint".into(),
+        url: "http://x".into(),
+        event_pipeline: "p".into(),
+        event_type: "job.created".into(),
+        event_at: 0,
+        event_data: "{}".into(),
+        status: "pending".into(),
+        attempts: 0,
+        last_status: None,
+        last_error: None,
+        next_attempt_at: None,
+        created_at: 0,
+    };
+    let tried = DeliveryRow {
+        last_status: Some(500),
+        last_error: Some("x".into()),
+        next_attempt_at: Some(1),
+        ..pending.clone()
+    };
+    let delivery_sql = sql(&diesel::insert_into(webhook_deliveries::table).values(&pending));
+    assert_eq!(
+        delivery_sql,
+        sql(&diesel::insert_into(webhook_deliveries::table).values(&tried))
+    );
+    assert!(!delivery_sql.contains("DEFAULT"), "{delivery_sql}");
+}

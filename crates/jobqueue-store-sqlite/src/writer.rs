@@ -41,6 +41,7 @@ use jobqueue_core::{
 use time::OffsetDateTime;
 
 use crate::error::db_err;
+use crate::query::{Fixed, kind};
 use crate::rows::{DeliveryRow, EventRow};
 use crate::schema::{events, webhook_deliveries};
 
@@ -282,8 +283,8 @@ impl Tx<'_> {
             at: self.now,
             data,
         };
-        diesel::insert_into(events::table)
-            .values(EventRow::of(&event))
+        let row = EventRow::of(&event);
+        Fixed::<kind::InsertEvent, _>::new(diesel::insert_into(events::table).values(&row))
             .execute(self.write_conn())
             .map_err(db_err)?;
         let ty = event.event_type();
@@ -311,8 +312,9 @@ impl Tx<'_> {
                 next_attempt_at: Some(self.now),
                 created_at: self.now,
             };
-            diesel::insert_into(webhook_deliveries::table)
-                .values(DeliveryRow::of(&d))
+            let row = DeliveryRow::of(&d);
+            let insert = diesel::insert_into(webhook_deliveries::table).values(&row);
+            Fixed::<kind::InsertDelivery, _>::new(insert)
                 .execute(self.write_conn())
                 .map_err(db_err)?;
         }
