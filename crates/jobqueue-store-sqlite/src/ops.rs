@@ -10,7 +10,9 @@
 use std::time::Duration;
 
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text};
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{BigInt, Text, Untyped};
+use diesel::sqlite::{Sqlite, SqliteConnection};
 use jobqueue_core::clock::truncate_to_micros;
 use jobqueue_core::machine::{job_transition, phase_transition};
 use jobqueue_core::{
@@ -33,6 +35,59 @@ const NEW_TOKEN_SQL: &str = "lower(printf('%s-%s-4%s-%s%s-%s', hex(randomblob(4)
      hex(randomblob(2)), substr(hex(randomblob(2)), 2), \
      substr('89ab', 1 + (abs(random()) % 4), 1), substr(hex(randomblob(2)), 2), \
      hex(randomblob(6))))";
+
+/// The claim: `UPDATE jobs ... WHERE id IN (SELECT ... ORDER BY ... LIMIT ?)
+/// RETURNING *`. Written as SQL (diesel's DSL has no UPDATE whose target is
+/// a subquery with ORDER BY and LIMIT), as a fragment diesel keeps prepared
+/// by its SQL text, which changes only with the number of excluded
+/// pipelines.
+struct ClaimQuery<'a> {
+    to: &'a str,
+    now: i64,
+    until: i64,
+    from: &'a str,
+    excluded: &'a [String],
+    limit: i64,
+}
+
+impl QueryFragment<Sqlite> for ClaimQuery<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        out.push_sql("UPDATE jobs SET status = ");
+        out.push_bind_param::<Text, _>(self.to)?;
+        out.push_sql(", attempt = attempt + 1, started_at = ");
+        out.push_bind_param::<BigInt, _>(&self.now)?;
+        out.push_sql(", lease_expires_at = ");
+        out.push_bind_param::<BigInt, _>(&self.until)?;
+        out.push_sql(", cancel_requested = 0, lease = ");
+        out.push_sql(NEW_TOKEN_SQL);
+        out.push_sql(" WHERE id IN (SELECT id FROM jobs WHERE status = ");
+        out.push_bind_param::<Text, _>(self.from)?;
+        out.push_sql(" AND run_at <= ");
+        out.push_bind_param::<BigInt, _>(&self.now)?;
+        out.push_sql(" AND pipeline NOT IN (");
+        for (i, p) in self.excluded.iter().enumerate() {
+            if i > 0 {
+                out.push_sql(", ");
+            }
+            out.push_bind_param::<Text, _>(p)?;
+        }
+        out.push_sql(") ORDER BY priority DESC, run_at, created_at, id LIMIT ");
+        out.push_bind_param::<BigInt, _>(&self.limit)?;
+        out.push_sql(") RETURNING *");
+        Ok(())
+    }
+}
+
+impl QueryId for ClaimQuery<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for ClaimQuery<'_> {
+    type SqlType = Untyped;
+}
+
+impl RunQueryDsl<SqliteConnection> for ClaimQuery<'_> {}
 
 fn emit(tx: &mut Tx<'_>, job: &Job, data: EventData) -> Result<(), StoreError> {
     tx.emit(job.id, &job.pipeline, job.webhook_url.as_deref(), data)
@@ -255,30 +310,16 @@ pub(crate) fn claim(tx: &mut Tx<'_>, req: ClaimRequest) -> Result<Vec<Claimed>, 
     let rule = job_transition(JobStatus::Queued, JobAction::Claim)?;
     let until = micros(expires(now, req.lease_for)?);
     let now_us = micros(now);
-    // One statement claims the whole batch. Written as SQL: diesel's DSL
-    // has no UPDATE whose target is a subquery with ORDER BY and LIMIT.
-    let excluded = vec!["?"; req.exclude_pipelines.len()].join(", ");
-    let claim_sql = format!(
-        "UPDATE jobs SET status = ?, attempt = attempt + 1, started_at = ?, \
-         lease_expires_at = ?, cancel_requested = 0, lease = {NEW_TOKEN_SQL} \
-         WHERE id IN (SELECT id FROM jobs WHERE status = ? AND run_at <= ? \
-         AND pipeline NOT IN ({excluded}) \
-         ORDER BY priority DESC, run_at, created_at, id LIMIT ?) RETURNING *"
-    );
-    let mut q = diesel::sql_query(claim_sql)
-        .bind::<Text, _>(rule.to.as_str())
-        .bind::<BigInt, _>(now_us)
-        .bind::<BigInt, _>(until)
-        .bind::<Text, _>(JobStatus::Queued.as_str())
-        .bind::<BigInt, _>(now_us)
-        .into_boxed();
-    for p in &req.exclude_pipelines {
-        q = q.bind::<Text, _>(p.clone());
-    }
-    let mut rows: Vec<JobRow> = q
-        .bind::<BigInt, _>(sql_count(req.limit))
-        .load(tx.write_conn())
-        .map_err(db_err)?;
+    // One statement claims the whole batch.
+    let q = ClaimQuery {
+        to: rule.to.as_str(),
+        now: now_us,
+        until,
+        from: JobStatus::Queued.as_str(),
+        excluded: &req.exclude_pipelines,
+        limit: sql_count(req.limit),
+    };
+    let mut rows: Vec<JobRow> = q.load(tx.write_conn()).map_err(db_err)?;
     // RETURNING gives no order; claims (and their events) go in claim order.
     rows.sort_by(|a, b| {
         (std::cmp::Reverse(a.priority), a.run_at, a.created_at, &a.id).cmp(&(

@@ -4,9 +4,10 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 
 use diesel::prelude::*;
-use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{Text, Untyped};
 use diesel::sqlite::{Sqlite, SqliteConnection};
-use jobqueue_core::{Job, JobId, StoreError};
+use jobqueue_core::{ErrorKind, Job, JobId, StoreError};
 
 use crate::error::db_err;
 use crate::rows::{JobPatch, JobRow, PhasePatch, PhaseRow};
@@ -49,17 +50,18 @@ pub(crate) fn with_phases(
     }
     let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     let mut by_job: HashMap<String, Vec<PhaseRow>> = HashMap::new();
-    // SQLite limits bound parameters per statement; stay well below it.
-    for chunk in ids.chunks(500) {
-        let all: Vec<PhaseRow> = phases::table
-            .filter(phases::job_id.eq_any(chunk))
-            .order((phases::job_id, phases::idx))
-            .select(PhaseRow::as_select())
-            .load(conn)
-            .map_err(db_err)?;
-        for p in all {
-            by_job.entry(p.job_id.clone()).or_default().push(p);
-        }
+    // The ids go in as one JSON array, so the statement has one shape and
+    // stays prepared (an `IN (?, ?, ...)` list is prepared anew each time).
+    let ids = serde_json::to_string(&ids)
+        .map_err(|e| StoreError::backend(ErrorKind::Internal, format!("job ids: {e}")))?;
+    let all: Vec<PhaseRow> = Fixed::<kind::PhasesOfJobs, _>::new(PhasesOfJobs {
+        columns: PhaseRow::as_select(),
+        ids: &ids,
+    })
+    .load(conn)
+    .map_err(db_err)?;
+    for p in all {
+        by_job.entry(p.job_id.clone()).or_default().push(p);
     }
     rows.into_iter()
         .map(|r| {
@@ -193,4 +195,32 @@ pub(crate) mod kind {
     pub(crate) struct InsertEvent;
     /// `INSERT INTO webhook_deliveries` of a [`crate::rows::DeliveryRow`].
     pub(crate) struct InsertDelivery;
+    /// [`super::PhasesOfJobs`].
+    pub(crate) struct PhasesOfJobs;
+}
+
+impl<K, Q: Query> Query for Fixed<K, Q> {
+    type SqlType = Q::SqlType;
+}
+
+/// The phases of the jobs whose ids are in the JSON array `ids`, by job and
+/// index.
+struct PhasesOfJobs<'a> {
+    columns: diesel::dsl::AsSelect<PhaseRow, Sqlite>,
+    ids: &'a str,
+}
+
+impl QueryFragment<Sqlite> for PhasesOfJobs<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        out.push_sql("SELECT ");
+        self.columns.walk_ast(out.reborrow())?;
+        out.push_sql(" FROM `phases` WHERE `phases`.`job_id` IN (SELECT value FROM json_each(");
+        out.push_bind_param::<Text, _>(self.ids)?;
+        out.push_sql(")) ORDER BY `phases`.`job_id`, `phases`.`idx`");
+        Ok(())
+    }
+}
+
+impl Query for PhasesOfJobs<'_> {
+    type SqlType = Untyped;
 }

@@ -96,7 +96,9 @@ pub(crate) struct JobRow {
 }
 
 /// One row of `phases`.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
+#[derive(
+    Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Insertable, AsChangeset,
+)]
 #[diesel(
     table_name = phases,
     primary_key(job_id, idx),
