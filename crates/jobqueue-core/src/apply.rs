@@ -3,14 +3,58 @@
 //! implementation of each change (and `MemoryStore` is the reference by
 //! construction, not by imitation).
 
+use std::time::Duration;
+
 use time::OffsetDateTime;
 
+use crate::clock::truncate_to_micros;
 use crate::error::StoreError;
 use crate::event::EventData;
-use crate::job::{Interrupted, Job, Phase};
-use crate::machine::{JobAction, PhaseAction, PhaseStatus, job_transition, phase_transition};
+use crate::id::JobId;
+use crate::job::{Interrupted, Job, NewJob, Phase};
+use crate::machine::{
+    JobAction, JobStatus, PhaseAction, PhaseStatus, job_transition, phase_transition,
+};
+
+/// When a lease taken at `now` for `extend` runs out (to the microsecond, as
+/// stores keep times), or `Invalid` when that is past what a time can hold.
+pub fn lease_until(now: OffsetDateTime, extend: Duration) -> Result<OffsetDateTime, StoreError> {
+    time::Duration::try_from(extend)
+        .ok()
+        .and_then(|d| now.checked_add(d))
+        .map(truncate_to_micros)
+        .ok_or_else(|| StoreError::Invalid(format!("lease duration {extend:?} is too long")))
+}
 
 impl Job {
+    /// A new job from `spec`, enqueued at `now`: `queued`, a fresh id, its
+    /// phases `pending`, `run_at` now unless the spec says later. The spec
+    /// must have passed [`NewJob::validate`].
+    pub fn queued(spec: NewJob, now: OffsetDateTime) -> Self {
+        Self {
+            id: JobId::new(),
+            pipeline: spec.pipeline,
+            status: JobStatus::Queued,
+            input: spec.input,
+            priority: spec.priority,
+            unique_key: spec.unique_key,
+            attempt: 0,
+            max_attempts: spec.max_attempts,
+            created_at: now,
+            run_at: spec.run_at.map_or(now, truncate_to_micros),
+            started_at: None,
+            finished_at: None,
+            stale_at: None,
+            error: None,
+            interrupted: None,
+            webhook_url: spec.webhook_url,
+            cancel_requested: false,
+            lease: None,
+            lease_expires_at: None,
+            phases: spec.phases.into_iter().map(Phase::pending).collect(),
+        }
+    }
+
     /// The phase at `index`, or `NoSuchPhase`.
     pub fn phase_at(&self, index: usize) -> Result<&Phase, StoreError> {
         self.phases.get(index).ok_or(StoreError::NoSuchPhase {

@@ -2,7 +2,7 @@
 //!
 //! It holds what every layer agrees on, and nothing that runs: ids, job,
 //! phase and event records, the state machine as one transition table
-//! ([`machine`]), the retry policy, the [`JobStore`] contract with its
+//! ([`machine`], applied to job values by [`apply`]), the retry policy, the [`JobStore`] contract with its
 //! errors, the [`EventSink`] hook, and [`MemoryStore`], the reference store.
 //!
 //! Where it sits: at the bottom. `jobqueue-store-sqlite` implements
@@ -15,7 +15,7 @@
 //! HTTP library: no tokio, diesel or hyper in its dependency tree
 //! (`cargo xtask tidy` checks it).
 
-mod apply;
+pub mod apply;
 pub mod clock;
 pub mod error;
 pub mod event;

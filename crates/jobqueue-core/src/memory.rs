@@ -14,11 +14,12 @@ use async_trait::async_trait;
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use crate::apply::lease_until;
 use crate::clock::{Clock, SystemClock, truncate_to_micros};
 use crate::error::StoreError;
 use crate::event::{Event, EventData};
 use crate::id::{DeliveryId, JobId, LeaseToken};
-use crate::job::{Job, JobError, NewJob, Phase, Progress};
+use crate::job::{Job, JobError, NewJob, Progress};
 use crate::machine::{JobAction, JobStatus, PhaseAction, PhaseStatus, job_transition};
 use crate::outbox::{
     AttemptOutcome, Delivery, DeliveryFilter, DeliveryStatus, DeliveryTarget, WebhookRoute,
@@ -196,31 +197,6 @@ impl MemoryStore {
     }
 }
 
-fn new_job(spec: NewJob, now: OffsetDateTime) -> Job {
-    Job {
-        id: JobId::new(),
-        pipeline: spec.pipeline,
-        status: JobStatus::Queued,
-        input: spec.input,
-        priority: spec.priority,
-        unique_key: spec.unique_key,
-        attempt: 0,
-        max_attempts: spec.max_attempts,
-        created_at: now,
-        run_at: spec.run_at.map_or(now, truncate_to_micros),
-        started_at: None,
-        finished_at: None,
-        stale_at: None,
-        error: None,
-        interrupted: None,
-        webhook_url: spec.webhook_url,
-        cancel_requested: false,
-        lease: None,
-        lease_expires_at: None,
-        phases: spec.phases.into_iter().map(Phase::pending).collect(),
-    }
-}
-
 fn created(job: &Job) -> Staged {
     Staged::new(job, job.created_event())
 }
@@ -229,16 +205,6 @@ fn created(job: &Job) -> Staged {
 fn interrupt_job(job: &mut Job, now: OffsetDateTime) -> Result<Staged, StoreError> {
     let data = job.interrupt(now)?;
     Ok(Staged::new(job, data))
-}
-
-/// When a lease taken at `now` for `extend` runs out, or why it cannot be
-/// represented (a duration past the year 9999 is a caller's mistake).
-fn lease_until(now: OffsetDateTime, extend: Duration) -> Result<OffsetDateTime, StoreError> {
-    time::Duration::try_from(extend)
-        .ok()
-        .and_then(|d| now.checked_add(d))
-        .map(truncate_to_micros)
-        .ok_or_else(|| StoreError::Invalid(format!("lease duration {extend:?} is too long")))
 }
 
 #[async_trait]
@@ -263,7 +229,7 @@ impl JobStore for MemoryStore {
                 });
             }
         }
-        let job = new_job(spec, now);
+        let job = Job::queued(spec, now);
         st.jobs.insert(job.id, job.clone());
         st.commit(now, vec![created(&job)]);
         Ok(job)
@@ -280,7 +246,7 @@ impl JobStore for MemoryStore {
         }
         let now = self.now();
         let mut st = self.lock();
-        let jobs: Vec<Job> = specs.into_iter().map(|s| new_job(s, now)).collect();
+        let jobs: Vec<Job> = specs.into_iter().map(|s| Job::queued(s, now)).collect();
         for (i, job) in jobs.iter().enumerate() {
             if let Some(key) = &job.unique_key {
                 let earlier = jobs[..i]

@@ -13,12 +13,13 @@ use diesel::prelude::*;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::sql_types::{BigInt, Text, Untyped};
 use diesel::sqlite::{Sqlite, SqliteConnection};
+use jobqueue_core::apply::lease_until;
 use jobqueue_core::clock::truncate_to_micros;
-use jobqueue_core::machine::{job_transition, phase_transition};
+use jobqueue_core::machine::job_transition;
 use jobqueue_core::{
     AttemptOutcome, CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryId, DeliveryStatus,
-    EventData, FailureOutcome, Interrupted, Job, JobAction, JobError, JobId, JobStatus, Lease,
-    NewJob, Phase, PhaseAction, PhaseStatus, Progress, RecoverScope, StoreError,
+    EventData, FailureOutcome, Job, JobAction, JobError, JobId, JobStatus, Lease, NewJob,
+    PhaseAction, PhaseStatus, Progress, RecoverScope, StoreError,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -148,102 +149,6 @@ fn leased(tx: &mut Tx<'_>, lease: &Lease) -> Result<Job, StoreError> {
     Ok(job)
 }
 
-pub(crate) fn expires(now: OffsetDateTime, extend: Duration) -> Result<OffsetDateTime, StoreError> {
-    time::Duration::try_from(extend)
-        .ok()
-        .and_then(|d| now.checked_add(d))
-        // Stored to the microsecond, so kept to the microsecond everywhere.
-        .map(truncate_to_micros)
-        .ok_or_else(|| StoreError::Invalid(format!("lease duration {extend:?} is too long")))
-}
-
-fn new_job(spec: NewJob, now: OffsetDateTime) -> Job {
-    Job {
-        id: JobId::new(),
-        pipeline: spec.pipeline,
-        status: JobStatus::Queued,
-        input: spec.input,
-        priority: spec.priority,
-        unique_key: spec.unique_key,
-        attempt: 0,
-        max_attempts: spec.max_attempts,
-        created_at: now,
-        run_at: spec.run_at.map_or(now, truncate_to_micros),
-        started_at: None,
-        finished_at: None,
-        stale_at: None,
-        error: None,
-        interrupted: None,
-        webhook_url: spec.webhook_url,
-        cancel_requested: false,
-        lease: None,
-        lease_expires_at: None,
-        phases: spec.phases.into_iter().map(Phase::pending).collect(),
-    }
-}
-
-fn created(job: &Job) -> EventData {
-    EventData::Created {
-        run_at: job.run_at,
-        priority: job.priority,
-    }
-}
-
-fn phase_at(job: &Job, index: usize) -> Result<&Phase, StoreError> {
-    job.phases
-        .get(index)
-        .ok_or(StoreError::NoSuchPhase { job: job.id, index })
-}
-
-fn step_phase(job: &mut Job, index: usize, action: PhaseAction) -> Result<(), StoreError> {
-    let phase = phase_at(job, index)?;
-    let rule = phase_transition(&phase.name, phase.status, action)?;
-    job.phases[index].status = rule.to;
-    Ok(())
-}
-
-fn step_job(job: &mut Job, action: JobAction) -> Result<(), StoreError> {
-    let rule = job_transition(job.status, action)?;
-    job.status = rule.to;
-    Ok(())
-}
-
-fn release_lease(job: &mut Job) {
-    job.lease = None;
-    job.lease_expires_at = None;
-    job.cancel_requested = false;
-}
-
-/// Interrupts a running job in place, as `MemoryStore` does; returns the
-/// event data.
-fn interrupt_job(job: &mut Job, now: OffsetDateTime) -> Result<EventData, StoreError> {
-    step_job(job, JobAction::Interrupt)?;
-    let running = job
-        .phases
-        .iter()
-        .position(|p| p.status == PhaseStatus::Running);
-    let (phase, progress) = match running {
-        Some(i) => {
-            step_phase(job, i, PhaseAction::Interrupt)?;
-            (job.phases[i].name.clone(), job.phases[i].progress.clone())
-        }
-        None => {
-            let next = job
-                .first_incomplete_phase()
-                .map(|i| job.phases[i].name.clone());
-            (next.unwrap_or_default(), None)
-        }
-    };
-    job.interrupted = Some(Interrupted {
-        phase: phase.clone(),
-        at: now,
-        progress: progress.clone(),
-    });
-    job.run_at = now;
-    release_lease(job);
-    Ok(EventData::Interrupted { phase, progress })
-}
-
 /// Saves `after` and appends `events` about it.
 fn commit(
     tx: &mut Tx<'_>,
@@ -267,15 +172,15 @@ pub(crate) fn enqueue(tx: &mut Tx<'_>, spec: NewJob) -> Result<Job, StoreError> 
             });
         }
     }
-    let job = new_job(spec, tx.now);
+    let job = Job::queued(spec, tx.now);
     insert_job(tx.write_conn(), &job)?;
-    emit(tx, &job, created(&job))?;
+    emit(tx, &job, job.created_event())?;
     Ok(job)
 }
 
 pub(crate) fn enqueue_batch(tx: &mut Tx<'_>, specs: Vec<NewJob>) -> Result<Vec<Job>, StoreError> {
     let now = tx.now;
-    let jobs: Vec<Job> = specs.into_iter().map(|s| new_job(s, now)).collect();
+    let jobs: Vec<Job> = specs.into_iter().map(|s| Job::queued(s, now)).collect();
     for (i, job) in jobs.iter().enumerate() {
         if let Some(key) = &job.unique_key {
             let earlier = jobs[..i]
@@ -297,7 +202,7 @@ pub(crate) fn enqueue_batch(tx: &mut Tx<'_>, specs: Vec<NewJob>) -> Result<Vec<J
         insert_job(tx.write_conn(), job)?;
     }
     for job in &jobs {
-        emit(tx, job, created(job))?;
+        emit(tx, job, job.created_event())?;
     }
     Ok(jobs)
 }
@@ -308,7 +213,7 @@ pub(crate) fn claim(tx: &mut Tx<'_>, req: ClaimRequest) -> Result<Vec<Claimed>, 
     }
     let now = tx.now;
     let rule = job_transition(JobStatus::Queued, JobAction::Claim)?;
-    let until = micros(expires(now, req.lease_for)?);
+    let until = micros(lease_until(now, req.lease_for)?);
     let now_us = micros(now);
     // One statement claims the whole batch.
     let q = ClaimQuery {
@@ -360,7 +265,7 @@ pub(crate) fn heartbeat(
 ) -> Result<bool, StoreError> {
     let before = leased(tx, lease)?;
     let mut job = before.clone();
-    job.lease_expires_at = Some(expires(tx.now, extend)?);
+    job.lease_expires_at = Some(lease_until(tx.now, extend)?);
     save(tx, &before, &job)?;
     Ok(job.cancel_requested)
 }
@@ -373,14 +278,14 @@ pub(crate) fn phase_started(
     let now = tx.now;
     let before = leased(tx, lease)?;
     let mut job = before.clone();
-    phase_at(&job, index)?;
+    job.phase_at(index)?;
     if let Some(first) = job.first_incomplete_phase().filter(|first| *first < index) {
         return Err(StoreError::Conflict(format!(
             "phase {:?} cannot start before phase {:?} completed",
             job.phases[index].name, job.phases[first].name
         )));
     }
-    step_phase(&mut job, index, PhaseAction::Start)?;
+    job.step_phase(index, PhaseAction::Start)?;
     let p = &mut job.phases[index];
     p.attempts += 1;
     p.started_at = Some(now);
@@ -403,7 +308,7 @@ pub(crate) fn phase_progress(
 ) -> Result<(), StoreError> {
     let before = leased(tx, lease)?;
     let mut job = before.clone();
-    step_phase(&mut job, index, PhaseAction::Progress)?;
+    job.step_phase(index, PhaseAction::Progress)?;
     let progress = Progress::new(progress.percent, progress.message);
     let p = &mut job.phases[index];
     p.progress = Some(progress.clone());
@@ -424,7 +329,7 @@ pub(crate) fn phase_completed(
     let now = tx.now;
     let before = leased(tx, lease)?;
     let mut job = before.clone();
-    step_phase(&mut job, index, PhaseAction::Complete)?;
+    job.step_phase(index, PhaseAction::Complete)?;
     let p = &mut job.phases[index];
     p.result = Some(result.clone());
     p.finished_at = Some(now);
@@ -447,7 +352,7 @@ pub(crate) fn phase_failed(
     let now = tx.now;
     let before = leased(tx, lease)?;
     let mut job = before.clone();
-    step_phase(&mut job, index, PhaseAction::Fail)?;
+    job.step_phase(index, PhaseAction::Fail)?;
     let name = job.phases[index].name.clone();
     let p = &mut job.phases[index];
     p.error = Some(error.clone());
@@ -456,9 +361,9 @@ pub(crate) fn phase_failed(
     match outcome {
         FailureOutcome::RetryAt(at) => {
             let at = truncate_to_micros(at);
-            step_job(&mut job, JobAction::ScheduleRetry)?;
+            job.step(JobAction::ScheduleRetry)?;
             job.run_at = at;
-            release_lease(&mut job);
+            job.release_lease();
             events.push(EventData::PhaseFailed {
                 phase: name,
                 index,
@@ -467,7 +372,7 @@ pub(crate) fn phase_failed(
             });
         }
         FailureOutcome::Fail => {
-            step_job(&mut job, JobAction::Fail)?;
+            job.step(JobAction::Fail)?;
             let job_error = JobError {
                 phase: Some(name.clone()),
                 message: error.clone(),
@@ -475,7 +380,7 @@ pub(crate) fn phase_failed(
             };
             job.error = Some(job_error.clone());
             job.finished_at = Some(now);
-            release_lease(&mut job);
+            job.release_lease();
             events.push(EventData::PhaseFailed {
                 phase: name,
                 index,
@@ -499,10 +404,10 @@ pub(crate) fn complete_job(tx: &mut Tx<'_>, lease: &Lease) -> Result<Job, StoreE
             job.id, job.phases[i].name, job.phases[i].status
         )));
     }
-    step_job(&mut job, JobAction::Complete)?;
+    job.step(JobAction::Complete)?;
     job.finished_at = Some(now);
     job.error = None;
-    release_lease(&mut job);
+    job.release_lease();
     let data = EventData::Completed {
         results: job.results(),
     };
@@ -514,17 +419,17 @@ pub(crate) fn fail_job(tx: &mut Tx<'_>, lease: &Lease, error: JobError) -> Resul
     let now = tx.now;
     let before = leased(tx, lease)?;
     let mut job = before.clone();
-    step_job(&mut job, JobAction::Fail)?;
+    job.step(JobAction::Fail)?;
     for i in 0..job.phases.len() {
         if job.phases[i].status == PhaseStatus::Running {
-            step_phase(&mut job, i, PhaseAction::Fail)?;
+            job.step_phase(i, PhaseAction::Fail)?;
             job.phases[i].error = Some(error.message.clone());
             job.phases[i].finished_at = Some(now);
         }
     }
     job.error = Some(error.clone());
     job.finished_at = Some(now);
-    release_lease(&mut job);
+    job.release_lease();
     commit(tx, &before, &job, vec![EventData::Failed { error }])?;
     Ok(job)
 }
@@ -533,15 +438,15 @@ pub(crate) fn cancel_running(tx: &mut Tx<'_>, lease: &Lease) -> Result<Job, Stor
     let now = tx.now;
     let before = leased(tx, lease)?;
     let mut job = before.clone();
-    step_job(&mut job, JobAction::Cancel)?;
+    job.step(JobAction::Cancel)?;
     for i in 0..job.phases.len() {
         if job.phases[i].status == PhaseStatus::Running {
-            step_phase(&mut job, i, PhaseAction::Cancel)?;
+            job.step_phase(i, PhaseAction::Cancel)?;
             job.phases[i].finished_at = Some(now);
         }
     }
     job.finished_at = Some(now);
-    release_lease(&mut job);
+    job.release_lease();
     commit(tx, &before, &job, vec![EventData::Cancelled {}])?;
     Ok(job)
 }
@@ -550,7 +455,7 @@ pub(crate) fn interrupt(tx: &mut Tx<'_>, lease: &Lease) -> Result<Job, StoreErro
     let now = tx.now;
     let before = leased(tx, lease)?;
     let mut job = before.clone();
-    let data = interrupt_job(&mut job, now)?;
+    let data = job.interrupt(now)?;
     commit(tx, &before, &job, vec![data])?;
     Ok(job)
 }
@@ -576,7 +481,7 @@ pub(crate) fn recover(tx: &mut Tx<'_>, scope: RecoverScope) -> Result<Vec<Job>, 
     let mut staged = Vec::with_capacity(found.len());
     for before in found {
         let mut job = before.clone();
-        let data = interrupt_job(&mut job, now)?;
+        let data = job.interrupt(now)?;
         staged.push((before, job.clone(), data));
         out.push(job);
     }
@@ -598,7 +503,7 @@ pub(crate) fn request_cancel(tx: &mut Tx<'_>, id: JobId) -> Result<CancelOutcome
         save(tx, &before, &job)?;
         return Ok(CancelOutcome::Requested(job));
     }
-    step_job(&mut job, JobAction::Cancel)?;
+    job.step(JobAction::Cancel)?;
     job.finished_at = Some(now);
     commit(tx, &before, &job, vec![EventData::Cancelled {}])?;
     Ok(CancelOutcome::Cancelled(job))
@@ -608,7 +513,7 @@ pub(crate) fn retry(tx: &mut Tx<'_>, id: JobId) -> Result<Job, StoreError> {
     let now = tx.now;
     let before = job_of(tx, id)?;
     let mut job = before.clone();
-    step_job(&mut job, JobAction::ManualRetry)?;
+    job.step(JobAction::ManualRetry)?;
     if let Some(key) = &job.unique_key {
         if let Some(existing) = active_holder(tx, key)? {
             return Err(StoreError::Duplicate {

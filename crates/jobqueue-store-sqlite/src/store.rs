@@ -236,7 +236,7 @@ impl JobStore for SqliteStore {
         }
         // Refuse a lease the clock cannot express here, so a bad request
         // never fails the claims merged with it.
-        ops::expires(self.now(), req.lease_for)?;
+        jobqueue_core::apply::lease_until(self.now(), req.lease_for)?;
         let (reply, answer) = oneshot::channel();
         self.inner
             .writer
