@@ -22,8 +22,7 @@ use crate::id::{DeliveryId, JobId, LeaseToken};
 use crate::job::{Job, JobError, NewJob, Progress};
 use crate::machine::{JobAction, JobStatus, PhaseAction, PhaseStatus, job_transition};
 use crate::outbox::{
-    AttemptOutcome, Delivery, DeliveryFilter, DeliveryStatus, DeliveryTarget, WebhookRoute,
-    default_filter,
+    AttemptOutcome, Delivery, DeliveryFilter, DeliveryStatus, WebhookRoute, deliveries_for,
 };
 use crate::store::{
     CancelOutcome, ClaimRequest, Claimed, EventFilter, EventSink, FailureOutcome, JobFilter,
@@ -102,31 +101,8 @@ impl State {
                 at: now,
                 data: s.data,
             };
-            let ty = event.event_type();
-            let mut targets: Vec<(DeliveryTarget, String)> = self
-                .routes
-                .iter()
-                .filter(|r| r.wants(ty))
-                .map(|r| (DeliveryTarget::Endpoint, r.url.clone()))
-                .collect();
-            if let Some(url) = s.webhook_url.filter(|_| default_filter(ty)) {
-                targets.push((DeliveryTarget::Job, url));
-            }
-            for (target, url) in targets {
-                let d = Delivery {
-                    id: DeliveryId::new(),
-                    event_seq: event.seq,
-                    job_id: event.job_id,
-                    target,
-                    url,
-                    event: event.clone(),
-                    status: DeliveryStatus::Pending,
-                    attempts: 0,
-                    last_status: None,
-                    last_error: None,
-                    next_attempt_at: Some(now),
-                    created_at: now,
-                };
+            let url = s.webhook_url.as_deref();
+            for d in deliveries_for(&event, &self.routes, url, now) {
                 self.deliveries.insert(d.id, d);
             }
             self.events.insert(event.seq, event.clone());
@@ -763,36 +739,7 @@ impl JobStore for MemoryStore {
             .get(&id)
             .cloned()
             .ok_or(StoreError::DeliveryNotFound(id))?;
-        if d.status != DeliveryStatus::Pending {
-            return Err(StoreError::Conflict(format!(
-                "webhook delivery {id} already ended as {}",
-                d.status
-            )));
-        }
-        d.attempts += 1;
-        match outcome {
-            AttemptOutcome::Delivered { status } => {
-                d.status = DeliveryStatus::Delivered;
-                d.last_status = Some(status);
-                d.last_error = None;
-                d.next_attempt_at = None;
-            }
-            AttemptOutcome::Retry {
-                status,
-                error,
-                next_attempt_at,
-            } => {
-                d.last_status = status;
-                d.last_error = Some(error);
-                d.next_attempt_at = Some(truncate_to_micros(next_attempt_at));
-            }
-            AttemptOutcome::Failed { status, error } => {
-                d.status = DeliveryStatus::Failed;
-                d.last_status = status;
-                d.last_error = Some(error);
-                d.next_attempt_at = None;
-            }
-        }
+        d.record(outcome)?;
         st.deliveries.insert(id, d.clone());
         Ok(d)
     }

@@ -5,6 +5,8 @@
 
 use time::OffsetDateTime;
 
+use crate::clock::truncate_to_micros;
+use crate::error::StoreError;
 use crate::event::Event;
 use crate::id::{DeliveryId, JobId};
 use crate::machine::EventType;
@@ -86,6 +88,82 @@ pub struct Delivery {
     pub next_attempt_at: Option<OffsetDateTime>,
     /// When it was written.
     pub created_at: OffsetDateTime,
+}
+
+/// The deliveries `event` routes to, pending and due at `now`: one per
+/// configured endpoint that wants its type, and one to the job's own
+/// `webhook_url` (default filter). A store writes them in the same atomic
+/// step as the event.
+pub fn deliveries_for(
+    event: &Event,
+    routes: &[WebhookRoute],
+    webhook_url: Option<&str>,
+    now: OffsetDateTime,
+) -> Vec<Delivery> {
+    let ty = event.event_type();
+    let endpoints = routes
+        .iter()
+        .filter(|r| r.wants(ty))
+        .map(|r| (DeliveryTarget::Endpoint, r.url.as_str()));
+    let own = webhook_url
+        .filter(|_| default_filter(ty))
+        .map(|url| (DeliveryTarget::Job, url));
+    endpoints
+        .chain(own)
+        .map(|(target, url)| Delivery {
+            id: DeliveryId::new(),
+            event_seq: event.seq,
+            job_id: event.job_id,
+            target,
+            url: url.to_owned(),
+            event: event.clone(),
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            last_status: None,
+            last_error: None,
+            next_attempt_at: Some(now),
+            created_at: now,
+        })
+        .collect()
+}
+
+impl Delivery {
+    /// Records what an attempt came to: one more attempt, its status and
+    /// error, and either the next attempt's time or the end. Refused (and
+    /// nothing changed) when the delivery already ended.
+    pub fn record(&mut self, outcome: AttemptOutcome) -> Result<(), StoreError> {
+        if self.status != DeliveryStatus::Pending {
+            return Err(StoreError::Conflict(format!(
+                "webhook delivery {} already ended as {}",
+                self.id, self.status
+            )));
+        }
+        self.attempts += 1;
+        match outcome {
+            AttemptOutcome::Delivered { status } => {
+                self.status = DeliveryStatus::Delivered;
+                self.last_status = Some(status);
+                self.last_error = None;
+                self.next_attempt_at = None;
+            }
+            AttemptOutcome::Retry {
+                status,
+                error,
+                next_attempt_at,
+            } => {
+                self.last_status = status;
+                self.last_error = Some(error);
+                self.next_attempt_at = Some(truncate_to_micros(next_attempt_at));
+            }
+            AttemptOutcome::Failed { status, error } => {
+                self.status = DeliveryStatus::Failed;
+                self.last_status = status;
+                self.last_error = Some(error);
+                self.next_attempt_at = None;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What one delivery attempt came to.

@@ -17,9 +17,9 @@ use jobqueue_core::apply::lease_until;
 use jobqueue_core::clock::truncate_to_micros;
 use jobqueue_core::machine::job_transition;
 use jobqueue_core::{
-    AttemptOutcome, CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryId, DeliveryStatus,
-    EventData, FailureOutcome, Job, JobAction, JobError, JobId, JobStatus, Lease, NewJob,
-    PhaseAction, PhaseStatus, Progress, RecoverScope, StoreError,
+    AttemptOutcome, CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryId, EventData,
+    FailureOutcome, Job, JobAction, JobError, JobId, JobStatus, Lease, NewJob, PhaseAction,
+    PhaseStatus, Progress, RecoverScope, StoreError,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -654,36 +654,7 @@ pub(crate) fn record_attempt(
         .next()
         .ok_or(StoreError::DeliveryNotFound(id))?;
     let mut d = row.into_delivery()?;
-    if d.status != DeliveryStatus::Pending {
-        return Err(StoreError::Conflict(format!(
-            "webhook delivery {id} already ended as {}",
-            d.status
-        )));
-    }
-    d.attempts += 1;
-    match outcome {
-        AttemptOutcome::Delivered { status } => {
-            d.status = DeliveryStatus::Delivered;
-            d.last_status = Some(status);
-            d.last_error = None;
-            d.next_attempt_at = None;
-        }
-        AttemptOutcome::Retry {
-            status,
-            error,
-            next_attempt_at,
-        } => {
-            d.last_status = status;
-            d.last_error = Some(error);
-            d.next_attempt_at = Some(truncate_to_micros(next_attempt_at));
-        }
-        AttemptOutcome::Failed { status, error } => {
-            d.status = DeliveryStatus::Failed;
-            d.last_status = status;
-            d.last_error = Some(error);
-            d.next_attempt_at = None;
-        }
-    }
+    d.record(outcome)?;
     let new_row = DeliveryRow::of(&d);
     diesel::update(webhook_deliveries::table.find(&new_row.id))
         .set(&new_row)

@@ -33,10 +33,10 @@ use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
 use futures_channel::oneshot;
 use jobqueue_core::clock::truncate_to_micros;
-use jobqueue_core::outbox::default_filter;
+use jobqueue_core::outbox::deliveries_for;
 use jobqueue_core::{
-    ClaimRequest, Claimed, Clock, Delivery, DeliveryId, DeliveryStatus, DeliveryTarget, ErrorKind,
-    Event, EventData, EventSink, Job, JobId, JobStatus, StoreError, WebhookRoute,
+    ClaimRequest, Claimed, Clock, ErrorKind, Event, EventData, EventSink, Job, JobId, JobStatus,
+    StoreError, WebhookRoute,
 };
 use time::OffsetDateTime;
 
@@ -287,31 +287,7 @@ impl Tx<'_> {
         Fixed::<kind::InsertEvent, _>::new(diesel::insert_into(events::table).values(&row))
             .execute(self.write_conn())
             .map_err(db_err)?;
-        let ty = event.event_type();
-        let mut targets: Vec<(DeliveryTarget, &str)> = self
-            .routes
-            .iter()
-            .filter(|r| r.wants(ty))
-            .map(|r| (DeliveryTarget::Endpoint, r.url.as_str()))
-            .collect();
-        if let Some(url) = webhook_url.filter(|_| default_filter(ty)) {
-            targets.push((DeliveryTarget::Job, url));
-        }
-        for (target, url) in targets {
-            let d = Delivery {
-                id: DeliveryId::new(),
-                event_seq: event.seq,
-                job_id: event.job_id,
-                target,
-                url: url.to_owned(),
-                event: event.clone(),
-                status: DeliveryStatus::Pending,
-                attempts: 0,
-                last_status: None,
-                last_error: None,
-                next_attempt_at: Some(self.now),
-                created_at: self.now,
-            };
+        for d in deliveries_for(&event, self.routes, webhook_url, self.now) {
             let row = DeliveryRow::of(&d);
             let insert = diesel::insert_into(webhook_deliveries::table).values(&row);
             Fixed::<kind::InsertDelivery, _>::new(insert)
