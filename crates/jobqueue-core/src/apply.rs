@@ -10,11 +10,12 @@ use time::OffsetDateTime;
 use crate::clock::truncate_to_micros;
 use crate::error::StoreError;
 use crate::event::EventData;
-use crate::id::JobId;
-use crate::job::{Interrupted, Job, NewJob, Phase};
+use crate::id::{JobId, LeaseToken};
+use crate::job::{Interrupted, Job, JobError, NewJob, Phase, Progress};
 use crate::machine::{
     JobAction, JobStatus, PhaseAction, PhaseStatus, job_transition, phase_transition,
 };
+use crate::store::FailureOutcome;
 
 /// When a lease taken at `now` for `extend` runs out (to the microsecond, as
 /// stores keep times), or `Invalid` when that is past what a time can hold.
@@ -126,5 +127,222 @@ impl Job {
         self.run_at = now;
         self.release_lease();
         Ok(EventData::Interrupted { phase, progress })
+    }
+
+    /// A claim at `now`: `running`, one more attempt, the new fencing
+    /// `token` valid `until`. Returns the `job.started` event.
+    pub fn claim(
+        &mut self,
+        token: LeaseToken,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<EventData, StoreError> {
+        self.step(JobAction::Claim)?;
+        self.attempt += 1;
+        self.started_at = Some(now);
+        self.lease = Some(token);
+        self.lease_expires_at = Some(until);
+        self.cancel_requested = false;
+        Ok(EventData::Started {
+            attempt: self.attempt,
+        })
+    }
+
+    /// Phase `index` starts at `now` in `attempt`. Refused if an earlier
+    /// phase has not completed. Returns `job.phase.started`.
+    pub fn start_phase(
+        &mut self,
+        index: usize,
+        attempt: u32,
+        now: OffsetDateTime,
+    ) -> Result<EventData, StoreError> {
+        self.phase_at(index)?;
+        if let Some(first) = self.first_incomplete_phase().filter(|first| *first < index) {
+            return Err(StoreError::Conflict(format!(
+                "phase {:?} cannot start before phase {:?} completed",
+                self.phases[index].name, self.phases[first].name
+            )));
+        }
+        self.step_phase(index, PhaseAction::Start)?;
+        let p = &mut self.phases[index];
+        p.attempts += 1;
+        p.started_at = Some(now);
+        p.finished_at = None;
+        p.error = None;
+        p.progress = None;
+        Ok(EventData::PhaseStarted {
+            phase: p.name.clone(),
+            index,
+            attempt,
+        })
+    }
+
+    /// The running phase `index` reports `progress`. Returns
+    /// `job.phase.progress`.
+    pub fn report_progress(
+        &mut self,
+        index: usize,
+        progress: Progress,
+    ) -> Result<EventData, StoreError> {
+        self.step_phase(index, PhaseAction::Progress)?;
+        let progress = Progress::new(progress.percent, progress.message);
+        let p = &mut self.phases[index];
+        p.progress = Some(progress.clone());
+        Ok(EventData::PhaseProgress {
+            phase: p.name.clone(),
+            percent: progress.percent,
+            message: progress.message,
+        })
+    }
+
+    /// Phase `index` completed at `now` with `result`. Returns
+    /// `job.phase.completed`.
+    pub fn complete_phase(
+        &mut self,
+        index: usize,
+        result: serde_json::Value,
+        now: OffsetDateTime,
+    ) -> Result<EventData, StoreError> {
+        self.step_phase(index, PhaseAction::Complete)?;
+        let p = &mut self.phases[index];
+        p.result = Some(result.clone());
+        p.finished_at = Some(now);
+        p.error = None;
+        Ok(EventData::PhaseCompleted {
+            phase: p.name.clone(),
+            index,
+            result,
+        })
+    }
+
+    /// Phase `index` failed at `now` with `error`; the job is queued again
+    /// at the retry time or fails. Returns `job.phase.failed`, and
+    /// `job.failed` when the job fails.
+    pub fn fail_phase(
+        &mut self,
+        index: usize,
+        error: String,
+        outcome: FailureOutcome,
+        now: OffsetDateTime,
+    ) -> Result<Vec<EventData>, StoreError> {
+        self.step_phase(index, PhaseAction::Fail)?;
+        let phase = self.phases[index].name.clone();
+        let p = &mut self.phases[index];
+        p.error = Some(error.clone());
+        p.finished_at = Some(now);
+        match outcome {
+            FailureOutcome::RetryAt(at) => {
+                let at = truncate_to_micros(at);
+                self.step(JobAction::ScheduleRetry)?;
+                self.run_at = at;
+                self.release_lease();
+                Ok(vec![EventData::PhaseFailed {
+                    phase,
+                    index,
+                    error,
+                    retry_at: Some(at),
+                }])
+            }
+            FailureOutcome::Fail => {
+                self.step(JobAction::Fail)?;
+                let job_error = JobError {
+                    phase: Some(phase.clone()),
+                    message: error.clone(),
+                    attempt: self.attempt,
+                };
+                self.error = Some(job_error.clone());
+                self.finished_at = Some(now);
+                self.release_lease();
+                Ok(vec![
+                    EventData::PhaseFailed {
+                        phase,
+                        index,
+                        error,
+                        retry_at: None,
+                    },
+                    EventData::Failed { error: job_error },
+                ])
+            }
+        }
+    }
+
+    /// Every phase completed: the job completes at `now`. Refused while a
+    /// phase is not completed. Returns `job.completed` with all results.
+    pub fn complete(&mut self, now: OffsetDateTime) -> Result<EventData, StoreError> {
+        if let Some(i) = self.first_incomplete_phase() {
+            return Err(StoreError::Conflict(format!(
+                "job {} cannot complete: phase {:?} is {}",
+                self.id, self.phases[i].name, self.phases[i].status
+            )));
+        }
+        self.step(JobAction::Complete)?;
+        self.finished_at = Some(now);
+        self.error = None;
+        self.release_lease();
+        Ok(EventData::Completed {
+            results: self.results(),
+        })
+    }
+
+    /// The running job fails at `now` with `error`; a running phase fails
+    /// with it. Returns `job.failed`.
+    pub fn fail(&mut self, error: JobError, now: OffsetDateTime) -> Result<EventData, StoreError> {
+        self.step(JobAction::Fail)?;
+        self.end_running_phases(PhaseAction::Fail, Some(&error.message), now)?;
+        self.error = Some(error.clone());
+        self.finished_at = Some(now);
+        self.release_lease();
+        Ok(EventData::Failed { error })
+    }
+
+    /// The job is cancelled at `now` (queued, or running after a cancel
+    /// request); a running phase is cancelled with it. Returns `job.cancelled`.
+    pub fn cancel(&mut self, now: OffsetDateTime) -> Result<EventData, StoreError> {
+        self.step(JobAction::Cancel)?;
+        self.end_running_phases(PhaseAction::Cancel, None, now)?;
+        self.finished_at = Some(now);
+        self.release_lease();
+        Ok(EventData::Cancelled {})
+    }
+
+    fn end_running_phases(
+        &mut self,
+        action: PhaseAction,
+        error: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        for i in 0..self.phases.len() {
+            if self.phases[i].status == PhaseStatus::Running {
+                self.step_phase(i, action)?;
+                if let Some(e) = error {
+                    self.phases[i].error = Some(e.to_owned());
+                }
+                self.phases[i].finished_at = Some(now);
+            }
+        }
+        Ok(())
+    }
+
+    /// A user retries the failed or cancelled job at `now`: queued, with its
+    /// whole attempt budget again, resuming at its first phase not
+    /// completed. The caller checks the unique key. Returns `job.retried`.
+    pub fn manual_retry(&mut self, now: OffsetDateTime) -> Result<EventData, StoreError> {
+        self.step(JobAction::ManualRetry)?;
+        self.attempt = 0;
+        self.run_at = now;
+        self.finished_at = None;
+        self.error = None;
+        self.cancel_requested = false;
+        let from_phase = self
+            .first_incomplete_phase()
+            .map(|i| self.phases[i].name.clone());
+        Ok(EventData::Retried { from_phase })
+    }
+
+    /// Retention marks the finished job stale at `now`. Returns `job.stale`.
+    pub fn mark_stale(&mut self, now: OffsetDateTime) -> Result<EventData, StoreError> {
+        self.step(JobAction::MarkStale)?;
+        self.stale_at = Some(now);
+        Ok(EventData::Stale {})
     }
 }

@@ -20,7 +20,7 @@ use crate::error::StoreError;
 use crate::event::{Event, EventData};
 use crate::id::{DeliveryId, JobId, LeaseToken};
 use crate::job::{Job, JobError, NewJob, Progress};
-use crate::machine::{JobAction, JobStatus, PhaseAction, PhaseStatus, job_transition};
+use crate::machine::{JobAction, JobStatus, job_transition};
 use crate::outbox::{
     AttemptOutcome, Delivery, DeliveryFilter, DeliveryStatus, WebhookRoute, deliveries_for,
 };
@@ -264,26 +264,18 @@ impl JobStore for MemoryStore {
         let mut staged = Vec::with_capacity(ids.len());
         for id in ids {
             let mut job = st.job(id)?;
-            job.step(JobAction::Claim)?;
-            job.attempt += 1;
-            job.started_at = Some(now);
-            job.lease_expires_at = Some(until);
-            job.cancel_requested = false;
-            staged.push(Staged::new(
-                &job,
-                EventData::Started {
-                    attempt: job.attempt,
-                },
-            ));
             let token = LeaseToken::new();
-            job.lease = Some(token);
+            let data = job.claim(token, until, now)?;
+            staged.push(Staged::new(&job, data));
             let lease = Lease {
                 job_id: id,
                 token,
                 attempt: job.attempt,
             };
-            st.jobs.insert(id, job.clone());
             claimed.push(Claimed { lease, job });
+        }
+        for c in &claimed {
+            st.jobs.insert(c.job.id, c.job.clone());
         }
         st.commit(now, staged);
         Ok(claimed)
@@ -303,26 +295,8 @@ impl JobStore for MemoryStore {
         let now = self.now();
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
-        job.phase_at(index)?;
-        if let Some(first) = job.first_incomplete_phase().filter(|first| *first < index) {
-            return Err(StoreError::Conflict(format!(
-                "phase {:?} cannot start before phase {:?} completed",
-                job.phases[index].name, job.phases[first].name
-            )));
-        }
-        job.step_phase(index, PhaseAction::Start)?;
-        let p = &mut job.phases[index];
-        p.attempts += 1;
-        p.started_at = Some(now);
-        p.finished_at = None;
-        p.error = None;
-        p.progress = None;
-        let data = EventData::PhaseStarted {
-            phase: p.name.clone(),
-            index,
-            attempt: lease.attempt,
-        };
-        let staged = vec![Staged::new(&job, data)];
+        let events = vec![job.start_phase(index, lease.attempt, now)?];
+        let staged = events.into_iter().map(|d| Staged::new(&job, d)).collect();
         st.jobs.insert(job.id, job);
         st.commit(now, staged);
         Ok(())
@@ -337,16 +311,8 @@ impl JobStore for MemoryStore {
         let now = self.now();
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
-        job.step_phase(index, PhaseAction::Progress)?;
-        let progress = Progress::new(progress.percent, progress.message);
-        let p = &mut job.phases[index];
-        p.progress = Some(progress.clone());
-        let data = EventData::PhaseProgress {
-            phase: p.name.clone(),
-            percent: progress.percent,
-            message: progress.message,
-        };
-        let staged = vec![Staged::new(&job, data)];
+        let events = vec![job.report_progress(index, progress)?];
+        let staged = events.into_iter().map(|d| Staged::new(&job, d)).collect();
         st.jobs.insert(job.id, job);
         st.commit(now, staged);
         Ok(())
@@ -361,17 +327,8 @@ impl JobStore for MemoryStore {
         let now = self.now();
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
-        job.step_phase(index, PhaseAction::Complete)?;
-        let p = &mut job.phases[index];
-        p.result = Some(result.clone());
-        p.finished_at = Some(now);
-        p.error = None;
-        let data = EventData::PhaseCompleted {
-            phase: p.name.clone(),
-            index,
-            result,
-        };
-        let staged = vec![Staged::new(&job, data)];
+        let events = vec![job.complete_phase(index, result, now)?];
+        let staged = events.into_iter().map(|d| Staged::new(&job, d)).collect();
         st.jobs.insert(job.id, job);
         st.commit(now, staged);
         Ok(())
@@ -387,50 +344,8 @@ impl JobStore for MemoryStore {
         let now = self.now();
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
-        job.step_phase(index, PhaseAction::Fail)?;
-        let name = job.phases[index].name.clone();
-        let p = &mut job.phases[index];
-        p.error = Some(error.clone());
-        p.finished_at = Some(now);
-        let mut staged = Vec::with_capacity(2);
-        match outcome {
-            FailureOutcome::RetryAt(at) => {
-                let at = truncate_to_micros(at);
-                job.step(JobAction::ScheduleRetry)?;
-                job.run_at = at;
-                job.release_lease();
-                staged.push(Staged::new(
-                    &job,
-                    EventData::PhaseFailed {
-                        phase: name,
-                        index,
-                        error,
-                        retry_at: Some(at),
-                    },
-                ));
-            }
-            FailureOutcome::Fail => {
-                job.step(JobAction::Fail)?;
-                let job_error = JobError {
-                    phase: Some(name.clone()),
-                    message: error.clone(),
-                    attempt: job.attempt,
-                };
-                job.error = Some(job_error.clone());
-                job.finished_at = Some(now);
-                job.release_lease();
-                staged.push(Staged::new(
-                    &job,
-                    EventData::PhaseFailed {
-                        phase: name,
-                        index,
-                        error,
-                        retry_at: None,
-                    },
-                ));
-                staged.push(Staged::new(&job, EventData::Failed { error: job_error }));
-            }
-        }
+        let events = job.fail_phase(index, error, outcome, now)?;
+        let staged = events.into_iter().map(|d| Staged::new(&job, d)).collect();
         st.jobs.insert(job.id, job.clone());
         st.commit(now, staged);
         Ok(job)
@@ -440,22 +355,8 @@ impl JobStore for MemoryStore {
         let now = self.now();
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
-        if let Some(i) = job.first_incomplete_phase() {
-            return Err(StoreError::Conflict(format!(
-                "job {} cannot complete: phase {:?} is {}",
-                job.id, job.phases[i].name, job.phases[i].status
-            )));
-        }
-        job.step(JobAction::Complete)?;
-        job.finished_at = Some(now);
-        job.error = None;
-        job.release_lease();
-        let staged = vec![Staged::new(
-            &job,
-            EventData::Completed {
-                results: job.results(),
-            },
-        )];
+        let events = vec![job.complete(now)?];
+        let staged = events.into_iter().map(|d| Staged::new(&job, d)).collect();
         st.jobs.insert(job.id, job.clone());
         st.commit(now, staged);
         Ok(job)
@@ -465,18 +366,8 @@ impl JobStore for MemoryStore {
         let now = self.now();
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
-        job.step(JobAction::Fail)?;
-        for i in 0..job.phases.len() {
-            if job.phases[i].status == PhaseStatus::Running {
-                job.step_phase(i, PhaseAction::Fail)?;
-                job.phases[i].error = Some(error.message.clone());
-                job.phases[i].finished_at = Some(now);
-            }
-        }
-        job.error = Some(error.clone());
-        job.finished_at = Some(now);
-        job.release_lease();
-        let staged = vec![Staged::new(&job, EventData::Failed { error })];
+        let events = vec![job.fail(error, now)?];
+        let staged = events.into_iter().map(|d| Staged::new(&job, d)).collect();
         st.jobs.insert(job.id, job.clone());
         st.commit(now, staged);
         Ok(job)
@@ -486,16 +377,8 @@ impl JobStore for MemoryStore {
         let now = self.now();
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
-        job.step(JobAction::Cancel)?;
-        for i in 0..job.phases.len() {
-            if job.phases[i].status == PhaseStatus::Running {
-                job.step_phase(i, PhaseAction::Cancel)?;
-                job.phases[i].finished_at = Some(now);
-            }
-        }
-        job.finished_at = Some(now);
-        job.release_lease();
-        let staged = vec![Staged::new(&job, EventData::Cancelled {})];
+        let events = vec![job.cancel(now)?];
+        let staged = events.into_iter().map(|d| Staged::new(&job, d)).collect();
         st.jobs.insert(job.id, job.clone());
         st.commit(now, staged);
         Ok(job)
@@ -505,7 +388,8 @@ impl JobStore for MemoryStore {
         let now = self.now();
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
-        let staged = vec![interrupt_job(&mut job, now)?];
+        let events = vec![job.interrupt(now)?];
+        let staged = events.into_iter().map(|d| Staged::new(&job, d)).collect();
         st.jobs.insert(job.id, job.clone());
         st.commit(now, staged);
         Ok(job)
@@ -544,9 +428,8 @@ impl JobStore for MemoryStore {
             st.jobs.insert(id, job.clone());
             return Ok(CancelOutcome::Requested(job));
         }
-        job.step(JobAction::Cancel)?;
-        job.finished_at = Some(now);
-        let staged = vec![Staged::new(&job, EventData::Cancelled {})];
+        let data = job.cancel(now)?;
+        let staged = vec![Staged::new(&job, data)];
         st.jobs.insert(id, job.clone());
         st.commit(now, staged);
         Ok(CancelOutcome::Cancelled(job))
@@ -556,7 +439,7 @@ impl JobStore for MemoryStore {
         let now = self.now();
         let mut st = self.lock();
         let mut job = st.job(id)?;
-        job.step(JobAction::ManualRetry)?;
+        let data = job.manual_retry(now)?;
         if let Some(key) = &job.unique_key {
             if let Some(existing) = st.active_holder(key) {
                 return Err(StoreError::Duplicate {
@@ -565,16 +448,7 @@ impl JobStore for MemoryStore {
                 });
             }
         }
-        // A manual retry gives the job its whole attempt budget again.
-        job.attempt = 0;
-        job.run_at = now;
-        job.finished_at = None;
-        job.error = None;
-        job.cancel_requested = false;
-        let from_phase = job
-            .first_incomplete_phase()
-            .map(|i| job.phases[i].name.clone());
-        let staged = vec![Staged::new(&job, EventData::Retried { from_phase })];
+        let staged = vec![Staged::new(&job, data)];
         st.jobs.insert(id, job.clone());
         st.commit(now, staged);
         Ok(job)
@@ -661,12 +535,15 @@ impl JobStore for MemoryStore {
         due.sort_by_key(|j| (j.finished_at, j.id));
         let ids: Vec<JobId> = due.iter().take(limit).map(|j| j.id).collect();
         let mut staged = Vec::with_capacity(ids.len());
+        let mut marked = Vec::with_capacity(ids.len());
         for id in &ids {
             let mut job = st.job(*id)?;
-            job.step(JobAction::MarkStale)?;
-            job.stale_at = Some(now);
-            staged.push(Staged::new(&job, EventData::Stale {}));
-            st.jobs.insert(*id, job);
+            let data = job.mark_stale(now)?;
+            staged.push(Staged::new(&job, data));
+            marked.push(job);
+        }
+        for job in marked {
+            st.jobs.insert(job.id, job);
         }
         st.commit(now, staged);
         Ok(ids)

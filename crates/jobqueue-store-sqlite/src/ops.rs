@@ -14,12 +14,11 @@ use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::sql_types::{BigInt, Text, Untyped};
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use jobqueue_core::apply::lease_until;
-use jobqueue_core::clock::truncate_to_micros;
 use jobqueue_core::machine::job_transition;
 use jobqueue_core::{
     AttemptOutcome, CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryId, EventData,
-    FailureOutcome, Job, JobAction, JobError, JobId, JobStatus, Lease, NewJob, PhaseAction,
-    PhaseStatus, Progress, RecoverScope, StoreError,
+    FailureOutcome, Job, JobAction, JobError, JobId, JobStatus, Lease, NewJob, Progress,
+    RecoverScope, StoreError,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -278,26 +277,8 @@ pub(crate) fn phase_started(
     let now = tx.now;
     let before = leased(tx, lease)?;
     let mut job = before.clone();
-    job.phase_at(index)?;
-    if let Some(first) = job.first_incomplete_phase().filter(|first| *first < index) {
-        return Err(StoreError::Conflict(format!(
-            "phase {:?} cannot start before phase {:?} completed",
-            job.phases[index].name, job.phases[first].name
-        )));
-    }
-    job.step_phase(index, PhaseAction::Start)?;
-    let p = &mut job.phases[index];
-    p.attempts += 1;
-    p.started_at = Some(now);
-    p.finished_at = None;
-    p.error = None;
-    p.progress = None;
-    let data = EventData::PhaseStarted {
-        phase: p.name.clone(),
-        index,
-        attempt: lease.attempt,
-    };
-    commit(tx, &before, &job, vec![data])
+    let events = vec![job.start_phase(index, lease.attempt, now)?];
+    commit(tx, &before, &job, events)
 }
 
 pub(crate) fn phase_progress(
@@ -308,16 +289,8 @@ pub(crate) fn phase_progress(
 ) -> Result<(), StoreError> {
     let before = leased(tx, lease)?;
     let mut job = before.clone();
-    job.step_phase(index, PhaseAction::Progress)?;
-    let progress = Progress::new(progress.percent, progress.message);
-    let p = &mut job.phases[index];
-    p.progress = Some(progress.clone());
-    let data = EventData::PhaseProgress {
-        phase: p.name.clone(),
-        percent: progress.percent,
-        message: progress.message,
-    };
-    commit(tx, &before, &job, vec![data])
+    let events = vec![job.report_progress(index, progress)?];
+    commit(tx, &before, &job, events)
 }
 
 pub(crate) fn phase_completed(
@@ -329,17 +302,8 @@ pub(crate) fn phase_completed(
     let now = tx.now;
     let before = leased(tx, lease)?;
     let mut job = before.clone();
-    job.step_phase(index, PhaseAction::Complete)?;
-    let p = &mut job.phases[index];
-    p.result = Some(result.clone());
-    p.finished_at = Some(now);
-    p.error = None;
-    let data = EventData::PhaseCompleted {
-        phase: p.name.clone(),
-        index,
-        result,
-    };
-    commit(tx, &before, &job, vec![data])
+    let events = vec![job.complete_phase(index, result, now)?];
+    commit(tx, &before, &job, events)
 }
 
 pub(crate) fn phase_failed(
@@ -352,44 +316,7 @@ pub(crate) fn phase_failed(
     let now = tx.now;
     let before = leased(tx, lease)?;
     let mut job = before.clone();
-    job.step_phase(index, PhaseAction::Fail)?;
-    let name = job.phases[index].name.clone();
-    let p = &mut job.phases[index];
-    p.error = Some(error.clone());
-    p.finished_at = Some(now);
-    let mut events = Vec::with_capacity(2);
-    match outcome {
-        FailureOutcome::RetryAt(at) => {
-            let at = truncate_to_micros(at);
-            job.step(JobAction::ScheduleRetry)?;
-            job.run_at = at;
-            job.release_lease();
-            events.push(EventData::PhaseFailed {
-                phase: name,
-                index,
-                error,
-                retry_at: Some(at),
-            });
-        }
-        FailureOutcome::Fail => {
-            job.step(JobAction::Fail)?;
-            let job_error = JobError {
-                phase: Some(name.clone()),
-                message: error.clone(),
-                attempt: job.attempt,
-            };
-            job.error = Some(job_error.clone());
-            job.finished_at = Some(now);
-            job.release_lease();
-            events.push(EventData::PhaseFailed {
-                phase: name,
-                index,
-                error,
-                retry_at: None,
-            });
-            events.push(EventData::Failed { error: job_error });
-        }
-    }
+    let events = job.fail_phase(index, error, outcome, now)?;
     commit(tx, &before, &job, events)?;
     Ok(job)
 }
@@ -398,20 +325,8 @@ pub(crate) fn complete_job(tx: &mut Tx<'_>, lease: &Lease) -> Result<Job, StoreE
     let now = tx.now;
     let before = leased(tx, lease)?;
     let mut job = before.clone();
-    if let Some(i) = job.first_incomplete_phase() {
-        return Err(StoreError::Conflict(format!(
-            "job {} cannot complete: phase {:?} is {}",
-            job.id, job.phases[i].name, job.phases[i].status
-        )));
-    }
-    job.step(JobAction::Complete)?;
-    job.finished_at = Some(now);
-    job.error = None;
-    job.release_lease();
-    let data = EventData::Completed {
-        results: job.results(),
-    };
-    commit(tx, &before, &job, vec![data])?;
+    let events = vec![job.complete(now)?];
+    commit(tx, &before, &job, events)?;
     Ok(job)
 }
 
@@ -419,18 +334,8 @@ pub(crate) fn fail_job(tx: &mut Tx<'_>, lease: &Lease, error: JobError) -> Resul
     let now = tx.now;
     let before = leased(tx, lease)?;
     let mut job = before.clone();
-    job.step(JobAction::Fail)?;
-    for i in 0..job.phases.len() {
-        if job.phases[i].status == PhaseStatus::Running {
-            job.step_phase(i, PhaseAction::Fail)?;
-            job.phases[i].error = Some(error.message.clone());
-            job.phases[i].finished_at = Some(now);
-        }
-    }
-    job.error = Some(error.clone());
-    job.finished_at = Some(now);
-    job.release_lease();
-    commit(tx, &before, &job, vec![EventData::Failed { error }])?;
+    let events = vec![job.fail(error, now)?];
+    commit(tx, &before, &job, events)?;
     Ok(job)
 }
 
@@ -438,16 +343,8 @@ pub(crate) fn cancel_running(tx: &mut Tx<'_>, lease: &Lease) -> Result<Job, Stor
     let now = tx.now;
     let before = leased(tx, lease)?;
     let mut job = before.clone();
-    job.step(JobAction::Cancel)?;
-    for i in 0..job.phases.len() {
-        if job.phases[i].status == PhaseStatus::Running {
-            job.step_phase(i, PhaseAction::Cancel)?;
-            job.phases[i].finished_at = Some(now);
-        }
-    }
-    job.finished_at = Some(now);
-    job.release_lease();
-    commit(tx, &before, &job, vec![EventData::Cancelled {}])?;
+    let events = vec![job.cancel(now)?];
+    commit(tx, &before, &job, events)?;
     Ok(job)
 }
 
@@ -455,8 +352,8 @@ pub(crate) fn interrupt(tx: &mut Tx<'_>, lease: &Lease) -> Result<Job, StoreErro
     let now = tx.now;
     let before = leased(tx, lease)?;
     let mut job = before.clone();
-    let data = job.interrupt(now)?;
-    commit(tx, &before, &job, vec![data])?;
+    let events = vec![job.interrupt(now)?];
+    commit(tx, &before, &job, events)?;
     Ok(job)
 }
 
@@ -503,9 +400,8 @@ pub(crate) fn request_cancel(tx: &mut Tx<'_>, id: JobId) -> Result<CancelOutcome
         save(tx, &before, &job)?;
         return Ok(CancelOutcome::Requested(job));
     }
-    job.step(JobAction::Cancel)?;
-    job.finished_at = Some(now);
-    commit(tx, &before, &job, vec![EventData::Cancelled {}])?;
+    let events = vec![job.cancel(now)?];
+    commit(tx, &before, &job, events)?;
     Ok(CancelOutcome::Cancelled(job))
 }
 
@@ -513,7 +409,7 @@ pub(crate) fn retry(tx: &mut Tx<'_>, id: JobId) -> Result<Job, StoreError> {
     let now = tx.now;
     let before = job_of(tx, id)?;
     let mut job = before.clone();
-    job.step(JobAction::ManualRetry)?;
+    let events = vec![job.manual_retry(now)?];
     if let Some(key) = &job.unique_key {
         if let Some(existing) = active_holder(tx, key)? {
             return Err(StoreError::Duplicate {
@@ -522,16 +418,7 @@ pub(crate) fn retry(tx: &mut Tx<'_>, id: JobId) -> Result<Job, StoreError> {
             });
         }
     }
-    // A manual retry gives the job its whole attempt budget again.
-    job.attempt = 0;
-    job.run_at = now;
-    job.finished_at = None;
-    job.error = None;
-    job.cancel_requested = false;
-    let from_phase = job
-        .first_incomplete_phase()
-        .map(|i| job.phases[i].name.clone());
-    commit(tx, &before, &job, vec![EventData::Retried { from_phase }])?;
+    commit(tx, &before, &job, events)?;
     Ok(job)
 }
 
