@@ -269,16 +269,31 @@ pub(crate) fn heartbeat(
     Ok(job.cancel_requested)
 }
 
+/// Loads the job `lease` holds, applies `change` (one of core's `Job`
+/// transition methods) at the writer's time, and saves the job with the
+/// events it returned. A refused change writes nothing.
+fn change_leased(
+    tx: &mut Tx<'_>,
+    lease: &Lease,
+    change: impl FnOnce(&mut Job, OffsetDateTime) -> Result<Vec<EventData>, StoreError>,
+) -> Result<Job, StoreError> {
+    let now = tx.now;
+    let before = leased(tx, lease)?;
+    let mut job = before.clone();
+    let events = change(&mut job, now)?;
+    commit(tx, &before, &job, events)?;
+    Ok(job)
+}
+
 pub(crate) fn phase_started(
     tx: &mut Tx<'_>,
     lease: &Lease,
     index: usize,
 ) -> Result<(), StoreError> {
-    let now = tx.now;
-    let before = leased(tx, lease)?;
-    let mut job = before.clone();
-    let events = vec![job.start_phase(index, lease.attempt, now)?];
-    commit(tx, &before, &job, events)
+    change_leased(tx, lease, |job, now| {
+        Ok(vec![job.start_phase(index, lease.attempt, now)?])
+    })
+    .map(drop)
 }
 
 pub(crate) fn phase_progress(
@@ -287,10 +302,10 @@ pub(crate) fn phase_progress(
     index: usize,
     progress: Progress,
 ) -> Result<(), StoreError> {
-    let before = leased(tx, lease)?;
-    let mut job = before.clone();
-    let events = vec![job.report_progress(index, progress)?];
-    commit(tx, &before, &job, events)
+    change_leased(tx, lease, |job, _| {
+        Ok(vec![job.report_progress(index, progress)?])
+    })
+    .map(drop)
 }
 
 pub(crate) fn phase_completed(
@@ -299,11 +314,10 @@ pub(crate) fn phase_completed(
     index: usize,
     result: Value,
 ) -> Result<(), StoreError> {
-    let now = tx.now;
-    let before = leased(tx, lease)?;
-    let mut job = before.clone();
-    let events = vec![job.complete_phase(index, result, now)?];
-    commit(tx, &before, &job, events)
+    change_leased(tx, lease, |job, now| {
+        Ok(vec![job.complete_phase(index, result, now)?])
+    })
+    .map(drop)
 }
 
 pub(crate) fn phase_failed(
@@ -313,48 +327,25 @@ pub(crate) fn phase_failed(
     error: String,
     outcome: FailureOutcome,
 ) -> Result<Job, StoreError> {
-    let now = tx.now;
-    let before = leased(tx, lease)?;
-    let mut job = before.clone();
-    let events = job.fail_phase(index, error, outcome, now)?;
-    commit(tx, &before, &job, events)?;
-    Ok(job)
+    change_leased(tx, lease, |job, now| {
+        job.fail_phase(index, error, outcome, now)
+    })
 }
 
 pub(crate) fn complete_job(tx: &mut Tx<'_>, lease: &Lease) -> Result<Job, StoreError> {
-    let now = tx.now;
-    let before = leased(tx, lease)?;
-    let mut job = before.clone();
-    let events = vec![job.complete(now)?];
-    commit(tx, &before, &job, events)?;
-    Ok(job)
+    change_leased(tx, lease, |job, now| Ok(vec![job.complete(now)?]))
 }
 
 pub(crate) fn fail_job(tx: &mut Tx<'_>, lease: &Lease, error: JobError) -> Result<Job, StoreError> {
-    let now = tx.now;
-    let before = leased(tx, lease)?;
-    let mut job = before.clone();
-    let events = vec![job.fail(error, now)?];
-    commit(tx, &before, &job, events)?;
-    Ok(job)
+    change_leased(tx, lease, |job, now| Ok(vec![job.fail(error, now)?]))
 }
 
 pub(crate) fn cancel_running(tx: &mut Tx<'_>, lease: &Lease) -> Result<Job, StoreError> {
-    let now = tx.now;
-    let before = leased(tx, lease)?;
-    let mut job = before.clone();
-    let events = vec![job.cancel(now)?];
-    commit(tx, &before, &job, events)?;
-    Ok(job)
+    change_leased(tx, lease, |job, now| Ok(vec![job.cancel(now)?]))
 }
 
 pub(crate) fn interrupt(tx: &mut Tx<'_>, lease: &Lease) -> Result<Job, StoreError> {
-    let now = tx.now;
-    let before = leased(tx, lease)?;
-    let mut job = before.clone();
-    let events = vec![job.interrupt(now)?];
-    commit(tx, &before, &job, events)?;
-    Ok(job)
+    change_leased(tx, lease, |job, now| Ok(vec![job.interrupt(now)?]))
 }
 
 pub(crate) fn recover(tx: &mut Tx<'_>, scope: RecoverScope) -> Result<Vec<Job>, StoreError> {
