@@ -1,5 +1,6 @@
 //! `cargo xtask ci`: every check CI runs, in order, stopping at the first
-//! failure. `.ci/run` and the README's test command both end here, so a green
+//! failure (fmt, clippy, tests, doctests, the façade's examples run for real,
+//! rustdoc, tidy, codegen check). `.ci/run` and the README's test command both end here, so a green
 //! run on a laptop means a green run in CI.
 
 use std::process::Stdio;
@@ -95,6 +96,7 @@ fn steps() -> Vec<Step> {
         ));
     }
     steps.extend([
+        Step::new("examples", run_examples),
         Step::new("doc", || {
             exec(
                 cargo()
@@ -107,6 +109,32 @@ fn steps() -> Vec<Step> {
         Step::new("codegen --check", || codegen::run(codegen::Mode::Check)),
     ]);
     steps
+}
+
+/// Runs every example of the façade, so the README's main command and the
+/// other "Run with" lines keep working, not only compiling.
+fn run_examples() -> Result<()> {
+    let dir = crate::util::project_root().join("crates/jobqueue/examples");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .with_context(|| format!("could not list {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".rs")
+                .map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    for name in names {
+        eprintln!("--> example {name}");
+        exec(
+            cargo()
+                .args(["run", "--quiet", "-p", "jobqueue", "--example", &name])
+                .args(locked()),
+        )?;
+    }
+    Ok(())
 }
 
 /// `cargo nextest` is installed and runs.

@@ -23,7 +23,7 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  ci                    fmt, clippy, tests, doctests, docs, tidy, codegen --check
+  ci                    fmt, clippy, tests, doctests, examples, docs, tidy, codegen --check
   tidy                  repository checks: layering, module docs, manifests, no ignored tests
   codegen [--check]     regenerate generated files; --check fails if any is stale
   bench [store|all] [-- ARGS]
