@@ -84,6 +84,18 @@ async fn kill_after_runs(mut child: Child, log: &Path, n: usize) -> Vec<String> 
     acked
 }
 
+/// `(job id, phase)` of every completed phase, as the run log names them.
+fn completed_phases(jobs: &[jobqueue::Job]) -> HashSet<(String, String)> {
+    jobs.iter()
+        .flat_map(|j| {
+            j.phases
+                .iter()
+                .filter(|p| p.status == PhaseStatus::Completed)
+                .map(|p| (j.id.to_string(), p.name.clone()))
+        })
+        .collect()
+}
+
 async fn open(db: &Path) -> Arc<dyn JobStore> {
     Arc::new(SqliteStore::open(db, SqliteOptions::default()).unwrap())
 }
@@ -127,15 +139,7 @@ async fn killed_workers_lose_nothing_and_never_rerun_completed_phases() {
         for id in &acknowledged {
             assert!(present.contains(id), "acknowledged job {id} was lost");
         }
-        let completed: HashSet<(String, String)> = jobs
-            .iter()
-            .flat_map(|j| {
-                j.phases
-                    .iter()
-                    .filter(|p| p.status == PhaseStatus::Completed)
-                    .map(|p| (j.id.to_string(), p.name.clone()))
-            })
-            .collect();
+        let completed = completed_phases(&jobs);
         interrupted_jobs.extend(
             jobs.iter()
                 .filter(|j| j.status == JobStatus::Running)
@@ -161,16 +165,7 @@ async fn killed_workers_lose_nothing_and_never_rerun_completed_phases() {
 
     // A last life finishes everything.
     let store_before = open(&db).await;
-    let completed_before: HashSet<(String, String)> = all_jobs(&store_before)
-        .await
-        .iter()
-        .flat_map(|j| {
-            j.phases
-                .iter()
-                .filter(|p| p.status == PhaseStatus::Completed)
-                .map(|p| (j.id.to_string(), p.name.clone()))
-        })
-        .collect();
+    let completed_before = completed_phases(&all_jobs(&store_before).await);
     drop(store_before);
     let log = next_log();
     let mut last = spawn(&db, &log, &["run"]);

@@ -49,7 +49,7 @@ impl StoreKind {
     }
 }
 
-/// Records every event a store publishes and wakes waiters.
+/// Records every event of a queue (through its subscription) and wakes waiters.
 #[derive(Debug, Default)]
 pub struct Recorder {
     events: Mutex<Vec<Event>>,

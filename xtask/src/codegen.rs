@@ -234,12 +234,24 @@ fn event_catalogue() -> String {
     md
 }
 
+/// Appends a Markdown table of `(from, action, to, event)` rows.
+fn transition_table<'a>(
+    md: &mut String,
+    rows: impl Iterator<Item = (&'a str, &'a str, &'a str, Option<EventType>)>,
+) {
+    md.push_str("| from | action | to | event |\n|---|---|---|---|\n");
+    for (from, action, to, event) in rows {
+        let event = event.map_or("—".to_owned(), |e| format!("`{e}`"));
+        // Writing to a String cannot fail.
+        let _ = writeln!(md, "| `{from}` | `{action}` | `{to}` | {event} |");
+    }
+}
+
 /// The state model as Markdown: names, transition tables, diagrams.
 fn state_model() -> String {
     let names = |all: &mut dyn Iterator<Item = &'static str>| {
         all.map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
     };
-    let event = |e: Option<EventType>| e.map_or("—".to_owned(), |e| format!("`{e}`"));
     let mut md = String::new();
 
     md.push_str("**Job statuses:** ");
@@ -251,36 +263,24 @@ fn state_model() -> String {
     md.push_str(".\n\n");
 
     md.push_str("#### Job transitions (`JOB_TRANSITIONS`)\n\n");
-    md.push_str("| from | action | to | event |\n|---|---|---|---|\n");
-    for r in JOB_TRANSITIONS {
-        // Writing to a String cannot fail.
-        let _ = writeln!(
-            md,
-            "| `{}` | `{}` | `{}` | {} |",
-            r.from,
-            r.action,
-            r.to,
-            event(r.event)
-        );
-    }
+    transition_table(
+        &mut md,
+        JOB_TRANSITIONS
+            .iter()
+            .map(|r| (r.from.as_str(), r.action.as_str(), r.to.as_str(), r.event)),
+    );
     md.push_str(
         "\nEnqueue creates a job in `queued` with a `job.created` event; it is not a \
          transition of an existing job, so the table does not list it.\n\n",
     );
 
     md.push_str("#### Phase transitions (`PHASE_TRANSITIONS`)\n\n");
-    md.push_str("| from | action | to | event |\n|---|---|---|---|\n");
-    for r in PHASE_TRANSITIONS {
-        let _ = writeln!(
-            md,
-            "| `{}` | `{}` | `{}` | {} |",
-            r.from,
-            r.action,
-            r.to,
-            event(r.event)
-        );
-    }
-
+    transition_table(
+        &mut md,
+        PHASE_TRANSITIONS
+            .iter()
+            .map(|r| (r.from.as_str(), r.action.as_str(), r.to.as_str(), r.event)),
+    );
     md.push_str("\n```mermaid\nstateDiagram-v2\n    [*] --> queued: enqueue\n");
     for r in JOB_TRANSITIONS {
         let _ = writeln!(md, "    {} --> {}: {}", r.from, r.to, r.action);

@@ -39,13 +39,16 @@ struct Ended {
 }
 
 pub(crate) async fn run_job(inner: &Arc<Inner>, claimed: Claimed, cancel: CancellationToken) {
-    let Claimed { lease, job } = claimed;
+    let Claimed { lease, mut job } = claimed;
+    // Every phase of this run shares the input; nothing else reads it.
+    let input = Arc::new(std::mem::take(&mut job.input));
     let span =
         info_span!("job", job_id = %job.id, pipeline = %job.pipeline, attempt = lease.attempt);
     JobRun {
         inner,
         lease,
         cancel,
+        input,
     }
     .run(job)
     .instrument(span)
@@ -56,6 +59,7 @@ struct JobRun<'a> {
     inner: &'a Arc<Inner>,
     lease: Lease,
     cancel: CancellationToken,
+    input: Arc<Value>,
 }
 
 impl JobRun<'_> {
@@ -135,7 +139,7 @@ impl JobRun<'_> {
             phase: Arc::from(name.as_str()),
             index,
             attempt: self.lease.attempt,
-            input: Arc::new(job.input.clone()),
+            input: self.input.clone(),
             results: Arc::new(results.clone()),
             interrupted: job.interrupted.clone(),
             progress: reporter,
