@@ -203,6 +203,9 @@ impl Job {
         result: serde_json::Value,
         now: OffsetDateTime,
     ) -> Result<EventData, StoreError> {
+        let name = &self.phase_at(index)?.name;
+        crate::job::check_json(&format!("result of phase {name:?}"), &result)
+            .map_err(StoreError::Invalid)?;
         self.step_phase(index, PhaseAction::Complete)?;
         let p = &mut self.phases[index];
         p.result = Some(result.clone());
@@ -225,6 +228,9 @@ impl Job {
         outcome: FailureOutcome,
         now: OffsetDateTime,
     ) -> Result<Vec<EventData>, StoreError> {
+        if let FailureOutcome::RetryAt(at) = &outcome {
+            crate::timefmt::check("retry time", *at).map_err(StoreError::Invalid)?;
+        }
         self.step_phase(index, PhaseAction::Fail)?;
         let phase = self.phases[index].name.clone();
         let p = &mut self.phases[index];

@@ -24,6 +24,12 @@ pub enum ErrorKind {
     Corrupt,
     /// The database was written by a newer version of this software.
     SchemaTooNew,
+    /// The database belongs to something else (e.g. an SQLite file with its
+    /// own `jobs` table); nothing was changed.
+    Incompatible,
+    /// Another store (in this or another process) has the database open,
+    /// and the store allows one at a time.
+    InUse,
     /// The disk or file system failed (missing directory, read-only, full).
     Io,
     /// The store has shut down.
@@ -33,7 +39,10 @@ pub enum ErrorKind {
 }
 
 /// An error from a [`JobStore`](crate::JobStore).
-#[derive(Debug, thiserror::Error)]
+///
+/// `Clone`, so that a store that fails a group of operations at once can
+/// give each caller the same typed error.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// No job with this id.
@@ -54,12 +63,13 @@ pub enum StoreError {
     #[error("invalid job: {0}")]
     Invalid(String),
     /// One job of a batch was refused; nothing of the batch was written.
-    #[error("job {index} of the batch: {source}")]
+    #[error("job {index} of the batch: {error}")]
     Batch {
         /// Its 0-based position in the batch.
         index: usize,
-        /// Why it was refused.
-        source: Box<StoreError>,
+        /// Why it was refused. Part of the message, so not also the
+        /// error's `source()` (a chain would print it twice).
+        error: Box<StoreError>,
     },
     /// The transition table refuses the change.
     #[error(transparent)]
@@ -104,7 +114,7 @@ impl StoreError {
             Self::JobNotFound(_) | Self::DeliveryNotFound(_) => ErrorKind::NotFound,
             Self::Duplicate { .. } => ErrorKind::Duplicate,
             Self::Invalid(_) | Self::NoSuchPhase { .. } => ErrorKind::Invalid,
-            Self::Batch { source, .. } => source.kind(),
+            Self::Batch { error, .. } => error.kind(),
             Self::Transition(_) | Self::Conflict(_) => ErrorKind::Conflict,
             Self::LeaseLost(_) => ErrorKind::LeaseLost,
             Self::Backend { kind, .. } => *kind,

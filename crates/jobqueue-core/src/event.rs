@@ -1,7 +1,8 @@
 //! Event records: what every persisted transition appends.
 //!
 //! An [`Event`] carries its store-wide sequence number and typed
-//! [`EventData`]. The JSON of `data` follows CONTRACT.md §5; the envelope
+//! [`EventData`]. The JSON of `data` follows the event catalogue
+//! (`docs/events.md`); the envelope
 //! (`{"seq", "type", "job_id", ...}`) and SSE framing live in `jobqueue-events`.
 
 use serde::{Deserialize, Serialize};
@@ -34,17 +35,17 @@ impl Event {
     }
 }
 
-/// What happened, by event type (CONTRACT.md §5).
+/// What happened, by event type (the catalogue in `docs/events.md`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 #[expect(
     missing_docs,
-    reason = "fields are documented by CONTRACT.md §5, variant by variant"
+    reason = "fields are documented by the event catalogue, variant by variant"
 )]
 pub enum EventData {
     /// `job.created`
     Created {
-        #[serde(with = "time::serde::rfc3339")]
+        #[serde(with = "crate::timefmt::rfc3339")]
         run_at: OffsetDateTime,
         priority: i32,
     },
@@ -73,7 +74,7 @@ pub enum EventData {
         phase: String,
         index: usize,
         error: String,
-        #[serde(with = "time::serde::rfc3339::option")]
+        #[serde(with = "crate::timefmt::rfc3339::option")]
         retry_at: Option<OffsetDateTime>,
     },
     /// `job.completed`
@@ -97,13 +98,13 @@ pub enum EventData {
 
 /// Event data that does not fit its type.
 #[derive(Debug, thiserror::Error)]
-#[error("malformed {ty} event data: {source}")]
+#[error("malformed {ty} event data: {error}")]
 pub struct MalformedEvent {
     /// The type the data was read as.
     pub ty: EventType,
-    /// Why it did not fit.
-    #[source]
-    pub source: serde_json::Error,
+    /// Why it did not fit. Part of the message, so not also the error's
+    /// `source()` (a chain would print it twice).
+    pub error: serde_json::Error,
 }
 
 impl EventData {
@@ -126,17 +127,66 @@ impl EventData {
         }
     }
 
-    /// The `data` object of CONTRACT.md §5.
+    /// The `data` object of the event catalogue (`docs/events.md`). Built
+    /// value by value, so it cannot fail: times are RFC 3339 text (see
+    /// [`crate::timefmt`]), never `null` in place of a value.
     pub fn to_json(&self) -> Value {
-        // Serializing plain data structs with string keys cannot fail.
-        serde_json::to_value(self).unwrap_or(Value::Null)
+        use serde_json::json;
+        let time = |t: &OffsetDateTime| Value::String(crate::timefmt::format(*t));
+        let progress = |p: &Option<Progress>| match p {
+            Some(p) => json!({"percent": p.percent, "message": p.message}),
+            None => Value::Null,
+        };
+        match self {
+            Self::Created { run_at, priority } => {
+                json!({"run_at": time(run_at), "priority": priority})
+            }
+            Self::Started { attempt } => json!({"attempt": attempt}),
+            Self::PhaseStarted {
+                phase,
+                index,
+                attempt,
+            } => json!({"phase": phase, "index": index, "attempt": attempt}),
+            Self::PhaseProgress {
+                phase,
+                percent,
+                message,
+            } => json!({"phase": phase, "percent": percent, "message": message}),
+            Self::PhaseCompleted {
+                phase,
+                index,
+                result,
+            } => json!({"phase": phase, "index": index, "result": result}),
+            Self::PhaseFailed {
+                phase,
+                index,
+                error,
+                retry_at,
+            } => json!({
+                "phase": phase,
+                "index": index,
+                "error": error,
+                "retry_at": retry_at.as_ref().map_or(Value::Null, time),
+            }),
+            Self::Completed { results } => json!({"results": results}),
+            Self::Failed { error } => json!({"error": {
+                "phase": error.phase,
+                "message": error.message,
+                "attempt": error.attempt,
+            }}),
+            Self::Cancelled {} | Self::Stale {} | Self::Deleted {} => json!({}),
+            Self::Retried { from_phase } => json!({"from_phase": from_phase}),
+            Self::Interrupted { phase, progress: p } => {
+                json!({"phase": phase, "progress": progress(p)})
+            }
+        }
     }
 
     /// Reads the `data` object of an event of type `ty`.
     pub fn from_json(ty: EventType, data: Value) -> Result<Self, MalformedEvent> {
         #[derive(Deserialize)]
         struct CreatedD {
-            #[serde(with = "time::serde::rfc3339")]
+            #[serde(with = "crate::timefmt::rfc3339")]
             run_at: OffsetDateTime,
             priority: i32,
         }
@@ -167,7 +217,7 @@ impl EventData {
             phase: String,
             index: usize,
             error: String,
-            #[serde(with = "time::serde::rfc3339::option")]
+            #[serde(with = "crate::timefmt::rfc3339::option")]
             retry_at: Option<OffsetDateTime>,
         }
         #[derive(Deserialize)]
@@ -190,7 +240,7 @@ impl EventData {
         #[derive(Deserialize)]
         struct EmptyD {}
 
-        let err = |source| MalformedEvent { ty, source };
+        let err = |error| MalformedEvent { ty, error };
         let d = data;
         Ok(match ty {
             EventType::JobCreated => {
@@ -375,6 +425,27 @@ mod tests {
             }
             .to_json(),
             json!({"run_at": "2030-01-02T03:04:05Z", "priority": 0})
+        );
+    }
+
+    #[test]
+    fn to_json_agrees_with_serialize() {
+        for d in samples() {
+            assert_eq!(d.to_json(), serde_json::to_value(&d).unwrap(), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn times_out_of_range_are_never_null() {
+        let d = EventData::Created {
+            run_at: time::macros::datetime!(-0001-01-01 00:00:00 UTC),
+            priority: 0,
+        };
+        let json = d.to_json();
+        assert_eq!(json["run_at"], "-0001-01-01T00:00:00Z");
+        assert_eq!(
+            EventData::from_json(EventType::JobCreated, json).unwrap(),
+            d
         );
     }
 

@@ -13,6 +13,68 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// The longest pipeline name, unique key or phase name a store accepts.
 pub const MAX_NAME_LEN: usize = 256;
 
+/// The longest per-job `webhook_url` a store accepts, in bytes.
+pub const MAX_URL_LEN: usize = 2048;
+
+/// The deepest nesting of arrays and objects a job input or a phase result
+/// may have. Events wrap results a few levels deeper (`job.completed` holds
+/// every result, the wire envelope holds the event), and every JSON reader
+/// has a recursion limit (serde_json's is 128), so what a store accepts
+/// stays well inside what every reader can read back.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// The largest a job input or a phase result may be, as JSON text, in bytes.
+pub const MAX_JSON_BYTES: usize = 16 * 1024 * 1024;
+
+/// Checks that `value` (a job input or a phase result, named by `what`) is
+/// within [`MAX_JSON_DEPTH`] and [`MAX_JSON_BYTES`]; the error says which
+/// limit it passes. The walk is iterative, so a value nested too deep for
+/// recursion is refused, not a stack overflow.
+pub fn check_json(what: &str, value: &Value) -> Result<(), String> {
+    // (value, its depth): containers count one level each.
+    let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
+    let mut bytes: usize = 0;
+    while let Some((v, depth)) = stack.pop() {
+        let (size, children) = match v {
+            Value::Null => (4, None),
+            Value::Bool(b) => (if *b { 4 } else { 5 }, None),
+            // Digits of an f64 as serde_json writes it: at most 24.
+            Value::Number(_) => (24, None),
+            Value::String(s) => (s.len().saturating_add(2), None),
+            Value::Array(a) => (a.len().saturating_add(2), Some(Either::Array(a))),
+            Value::Object(o) => {
+                let keys = o.keys().map(|k| k.len().saturating_add(4)).sum::<usize>();
+                (keys.saturating_add(2), Some(Either::Object(o)))
+            }
+        };
+        bytes = bytes.saturating_add(size);
+        if bytes > MAX_JSON_BYTES {
+            return Err(format!(
+                "{what} is larger than {} MiB as JSON",
+                MAX_JSON_BYTES / (1024 * 1024)
+            ));
+        }
+        if let Some(children) = children {
+            let depth = depth + 1;
+            if depth > MAX_JSON_DEPTH {
+                return Err(format!(
+                    "{what} is nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects"
+                ));
+            }
+            match children {
+                Either::Array(a) => stack.extend(a.iter().map(|c| (c, depth))),
+                Either::Object(o) => stack.extend(o.values().map(|c| (c, depth))),
+            }
+        }
+    }
+    Ok(())
+}
+
+enum Either<'a> {
+    Array(&'a Vec<Value>),
+    Object(&'a Map<String, Value>),
+}
+
 /// A job to enqueue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewJob {
@@ -23,6 +85,7 @@ pub struct NewJob {
     /// Higher runs first.
     pub priority: i32,
     /// Not before this time; `None` means now.
+    #[serde(default, with = "crate::timefmt::rfc3339::option")]
     pub run_at: Option<OffsetDateTime>,
     /// At most one queued or running job holds a given key.
     pub unique_key: Option<String>,
@@ -112,7 +175,14 @@ impl NewJob {
                 return Err(format!("phase name {name:?} appears twice"));
             }
         }
+        check_json("job input", &self.input)?;
+        if let Some(at) = self.run_at {
+            crate::timefmt::check("run_at", at)?;
+        }
         if let Some(url) = &self.webhook_url {
+            if url.len() > MAX_URL_LEN {
+                return Err(format!("webhook_url is longer than {MAX_URL_LEN} bytes"));
+            }
             let lower = url.to_ascii_lowercase();
             if !(lower.starts_with("http://") || lower.starts_with("https://")) {
                 return Err(format!(
@@ -124,7 +194,10 @@ impl NewJob {
     }
 }
 
-fn check_name(what: &str, value: &str) -> Result<(), String> {
+/// Checks a pipeline name, phase name or unique key (named by `what`): not
+/// empty, at most [`MAX_NAME_LEN`] bytes. Builders call it too, so a name
+/// they accept is one every store accepts.
+pub fn check_name(what: &str, value: &str) -> Result<(), String> {
     if value.trim().is_empty() {
         return Err(format!("{what} must not be empty"));
     }
@@ -171,7 +244,7 @@ pub struct Interrupted {
     /// The phase that was running.
     pub phase: String,
     /// When the interruption was recorded.
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::timefmt::rfc3339")]
     pub at: OffsetDateTime,
     /// The phase's last reported progress.
     pub progress: Option<Progress>,
@@ -193,8 +266,10 @@ pub struct Phase {
     /// The error of its last failed run.
     pub error: Option<String>,
     /// When it last started.
+    #[serde(with = "crate::timefmt::rfc3339::option")]
     pub started_at: Option<OffsetDateTime>,
     /// When it last finished.
+    #[serde(with = "crate::timefmt::rfc3339::option")]
     pub finished_at: Option<OffsetDateTime>,
 }
 
@@ -234,14 +309,19 @@ pub struct Job {
     /// The attempt budget.
     pub max_attempts: u32,
     /// When it was enqueued.
+    #[serde(with = "crate::timefmt::rfc3339")]
     pub created_at: OffsetDateTime,
     /// Not claimed before this time.
+    #[serde(with = "crate::timefmt::rfc3339")]
     pub run_at: OffsetDateTime,
     /// When its current or last attempt started.
+    #[serde(with = "crate::timefmt::rfc3339::option")]
     pub started_at: Option<OffsetDateTime>,
     /// When it finished (completed, failed or cancelled).
+    #[serde(with = "crate::timefmt::rfc3339::option")]
     pub finished_at: Option<OffsetDateTime>,
     /// When retention marked it stale.
+    #[serde(with = "crate::timefmt::rfc3339::option")]
     pub stale_at: Option<OffsetDateTime>,
     /// Why it failed, if it did.
     pub error: Option<JobError>,
@@ -255,6 +335,7 @@ pub struct Job {
     /// `status` is `Running`.
     pub lease: Option<LeaseToken>,
     /// When the current lease runs out unless renewed by a heartbeat.
+    #[serde(with = "crate::timefmt::rfc3339::option")]
     pub lease_expires_at: Option<OffsetDateTime>,
     /// Its phases in pipeline order.
     pub phases: Vec<Phase>,
@@ -280,5 +361,66 @@ impl Job {
     /// The phase called `name`.
     pub fn phase(&self, name: &str) -> Option<&Phase> {
         self.phases.iter().find(|p| p.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use time::macros::datetime;
+
+    use super::*;
+
+    fn nested(depth: usize) -> Value {
+        (0..depth).fold(json!(1), |inner, _| Value::Array(vec![inner]))
+    }
+
+    #[test]
+    fn json_depth_limit() {
+        assert!(check_json("input", &nested(MAX_JSON_DEPTH)).is_ok());
+        let err = check_json("input", &nested(MAX_JSON_DEPTH + 1)).unwrap_err();
+        assert!(err.contains("nested deeper than 64"), "{err}");
+        // Far deeper than any recursive walk could take: refused, no overflow.
+        let deep = nested(100_000);
+        assert!(check_json("input", &deep).is_err());
+        // Dropping a Value this deep recurses; forget it instead.
+        std::mem::forget(deep);
+    }
+
+    #[test]
+    fn json_size_limit() {
+        let big = Value::String("x".repeat(MAX_JSON_BYTES));
+        let err = check_json("input", &big).unwrap_err();
+        assert!(err.contains("larger than 16 MiB"), "{err}");
+        assert!(check_json("input", &Value::String("x".repeat(1000))).is_ok());
+    }
+
+    #[test]
+    fn validate_checks_input_run_at_and_url() {
+        let ok = NewJob::new("p").input(nested(3));
+        assert!(ok.validate().is_ok());
+        assert!(NewJob::new("p").input(nested(65)).validate().is_err());
+        let early = NewJob::new("p").run_at(datetime!(-0001-01-01 00:00:00 UTC));
+        assert!(early.validate().unwrap_err().contains("run_at"));
+        let late = NewJob::new("p").run_at(datetime!(9999-12-31 23:30:00 -01:00));
+        assert!(late.validate().unwrap_err().contains("RFC 3339"));
+        let long = NewJob::new("p").webhook_url(format!("https://e.com/{}", "a".repeat(3000)));
+        assert!(long.validate().is_err());
+    }
+
+    #[test]
+    fn job_times_serialize_as_rfc3339() {
+        let mut job = Job::queued(NewJob::new("p"), datetime!(2030-01-02 03:04:05.5 UTC));
+        job.phases.push(Phase {
+            started_at: Some(datetime!(2030-01-02 03:04:06 UTC)),
+            ..Phase::pending("a")
+        });
+        let v = serde_json::to_value(&job).unwrap();
+        assert_eq!(v["created_at"], "2030-01-02T03:04:05.5Z");
+        assert_eq!(v["run_at"], "2030-01-02T03:04:05.5Z");
+        assert_eq!(v["started_at"], Value::Null);
+        assert_eq!(v["phases"][0]["started_at"], "2030-01-02T03:04:06Z");
+        let back: Job = serde_json::from_value(v).unwrap();
+        assert_eq!(back, job);
     }
 }

@@ -19,6 +19,7 @@ pub mod apply;
 pub mod clock;
 pub mod error;
 pub mod event;
+pub mod health;
 pub mod id;
 pub mod job;
 pub mod machine;
@@ -31,10 +32,12 @@ pub mod retry;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod timefmt;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ErrorKind, StoreError};
 pub use event::{Event, EventData};
+pub use health::{Health, TaskHealth, TaskState};
 pub use id::{DeliveryId, JobId, LeaseToken};
 pub use job::{Interrupted, Job, JobError, NewJob, Phase, Progress};
 pub use machine::{EventType, JobAction, JobStatus, PhaseAction, PhaseStatus, TransitionError};

@@ -214,7 +214,7 @@ impl JobStore for MemoryStore {
     async fn enqueue_batch(&self, specs: Vec<NewJob>) -> Result<Vec<Job>, StoreError> {
         let batch_err = |index, e| StoreError::Batch {
             index,
-            source: Box::new(e),
+            error: Box::new(e),
         };
         for (i, spec) in specs.iter().enumerate() {
             spec.validate()

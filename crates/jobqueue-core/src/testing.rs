@@ -423,7 +423,7 @@ async fn batch_is_all_or_nothing(ctx: &Ctx) {
         .await;
     let err = assert_kind(r, ErrorKind::Duplicate);
     assert!(
-        matches!(&err, StoreError::Batch { index: 1, source } if matches!(**source, StoreError::Duplicate { existing, .. } if existing == held.id))
+        matches!(&err, StoreError::Batch { index: 1, error } if matches!(**error, StoreError::Duplicate { existing, .. } if existing == held.id))
     );
     assert_eq!(
         snapshot(ctx).await,

@@ -189,7 +189,7 @@ pub(crate) fn enqueue_batch(tx: &mut Tx<'_>, specs: Vec<NewJob>) -> Result<Vec<J
             if let Some(existing) = active_holder(tx, key)?.or(earlier) {
                 return Err(StoreError::Batch {
                     index: i,
-                    source: Box::new(StoreError::Duplicate {
+                    error: Box::new(StoreError::Duplicate {
                         key: key.clone(),
                         existing,
                     }),

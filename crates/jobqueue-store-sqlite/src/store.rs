@@ -223,7 +223,7 @@ impl JobStore for SqliteStore {
         for (index, spec) in jobs.iter().enumerate() {
             spec.validate().map_err(|m| StoreError::Batch {
                 index,
-                source: Box::new(StoreError::Invalid(m)),
+                error: Box::new(StoreError::Invalid(m)),
             })?;
         }
         self.write(move |tx| ops::enqueue_batch(tx, jobs.clone()))

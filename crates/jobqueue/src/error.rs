@@ -26,6 +26,8 @@ pub enum Error {
     #[error("invalid webhook_url: {0}")]
     WebhookUrl(String),
     /// A value could not be converted to or from JSON.
+    /// (The serde error is part of the message, so it is not also the
+    /// `source()`: a chain would print it twice.)
     #[error("JSON conversion failed: {0}")]
-    Json(#[source] serde_json::Error),
+    Json(serde_json::Error),
 }

@@ -330,7 +330,7 @@ impl JobQueue {
                 self.prepare(j, true).map_err(|e| match e {
                     Error::UnknownPipeline(p) => Error::Store(jobqueue_core::StoreError::Batch {
                         index,
-                        source: Box::new(jobqueue_core::StoreError::Invalid(format!(
+                        error: Box::new(jobqueue_core::StoreError::Invalid(format!(
                             "unknown pipeline {p:?}"
                         ))),
                     }),
