@@ -145,7 +145,7 @@ async fn killed_workers_lose_nothing_and_never_rerun_completed_phases() {
                 .filter(|j| j.status == JobStatus::Running)
                 .map(|j| j.id),
         );
-        drop(store);
+        store.close().await;
 
         // The next life must not run any of those phases again.
         let next = next_log();
@@ -166,7 +166,7 @@ async fn killed_workers_lose_nothing_and_never_rerun_completed_phases() {
     // A last life finishes everything.
     let store_before = open(&db).await;
     let completed_before = completed_phases(&all_jobs(&store_before).await);
-    drop(store_before);
+    store_before.close().await;
     let log = next_log();
     let mut last = spawn(&db, &log, &["run"]);
     let status = tokio::time::timeout(Duration::from_secs(60), last.wait())

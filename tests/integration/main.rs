@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobqueue::{Clock, JobQueue, JobQueueBuilder, MemoryStore, Pipeline, RetryPolicy, TokioClock};
+use jobqueue::{
+    Clock, JobQueue, JobQueueBuilder, JobStore, MemoryStore, Pipeline, RetryPolicy, TokioClock,
+};
 use jobqueue_tests::{Recorder, StoreKind};
 
 /// Defines each test once as `async fn name(kind: StoreKind)` and runs it
@@ -70,12 +72,17 @@ impl Env {
         self.dir.path().join("jobs.db")
     }
 
+    /// This env's store, opened (again). A queue's shutdown closes its
+    /// store, so tests look at the jobs of a stopped queue through this.
+    async fn store(&self) -> Arc<dyn JobStore> {
+        self.kind
+            .open(self.dir.path(), &self.memory, self.clock.clone())
+            .await
+    }
+
     /// A builder with fast test settings on this env's store.
     async fn builder(&self) -> JobQueueBuilder {
-        let store = self
-            .kind
-            .open(self.dir.path(), &self.memory, self.clock.clone())
-            .await;
+        let store = self.store().await;
         JobQueue::builder()
             .store(store)
             .clock(self.clock.clone())

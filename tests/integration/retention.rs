@@ -74,9 +74,10 @@ store_tests! {
         queue.shutdown().await;
         // The deleted jobs' deliveries were kept whole, each with its event,
         // the deletion's own included, and can still end.
+        let store = env.store().await;
         for id in &done {
             let deliveries =
-                queue.store().deliveries(DeliveryFilter { job: Some(*id), ..DeliveryFilter::default() }).await.unwrap();
+                store.deliveries(DeliveryFilter { job: Some(*id), ..DeliveryFilter::default() }).await.unwrap();
             let types: Vec<EventType> = deliveries.iter().map(|d| d.event.event_type()).collect();
             for ty in [EventType::JobCreated, EventType::JobCompleted, EventType::JobStale, EventType::JobDeleted] {
                 assert!(types.contains(&ty), "delivery of {ty} kept: {types:?}");
@@ -84,7 +85,7 @@ store_tests! {
             for d in deliveries {
                 assert_eq!(d.status, DeliveryStatus::Pending, "the receiver was down");
                 assert_eq!(d.url, DOWN);
-                let r = queue.store().record_attempt(d.id, AttemptOutcome::Delivered { status: 200 }).await.unwrap();
+                let r = store.record_attempt(d.id, AttemptOutcome::Delivered { status: 200 }).await.unwrap();
                 assert_eq!(r.status, DeliveryStatus::Delivered);
             }
         }

@@ -447,7 +447,9 @@ store_tests! {
         started.notified().await;
         rec.wait_for(job.id, EventType::PhaseProgress).await;
         queue.shutdown().await;
-        let stopped = queue.get(job.id).await.unwrap().unwrap();
+        let store = env.store().await;
+        let stopped = store.job(job.id).await.unwrap().unwrap();
+        store.close().await;
         assert_eq!(stopped.status, JobStatus::Queued, "interrupted jobs go back to the queue");
         let interrupted = stopped.interrupted.clone().expect("interrupted context kept");
         assert_eq!(interrupted.phase, "b");

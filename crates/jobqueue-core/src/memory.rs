@@ -197,13 +197,13 @@ impl JobStore for MemoryStore {
         spec.validate().map_err(StoreError::Invalid)?;
         let now = self.now();
         let mut st = self.lock();
-        if let Some(key) = &spec.unique_key {
-            if let Some(existing) = st.active_holder(key) {
-                return Err(StoreError::Duplicate {
-                    key: key.clone(),
-                    existing,
-                });
-            }
+        if let Some(key) = &spec.unique_key
+            && let Some(existing) = st.active_holder(key)
+        {
+            return Err(StoreError::Duplicate {
+                key: key.clone(),
+                existing,
+            });
         }
         let job = Job::queued(spec, now);
         st.jobs.insert(job.id, job.clone());
@@ -440,13 +440,13 @@ impl JobStore for MemoryStore {
         let mut st = self.lock();
         let mut job = st.job(id)?;
         let data = job.manual_retry(now)?;
-        if let Some(key) = &job.unique_key {
-            if let Some(existing) = st.active_holder(key) {
-                return Err(StoreError::Duplicate {
-                    key: key.clone(),
-                    existing,
-                });
-            }
+        if let Some(key) = &job.unique_key
+            && let Some(existing) = st.active_holder(key)
+        {
+            return Err(StoreError::Duplicate {
+                key: key.clone(),
+                existing,
+            });
         }
         let staged = vec![Staged::new(&job, data)];
         st.jobs.insert(id, job.clone());

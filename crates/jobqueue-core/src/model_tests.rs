@@ -459,13 +459,13 @@ impl Harness {
                     "a completed phase's result never changes"
                 );
             }
-            if job.status.is_active() {
-                if let Some(k) = &job.unique_key {
-                    assert!(
-                        active_keys.insert(k.clone()),
-                        "two active jobs hold key {k}"
-                    );
-                }
+            if job.status.is_active()
+                && let Some(k) = &job.unique_key
+            {
+                assert!(
+                    active_keys.insert(k.clone()),
+                    "two active jobs hold key {k}"
+                );
             }
         }
         let events =

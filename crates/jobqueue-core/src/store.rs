@@ -171,6 +171,13 @@ pub trait JobStore: Send + Sync + 'static {
     /// Sets the configured webhook endpoints that future events route to.
     fn set_webhook_routes(&self, routes: Vec<WebhookRoute>);
 
+    /// Stops the store: the writes already sent still commit, later calls
+    /// fail with [`ErrorKind::Closed`](crate::ErrorKind::Closed), and once
+    /// this returns the store has let go of what it held (a database file's
+    /// lock, connections), so a new store can open it at once. Idempotent.
+    /// The default does nothing, for stores that hold nothing.
+    async fn close(&self) {}
+
     /// Persists a job (event `job.created`). Fails with `Duplicate` when a
     /// queued or running job holds its unique key.
     async fn enqueue(&self, job: NewJob) -> Result<Job, StoreError>;

@@ -239,10 +239,10 @@ impl Runtime {
     /// the stop grace ends).
     pub async fn cancel(&self, id: JobId) -> Result<CancelOutcome, StoreError> {
         let outcome = self.inner.store.request_cancel(id).await?;
-        if let CancelOutcome::Requested(_) = &outcome {
-            if let Some(token) = self.inner.running().cancels.get(&id) {
-                token.cancel();
-            }
+        if let CancelOutcome::Requested(_) = &outcome
+            && let Some(token) = self.inner.running().cancels.get(&id)
+        {
+            token.cancel();
         }
         Ok(outcome)
     }
@@ -264,10 +264,10 @@ impl Runtime {
         info!(?timeout, "shutting down: no more claims");
         self.inner.stop_claiming.cancel();
         let pump = lock(&self.pump).take();
-        if let Some(pump) = pump {
-            if let Err(e) = pump.await {
-                warn!(error = %e, "pump task ended abnormally");
-            }
+        if let Some(pump) = pump
+            && let Err(e) = pump.await
+        {
+            warn!(error = %e, "pump task ended abnormally");
         }
         self.inner.tracker.close();
         if tokio::time::timeout(timeout, self.inner.tracker.wait())

@@ -196,6 +196,12 @@ pub(crate) fn connect(
     let busy_ms = options.busy_timeout.as_millis().min(i32::MAX as u128);
     conn.batch_execute(&format!("PRAGMA busy_timeout = {busy_ms};"))
         .map_err(db_err)?;
+    if !read_only {
+        // Before anything is changed (switching to WAL rewrites the header):
+        // a database of a newer version or of another program is refused
+        // untouched.
+        crate::migrate::check_version(&mut conn)?;
+    }
     let mode: Vec<JournalMode> = diesel::sql_query("PRAGMA journal_mode = WAL")
         .load(&mut conn)
         .map_err(db_err)?;

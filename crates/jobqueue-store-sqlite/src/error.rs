@@ -1,47 +1,113 @@
-//! Maps diesel and SQLite failures to [`StoreError`] kinds.
+//! Maps diesel and SQLite failures to [`StoreError`] kinds, by code, never
+//! by searching the message.
 //!
-//! diesel's SQLite backend hands over SQLite's message but not its result
-//! code, so the kind is read from SQLite's fixed English messages (the text
-//! of `sqlite3_errstr` for each primary result code).
+//! diesel reports SQLite's constraint codes as its `DatabaseErrorKind`
+//! (unique, foreign key, not-null, check). For every other code it hands
+//! over only `sqlite3_errmsg`, and it does not expose the connection handle
+//! that `sqlite3_extended_errcode` needs. An error without text of its own
+//! has exactly `sqlite3_errstr(code)` as its message, a fixed string per
+//! primary result code, so the code is recovered by comparing the whole
+//! message with that table ([`PRIMARY_CODES`]). A message that merely
+//! contains such words (say "malformed JSON", an ordinary `SQLITE_ERROR`)
+//! does not match and is not mistaken for corruption.
 
 use diesel::ConnectionError;
+use diesel::result::DatabaseErrorKind;
 use jobqueue_core::{ErrorKind, StoreError};
 
-/// The kind of a SQLite failure, read from its message.
-pub(crate) fn kind_of(message: &str) -> ErrorKind {
-    let m = message.to_ascii_lowercase();
-    if m.contains("database is locked") || m.contains("table is locked") || m.contains("is busy") {
-        ErrorKind::Busy
-    } else if m.contains("malformed") || m.contains("not a database") || m.contains("corrupt") {
-        ErrorKind::Corrupt
-    } else if m.contains("unable to open")
-        || m.contains("readonly")
-        || m.contains("read-only")
-        || m.contains("disk is full")
-        || m.contains("i/o error")
-        || m.contains("no such file")
-    {
-        ErrorKind::Io
-    } else {
-        ErrorKind::Internal
+/// `sqlite3_errstr` of the primary result codes the store classifies, with
+/// the kind each means. Every extended code of a primary code shares its
+/// text (`SQLITE_IOERR_WRITE` reads "disk I/O error").
+const PRIMARY_CODES: &[(&str, &str, ErrorKind)] = &[
+    ("SQLITE_BUSY", "database is locked", ErrorKind::Busy),
+    ("SQLITE_LOCKED", "database table is locked", ErrorKind::Busy),
+    (
+        "SQLITE_CORRUPT",
+        "database disk image is malformed",
+        ErrorKind::Corrupt,
+    ),
+    (
+        "SQLITE_NOTADB",
+        "file is not a database",
+        ErrorKind::Corrupt,
+    ),
+    ("SQLITE_IOERR", "disk I/O error", ErrorKind::Io),
+    ("SQLITE_FULL", "database or disk is full", ErrorKind::Io),
+    (
+        "SQLITE_READONLY",
+        "attempt to write a readonly database",
+        ErrorKind::Io,
+    ),
+    (
+        "SQLITE_CANTOPEN",
+        "unable to open database file",
+        ErrorKind::Io,
+    ),
+    ("SQLITE_PERM", "access permission denied", ErrorKind::Io),
+    ("SQLITE_PROTOCOL", "locking protocol", ErrorKind::Busy),
+];
+
+/// SQLite's own texts for corruption found while reading the schema; they
+/// carry the object's name, so they are matched by their fixed start.
+const CORRUPT_SCHEMA_PREFIXES: &[&str] = &["malformed database schema ("];
+
+/// The kind of a failure whose message is `message` and diesel kind `kind`.
+pub(crate) fn kind_of(kind: Option<&DatabaseErrorKind>, message: &str) -> ErrorKind {
+    match kind {
+        Some(
+            DatabaseErrorKind::UniqueViolation
+            | DatabaseErrorKind::ForeignKeyViolation
+            | DatabaseErrorKind::NotNullViolation
+            | DatabaseErrorKind::CheckViolation,
+        ) => return ErrorKind::Conflict,
+        Some(DatabaseErrorKind::ClosedConnection) => return ErrorKind::Closed,
+        _ => {}
     }
+    if let Some((_, _, kind)) = PRIMARY_CODES.iter().find(|(_, text, _)| *text == message) {
+        return *kind;
+    }
+    if CORRUPT_SCHEMA_PREFIXES
+        .iter()
+        .any(|p| message.starts_with(p))
+    {
+        return ErrorKind::Corrupt;
+    }
+    ErrorKind::Internal
 }
 
 /// A query failure.
 pub(crate) fn db_err(e: diesel::result::Error) -> StoreError {
-    let message = match &e {
-        diesel::result::Error::DatabaseError(_, info) => info.message().to_owned(),
-        other => other.to_string(),
-    };
-    StoreError::backend(kind_of(&message), format!("sqlite: {message}"))
+    match &e {
+        diesel::result::Error::DatabaseError(kind, info) => {
+            let message = info.message();
+            StoreError::backend(kind_of(Some(kind), message), format!("sqlite: {message}"))
+        }
+        other => StoreError::backend(ErrorKind::Internal, format!("sqlite: {other}")),
+    }
 }
 
-/// A failure to open a connection.
+/// A failure to open a connection. diesel's `ConnectionError` carries
+/// SQLite's message (`BadConnection`) or a path problem (`InvalidCString`).
 pub(crate) fn conn_err(e: ConnectionError, path: &str) -> StoreError {
-    let message = e.to_string();
-    let kind = match kind_of(&message) {
-        ErrorKind::Internal => ErrorKind::Io,
-        k => k,
+    let kind = match &e {
+        ConnectionError::BadConnection(message) => match kind_of(None, message) {
+            ErrorKind::Internal => ErrorKind::Io,
+            k => k,
+        },
+        ConnectionError::InvalidCString(_) => ErrorKind::Invalid,
+        ConnectionError::CouldntSetupConfiguration(inner) => return db_err_clone(inner, path),
+        _ => ErrorKind::Io,
+    };
+    StoreError::backend(kind, format!("cannot open sqlite database {path:?}: {e}"))
+}
+
+fn db_err_clone(e: &diesel::result::Error, path: &str) -> StoreError {
+    let (kind, message) = match e {
+        diesel::result::Error::DatabaseError(kind, info) => (
+            kind_of(Some(kind), info.message()),
+            info.message().to_owned(),
+        ),
+        other => (ErrorKind::Io, other.to_string()),
     };
     StoreError::backend(
         kind,
@@ -64,24 +130,46 @@ pub(crate) fn closed() -> StoreError {
 
 #[cfg(test)]
 mod tests {
+    use diesel::connection::SimpleConnection;
+    use diesel::{Connection, SqliteConnection};
+
     use super::*;
 
+    fn run(conn: &mut SqliteConnection, sql: &str) -> StoreError {
+        db_err(conn.batch_execute(sql).unwrap_err())
+    }
+
     #[test]
-    fn sqlite_messages_map_to_kinds() {
-        assert_eq!(kind_of("database is locked"), ErrorKind::Busy);
-        assert_eq!(kind_of("database table is locked"), ErrorKind::Busy);
+    fn whole_messages_map_to_kinds() {
+        for (code, text, kind) in PRIMARY_CODES {
+            assert_eq!(kind_of(None, text), *kind, "{code}");
+        }
         assert_eq!(
-            kind_of("database disk image is malformed"),
+            kind_of(None, "malformed database schema (jobs) - near x"),
             ErrorKind::Corrupt
         );
-        assert_eq!(kind_of("file is not a database"), ErrorKind::Corrupt);
-        assert_eq!(kind_of("unable to open database file"), ErrorKind::Io);
+        // Words of those messages inside another message mean nothing.
+        assert_eq!(kind_of(None, "malformed JSON"), ErrorKind::Internal);
         assert_eq!(
-            kind_of("attempt to write a readonly database"),
-            ErrorKind::Io
+            kind_of(None, "no such table: database is locked"),
+            ErrorKind::Internal
         );
-        assert_eq!(kind_of("database or disk is full"), ErrorKind::Io);
-        assert_eq!(kind_of("disk I/O error"), ErrorKind::Io);
-        assert_eq!(kind_of("no such table: x"), ErrorKind::Internal);
+    }
+
+    #[test]
+    fn real_sqlite_errors_get_their_kind() {
+        let mut conn = SqliteConnection::establish(":memory:").unwrap();
+        conn.batch_execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+            .unwrap();
+        conn.batch_execute("INSERT INTO t VALUES (1, 'a')").unwrap();
+        let e = run(&mut conn, "INSERT INTO t VALUES (1, 'b')");
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+        let e = run(&mut conn, "INSERT INTO t VALUES (2, NULL)");
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+        // SQLite's JSON functions say "malformed JSON": an ordinary error.
+        let e = run(&mut conn, "SELECT json('{')");
+        assert_eq!(e.kind(), ErrorKind::Internal, "{e}");
+        let e = run(&mut conn, "SELECT * FROM missing");
+        assert_eq!(e.kind(), ErrorKind::Internal, "{e}");
     }
 }

@@ -22,10 +22,14 @@
 pub mod codegen;
 mod conn;
 mod error;
+mod guard;
+mod lock;
 mod migrate;
 mod ops;
 mod query;
 mod read;
+#[cfg(test)]
+mod robustness_tests;
 mod rows;
 mod schema;
 mod store;

@@ -44,7 +44,9 @@ fn known_versions() -> Result<Vec<String>, StoreError> {
 }
 
 /// Fails with [`ErrorKind::SchemaTooNew`] when the database records a
-/// migration this build does not know. Reads only.
+/// migration this build does not know, and with [`ErrorKind::Incompatible`]
+/// when it has tables but no record of jobqueue's migrations (another
+/// program's database, say one with its own `jobs` table). Reads only.
 pub(crate) fn check_version(conn: &mut SqliteConnection) -> Result<(), StoreError> {
     let tables: Count = diesel::sql_query(
         "SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = ?",
@@ -53,7 +55,26 @@ pub(crate) fn check_version(conn: &mut SqliteConnection) -> Result<(), StoreErro
     .get_result(conn)
     .map_err(db_err)?;
     if tables.n == 0 {
-        return Ok(());
+        // Never migrated by jobqueue: it must be empty, or it belongs to
+        // something else and is left alone.
+        let foreign: Vec<Version> = diesel::sql_query(
+            "SELECT name AS version FROM sqlite_master \
+             WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        )
+        .load(conn)
+        .map_err(db_err)?;
+        if foreign.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = foreign.into_iter().map(|v| v.version).collect();
+        return Err(StoreError::backend(
+            ErrorKind::Incompatible,
+            format!(
+                "the database already has tables that jobqueue did not create ({}): \
+                 it belongs to something else; nothing was changed",
+                names.join(", ")
+            ),
+        ));
     }
     let applied: Vec<Version> = diesel::sql_query(format!(
         "SELECT version FROM {MIGRATIONS_TABLE} ORDER BY version"

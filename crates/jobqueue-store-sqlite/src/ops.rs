@@ -163,13 +163,13 @@ fn commit(
 }
 
 pub(crate) fn enqueue(tx: &mut Tx<'_>, spec: NewJob) -> Result<Job, StoreError> {
-    if let Some(key) = &spec.unique_key {
-        if let Some(existing) = active_holder(tx, key)? {
-            return Err(StoreError::Duplicate {
-                key: key.clone(),
-                existing,
-            });
-        }
+    if let Some(key) = &spec.unique_key
+        && let Some(existing) = active_holder(tx, key)?
+    {
+        return Err(StoreError::Duplicate {
+            key: key.clone(),
+            existing,
+        });
     }
     let job = Job::queued(spec, tx.now);
     insert_job(tx.write_conn(), &job)?;
@@ -401,13 +401,13 @@ pub(crate) fn retry(tx: &mut Tx<'_>, id: JobId) -> Result<Job, StoreError> {
     let before = job_of(tx, id)?;
     let mut job = before.clone();
     let events = vec![job.manual_retry(now)?];
-    if let Some(key) = &job.unique_key {
-        if let Some(existing) = active_holder(tx, key)? {
-            return Err(StoreError::Duplicate {
-                key: key.clone(),
-                existing,
-            });
-        }
+    if let Some(key) = &job.unique_key
+        && let Some(existing) = active_holder(tx, key)?
+    {
+        return Err(StoreError::Duplicate {
+            key: key.clone(),
+            existing,
+        });
     }
     commit(tx, &before, &job, events)?;
     Ok(job)

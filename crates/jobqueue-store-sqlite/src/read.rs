@@ -5,8 +5,6 @@
 //! shared queue. Every read runs in a (deferred) transaction, so a job and
 //! its phases come from one snapshot.
 
-use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use diesel::connection::SimpleConnection;
@@ -43,25 +41,24 @@ pub(crate) fn in_read_tx<T>(
     }
 }
 
-/// Starts one thread per connection, all serving one queue of reads.
+/// Reads that may wait for a reader before callers wait to send.
+pub(crate) const READ_QUEUE: usize = 1024;
+
+/// Starts one thread per connection, all serving one bounded queue of
+/// reads. Each thread ends (closing its connection) when the queue is
+/// closed and empty.
 pub(crate) fn spawn_pool(
     conns: Vec<SqliteConnection>,
-) -> Result<(Sender<ReadJob>, Vec<JoinHandle<()>>), StoreError> {
-    let (tx, rx) = std::sync::mpsc::channel::<ReadJob>();
-    let rx = Arc::new(Mutex::new(rx));
+) -> Result<(async_channel::Sender<ReadJob>, Vec<JoinHandle<()>>), StoreError> {
+    let (tx, rx) = async_channel::bounded::<ReadJob>(READ_QUEUE);
     let mut handles = Vec::with_capacity(conns.len());
     for (i, mut conn) in conns.into_iter().enumerate() {
-        let rx = Arc::clone(&rx);
+        let rx = rx.clone();
         let handle = std::thread::Builder::new()
             .name(format!("jobqueue-sqlite-reader-{i}"))
             .spawn(move || {
-                loop {
-                    // Hold the lock only to take one job.
-                    let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                    match job {
-                        Ok(job) => job(&mut conn),
-                        Err(_) => break,
-                    }
+                while let Ok(job) = rx.recv_blocking() {
+                    job(&mut conn);
                 }
             })
             .map_err(|e| {

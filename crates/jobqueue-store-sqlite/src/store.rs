@@ -3,10 +3,8 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
-use std::sync::mpsc::Sender;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,17 +19,25 @@ use time::OffsetDateTime;
 
 use crate::conn::{Location, SqliteOptions, connect};
 use crate::error::closed;
-use crate::writer::{ClaimMsg, FnOp, Msg, ReadJob, Shared, Tx};
+use crate::guard::FileGuard;
+use crate::lock::FileLock;
+use crate::writer::{ClaimMsg, FnOp, Lifetime, Msg, ReadJob, Shared, Tx};
 use crate::{migrate, ops, read};
 
 /// A [`JobStore`] on a SQLite database. Cheap to clone: clones share the
 /// writer, the readers and the database.
 ///
+/// One store per database file: opening a file that another store has open
+/// (in this process or another) fails with [`ErrorKind::InUse`](jobqueue_core::ErrorKind::InUse).
+///
 /// The async methods never block the executor: each hands its work to the
-/// writer thread or a reader thread and awaits the answer. Dropping a call's
-/// future after it was sent does not cancel it: the write still commits.
-/// Dropping the last clone lets the writer commit what was already sent,
-/// then stops the threads and closes the database, waiting for them.
+/// writer thread or a reader thread and awaits the answer (and waits, without
+/// blocking, for room in their bounded queues when they are full). Dropping a
+/// call's future after it was sent does not cancel it: the write still
+/// commits. [`close`](JobStore::close) stops the store and waits until the
+/// file is released; dropping the last clone does the same without waiting:
+/// the threads commit what was already sent, close the database and release
+/// its lock on their own.
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
@@ -40,31 +46,33 @@ pub struct SqliteStore {
 struct Inner {
     location: Location,
     shared: Arc<Shared>,
-    writer: Option<Sender<Msg>>,
+    writer: async_channel::Sender<Msg>,
     /// `None` for an in-memory database: its reads go to the writer.
-    readers: Option<Sender<ReadJob>>,
-    threads: Vec<JoinHandle<()>>,
+    readers: Option<async_channel::Sender<ReadJob>>,
+    /// Closed when the writer thread has ended: every connection is closed
+    /// and the file lock released.
+    done: async_channel::Receiver<()>,
+    /// Cleared when the store stops taking work (a file store's lock flag,
+    /// so another open in this process knows to wait for the release).
+    open: Arc<AtomicBool>,
+}
+
+impl Inner {
+    /// Stops taking work; what was sent is still done. Never blocks.
+    fn stop(&self) {
+        self.open.store(false, Ordering::Release);
+        if let Some(readers) = &self.readers {
+            readers.close();
+        }
+        self.writer.close();
+    }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Closing the channels lets the threads finish what was sent and
-        // stop; joining them closes every connection before we return. The
-        // readers go first, so the writer's connection is the last one: on
-        // closing it SQLite checkpoints the WAL into the database file and
-        // removes the -wal file.
-        self.readers = None;
-        let me = std::thread::current().id();
-        let writer = self.threads.pop();
-        for t in self.threads.drain(..) {
-            if t.thread().id() != me {
-                let _ = t.join();
-            }
-        }
-        self.writer = None;
-        if let Some(t) = writer.filter(|t| t.thread().id() != me) {
-            let _ = t.join();
-        }
+        // Never joins: this may run on an async executor's thread. The
+        // threads finish on their own (see `writer::Lifetime`).
+        self.stop();
     }
 }
 
@@ -97,37 +105,53 @@ impl SqliteStore {
 
     fn start(location: Location, options: SqliteOptions) -> Result<Self, StoreError> {
         location.precheck()?;
+        let lock = match &location {
+            Location::File(path) => Some(FileLock::acquire(path, options.busy_timeout)?),
+            Location::Memory => None,
+        };
+        let open = lock
+            .as_ref()
+            .map_or_else(|| Arc::new(AtomicBool::new(true)), FileLock::open_flag);
         let mut conn = connect(&location, &options, false)?;
         migrate::migrate(&mut conn)?;
         let last_seq = read::last_seq(&mut conn)?;
+        let guard = match &location {
+            Location::File(path) => Some(FileGuard::new(path.clone())?),
+            Location::Memory => None,
+        };
         let shared = Arc::new(Shared {
             clock: Arc::clone(&options.clock),
             routes: Mutex::new(Arc::new(Vec::new())),
             sink: Mutex::new(None),
             reruns: AtomicU64::new(0),
         });
-        let mut threads = Vec::new();
-        let readers = match location {
-            Location::Memory => None,
+        let (readers, reader_threads) = match location {
+            Location::Memory => (None, Vec::new()),
             Location::File(_) => {
                 let conns = (0..options.readers.max(1))
                     .map(|_| connect(&location, &options, true))
                     .collect::<Result<Vec<_>, _>>()?;
                 let (tx, handles) = read::spawn_pool(conns)?;
-                threads.extend(handles);
-                Some(tx)
+                (Some(tx), handles)
             }
         };
-        let (writer, handle) =
-            crate::writer::spawn(conn, Arc::clone(&shared), last_seq, options.max_batch)?;
-        threads.push(handle);
+        let (done_tx, done) = async_channel::bounded(1);
+        let life = Lifetime {
+            readers: reader_threads,
+            lock,
+            guard,
+            done: done_tx,
+        };
+        let writer =
+            crate::writer::spawn(conn, Arc::clone(&shared), last_seq, options.max_batch, life)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 location,
                 shared,
-                writer: Some(writer),
+                writer,
                 readers,
-                threads,
+                done,
+                open,
             }),
         })
     }
@@ -140,12 +164,7 @@ impl SqliteStore {
         // the closures clone what they pass on.
         let (reply, answer) = oneshot::channel();
         let op = Box::new(FnOp::new(f, reply));
-        self.inner
-            .writer
-            .as_ref()
-            .ok_or_else(closed)?
-            .send(Msg::Write(op))
-            .map_err(|_| closed())?;
+        self.send(Msg::Write(op)).await?;
         answer.await.map_err(|_| closed())?
     }
 
@@ -157,18 +176,16 @@ impl SqliteStore {
         let job: ReadJob = Box::new(move |conn| {
             let _ = reply.send(read::in_read_tx(conn, f));
         });
-        let sent = match &self.inner.readers {
-            Some(readers) => readers.send(job).map_err(|_| closed()),
-            None => self
-                .inner
-                .writer
-                .as_ref()
-                .ok_or_else(closed)?
-                .send(Msg::Read(job))
-                .map_err(|_| closed()),
-        };
-        sent?;
+        match &self.inner.readers {
+            Some(readers) => readers.send(job).await.map_err(|_| closed())?,
+            None => self.send(Msg::Read(job)).await?,
+        }
         answer.await.map_err(|_| closed())?
+    }
+
+    /// Hands `msg` to the writer, waiting for room in its queue.
+    async fn send(&self, msg: Msg) -> Result<(), StoreError> {
+        self.inner.writer.send(msg).await.map_err(|_| closed())
     }
 
     fn now(&self) -> OffsetDateTime {
@@ -182,6 +199,12 @@ impl SqliteStore {
         f: impl for<'a> FnMut(&mut Tx<'a>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.write(f).await
+    }
+
+    /// How many operations wait in the writer's queue.
+    #[cfg(test)]
+    pub(crate) fn queued_writes(&self) -> usize {
+        self.inner.writer.len()
     }
 
     /// How many groups the writer ran again with savepoints.
@@ -214,6 +237,13 @@ impl JobStore for SqliteStore {
             .unwrap_or_else(|e| e.into_inner()) = Arc::new(routes);
     }
 
+    async fn close(&self) {
+        self.inner.stop();
+        // Ends with an error once the writer thread dropped its sender:
+        // every connection is closed and the file lock released.
+        let _ = self.inner.done.recv().await;
+    }
+
     async fn enqueue(&self, job: NewJob) -> Result<Job, StoreError> {
         job.validate().map_err(StoreError::Invalid)?;
         self.write(move |tx| ops::enqueue(tx, job.clone())).await
@@ -238,12 +268,7 @@ impl JobStore for SqliteStore {
         // never fails the claims merged with it.
         jobqueue_core::apply::lease_until(self.now(), req.lease_for)?;
         let (reply, answer) = oneshot::channel();
-        self.inner
-            .writer
-            .as_ref()
-            .ok_or_else(closed)?
-            .send(Msg::Claim(ClaimMsg { req, reply }))
-            .map_err(|_| closed())?;
+        self.send(Msg::Claim(ClaimMsg { req, reply })).await?;
         answer.await.map_err(|_| closed())?
     }
 

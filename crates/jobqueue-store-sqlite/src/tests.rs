@@ -21,6 +21,12 @@ fn file_store(dir: &tempfile::TempDir, clock: Arc<ManualClock>) -> SqliteStore {
     .unwrap()
 }
 
+/// Closes `store` and waits until its file is released (dropping it does
+/// not wait), for tests that read or reopen the file next.
+fn close(store: SqliteStore) {
+    futures::executor::block_on(store.close());
+}
+
 #[derive(Default)]
 struct Collect(Mutex<Vec<Event>>);
 
@@ -288,7 +294,7 @@ async fn data_survives_reopen() {
         .await
         .unwrap();
     let before = store.job(job.id).await.unwrap().unwrap();
-    drop(store);
+    store.close().await;
     let store = file_store(&dir, clock);
     assert_eq!(store.job(job.id).await.unwrap().unwrap(), before);
     assert_eq!(store.last_seq().await.unwrap(), 4);
@@ -410,7 +416,7 @@ fn a_corrupt_file_is_a_clear_error() {
 fn a_damaged_database_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jobs.db");
-    drop(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
+    close(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
     // Keep the header, smash the pages after it.
     let mut bytes = std::fs::read(&path).unwrap();
     for b in bytes.iter_mut().skip(100) {
@@ -435,7 +441,7 @@ fn a_missing_directory_is_a_clear_error() {
 fn a_read_only_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jobs.db");
-    drop(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
+    close(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
     let mut perms = std::fs::metadata(&path).unwrap().permissions();
     perms.set_readonly(true);
     std::fs::set_permissions(&path, perms).unwrap();
@@ -448,7 +454,7 @@ fn a_newer_schema_is_refused_untouched() {
     use diesel::prelude::*;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jobs.db");
-    drop(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
+    close(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
     let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
     conn.batch_execute(
         "INSERT INTO __diesel_schema_migrations (version) VALUES ('29990101000000');
@@ -479,7 +485,7 @@ fn hot_queries_use_indexes() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jobs.db");
-    drop(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
+    close(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
     let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
     let queries = [
         // claim (the subquery of the claim UPDATE)
@@ -790,6 +796,8 @@ fn acknowledged_writes_survive_sigkill() {
             }
             // Jobs the child held when it died are recovered.
             store.recover(RecoverScope::All).await.unwrap();
+            // The next child needs the file: one store per file.
+            store.close().await;
         });
     }
     assert!(acked.len() >= 5);
@@ -802,7 +810,7 @@ fn acknowledged_writes_survive_sigkill() {
 async fn a_full_disk_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jobs.db");
-    drop(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
+    close(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
     let size = std::fs::metadata(&path).unwrap().len();
     let store =
         SqliteStore::open(&path, SqliteOptions::default().max_size(size + 64 * 1024)).unwrap();
@@ -843,7 +851,7 @@ async fn a_full_disk_is_a_clear_error() {
             .enumerate()
             .all(|(i, e)| e.seq == i as u64 + 1)
     );
-    drop(store);
+    store.close().await;
     let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
     for id in &acked {
         assert!(store.job(*id).await.unwrap().is_some());

@@ -24,7 +24,6 @@
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -41,6 +40,8 @@ use jobqueue_core::{
 use time::OffsetDateTime;
 
 use crate::error::db_err;
+use crate::guard::FileGuard;
+use crate::lock::FileLock;
 use crate::query::{Fixed, kind};
 use crate::rows::{DeliveryRow, EventRow};
 use crate::schema::{events, webhook_deliveries};
@@ -118,36 +119,24 @@ impl WriteOp for MergedClaims {
         failed.map_or(Ok(()), Err)
     }
 
-    fn finish(self: Box<Self>, group_failure: Option<&(ErrorKind, String)>) {
-        let answers = match (self.out, group_failure) {
-            (Some(Ok(answers)), None) => answers.into_iter().map(Ok).collect(),
-            (Some(Err(e)), _) => {
-                let (kind, message) = (e.kind(), e.to_string());
-                let mut first = Some(e);
-                self.claims
-                    .iter()
-                    .map(|_| {
-                        Err(first
-                            .take()
-                            .unwrap_or_else(|| StoreError::backend(kind, message.clone())))
-                    })
-                    .collect()
+    fn finish(self: Box<Self>, group_failure: Option<&StoreError>) {
+        let error = match (self.out, group_failure) {
+            (Some(Ok(answers)), None) => {
+                for (claim, answer) in self.claims.into_iter().zip(answers) {
+                    // The caller may have stopped waiting; the claim stands
+                    // (its lease expires and recovery requeues the job).
+                    let _ = claim.reply.send(Ok(answer));
+                }
+                return;
             }
-            (_, failure) => {
-                let (kind, message) = failure.cloned().unwrap_or((
-                    ErrorKind::Internal,
-                    "sqlite store: claim was not run".to_owned(),
-                ));
-                self.claims
-                    .iter()
-                    .map(|_| Err(StoreError::backend(kind, message.clone())))
-                    .collect::<Vec<_>>()
+            (Some(Err(e)), _) => e,
+            (_, Some(failure)) => failure.clone(),
+            (None, None) => {
+                StoreError::backend(ErrorKind::Internal, "sqlite store: claim was not run")
             }
         };
-        for (claim, answer) in self.claims.into_iter().zip(answers) {
-            // The caller may have stopped waiting; the claim stands (its
-            // lease expires and recovery requeues the job).
-            let _ = claim.reply.send(answer);
+        for claim in self.claims {
+            let _ = claim.reply.send(Err(error.clone()));
         }
     }
 }
@@ -308,13 +297,12 @@ pub(crate) trait WriteOp: Send {
     fn apply(&mut self, tx: &mut Tx<'_>) -> Result<(), OpFailure>;
     /// Answers the caller: with the operation's own result, or with the
     /// failure that ended the whole group.
-    fn finish(self: Box<Self>, group_failure: Option<&(ErrorKind, String)>);
+    fn finish(self: Box<Self>, group_failure: Option<&StoreError>);
 }
 
 /// Why an operation failed.
 pub(crate) struct OpFailure {
-    kind: ErrorKind,
-    message: String,
+    error: StoreError,
     /// A refusal of the store's rules (not an SQL error, not a panic): by
     /// itself it leaves the transaction as it was.
     refusal: bool,
@@ -323,8 +311,7 @@ pub(crate) struct OpFailure {
 impl OpFailure {
     fn of(e: &StoreError) -> Self {
         Self {
-            kind: e.kind(),
-            message: e.to_string(),
+            error: e.clone(),
             refusal: !matches!(e, StoreError::Backend { .. }),
         }
     }
@@ -368,10 +355,10 @@ impl<T: Send + 'static> WriteOp for FnOp<T> {
         failed.map_or(Ok(()), Err)
     }
 
-    fn finish(self: Box<Self>, group_failure: Option<&(ErrorKind, String)>) {
+    fn finish(self: Box<Self>, group_failure: Option<&StoreError>) {
         let answer = match (self.out, group_failure) {
             (Some(Err(e)), _) => Err(e),
-            (_, Some((kind, message))) => Err(StoreError::backend(*kind, message.clone())),
+            (_, Some(failure)) => Err(failure.clone()),
             (Some(Ok(v)), None) => Ok(v),
             (None, None) => Err(StoreError::backend(
                 ErrorKind::Internal,
@@ -383,31 +370,63 @@ impl<T: Send + 'static> WriteOp for FnOp<T> {
     }
 }
 
+/// Operations that may wait for the writer before callers wait to send:
+/// the backpressure of a writer that cannot keep up.
+pub(crate) const WRITE_QUEUE: usize = 4096;
+
+/// What the writer thread owns besides its connection, and gives up in this
+/// order when it ends: the reader threads are joined (their connections
+/// close), then its own connection closes, then the file lock is released,
+/// and last `done` is dropped, which wakes every `close()` waiting for it.
+pub(crate) struct Lifetime {
+    pub(crate) readers: Vec<JoinHandle<()>>,
+    pub(crate) lock: Option<FileLock>,
+    pub(crate) guard: Option<FileGuard>,
+    pub(crate) done: async_channel::Sender<()>,
+}
+
 /// Starts the writer thread on `conn`; `last_seq` is the highest sequence
-/// number in the database.
+/// number the database ever handed out.
 pub(crate) fn spawn(
     conn: SqliteConnection,
     shared: Arc<Shared>,
     last_seq: u64,
     max_batch: usize,
-) -> Result<(Sender<Msg>, JoinHandle<()>), StoreError> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let handle = std::thread::Builder::new()
+    life: Lifetime,
+) -> Result<async_channel::Sender<Msg>, StoreError> {
+    let (tx, rx) = async_channel::bounded(WRITE_QUEUE);
+    std::thread::Builder::new()
         .name("jobqueue-sqlite-writer".to_owned())
         .spawn(move || {
-            Writer {
+            let Lifetime {
+                readers,
+                lock,
+                guard,
+                done,
+            } = life;
+            let mut writer = Writer {
                 conn,
                 cache: JobCache::default(),
                 shared,
                 last_seq,
                 max_batch: max_batch.max(1),
+                guard,
+            };
+            writer.run(&rx);
+            for reader in readers {
+                let _ = reader.join();
             }
-            .run(&rx);
+            // Closing the last connection checkpoints the WAL into the
+            // database file and removes the -wal file; only then may
+            // another store have the file.
+            drop(writer);
+            drop(lock);
+            drop(done);
         })
         .map_err(|e| {
             StoreError::backend(ErrorKind::Internal, format!("cannot start writer: {e}"))
         })?;
-    Ok((tx, handle))
+    Ok(tx)
 }
 
 struct Writer {
@@ -416,25 +435,30 @@ struct Writer {
     shared: Arc<Shared>,
     last_seq: u64,
     max_batch: usize,
+    /// Watches the database file (none for an in-memory database).
+    guard: Option<FileGuard>,
 }
 
-/// Why a group ended before its commit.
-type GroupFailure = (ErrorKind, String);
+/// Why a group ended before its commit: every caller of the group gets a
+/// clone of this error, kind and all.
+type GroupFailure = StoreError;
 
 fn fail(e: diesel::result::Error, during: &str) -> GroupFailure {
     let e = db_err(e);
-    (
+    StoreError::backend(
         e.kind(),
         format!("{e} (during {during}; nothing of this write was committed)"),
     )
 }
 
 impl Writer {
-    fn run(mut self, rx: &Receiver<Msg>) {
+    /// Runs groups until the channel is closed (by `close()` or the last
+    /// handle's drop) and empty.
+    fn run(&mut self, rx: &async_channel::Receiver<Msg>) {
         let mut writes: Vec<Box<dyn WriteOp>> = Vec::new();
         let mut reads: Vec<ReadJob> = Vec::new();
         let mut claims: Vec<ClaimMsg> = Vec::new();
-        while let Ok(first) = rx.recv() {
+        while let Ok(first) = rx.recv_blocking() {
             let mut next = Some(first);
             while let Some(msg) = next {
                 match msg {
@@ -580,18 +604,24 @@ impl Writer {
             // Some failures (a full disk, an I/O error) make SQLite roll
             // back the whole transaction; the savepoint is then gone and
             // the group fails with the operation's error as its cause.
-            let OpFailure { kind, message, .. } = failure;
+            let error = failure.error;
             self.conn
                 .batch_execute("ROLLBACK TO op; RELEASE op")
                 .map_err(|_| {
-                    Stop::Failed((
-                        kind,
+                    Stop::Failed(StoreError::backend(
+                        error.kind(),
                         format!(
-                            "{message} (SQLite rolled back the whole group of writes \
+                            "{error} (SQLite rolled back the whole group of writes \
                              this one was in; nothing of them was committed)"
                         ),
                     ))
                 })?;
+        }
+        if any_ok {
+            // Nothing is acknowledged into a file that is gone.
+            if let Some(guard) = &mut self.guard {
+                guard.check().map_err(Stop::Failed)?;
+            }
         }
         let end = if any_ok { "COMMIT" } else { "ROLLBACK" };
         self.conn.batch_execute(end).map_err(|e| fail(e, end))?;

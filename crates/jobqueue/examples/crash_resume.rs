@@ -62,10 +62,10 @@ async fn child(db: &Path) -> Result<(), Box<dyn std::error::Error>> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    if let (Some(mode), Some(db)) = (args.next(), args.next()) {
-        if mode == "child" {
-            return child(Path::new(&db)).await;
-        }
+    if let (Some(mode), Some(db)) = (args.next(), args.next())
+        && mode == "child"
+    {
+        return child(Path::new(&db)).await;
     }
     let dir = std::env::temp_dir().join(format!("jobqueue-crash-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

@@ -381,7 +381,11 @@ impl JobQueue {
     /// Stops claiming, lets running phases finish within the shutdown
     /// timeout, then stops the rest as interrupted (they resume at the next
     /// start), then stops the webhook dispatcher (pending deliveries stay in
-    /// the store and go out after the next start).
+    /// the store and go out after the next start), and last closes the
+    /// store ([`JobStore::close`]; also a store given with
+    /// [`JobQueueBuilder::store`]): once this returns, the database is
+    /// released and a new queue can open it at once. Calls after the first
+    /// return at once.
     pub async fn shutdown(&self) {
         self.runtime.shutdown(self.shutdown_timeout).await;
         let dispatcher = self
@@ -392,6 +396,7 @@ impl JobQueue {
         if let Some(d) = dispatcher {
             d.shutdown().await;
         }
+        self.store.close().await;
     }
 
     /// Every event committed from now on that passes `filter`, typed, in

@@ -418,10 +418,8 @@ impl Shared {
             Ok(t) => t,
             Err(reason) => return failed(reason),
         };
-        if !trusted {
-            if let Err(reason) = super::check_webhook_url(&d.url, false) {
-                return failed(reason);
-            }
+        if !trusted && let Err(reason) = super::check_webhook_url(&d.url, false) {
+            return failed(reason);
         }
         if target.https && !cfg!(feature = "tls") {
             return failed(

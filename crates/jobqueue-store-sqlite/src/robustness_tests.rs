@@ -1,0 +1,222 @@
+//! Tests of the store against what happens around it: a second store or
+//! process on the same file, a file deleted or replaced under it, a foreign
+//! database, rows it cannot read back.
+
+use std::io::{BufRead as _, Write as _};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use jobqueue_core::{ErrorKind, JobStore, ManualClock, NewJob};
+
+use crate::{SqliteOptions, SqliteStore};
+
+fn open(path: &std::path::Path) -> Result<SqliteStore, jobqueue_core::StoreError> {
+    SqliteStore::open(path, SqliteOptions::default())
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    futures::executor::block_on(f)
+}
+
+#[test]
+fn a_second_store_in_this_process_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    let first = open(&path).unwrap();
+    let started = std::time::Instant::now();
+    let err = open(&path).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InUse, "{err}");
+    let text = err.to_string();
+    assert!(text.contains("jobs.db"), "{text}");
+    assert!(text.contains(&std::process::id().to_string()), "{text}");
+    // Refused, not waited for: the first store is open, not closing.
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    // The refusal changed nothing for the first store.
+    block_on(first.enqueue(NewJob::new("p"))).unwrap();
+}
+
+#[test]
+fn close_releases_the_file_at_once_and_drop_soon() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    let store = open(&path).unwrap();
+    let job = block_on(store.enqueue(NewJob::new("p"))).unwrap();
+    block_on(store.close());
+    let err = block_on(store.enqueue(NewJob::new("p"))).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+    // A clone of the closed store still holds nothing.
+    let reopened = open(&path).unwrap();
+    assert!(block_on(reopened.job(job.id)).unwrap().is_some());
+    // Dropping without close: the next open in this process waits for the
+    // threads to let go instead of failing.
+    drop(reopened);
+    let again = open(&path).unwrap();
+    assert!(block_on(again.job(job.id)).unwrap().is_some());
+    drop(store);
+}
+
+/// The child of `another_process_is_refused_with_its_pid`: opens the store,
+/// says so, and holds it until its stdin closes.
+const HOLDER_ENV: &str = "JOBQUEUE_SQLITE_HOLDER_DB";
+
+#[test]
+fn holder_child() {
+    let Ok(path) = std::env::var(HOLDER_ENV) else {
+        return;
+    };
+    let store = open(std::path::Path::new(&path)).unwrap();
+    println!("HOLDER-OPEN");
+    std::io::stdout().flush().unwrap();
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    block_on(store.close());
+}
+
+#[test]
+fn another_process_is_refused_with_its_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "robustness_tests::holder_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HOLDER_ENV, &path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(
+        lines.any(|l| l.unwrap().contains("HOLDER-OPEN")),
+        "the child never opened the store"
+    );
+    let err = open(&path).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InUse, "{err}");
+    assert!(
+        err.to_string().contains(&format!("process {}", child.id())),
+        "{err}"
+    );
+    // Once the holder is gone (here: killed), the file opens.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let store = open(&path).unwrap();
+    block_on(store.enqueue(NewJob::new("p"))).unwrap();
+}
+
+#[test]
+fn a_foreign_database_is_incompatible_and_left_untouched() {
+    use diesel::connection::SimpleConnection;
+    use diesel::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+    conn.batch_execute(
+        "CREATE TABLE jobs (id INTEGER PRIMARY KEY, title TEXT);
+         INSERT INTO jobs (title) VALUES ('engineer');",
+    )
+    .unwrap();
+    drop(conn);
+    let before = std::fs::read(&path).unwrap();
+    let err = open(&path).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Incompatible, "{err}");
+    assert!(err.to_string().contains("jobs"), "{err}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the file was changed"
+    );
+    assert!(!dir.path().join("app.db-wal").exists());
+}
+
+fn broken_write(store: &SqliteStore) -> String {
+    let err = block_on(store.enqueue(NewJob::new("p"))).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    err.to_string()
+}
+
+#[test]
+fn a_deleted_database_refuses_writes_instead_of_losing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    let store = open(&path).unwrap();
+    block_on(store.enqueue(NewJob::new("p"))).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let text = broken_write(&store);
+    assert!(text.contains("deleted"), "{text}");
+    // And it stays refused.
+    assert!(broken_write(&store).contains("deleted"));
+}
+
+#[test]
+fn a_replaced_database_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    let store = open(&path).unwrap();
+    block_on(store.enqueue(NewJob::new("p"))).unwrap();
+    let other = dir.path().join("other.db");
+    std::fs::write(&other, b"").unwrap();
+    std::fs::rename(&other, &path).unwrap();
+    assert!(broken_write(&store).contains("replaced"));
+}
+
+#[test]
+fn a_truncated_database_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    let store = open(&path).unwrap();
+    block_on(store.enqueue(NewJob::new("p"))).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let text = broken_write(&store);
+    assert!(
+        text.contains("truncated") || text.contains("malformed"),
+        "{text}"
+    );
+}
+
+/// While the writer is busy, callers wait to send instead of queueing
+/// without bound; every one of them gets its answer once it catches up.
+#[test]
+fn a_busy_writer_pushes_back() {
+    use futures::FutureExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(
+        dir.path().join("jobs.db"),
+        SqliteOptions::default().clock(Arc::new(ManualClock::default())),
+    )
+    .unwrap();
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let busy = store.clone();
+    let blocker = std::thread::spawn(move || {
+        block_on(busy.write_op(move |_tx| {
+            let _ = entered_tx.send(());
+            let _ = release_rx.lock().unwrap().recv();
+            Ok(())
+        }))
+    });
+    entered.recv().unwrap();
+    let callers = crate::writer::WRITE_QUEUE + 100;
+    let mut waiting: Vec<_> = (0..callers)
+        .map(|i| store.enqueue(NewJob::new(format!("p{i}"))).boxed())
+        .collect();
+    // Poll each once: the first WRITE_QUEUE are queued, the rest wait.
+    for f in &mut waiting {
+        assert!(f.as_mut().now_or_never().is_none());
+    }
+    assert_eq!(store.queued_writes(), crate::writer::WRITE_QUEUE);
+    release.send(()).unwrap();
+    blocker.join().unwrap().unwrap();
+    let done = block_on(futures::future::join_all(waiting));
+    assert!(done.iter().all(Result::is_ok));
+    assert_eq!(store.queued_writes(), 0);
+}
