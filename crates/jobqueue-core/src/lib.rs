@@ -49,5 +49,5 @@ pub use outbox::{
 pub use retry::{Jitter, RetryPolicy, SeededJitter};
 pub use store::{
     CancelOutcome, ClaimRequest, Claimed, EventFilter, EventSink, FailureOutcome, JobFilter,
-    JobPage, JobStore, Lease, RecoverScope,
+    JobPage, JobStore, Lease, Pruned, RecoverScope,
 };

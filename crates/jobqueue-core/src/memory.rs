@@ -26,7 +26,7 @@ use crate::outbox::{
 };
 use crate::store::{
     CancelOutcome, ClaimRequest, Claimed, EventFilter, EventSink, FailureOutcome, JobFilter,
-    JobPage, JobStore, Lease, RecoverScope,
+    JobPage, JobStore, Lease, Pruned, RecoverScope,
 };
 
 /// The page size of [`JobStore::list`] when the filter gives none.
@@ -579,6 +579,37 @@ impl JobStore for MemoryStore {
             st.remove_job(job.id, keep_from);
         }
         Ok(jobs.into_iter().map(|j| j.id).collect())
+    }
+
+    async fn prune(&self, before: OffsetDateTime, limit: usize) -> Result<Pruned, StoreError> {
+        let mut st = self.lock();
+        let ended: Vec<DeliveryId> = st
+            .deliveries
+            .values()
+            .filter(|d| d.status != DeliveryStatus::Pending && d.created_at < before)
+            .map(|d| d.id)
+            .take(limit)
+            .collect();
+        for id in &ended {
+            st.deliveries.remove(id);
+        }
+        // A job's events all go with it but its `job.deleted` event; so an
+        // event whose job is gone is such a tombstone.
+        let tombstones: Vec<u64> = st
+            .events
+            .values()
+            .filter(|e| e.at < before && matches!(e.data, EventData::Deleted {}))
+            .filter(|e| !st.jobs.contains_key(&e.job_id))
+            .map(|e| e.seq)
+            .take(limit)
+            .collect();
+        for seq in &tombstones {
+            st.events.remove(seq);
+        }
+        Ok(Pruned {
+            deliveries: ended.len(),
+            tombstones: tombstones.len(),
+        })
     }
 
     async fn due_deliveries(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {

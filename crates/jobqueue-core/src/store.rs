@@ -109,6 +109,15 @@ pub enum RecoverScope {
     ExpiredLeases,
 }
 
+/// What [`JobStore::prune`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Ended webhook deliveries.
+    pub deliveries: usize,
+    /// `job.deleted` events of long-deleted jobs.
+    pub tombstones: usize,
+}
+
 /// Which jobs to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobFilter {
@@ -287,6 +296,14 @@ pub trait JobStore: Send + Sync + 'static {
         stale_before: OffsetDateTime,
         limit: usize,
     ) -> Result<Vec<JobId>, StoreError>;
+
+    /// Removes history retention no longer needs, up to `limit` rows of
+    /// each kind: webhook deliveries that ended (delivered or failed) and
+    /// were created before `before`, and the `job.deleted` events of jobs
+    /// deleted before `before` (the only events that outlive their jobs).
+    /// Pending deliveries and the events of jobs that still exist are never
+    /// touched, and sequence numbers are never reused afterwards.
+    async fn prune(&self, before: OffsetDateTime, limit: usize) -> Result<Pruned, StoreError>;
 
     /// Pending deliveries whose next attempt is due, oldest first.
     async fn due_deliveries(&self, limit: usize) -> Result<Vec<Delivery>, StoreError>;

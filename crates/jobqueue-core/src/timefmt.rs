@@ -61,7 +61,7 @@ pub fn format(t: OffsetDateTime) -> String {
     out
 }
 
-/// Reads what [`format`] writes: RFC 3339, or the expanded form.
+/// Reads what [`format()`] writes: RFC 3339, or the expanded form.
 pub fn parse(s: &str) -> Result<OffsetDateTime, String> {
     if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
         return Ok(t);
@@ -80,7 +80,7 @@ pub mod rfc3339 {
     use serde::{Deserialize, Deserializer, Serializer};
     use time::OffsetDateTime;
 
-    /// Writes `t` with [`super::format`].
+    /// Writes `t` with [`super::format()`].
     pub fn serialize<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&super::format(*t))
     }
@@ -96,7 +96,7 @@ pub mod rfc3339 {
         use serde::{Deserialize, Deserializer, Serializer};
         use time::OffsetDateTime;
 
-        /// Writes `t` with [`super::super::format`], or `null`.
+        /// Writes `t` with [`super::super::format()`], or `null`.
         pub fn serialize<S: Serializer>(
             t: &Option<OffsetDateTime>,
             s: S,

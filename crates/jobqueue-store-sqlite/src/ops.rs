@@ -16,9 +16,9 @@ use diesel::sqlite::{Sqlite, SqliteConnection};
 use jobqueue_core::apply::lease_until;
 use jobqueue_core::machine::job_transition;
 use jobqueue_core::{
-    AttemptOutcome, CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryId, EventData,
-    FailureOutcome, Job, JobAction, JobError, JobId, JobStatus, Lease, NewJob, Progress,
-    RecoverScope, StoreError,
+    AttemptOutcome, CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryId, DeliveryStatus,
+    EventData, FailureOutcome, Job, JobAction, JobError, JobId, JobStatus, Lease, NewJob, Progress,
+    Pruned, RecoverScope, StoreError,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -26,7 +26,7 @@ use time::OffsetDateTime;
 use crate::error::db_err;
 use crate::query::{insert_job, job_row, load_job, save_job, with_phases};
 use crate::rows::{DeliveryRow, JobRow, job_status, micros, sql_count};
-use crate::schema::{events, jobs, webhook_deliveries};
+use crate::schema::{events, jobs, tombstones, webhook_deliveries};
 use crate::writer::Tx;
 
 /// A random version-4 UUID made by SQLite, so one `UPDATE` gives every
@@ -433,16 +433,29 @@ fn remove_job(tx: &mut Tx<'_>, id: &str, keep_from: u64) -> Result<(), StoreErro
     Ok(())
 }
 
-pub(crate) fn delete(tx: &mut Tx<'_>, id: JobId) -> Result<(), StoreError> {
-    let row = job_row(tx.conn(), id)?.ok_or(StoreError::JobNotFound(id))?;
-    job_transition(job_status(&row.status)?, JobAction::Delete)?;
-    let keep_from = tx.last_seq() + 1;
+/// Appends the `job.deleted` event of the job of `row`, noted as a
+/// tombstone for [`prune`].
+fn emit_deleted(tx: &mut Tx<'_>, id: JobId, row: &JobRow) -> Result<(), StoreError> {
     tx.emit(
         id,
         &row.pipeline,
         row.webhook_url.as_deref(),
         EventData::Deleted {},
     )?;
+    let seq = i64::try_from(tx.last_seq()).unwrap_or(i64::MAX);
+    let at = micros(tx.now);
+    diesel::insert_into(tombstones::table)
+        .values((tombstones::seq.eq(seq), tombstones::at.eq(at)))
+        .execute(tx.write_conn())
+        .map_err(db_err)?;
+    Ok(())
+}
+
+pub(crate) fn delete(tx: &mut Tx<'_>, id: JobId) -> Result<(), StoreError> {
+    let row = job_row(tx.conn(), id)?.ok_or(StoreError::JobNotFound(id))?;
+    job_transition(job_status(&row.status)?, JobAction::Delete)?;
+    let keep_from = tx.last_seq() + 1;
+    emit_deleted(tx, id, &row)?;
     remove_job(tx, &row.id, keep_from)
 }
 
@@ -503,18 +516,57 @@ pub(crate) fn delete_stale(
     let mut ids = Vec::with_capacity(rows.len());
     for row in &rows {
         let id = row.job_id()?;
-        tx.emit(
-            id,
-            &row.pipeline,
-            row.webhook_url.as_deref(),
-            EventData::Deleted {},
-        )?;
+        emit_deleted(tx, id, row)?;
         ids.push(id);
     }
     for row in &rows {
         remove_job(tx, &row.id, keep_from)?;
     }
     Ok(ids)
+}
+
+pub(crate) fn prune(
+    tx: &mut Tx<'_>,
+    before: OffsetDateTime,
+    limit: usize,
+) -> Result<Pruned, StoreError> {
+    let before = micros(before);
+    let limit = sql_count(limit);
+    let ended: Vec<String> = webhook_deliveries::table
+        .filter(webhook_deliveries::status.eq_any([
+            DeliveryStatus::Delivered.as_str(),
+            DeliveryStatus::Failed.as_str(),
+        ]))
+        .filter(webhook_deliveries::created_at.lt(before))
+        .order((webhook_deliveries::created_at, webhook_deliveries::id))
+        .limit(limit)
+        .select(webhook_deliveries::id)
+        .load(tx.conn())
+        .map_err(db_err)?;
+    if !ended.is_empty() {
+        diesel::delete(webhook_deliveries::table.filter(webhook_deliveries::id.eq_any(&ended)))
+            .execute(tx.write_conn())
+            .map_err(db_err)?;
+    }
+    let old: Vec<i64> = tombstones::table
+        .filter(tombstones::at.lt(before))
+        .order((tombstones::at, tombstones::seq))
+        .limit(limit)
+        .select(tombstones::seq)
+        .load(tx.conn())
+        .map_err(db_err)?;
+    if !old.is_empty() {
+        diesel::delete(events::table.filter(events::seq.eq_any(&old)))
+            .execute(tx.write_conn())
+            .map_err(db_err)?;
+        diesel::delete(tombstones::table.filter(tombstones::seq.eq_any(&old)))
+            .execute(tx.write_conn())
+            .map_err(db_err)?;
+    }
+    Ok(Pruned {
+        deliveries: ended.len(),
+        tombstones: old.len(),
+    })
 }
 
 pub(crate) fn record_attempt(

@@ -197,6 +197,8 @@ pub(crate) mod kind {
     pub(crate) struct InsertDelivery;
     /// [`super::PhasesOfJobs`].
     pub(crate) struct PhasesOfJobs;
+    /// `UPDATE store_state SET last_seq = ?`.
+    pub(crate) struct SaveLastSeq;
 }
 
 impl<K, Q: Query> Query for Fixed<K, Q> {

@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use crate::error::db_err;
 use crate::query::with_phases;
 use crate::rows::{DeliveryRow, EventRow, JobRow, from_micros, micros, sql_count};
-use crate::schema::{events, jobs, webhook_deliveries};
+use crate::schema::{events, jobs, store_state, webhook_deliveries};
 use crate::writer::ReadJob;
 
 /// Runs `f` in a read transaction.
@@ -131,12 +131,20 @@ pub(crate) fn events_after(
         .collect()
 }
 
+/// The highest sequence number ever handed out: the saved counter, or the
+/// highest event if that is higher (it never is, but reading both costs
+/// nothing and keeps a number from being reused whatever happened).
 pub(crate) fn last_seq(conn: &mut SqliteConnection) -> Result<u64, StoreError> {
-    let seq: Option<i64> = events::table
+    let saved: Vec<i64> = store_state::table
+        .select(store_state::last_seq)
+        .load(conn)
+        .map_err(db_err)?;
+    let highest: Option<i64> = events::table
         .select(max(events::seq))
         .first(conn)
         .map_err(db_err)?;
-    Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
+    let seq = saved.into_iter().chain(highest).max().unwrap_or(0);
+    Ok(u64::try_from(seq).unwrap_or(0))
 }
 
 pub(crate) fn due_deliveries(

@@ -220,3 +220,95 @@ fn a_busy_writer_pushes_back() {
     assert!(done.iter().all(Result::is_ok));
     assert_eq!(store.queued_writes(), 0);
 }
+
+/// Size of the database file. (Its WAL is bounded on its own: the writer
+/// checkpoints it every few thousand pages and then reuses it.)
+fn footprint(dir: &std::path::Path) -> u64 {
+    std::fs::metadata(dir.join("jobs.db")).map_or(0, |m| m.len())
+}
+
+/// Runs `rounds` rounds of 200 one-phase jobs through the store, each
+/// completion routed to a webhook that answers, then retention (stale after an
+/// hour, deleted an hour later, history pruned after two) if `prune`; returns
+/// the file's size after each round.
+async fn churn(dir: &std::path::Path, rounds: usize, prune: bool) -> Vec<u64> {
+    use jobqueue_core::{AttemptOutcome, ClaimRequest, Clock as _, WebhookRoute};
+    let clock = Arc::new(ManualClock::default());
+    let store = SqliteStore::open(
+        dir.join("jobs.db"),
+        SqliteOptions::default().clock(clock.clone()),
+    )
+    .unwrap();
+    store.set_webhook_routes(vec![WebhookRoute {
+        url: "http://hook/".into(),
+        events: Some(vec![jobqueue_core::EventType::JobCompleted]),
+    }]);
+    let hour = std::time::Duration::from_secs(3600);
+    let mut sizes = Vec::new();
+    for round in 0..rounds {
+        let specs = (0..200)
+            .map(|i| {
+                NewJob::new("p")
+                    .phases(["only"])
+                    .input(serde_json::json!({"round": round, "i": i, "pad": "x".repeat(200)}))
+            })
+            .collect();
+        store.enqueue_batch(specs).await.unwrap();
+        let claimed = store.claim(ClaimRequest::new(200)).await.unwrap();
+        futures::future::join_all(claimed.iter().map(|c| async {
+            store.phase_started(&c.lease, 0).await.unwrap();
+            store
+                .phase_completed(&c.lease, 0, serde_json::json!({"ok": round}))
+                .await
+                .unwrap();
+            store.complete_job(&c.lease).await.unwrap();
+        }))
+        .await;
+        loop {
+            let due = store.due_deliveries(500).await.unwrap();
+            if due.is_empty() {
+                break;
+            }
+            futures::future::join_all(
+                due.iter()
+                    .map(|d| store.record_attempt(d.id, AttemptOutcome::Delivered { status: 200 })),
+            )
+            .await;
+        }
+        clock.advance(hour);
+        if prune {
+            let now = clock.now();
+            while !store.mark_stale(now - hour, 500).await.unwrap().is_empty() {}
+            while !store
+                .delete_stale(now - hour, 500)
+                .await
+                .unwrap()
+                .is_empty()
+            {}
+            while store.prune(now - 2 * hour, 500).await.unwrap() != Default::default() {}
+        }
+        sizes.push(footprint(dir));
+    }
+    store.close().await;
+    sizes
+}
+
+/// With retention the file stops growing: freed pages are reused, ended
+/// deliveries and tombstones go too. Without it, the file grows every round.
+#[test]
+fn retention_keeps_the_file_at_a_steady_size() {
+    let kept = tempfile::tempdir().unwrap();
+    let sizes = block_on(churn(kept.path(), 16, true));
+    let settled = sizes[7];
+    let last = *sizes.last().unwrap();
+    assert!(
+        last <= settled + settled / 20,
+        "the file kept growing with retention: {sizes:?}"
+    );
+    let grown = tempfile::tempdir().unwrap();
+    let without = block_on(churn(grown.path(), 16, false));
+    assert!(
+        *without.last().unwrap() > last * 2,
+        "without retention: {without:?}, with: {sizes:?}"
+    );
+}

@@ -60,6 +60,20 @@ diesel::table! {
 }
 
 diesel::table! {
+    store_state (id) {
+        id -> BigInt,
+        last_seq -> BigInt,
+    }
+}
+
+diesel::table! {
+    tombstones (seq) {
+        seq -> BigInt,
+        at -> BigInt,
+    }
+}
+
+diesel::table! {
     webhook_deliveries (id) {
         id -> Text,
         event_seq -> BigInt,
@@ -81,4 +95,11 @@ diesel::table! {
 
 diesel::joinable!(phases -> jobs (job_id));
 
-diesel::allow_tables_to_appear_in_same_query!(events, jobs, phases, webhook_deliveries);
+diesel::allow_tables_to_appear_in_same_query!(
+    events,
+    jobs,
+    phases,
+    store_state,
+    tombstones,
+    webhook_deliveries
+);

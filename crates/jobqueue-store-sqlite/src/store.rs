@@ -12,7 +12,7 @@ use futures_channel::oneshot;
 use jobqueue_core::{
     AttemptOutcome, CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId,
     Event, EventFilter, EventSink, FailureOutcome, Job, JobError, JobFilter, JobId, JobPage,
-    JobStore, Lease, NewJob, Progress, RecoverScope, StoreError, WebhookRoute,
+    JobStore, Lease, NewJob, Progress, Pruned, RecoverScope, StoreError, WebhookRoute,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -394,6 +394,10 @@ impl JobStore for SqliteStore {
     ) -> Result<Vec<JobId>, StoreError> {
         self.write(move |tx| ops::delete_stale(tx, stale_before, limit))
             .await
+    }
+
+    async fn prune(&self, before: OffsetDateTime, limit: usize) -> Result<Pruned, StoreError> {
+        self.write(move |tx| ops::prune(tx, before, limit)).await
     }
 
     async fn due_deliveries(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {

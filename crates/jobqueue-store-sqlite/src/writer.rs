@@ -44,7 +44,7 @@ use crate::guard::FileGuard;
 use crate::lock::FileLock;
 use crate::query::{Fixed, kind};
 use crate::rows::{DeliveryRow, EventRow};
-use crate::schema::{events, webhook_deliveries};
+use crate::schema::{events, store_state, webhook_deliveries};
 
 /// A read, run on some connection; it sends its own answer.
 pub(crate) type ReadJob = Box<dyn FnOnce(&mut SqliteConnection) + Send>;
@@ -543,6 +543,7 @@ impl Writer {
         savepoints: bool,
     ) -> Result<(), Stop> {
         let routes = self.shared.routes();
+        let first_seq = self.last_seq;
         let single = ops.len() == 1;
         let savepoints = savepoints && !single;
         self.conn
@@ -618,6 +619,15 @@ impl Writer {
                 })?;
         }
         if any_ok {
+            if self.last_seq != first_seq {
+                // The counter only goes up, in the same commit as the
+                // events, so pruned events never give their numbers back.
+                let seq = i64::try_from(self.last_seq).unwrap_or(i64::MAX);
+                let save = diesel::update(store_state::table).set(store_state::last_seq.eq(seq));
+                Fixed::<kind::SaveLastSeq, _>::new(save)
+                    .execute(&mut self.conn)
+                    .map_err(|e| fail(e, "saving the event sequence"))?;
+            }
             // Nothing is acknowledged into a file that is gone.
             if let Some(guard) = &mut self.guard {
                 guard.check().map_err(Stop::Failed)?;

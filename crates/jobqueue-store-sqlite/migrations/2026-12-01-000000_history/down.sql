@@ -1,0 +1,3 @@
+DROP INDEX deliveries_ended;
+DROP TABLE tombstones;
+DROP TABLE store_state;
