@@ -1,19 +1,28 @@
 //! The store conformance suite: every operation of [`JobStore`] and every
-//! guarantee of its contract that a store is responsible for, as a list of
-//! cases any store runs. [`MemoryStore`](crate::MemoryStore) passes it; so
-//! must every other store.
+//! guarantee of its contract that a store is responsible for, as cases any
+//! store runs, each as its own test. [`MemoryStore`](crate::MemoryStore)
+//! passes them all; so must every other store.
+//!
+//! A store's crate runs the suite with [`conformance_tests!`](crate::conformance_tests),
+//! given a factory that makes a fresh, empty store on the suite's clock. It
+//! generates one `#[test]` per case, named after the case (`enqueue::round_trip`,
+//! `concurrent::racing_claims`, ...), so a test runner lists them, runs them in
+//! parallel and reports every failure, not just the first:
 //!
 //! ```
-//! use std::sync::Arc;
-//! use jobqueue_core::{JobStore, MemoryStore};
+//! # fn main() {}
+//! // In the store's crate, in a test module of its own (e.g. behind
+//! // `#[cfg(test)]` in lib.rs, or in a file under `tests/`), with the
+//! // store's own constructor in place of MemoryStore's:
+//! mod conformance {
+//!     use std::sync::Arc;
 //!
-//! # futures::executor::block_on(async {
-//! // In a store's test, with the store's own constructor in place of MemoryStore's:
-//! jobqueue_core::testing::run_all(|clock| {
-//!     Box::pin(async move { Arc::new(MemoryStore::with_clock(clock)) as Arc<dyn JobStore> })
-//! })
-//! .await;
-//! # });
+//!     use jobqueue_core::{JobStore, MemoryStore};
+//!
+//!     jobqueue_core::conformance_tests!(|clock| {
+//!         Box::pin(async move { Arc::new(MemoryStore::with_clock(clock)) as Arc<dyn JobStore> })
+//!     });
+//! }
 //! ```
 //!
 //! The suite controls time through the [`ManualClock`] it hands the factory,
@@ -21,6 +30,24 @@
 //! fresh, empty store; after each case the suite checks that the events the
 //! [`EventSink`] received are exactly the committed ones, gap-free and in
 //! order.
+//!
+//! The tests run each case on the calling thread with [`block_on`], which
+//! needs no async runtime: a store whose futures need one (a reactor, a
+//! runtime's timers) passes its own with `block_on = ...` (see
+//! [`conformance_tests!`](crate::conformance_tests)).
+//!
+//! # Layout, and adding a case
+//!
+//! Each area of the contract has a file (`enqueue`, `claim`, `phases`,
+//! `fencing`, `cancel_retry`, `recover`, `list_events`, `retention`,
+//! `webhooks`, `concurrent`) whose module doc says which guarantees it checks.
+//! A case is an `async fn(&Ctx)` in its area's file, `pub(super)`, that
+//! panics on a failure. To add one, write it there and add its name under
+//! its area in the list at the top of `__conformance_suite!` in this file:
+//! that is the one place a case is named, and every store that invokes
+//! [`conformance_tests!`](crate::conformance_tests) gets a test for it. A
+//! case written but not listed is dead code: the compiler warns, and
+//! clippy with `-D warnings` (CI) refuses it.
 
 #![expect(
     clippy::unwrap_used,
@@ -38,8 +65,10 @@ mod retention;
 mod webhooks;
 
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::Thread;
 
 use serde_json::json;
 
@@ -51,6 +80,160 @@ use crate::job::{Job, NewJob};
 use crate::machine::EventType;
 use crate::outbox::DeliveryFilter;
 use crate::store::{ClaimRequest, Claimed, EventFilter, EventSink, JobFilter, JobStore, Lease};
+
+/// The list of cases, by area, and what is generated from it: the test
+/// functions of [`conformance_tests!`](crate::conformance_tests) (`@tests`)
+/// and, in this crate, the [`cases`] module (`@table`). Not for direct use.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_suite {
+    // The one list of the suite: every case, under its area (its file).
+    ($mode:ident $args:tt) => {
+        $crate::__conformance_suite! { @$mode $args
+            enqueue {
+                round_trip,
+                refuses_bad_input,
+                unique_keys,
+                batch_is_all_or_nothing,
+            }
+            claim {
+                order_and_run_at,
+                never_hands_out_a_job_twice,
+            }
+            phases {
+                happy_path_events,
+                completed_phase_is_final,
+                complete_needs_every_phase,
+            }
+            fencing {
+                rejects_stale_tokens,
+            }
+            cancel_retry {
+                retry_resumes_at_failed_phase,
+                permanent_failure,
+                fail_job_without_phases,
+                cancel,
+                manual_retry,
+            }
+            recover {
+                interrupted_jobs_keep_their_context,
+                heartbeat_and_expired_leases,
+            }
+            list_events {
+                list_filters_and_cursor,
+                events_after_filters,
+            }
+            retention {
+                stale_then_deleted,
+                delete_by_user,
+            }
+            webhooks {
+                outbox,
+            }
+        }
+    };
+
+    // A store's tests: a module per area, a `#[test]` per case.
+    (@tests { [$factory:expr] [$block_on:expr] } $($area:ident { $($case:ident),* $(,)? })*) => {
+        /// Makes the store under test; shared by the generated tests.
+        #[cfg_attr(not(test), expect(dead_code, reason = "only the generated tests call it"))]
+        fn conformance_factory() -> impl $crate::testing::StoreFactory {
+            $factory
+        }
+
+        /// Drives one case to its end; shared by the generated tests.
+        #[cfg_attr(not(test), expect(dead_code, reason = "only the generated tests call it"))]
+        fn conformance_block_on(case: impl ::core::future::Future<Output = ()>) {
+            ($block_on)(case)
+        }
+
+        $(
+            mod $area {
+                $(
+                    #[test]
+                    fn $case() {
+                        super::conformance_block_on($crate::testing::run_case(
+                            super::conformance_factory(),
+                            $crate::testing::cases::$area::$case(),
+                        ));
+                    }
+                )*
+            }
+        )*
+    };
+
+    // This crate's table of cases: a function per case, for the tests above.
+    (@table {} $($area:ident { $($case:ident),* $(,)? })*) => {
+        /// Every case of the suite, by area, as the tests of
+        /// [`conformance_tests!`](crate::conformance_tests) run them; pass
+        /// one to [`run_case`](crate::testing::run_case) to run it by hand.
+        pub mod cases {
+            $(
+                #[doc = concat!("The cases of `", stringify!($area), "`.")]
+                pub mod $area {
+                    $(
+                        #[doc = concat!(
+                            "The case `", stringify!($area), "::", stringify!($case), "`."
+                        )]
+                        pub fn $case() -> $crate::testing::Case {
+                            $crate::testing::Case {
+                                name: concat!(stringify!($area), "::", stringify!($case)),
+                                run: |ctx| ::std::boxed::Box::pin($crate::testing::$area::$case(ctx)),
+                            }
+                        }
+                    )*
+                }
+            )*
+        }
+    };
+}
+
+crate::__conformance_suite!(table {});
+
+/// Generates the store conformance suite's tests for a store: one `#[test]`
+/// per case, in a module per area, so `cargo test` and `cargo nextest` list
+/// and run each case on its own (the list of cases is in [`testing`](crate::testing)).
+///
+/// Invoke it once per store configuration, in a test module of its own (it
+/// adds a module per area and two helper functions to it). The argument is
+/// the factory, anything that is a [`StoreFactory`](crate::testing::StoreFactory):
+/// called once per case with the case's clock, it makes a fresh, empty store
+/// that reads the time only from that clock.
+///
+/// The tests drive each case with [`testing::block_on`](crate::testing::block_on),
+/// which needs no runtime. A store whose futures need one passes its own
+/// executor as `block_on = ...`: anything callable as `block_on(future)`
+/// that runs the future to its end on the calling thread, e.g.
+/// `|case| tokio::runtime::Runtime::new().unwrap().block_on(case)`.
+///
+/// ```
+/// # fn main() {}
+/// mod conformance_on_my_executor {
+///     use std::sync::Arc;
+///
+///     use jobqueue_core::{JobStore, MemoryStore};
+///
+///     /// The executor of the store's choice; here it also could do the
+///     /// set-up and clean-up around each case.
+///     fn run(case: impl std::future::Future<Output = ()>) {
+///         jobqueue_core::testing::block_on(case)
+///     }
+///
+///     jobqueue_core::conformance_tests!(
+///         |clock| Box::pin(async move { Arc::new(MemoryStore::with_clock(clock)) as Arc<dyn JobStore> }),
+///         block_on = run,
+///     );
+/// }
+/// ```
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr, block_on = $block_on:expr $(,)?) => {
+        $crate::__conformance_suite! { tests { [$factory] [$block_on] } }
+    };
+    ($factory:expr $(,)?) => {
+        $crate::__conformance_suite! { tests { [$factory] [$crate::testing::block_on] } }
+    };
+}
 
 /// A boxed future, as the factory and the cases return them.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
@@ -94,62 +277,19 @@ impl EventSink for RecordingSink {
     }
 }
 
-/// One case of the suite.
+/// One case of the suite (see [`cases`]).
+#[derive(Clone, Copy)]
 pub struct Case {
-    /// Its name, printed before it runs.
+    /// Its name, `area::case`, as in the path of its test.
     pub name: &'static str,
-    /// The case.
+    /// The case: it panics on a failure.
     pub run: fn(&Ctx) -> BoxFuture<'_, ()>,
 }
 
-macro_rules! cases {
-    ($($area:ident :: $name:ident),* $(,)?) => {
-        /// Every case of the suite, in order.
-        pub fn cases() -> Vec<Case> {
-            vec![$(Case {
-                name: concat!(stringify!($area), "::", stringify!($name)),
-                run: |ctx| Box::pin($area::$name(ctx)),
-            },)*]
-        }
-    };
-}
-
-cases![
-    enqueue::round_trip,
-    enqueue::refuses_bad_input,
-    enqueue::unique_keys,
-    enqueue::batch_is_all_or_nothing,
-    claim::order_and_run_at,
-    claim::never_hands_out_a_job_twice,
-    phases::happy_path_events,
-    phases::completed_phase_is_final,
-    phases::complete_needs_every_phase,
-    fencing::rejects_stale_tokens,
-    cancel_retry::retry_resumes_at_failed_phase,
-    cancel_retry::permanent_failure,
-    cancel_retry::fail_job_without_phases,
-    cancel_retry::cancel,
-    cancel_retry::manual_retry,
-    recover::interrupted_jobs_keep_their_context,
-    recover::heartbeat_and_expired_leases,
-    list_events::list_filters_and_cursor,
-    list_events::events_after_filters,
-    retention::stale_then_deleted,
-    retention::delete_by_user,
-    webhooks::outbox,
-];
-
-/// Runs every case against fresh stores from `factory`, panicking with the
-/// case's name at the first failure.
-pub async fn run_all<F: StoreFactory>(factory: F) {
-    for case in cases() {
-        run_case(&factory, &case).await;
-    }
-}
-
-/// Runs one case against a fresh store from `factory`.
-pub async fn run_case<F: StoreFactory>(factory: &F, case: &Case) {
-    eprintln!("conformance: {}", case.name);
+/// Runs one case against a fresh store from `factory`, then checks that the
+/// events published to the store's sink are exactly the committed ones,
+/// gap-free and in order. Panics, naming the case, on a failure.
+pub async fn run_case<F: StoreFactory>(factory: F, case: Case) {
     let clock = Arc::new(ManualClock::default());
     let store = factory(clock.clone()).await;
     let sink = Arc::new(RecordingSink::default());
@@ -180,6 +320,37 @@ async fn check_published(ctx: &Ctx, case: &str) {
             published.get(e.seq as usize - 1),
             "[{case}] stored event differs from published one"
         );
+    }
+}
+
+/// Runs `future` to its end on the calling thread, parking the thread while
+/// the future waits: the executor of the generated tests. It needs no
+/// runtime, so it suits stores whose futures are woken by their own threads
+/// (channels) or are ready at once.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    /// Wakes the thread that runs the future.
+    struct Unpark(Thread);
+
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        // A wake-up that came before this park makes it return at once, so
+        // none is lost; a spurious return just polls again.
+        std::thread::park();
     }
 }
 
