@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use super::{
-    Ctx, assert_kind, claim_one, complete_phases, enqueue, job, run_to_completion, snapshot, spec,
-    types_of,
+    Ctx, assert_kind, claim_one, complete_phases, enqueue, events_of, job, run_to_completion,
+    snapshot, spec, types_of,
 };
 use crate::clock::Clock;
 use crate::error::ErrorKind;
@@ -17,7 +17,7 @@ use crate::event::EventData;
 use crate::id::JobId;
 use crate::job::{JobError, NewJob};
 use crate::machine::{EventType, JobStatus, PhaseStatus};
-use crate::store::{CancelOutcome, ClaimRequest, EventFilter, FailureOutcome};
+use crate::store::{CancelOutcome, ClaimRequest, FailureOutcome};
 
 pub(super) async fn retry_resumes_at_failed_phase(ctx: &Ctx) {
     let j = enqueue(ctx, "p", &["a", "b", "c"]).await;
@@ -36,13 +36,7 @@ pub(super) async fn retry_resumes_at_failed_phase(ctx: &Ctx) {
     assert_eq!(after.phases[1].status, PhaseStatus::Failed);
     assert_eq!(after.phases[1].error.as_deref(), Some("timeout"));
     assert_eq!(job(ctx, j.id).await, after);
-    let last = ctx
-        .store
-        .events_after(0, EventFilter::default(), 100)
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let last = events_of(ctx, j.id).await.pop().unwrap();
     assert_eq!(
         last.data,
         EventData::PhaseFailed {
@@ -99,18 +93,7 @@ pub(super) async fn permanent_failure(ctx: &Ctx) {
     assert_eq!(failed.finished_at, Some(ctx.clock.now()));
     assert!(failed.lease.is_none());
     assert_eq!(job(ctx, j.id).await, failed);
-    let evs = ctx
-        .store
-        .events_after(
-            0,
-            EventFilter {
-                job: Some(j.id),
-                types: vec![],
-            },
-            100,
-        )
-        .await
-        .unwrap();
+    let evs = events_of(ctx, j.id).await;
     let tail: Vec<EventData> = evs[evs.len() - 2..]
         .iter()
         .map(|e| e.data.clone())
@@ -151,13 +134,7 @@ pub(super) async fn fail_job_without_phases(ctx: &Ctx) {
     assert_eq!(failed.status, JobStatus::Failed);
     assert_eq!(failed.error, Some(err.clone()));
     assert_eq!(job(ctx, j.id).await, failed);
-    let last = ctx
-        .store
-        .events_after(0, EventFilter::default(), 100)
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let last = events_of(ctx, j.id).await.pop().unwrap();
     assert_eq!(last.data, EventData::Failed { error: err });
     // fail_job on a running phase fails that phase too.
     let k = enqueue(ctx, "p", &["a"]).await;
@@ -259,19 +236,7 @@ pub(super) async fn manual_retry(ctx: &Ctx) {
     assert!(r.error.is_none() && r.finished_at.is_none());
     assert_eq!(r.run_at, ctx.clock.now());
     assert_eq!(job(ctx, j.id).await, r);
-    let last = s
-        .events_after(
-            0,
-            EventFilter {
-                job: Some(j.id),
-                types: vec![],
-            },
-            100,
-        )
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let last = events_of(ctx, j.id).await.pop().unwrap();
     assert_eq!(
         last.data,
         EventData::Retried {

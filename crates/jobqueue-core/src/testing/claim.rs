@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{Ctx, enqueue, job, spec, types_of};
+use super::{Ctx, claimed_ids, enqueue, job, spec, types_of};
 use crate::clock::Clock;
 use crate::id::JobId;
 use crate::machine::{EventType, JobStatus};
@@ -36,14 +36,7 @@ pub(super) async fn order_and_run_at(ctx: &Ctx) {
         .unwrap();
     let mut req = ClaimRequest::new(10);
     req.exclude_pipelines = vec!["q".into()];
-    let got: Vec<JobId> = ctx
-        .store
-        .claim(req)
-        .await
-        .unwrap()
-        .iter()
-        .map(|c| c.job.id)
-        .collect();
+    let got = claimed_ids(ctx, req).await;
     assert_eq!(
         got,
         [high.id, low.id, low2.id],
@@ -57,23 +50,9 @@ pub(super) async fn order_and_run_at(ctx: &Ctx) {
             .is_empty()
     );
     ctx.clock.advance(Duration::from_secs(10));
-    let got: Vec<JobId> = ctx
-        .store
-        .claim(ClaimRequest::new(1))
-        .await
-        .unwrap()
-        .iter()
-        .map(|c| c.job.id)
-        .collect();
+    let got = claimed_ids(ctx, ClaimRequest::new(1)).await;
     assert_eq!(got, [later.id], "due now, highest priority");
-    let got: Vec<JobId> = ctx
-        .store
-        .claim(ClaimRequest::new(5))
-        .await
-        .unwrap()
-        .iter()
-        .map(|c| c.job.id)
-        .collect();
+    let got = claimed_ids(ctx, ClaimRequest::new(5)).await;
     assert_eq!(got, [other.id]);
     // Equal priority: earlier run_at first.
     let a = ctx
@@ -86,14 +65,7 @@ pub(super) async fn order_and_run_at(ctx: &Ctx) {
         .enqueue(spec("p", &["a"]).run_at(now - Duration::from_secs(5)))
         .await
         .unwrap();
-    let got: Vec<JobId> = ctx
-        .store
-        .claim(ClaimRequest::new(5))
-        .await
-        .unwrap()
-        .iter()
-        .map(|c| c.job.id)
-        .collect();
+    let got = claimed_ids(ctx, ClaimRequest::new(5)).await;
     assert_eq!(got, [b.id, a.id]);
 }
 

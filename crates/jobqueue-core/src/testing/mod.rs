@@ -376,18 +376,28 @@ async fn job(ctx: &Ctx, id: JobId) -> Job {
     ctx.store.job(id).await.unwrap().expect("job exists")
 }
 
-async fn types_of(ctx: &Ctx, id: JobId) -> Vec<EventType> {
+/// Every event of job `id`, oldest first.
+async fn events_of(ctx: &Ctx, id: JobId) -> Vec<Event> {
     let filter = EventFilter {
         job: Some(id),
         types: vec![],
     };
-    ctx.store
-        .events_after(0, filter, usize::MAX)
+    ctx.store.events_after(0, filter, usize::MAX).await.unwrap()
+}
+
+/// The types of every event of job `id`, oldest first.
+async fn types_of(ctx: &Ctx, id: JobId) -> Vec<EventType> {
+    events_of(ctx, id)
         .await
-        .unwrap()
         .iter()
         .map(Event::event_type)
         .collect()
+}
+
+/// The ids of the jobs one claim hands out, in claim order.
+async fn claimed_ids(ctx: &Ctx, req: ClaimRequest) -> Vec<JobId> {
+    let claimed = ctx.store.claim(req).await.unwrap();
+    claimed.iter().map(|c| c.job.id).collect()
 }
 
 /// Everything observable about the store, to check that a refused write

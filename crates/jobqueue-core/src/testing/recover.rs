@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use super::{Ctx, assert_kind, claim_one, complete_phases, enqueue, job, snapshot};
+use super::{Ctx, assert_kind, claim_one, complete_phases, enqueue, events_of, job, snapshot};
 use crate::clock::Clock;
 use crate::error::ErrorKind;
 use crate::event::EventData;
 use crate::job::Progress;
 use crate::machine::{JobStatus, PhaseStatus};
-use crate::store::{ClaimRequest, EventFilter, RecoverScope};
+use crate::store::{ClaimRequest, RecoverScope};
 
 pub(super) async fn interrupted_jobs_keep_their_context(ctx: &Ctx) {
     let s = &ctx.store;
@@ -45,19 +45,7 @@ pub(super) async fn interrupted_jobs_keep_their_context(ctx: &Ctx) {
     assert_eq!(r.phases[0].status, PhaseStatus::Completed);
     assert_eq!(r.phases[1].status, PhaseStatus::Pending);
     assert_eq!(r.results().len(), 1);
-    let last = s
-        .events_after(
-            0,
-            EventFilter {
-                job: Some(j.id),
-                types: vec![],
-            },
-            100,
-        )
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let last = events_of(ctx, j.id).await.pop().unwrap();
     assert_eq!(
         last.data,
         EventData::Interrupted {
