@@ -56,6 +56,7 @@
 
 mod cancel_retry;
 mod claim;
+mod concurrent;
 mod enqueue;
 mod fencing;
 mod list_events;
@@ -129,6 +130,13 @@ macro_rules! __conformance_suite {
             }
             webhooks {
                 outbox,
+            }
+            concurrent {
+                racing_claims,
+                racing_unique_enqueues,
+                cancel_racing_completion,
+                cancel_racing_claim,
+                racing_retries,
             }
         }
     };
@@ -352,6 +360,31 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
         // none is lost; a spurious return just polls again.
         std::thread::park();
     }
+}
+
+/// Polls every future of `futures` each time one is woken until all are
+/// done, and returns their outputs in order: the racing calls of a case start
+/// together, as they would from separate tasks.
+async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(&mut outputs) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(out) => *output = Some(out),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(outputs.iter_mut().map(|o| o.take().unwrap()).collect())
+        }
+    })
+    .await
 }
 
 // ---------------------------------------------------------------- helpers
