@@ -670,18 +670,15 @@ impl JobStore for MemoryStore {
     }
 }
 
+/// The conformance suite, a test per case: the reference store passes them all.
 #[cfg(all(test, feature = "testing"))]
-mod tests {
+mod conformance {
     use std::sync::Arc;
 
     use super::MemoryStore;
     use crate::store::JobStore;
-    use crate::testing;
 
-    #[test]
-    fn passes_the_conformance_suite() {
-        futures::executor::block_on(testing::run_all(|clock| {
-            Box::pin(async move { Arc::new(MemoryStore::with_clock(clock)) as Arc<dyn JobStore> })
-        }));
-    }
+    crate::conformance_tests!(|clock| {
+        Box::pin(async move { Arc::new(MemoryStore::with_clock(clock)) as Arc<dyn JobStore> })
+    });
 }

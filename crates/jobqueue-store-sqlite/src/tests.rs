@@ -613,33 +613,63 @@ async fn concurrent_enqueue_and_claim() {
     assert_eq!(done.jobs.len(), 1);
 }
 
-/// The conformance suite of core on a real file, one fresh file per case.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_on_a_file() {
-    let dirs: Arc<Mutex<Vec<tempfile::TempDir>>> = Arc::default();
-    let keep = dirs.clone();
-    jobqueue_core::testing::run_all(move |clock| {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(
-            dir.path().join("jobs.db"),
-            SqliteOptions::default().clock(clock),
-        )
-        .unwrap();
-        keep.lock().unwrap().push(dir);
-        Box::pin(async move { Arc::new(store) as Arc<dyn JobStore> })
-    })
-    .await;
-    drop(dirs);
-}
+/// The conformance suite of core, a test per case, on a fresh file per case
+/// and on a fresh in-memory database per case. The store's futures are woken
+/// by its own threads, so the suite's runtime-free executor drives them.
+mod conformance {
+    use std::cell::RefCell;
+    use std::future::Future;
+    use std::sync::Arc;
 
-/// The conformance suite on an in-memory database.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_in_memory() {
-    jobqueue_core::testing::run_all(|clock| {
+    use jobqueue_core::testing::BoxFuture;
+    use jobqueue_core::{JobStore, ManualClock};
+
+    use crate::{SqliteOptions, SqliteStore};
+
+    thread_local! {
+        /// The directories of the file stores the running case opened.
+        static CASE_DIRS: RefCell<Vec<tempfile::TempDir>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A store on a new file in a new temporary directory, removed when the
+    /// case ends (see [`run_then_remove_dirs`]).
+    fn on_a_new_file(clock: Arc<ManualClock>) -> BoxFuture<'static, Arc<dyn JobStore>> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::file_store(&dir, clock);
+        CASE_DIRS.with_borrow_mut(|dirs| dirs.push(dir));
+        Box::pin(async move { Arc::new(store) as Arc<dyn JobStore> })
+    }
+
+    /// A store on a new in-memory database.
+    fn on_a_new_memory_database(clock: Arc<ManualClock>) -> BoxFuture<'static, Arc<dyn JobStore>> {
         let store = SqliteStore::open_in_memory(SqliteOptions::default().clock(clock)).unwrap();
         Box::pin(async move { Arc::new(store) as Arc<dyn JobStore> })
-    })
-    .await;
+    }
+
+    /// Runs a case, then removes the directories its stores used, also when
+    /// it failed. The case's future, and with it the store, is gone by then:
+    /// dropping the store closes the database first.
+    fn run_then_remove_dirs(case: impl Future<Output = ()>) {
+        struct RemoveDirs;
+        impl Drop for RemoveDirs {
+            fn drop(&mut self) {
+                drop(CASE_DIRS.take());
+            }
+        }
+        let _remove = RemoveDirs;
+        jobqueue_core::testing::block_on(case);
+    }
+
+    mod on_a_file {
+        jobqueue_core::conformance_tests!(
+            super::on_a_new_file,
+            block_on = super::run_then_remove_dirs
+        );
+    }
+
+    mod in_memory {
+        jobqueue_core::conformance_tests!(super::on_a_new_memory_database);
+    }
 }
 
 /// Set in the environment of the child process of [`acknowledged_writes_survive_sigkill`]:

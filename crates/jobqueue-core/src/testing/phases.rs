@@ -1,0 +1,165 @@
+//! Phases: the events of a job that runs to completion, in order; phases run
+//! only in order, and a completed phase is final (never started, completed
+//! or failed again, not even after a retry or an interruption); a job
+//! completes only when every phase completed.
+
+use serde_json::json;
+
+use super::{Ctx, assert_kind, claim_one, complete_phases, enqueue, job, snapshot};
+use crate::clock::Clock;
+use crate::error::ErrorKind;
+use crate::event::EventData;
+use crate::job::Progress;
+use crate::machine::{JobStatus, PhaseStatus};
+use crate::store::{EventFilter, FailureOutcome};
+
+pub(super) async fn happy_path_events(ctx: &Ctx) {
+    let j = enqueue(ctx, "build", &["fetch", "compile"]).await;
+    let c = claim_one(ctx).await;
+    let s = &ctx.store;
+    s.phase_started(&c.lease, 0).await.unwrap();
+    s.phase_progress(&c.lease, 0, Progress::new(40, Some("4 of 10".into())))
+        .await
+        .unwrap();
+    let mid = job(ctx, j.id).await;
+    assert_eq!(mid.phases[0].status, PhaseStatus::Running);
+    assert_eq!(mid.phases[0].attempts, 1);
+    assert_eq!(
+        mid.phases[0].progress,
+        Some(Progress::new(40, Some("4 of 10".into())))
+    );
+    s.phase_completed(&c.lease, 0, json!({"bytes": 12}))
+        .await
+        .unwrap();
+    s.phase_started(&c.lease, 1).await.unwrap();
+    s.phase_completed(&c.lease, 1, json!("ok")).await.unwrap();
+    let done = s.complete_job(&c.lease).await.unwrap();
+    assert_eq!(done.status, JobStatus::Completed);
+    assert_eq!(done.finished_at, Some(ctx.clock.now()));
+    assert!(done.lease.is_none());
+    assert_eq!(
+        done.results(),
+        json!({"fetch": {"bytes": 12}, "compile": "ok"})
+            .as_object()
+            .cloned()
+            .unwrap()
+    );
+    assert_eq!(job(ctx, j.id).await, done);
+    let events = s
+        .events_after(0, EventFilter::default(), 100)
+        .await
+        .unwrap();
+    let data: Vec<EventData> = events.iter().map(|e| e.data.clone()).collect();
+    let now = ctx.clock.now();
+    assert_eq!(
+        data,
+        [
+            EventData::Created {
+                run_at: now,
+                priority: 0
+            },
+            EventData::Started { attempt: 1 },
+            EventData::PhaseStarted {
+                phase: "fetch".into(),
+                index: 0,
+                attempt: 1
+            },
+            EventData::PhaseProgress {
+                phase: "fetch".into(),
+                percent: 40,
+                message: Some("4 of 10".into())
+            },
+            EventData::PhaseCompleted {
+                phase: "fetch".into(),
+                index: 0,
+                result: json!({"bytes": 12})
+            },
+            EventData::PhaseStarted {
+                phase: "compile".into(),
+                index: 1,
+                attempt: 1
+            },
+            EventData::PhaseCompleted {
+                phase: "compile".into(),
+                index: 1,
+                result: json!("ok")
+            },
+            EventData::Completed {
+                results: done.results()
+            },
+        ]
+    );
+    assert!(
+        events.windows(2).all(|w| w[0].seq < w[1].seq),
+        "strictly increasing"
+    );
+}
+
+pub(super) async fn completed_phase_is_final(ctx: &Ctx) {
+    let j = enqueue(ctx, "p", &["a", "b"]).await;
+    let c = claim_one(ctx).await;
+    let s = &ctx.store;
+    // Out of order: b cannot start before a completed.
+    let before = snapshot(ctx).await;
+    assert_kind(s.phase_started(&c.lease, 1).await, ErrorKind::Conflict);
+    assert_kind(s.phase_started(&c.lease, 7).await, ErrorKind::Invalid);
+    assert_kind(
+        s.phase_completed(&c.lease, 0, json!(1)).await,
+        ErrorKind::Conflict,
+    );
+    assert_kind(
+        s.phase_progress(&c.lease, 0, Progress::new(1, None)).await,
+        ErrorKind::Conflict,
+    );
+    assert_eq!(snapshot(ctx).await, before);
+    complete_phases(ctx, &c.lease, 0..1).await;
+    let before = snapshot(ctx).await;
+    assert_kind(s.phase_started(&c.lease, 0).await, ErrorKind::Conflict);
+    assert_kind(
+        s.phase_completed(&c.lease, 0, json!("again")).await,
+        ErrorKind::Conflict,
+    );
+    assert_kind(
+        s.phase_failed(&c.lease, 0, "x".into(), FailureOutcome::Fail)
+            .await,
+        ErrorKind::Conflict,
+    );
+    assert_eq!(
+        snapshot(ctx).await,
+        before,
+        "a completed phase is never reset"
+    );
+    // A retry, an interruption and a manual retry keep it completed.
+    s.phase_started(&c.lease, 1).await.unwrap();
+    s.phase_failed(
+        &c.lease,
+        1,
+        "flaky".into(),
+        FailureOutcome::RetryAt(ctx.clock.now()),
+    )
+    .await
+    .unwrap();
+    let c = claim_one(ctx).await;
+    s.interrupt(&c.lease).await.unwrap();
+    let c = claim_one(ctx).await;
+    s.phase_started(&c.lease, 1).await.unwrap();
+    s.phase_failed(&c.lease, 1, "broken".into(), FailureOutcome::Fail)
+        .await
+        .unwrap();
+    s.retry(j.id).await.unwrap();
+    let now = job(ctx, j.id).await;
+    assert_eq!(now.phases[0].status, PhaseStatus::Completed);
+    assert_eq!(now.phases[0].attempts, 1);
+    assert_eq!(now.phases[0].result, Some(json!({"phase": 0})));
+    assert_eq!(now.first_incomplete_phase(), Some(1));
+}
+
+pub(super) async fn complete_needs_every_phase(ctx: &Ctx) {
+    let j = enqueue(ctx, "p", &["a", "b"]).await;
+    let c = claim_one(ctx).await;
+    complete_phases(ctx, &c.lease, 0..1).await;
+    let before = snapshot(ctx).await;
+    assert_kind(ctx.store.complete_job(&c.lease).await, ErrorKind::Conflict);
+    assert_eq!(snapshot(ctx).await, before);
+    assert_eq!(job(ctx, j.id).await.status, JobStatus::Running);
+}
