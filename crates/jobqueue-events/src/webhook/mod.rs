@@ -35,6 +35,7 @@
 
 mod dispatch;
 pub mod sign;
+mod special;
 mod url;
 
 use std::fmt;
