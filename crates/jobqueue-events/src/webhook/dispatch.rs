@@ -33,6 +33,7 @@ use hyper_util::client::legacy::connect::dns::GaiResolver;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use jobqueue_core::{
     AttemptOutcome, Clock, Delivery, DeliveryId, DeliveryTarget, JobStore, StoreError, SystemClock,
+    timefmt,
 };
 use time::OffsetDateTime;
 use tokio::sync::{broadcast, watch};
@@ -161,7 +162,7 @@ impl Dispatcher {
                 attempts,
             },
             wake: None,
-            concurrency: config.concurrency.max(1),
+            concurrency: config.concurrency,
             max_idle: DEFAULT_MAX_IDLE,
         })
     }
@@ -182,10 +183,17 @@ impl Dispatcher {
     }
 
     /// Looks at the store at least this often even without a wake-up
-    /// (default [`DEFAULT_MAX_IDLE`]).
-    pub fn max_idle(mut self, every: Duration) -> Self {
-        self.max_idle = every.max(Duration::from_millis(1));
-        self
+    /// (default [`DEFAULT_MAX_IDLE`]). Refused below 1 ms, which would keep
+    /// the store busy for nothing; [`Duration::MAX`] means never.
+    pub fn max_idle(mut self, every: Duration) -> Result<Self, WebhookError> {
+        if every < Duration::from_millis(1) {
+            return Err(WebhookError::InvalidSetting {
+                setting: "webhook dispatcher max_idle".to_owned(),
+                reason: format!("must be at least 1ms, not {every:?}"),
+            });
+        }
+        self.max_idle = every;
+        Ok(self)
     }
 
     /// Every delivery row after an attempt was recorded (status, attempts,
@@ -497,7 +505,8 @@ impl Shared {
 const USER_AGENT: &str = concat!("jobqueue-webhooks/", env!("CARGO_PKG_VERSION"));
 
 /// `Retry` after the schedule's next delay (or `retry_after` when longer),
-/// or `Failed` when the schedule is used up.
+/// or `Failed` when the schedule is used up or the next attempt would be
+/// later than a store can hold.
 fn retry_or_fail(
     d: &Delivery,
     route: &Route,
@@ -509,23 +518,40 @@ fn retry_or_fail(
     // `attempts` counts the attempts before this one: the first failure
     // waits the first delay.
     let made = usize::try_from(d.attempts).unwrap_or(usize::MAX);
-    match route.schedule.get(made) {
-        Some(delay) => {
-            let delay = (*delay).max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER));
-            AttemptOutcome::Retry {
-                status,
-                error,
-                next_attempt_at: now + delay,
-            }
-        }
-        None => AttemptOutcome::Failed {
+    let Some(delay) = route.schedule.get(made) else {
+        return AttemptOutcome::Failed {
             status,
             error: format!(
                 "{error} (gave up after {} attempts)",
                 made.saturating_add(1)
             ),
+        };
+    };
+    let delay = (*delay).max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER));
+    match after(now, delay) {
+        Some(next_attempt_at) => AttemptOutcome::Retry {
+            status,
+            error,
+            next_attempt_at,
+        },
+        // Only a clock near the end of year 9999 gets here (delays are
+        // bounded): a time the store would refuse must never be written.
+        None => AttemptOutcome::Failed {
+            status,
+            error: format!(
+                "{error} (gave up: the next attempt, {delay:?} after {}, would be later \
+                 than {}, the latest time a store keeps)",
+                timefmt::format(now),
+                timefmt::format(timefmt::MAX)
+            ),
         },
     }
+}
+
+/// `now + delay`, if that is a time a store can hold (see [`timefmt`]).
+fn after(now: OffsetDateTime, delay: Duration) -> Option<OffsetDateTime> {
+    let delay = time::Duration::try_from(delay).ok()?;
+    now.checked_add(delay).filter(|t| timefmt::in_range(*t))
 }
 
 /// The wait a `Retry-After` header asks for: seconds, or an HTTP date.
@@ -591,9 +617,113 @@ impl DispatcherHandle {
 
 #[cfg(test)]
 mod tests {
+    use jobqueue_core::outbox::deliveries_for;
+    use jobqueue_core::{Event, EventData, JobId, MemoryStore};
     use time::macros::datetime;
 
     use super::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn route(schedule: &[Duration]) -> Route {
+        Route {
+            key: SigningKey::from_secret(SECRET).unwrap(),
+            schedule: schedule.to_vec(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn delivery(now: OffsetDateTime) -> Delivery {
+        let event = Event {
+            seq: 1,
+            job_id: JobId::new(),
+            pipeline: "p".to_owned(),
+            at: now,
+            data: EventData::Deleted {},
+        };
+        deliveries_for(&event, &[], Some("http://example.com/"), now).remove(0)
+    }
+
+    fn error_of(outcome: &AttemptOutcome) -> &str {
+        match outcome {
+            AttemptOutcome::Failed { error, .. } => error,
+            other => panic!("not failed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn retries_are_scheduled_from_now() {
+        let now = datetime!(2030-01-01 00:00:00 UTC);
+        let outcome = retry_or_fail(
+            &delivery(now),
+            &route(&[Duration::from_secs(5)]),
+            now,
+            Some(500),
+            "HTTP 500".to_owned(),
+            Some(Duration::from_secs(2)),
+        );
+        let AttemptOutcome::Retry {
+            next_attempt_at, ..
+        } = outcome
+        else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!(next_attempt_at, datetime!(2030-01-01 00:00:05 UTC));
+    }
+
+    #[test]
+    fn a_next_attempt_past_what_a_store_keeps_fails_the_delivery() {
+        let now = datetime!(2030-01-01 00:00:00 UTC);
+        // Neither a delay nor a `Retry-After` too large for `OffsetDateTime`
+        // panics...
+        for (delay, retry_after) in [
+            (Duration::MAX, None),
+            (Duration::from_secs(u64::MAX / 2), None),
+            (Duration::ZERO, Some(Duration::MAX)),
+        ] {
+            let outcome = retry_or_fail(
+                &delivery(now),
+                &route(&[delay]),
+                now,
+                Some(503),
+                "HTTP 503".to_owned(),
+                retry_after,
+            );
+            if retry_after.is_some() {
+                // ...a long `Retry-After` is cut to a day...
+                assert!(
+                    matches!(outcome, AttemptOutcome::Retry { .. }),
+                    "{outcome:?}"
+                );
+            } else {
+                assert!(error_of(&outcome).contains("gave up"), "{outcome:?}");
+            }
+        }
+        // ...and a clock near the end of year 9999 never yields a time past it.
+        let late = timefmt::MAX - Duration::from_secs(1);
+        let outcome = retry_or_fail(
+            &delivery(late),
+            &route(&[Duration::from_secs(3600)]),
+            late,
+            None,
+            "no answer".to_owned(),
+            None,
+        );
+        let error = error_of(&outcome);
+        assert!(error.contains("9999-12-31T23:59:59.999999Z"), "{error}");
+        assert!(error.starts_with("no answer"), "{error}");
+    }
+
+    #[test]
+    fn max_idle_is_at_least_a_millisecond() {
+        let store: Arc<dyn JobStore> = Arc::new(MemoryStore::new());
+        let dispatcher = || Dispatcher::new(store.clone(), &WebhookConfig::default()).unwrap();
+        let err = dispatcher().max_idle(Duration::ZERO).unwrap_err();
+        assert!(err.to_string().contains("max_idle"), "{err}");
+        assert!(dispatcher().max_idle(Duration::from_micros(999)).is_err());
+        assert!(dispatcher().max_idle(Duration::from_millis(1)).is_ok());
+        assert!(dispatcher().max_idle(Duration::MAX).is_ok());
+    }
 
     #[test]
     fn retry_after_reads_seconds_and_dates() {

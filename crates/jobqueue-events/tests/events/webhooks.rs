@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobqueue_core::{
-    ClaimRequest, DeliveryFilter, DeliveryStatus, DeliveryTarget, EventType, JobStore, NewJob,
+    ClaimRequest, DeliveryFilter, DeliveryStatus, DeliveryTarget, EventType, JobStore, ManualClock,
+    NewJob, timefmt,
 };
 use jobqueue_events::{Dispatcher, DispatcherHandle, Endpoint, EventBus, WebhookConfig};
 use serde_json::json;
@@ -156,6 +157,31 @@ async fn retry_after_is_honoured_when_longer() {
     assert!(waited >= ms(990), "waited only {waited:?}");
     let asked = retry.next_attempt_at.unwrap() - retry.created_at;
     assert!(asked >= time::Duration::milliseconds(990), "{asked}");
+}
+
+#[tokio::test]
+async fn a_clock_at_the_end_of_time_fails_deliveries_instead_of_panicking() {
+    let rx = Receiver::start(SECRET, |_| (503, vec![])).await;
+    let (store, bus) = store_and_bus(64);
+    let config = endpoint(rx.url(), &[10]);
+    store.set_webhook_routes(config.routes());
+    // 10 ms after this is year 10000, which no store keeps.
+    let clock = Arc::new(ManualClock::new(timefmt::MAX - ms(5)));
+    let dispatcher = Dispatcher::new(store.clone(), &config)
+        .unwrap()
+        .with_clock(clock)
+        .wake_on(bus.latest());
+    let mut attempts = dispatcher.attempts();
+    let handle = dispatcher.spawn();
+    store.enqueue(NewJob::new("p")).await.unwrap();
+    let row = within("the failed delivery", attempts.recv())
+        .await
+        .unwrap();
+    handle.shutdown().await;
+    assert_eq!((row.status, row.attempts), (DeliveryStatus::Failed, 1));
+    let error = row.last_error.unwrap();
+    assert!(error.starts_with("HTTP 503"), "{error}");
+    assert!(error.contains("9999-12-31"), "{error}");
 }
 
 #[tokio::test]
