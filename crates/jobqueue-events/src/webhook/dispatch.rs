@@ -437,10 +437,9 @@ impl Shared {
             );
         }
 
-        let now = self.clock.now();
         let id = d.id.to_string();
         let body = event_json_string(&d.event);
-        let timestamp = now.unix_timestamp();
+        let timestamp = self.clock.now().unix_timestamp();
         let signature = route.key.sign(&id, timestamp, body.as_bytes());
         let request = Request::builder()
             .method(Method::POST)
@@ -460,6 +459,9 @@ impl Shared {
         } else {
             tokio::time::timeout(route.timeout, self.public.request(request)).await
         };
+        // Delays count from when the attempt failed, not from when it began:
+        // a receiver that times out must not be tried again at once.
+        let now = self.clock.now();
         match sent {
             Err(_) => retry_or_fail(
                 d,

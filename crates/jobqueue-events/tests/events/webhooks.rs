@@ -160,6 +160,37 @@ async fn retry_after_is_honoured_when_longer() {
 }
 
 #[tokio::test]
+async fn retry_delays_count_from_the_failed_attempt() {
+    // A receiver that takes connections and never answers: every attempt
+    // times out.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let (store, bus) = store_and_bus(64);
+    let mut config = endpoint(url, &[300]);
+    config.endpoints[0].timeout = ms(200);
+    let (handle, mut attempts) = start(&store, &bus, &config);
+    store.enqueue(NewJob::new("p")).await.unwrap();
+    let row = within("the timed-out attempt", attempts.recv())
+        .await
+        .unwrap();
+    handle.shutdown().await;
+    silent.abort();
+    assert_eq!(row.status, DeliveryStatus::Pending);
+    let error = row.last_error.as_deref().unwrap();
+    assert!(error.contains("no answer"), "{error}");
+    // The attempt began when the delivery was written; the delay counts
+    // from its timeout, 200 ms later.
+    let waits = row.next_attempt_at.unwrap() - row.created_at;
+    assert!(waits >= time::Duration::milliseconds(500), "{waits}");
+}
+
+#[tokio::test]
 async fn a_clock_at_the_end_of_time_fails_deliveries_instead_of_panicking() {
     let rx = Receiver::start(SECRET, |_| (503, vec![])).await;
     let (store, bus) = store_and_bus(64);
