@@ -219,14 +219,27 @@ impl Dispatcher {
     /// Attempts every delivery that is due now, once, and returns how many
     /// were attempted. The running loop of [`spawn`](Self::spawn) does the
     /// same continuously; this is for one-shot use and tests.
+    ///
+    /// It reads the outbox `concurrency` rows at a time and attempts each
+    /// page's deliveries at once, so neither memory nor connections grow
+    /// with the backlog. A delivery that fails with a zero retry delay is
+    /// due again at once; it is not attempted twice, and it ends the run
+    /// when nothing new is left in front of it.
     pub async fn run_once(&self) -> Result<usize, StoreError> {
-        let due = self.shared.store.due_deliveries(usize::MAX).await?;
-        let count = due.len();
         let shared = &self.shared;
-        let mut attempts: futures::stream::FuturesUnordered<_> =
-            due.into_iter().map(|d| shared.deliver(d)).collect();
-        while futures::StreamExt::next(&mut attempts).await.is_some() {}
-        Ok(count)
+        let mut attempted: HashSet<DeliveryId> = HashSet::new();
+        loop {
+            let due = shared.store.due_deliveries(self.concurrency).await?;
+            let mut attempts: futures::stream::FuturesUnordered<_> = due
+                .into_iter()
+                .filter(|d| attempted.insert(d.id))
+                .map(|d| shared.deliver(d))
+                .collect();
+            if attempts.is_empty() {
+                return Ok(attempted.len());
+            }
+            while futures::StreamExt::next(&mut attempts).await.is_some() {}
+        }
     }
 
     /// Starts the dispatch loop on the tokio runtime, supervised: a panic
@@ -473,7 +486,8 @@ impl Shared {
         free: usize,
     ) -> Result<Option<Duration>, StoreError> {
         // Due deliveries include those in flight (they are pending until
-        // recorded), so ask for enough to find `free` new ones.
+        // recorded), so ask for enough to find `free` new ones: at most
+        // `concurrency` rows, which `WebhookConfig::validate` bounds.
         let due = self
             .store
             .due_deliveries(free.saturating_add(in_flight.len()))

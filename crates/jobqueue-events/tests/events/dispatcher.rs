@@ -1,15 +1,15 @@
 //! The dispatcher's own robustness: a panic in its loop or in an attempt is
-//! counted and survived.
+//! counted and survived, and a large outbox is read in bounded pages.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use jobqueue_core::{
-    Clock, Delivery, DeliveryFilter, DeliveryStatus, NewJob, SystemClock, TaskState,
+    Clock, Delivery, DeliveryFilter, DeliveryStatus, JobStore, NewJob, SystemClock, TaskState,
 };
-use jobqueue_events::{Dispatcher, DispatcherHandle, Endpoint, WebhookConfig};
+use jobqueue_events::{Dispatcher, DispatcherHandle, Endpoint, EventBus, WebhookConfig};
 use time::OffsetDateTime;
 
 use crate::probe::ProbeStore;
@@ -126,4 +126,71 @@ async fn a_panic_in_an_attempt_is_its_failure() {
     let rows = store.deliveries(DeliveryFilter::default()).await.unwrap();
     assert_eq!(rows[0].status, DeliveryStatus::Delivered);
     assert_eq!(rx.next().await.verified, Ok(()));
+}
+
+/// A dispatcher config with `concurrency` and the outbox of `jobs` jobs (one
+/// delivery each) on a probe store.
+async fn backlog(
+    url: String,
+    schedule: &[Duration],
+    concurrency: usize,
+    jobs: usize,
+) -> (Arc<ProbeStore>, Arc<dyn JobStore>, EventBus, WebhookConfig) {
+    let (probe, store, bus) = ProbeStore::with_bus();
+    let config = WebhookConfig {
+        concurrency,
+        ..config(url, schedule)
+    };
+    store.set_webhook_routes(config.routes());
+    for _ in 0..jobs {
+        store.enqueue(NewJob::new("p")).await.unwrap();
+    }
+    (probe, store, bus, config)
+}
+
+#[tokio::test]
+async fn run_once_reads_the_outbox_in_pages() {
+    let mut rx = Receiver::start(SECRET, |_| (200, vec![])).await;
+    let (probe, store, _bus, config) = backlog(rx.url(), &[Duration::ZERO], 4, 30).await;
+    let dispatcher = Dispatcher::new(store.clone(), &config).unwrap();
+    assert_eq!(within("run_once", dispatcher.run_once()).await.unwrap(), 30);
+
+    let limits = probe.due_limits();
+    assert!(limits.iter().all(|n| *n <= 4), "{limits:?}");
+    let ids: HashSet<String> = rx.drain().into_iter().map(|r| r.id).collect();
+    assert_eq!(ids.len(), 30);
+    let rows = store.deliveries(DeliveryFilter::default()).await.unwrap();
+    assert!(rows.iter().all(|d| d.status == DeliveryStatus::Delivered));
+}
+
+#[tokio::test]
+async fn run_once_attempts_each_due_delivery_once() {
+    // A failed attempt with a zero delay is due again at once.
+    let mut rx = Receiver::start(SECRET, |_| (500, vec![])).await;
+    let (_probe, store, _bus, config) = backlog(rx.url(), &[Duration::ZERO; 3], 2, 5).await;
+    let dispatcher = Dispatcher::new(store.clone(), &config).unwrap();
+    assert_eq!(within("run_once", dispatcher.run_once()).await.unwrap(), 5);
+
+    assert_eq!(rx.drain().len(), 5);
+    let rows = store.deliveries(DeliveryFilter::default()).await.unwrap();
+    assert!(rows.iter().all(|d| d.attempts == 1), "{rows:?}");
+}
+
+#[tokio::test]
+async fn the_loop_reads_the_outbox_in_pages() {
+    let rx = Receiver::start(SECRET, |_| (200, vec![])).await;
+    let (probe, store, bus, config) = backlog(rx.url(), &[Duration::ZERO], 4, 30).await;
+    let dispatcher = Dispatcher::new(store.clone(), &config)
+        .unwrap()
+        .wake_on(bus.latest());
+    let mut attempts = dispatcher.attempts();
+    let handle = dispatcher.spawn();
+    wait_for_deliveries(&mut attempts, "30 deliveries", |s| {
+        all_ended(s, 30, DeliveryStatus::Delivered)
+    })
+    .await;
+    handle.shutdown().await;
+
+    let limits = probe.due_limits();
+    assert!(limits.iter().all(|n| *n <= 4), "{limits:?}");
 }

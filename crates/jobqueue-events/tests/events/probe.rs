@@ -1,8 +1,8 @@
-//! A store that panics on demand: faults a real store cannot produce when a
-//! test wants them.
+//! A store that watches how the dispatcher reads the outbox and panics on
+//! demand: faults a real store cannot produce when a test wants them.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,11 +15,12 @@ use jobqueue_events::EventBus;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-/// A [`MemoryStore`] that panics in `due_deliveries` or `record_attempt` as
-/// often as it is told.
+/// A [`MemoryStore`] that records every `limit` the outbox is read with and
+/// panics in `due_deliveries` or `record_attempt` as often as it is told.
 #[derive(Default)]
 pub(crate) struct ProbeStore {
     inner: MemoryStore,
+    due_limits: Mutex<Vec<usize>>,
     due_panics: AtomicU32,
     record_panics: AtomicU32,
 }
@@ -43,6 +44,11 @@ impl ProbeStore {
     pub(crate) fn panic_in_record_attempt(&self, n: u32) {
         self.record_panics.store(n, Ordering::SeqCst);
     }
+
+    /// Every `limit` `due_deliveries` was called with so far.
+    pub(crate) fn due_limits(&self) -> Vec<usize> {
+        self.due_limits.lock().unwrap().clone()
+    }
 }
 
 /// Takes one from `left` if it is above zero, and says whether it did.
@@ -54,6 +60,7 @@ fn take_one(left: &AtomicU32) -> bool {
 #[async_trait]
 impl JobStore for ProbeStore {
     async fn due_deliveries(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        self.due_limits.lock().unwrap().push(limit);
         if take_one(&self.due_panics) {
             panic!("injected panic in due_deliveries");
         }
