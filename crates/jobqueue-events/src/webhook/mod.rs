@@ -69,10 +69,11 @@ pub const DEFAULT_CONCURRENCY: usize = 16;
 /// every read of the outbox small.
 pub const MAX_CONCURRENCY: usize = 1024;
 
-/// The longest delay a retry schedule may have. Longer is almost surely a
-/// mistake of units, and a bound keeps every next-attempt time far inside
-/// what a store can hold (years 0 to 9999).
-pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The longest delay a retry schedule may have: ten years (of 365 days).
+/// A delay that long parks a delivery (tests do, to keep one pending); a
+/// longer one is a mistake of units, and the bound keeps every next-attempt
+/// time far inside what a store can hold (years 0 to 9999).
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// The longest timeout an attempt may have: an attempt holds one of the
 /// concurrency slots, and shutdown waits for the attempts in flight.
