@@ -186,12 +186,12 @@ pub(crate) struct Forbidden {
 impl fmt::Display for Forbidden {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(v4) = self.via {
-            write!(f, "it carries the IPv4 address {v4}, which is ")?;
+            write!(f, "carrying {v4}, ")?;
         }
         let Block {
             cidr, name, rfc, ..
         } = self.block;
-        write!(f, "in {cidr} ({name}, {rfc})")
+        write!(f, "in {cidr}, {name} ({rfc})")
     }
 }
 
