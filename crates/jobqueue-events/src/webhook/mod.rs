@@ -227,14 +227,6 @@ impl WebhookConfig {
             &self.job_retry_schedule,
         )?;
         for (i, e) in self.endpoints.iter().enumerate() {
-            check_timeout(
-                || format!("timeout of webhook endpoint {}", e.url),
-                e.timeout,
-            )?;
-            check_schedule(
-                || format!("retry_schedule of webhook endpoint {}", e.url),
-                &e.retry_schedule,
-            )?;
             check_webhook_url(&e.url, true).map_err(|reason| WebhookError::InvalidUrl {
                 url: e.url.clone(),
                 reason,
@@ -245,6 +237,14 @@ impl WebhookConfig {
             if self.endpoints[..i].iter().any(|o| o.url == e.url) {
                 return Err(WebhookError::DuplicateEndpoint { url: e.url.clone() });
             }
+            check_timeout(
+                || format!("timeout of webhook endpoint {}", e.url),
+                e.timeout,
+            )?;
+            check_schedule(
+                || format!("retry_schedule of webhook endpoint {}", e.url),
+                &e.retry_schedule,
+            )?;
         }
         if let Some(secret) = &self.default_secret {
             SigningKey::from_secret(secret).map_err(|_| WebhookError::InvalidSecret {
