@@ -35,6 +35,7 @@
 
 mod dispatch;
 pub mod sign;
+mod special;
 mod url;
 
 use std::fmt;
@@ -63,6 +64,21 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How many deliveries are in flight at once by default.
 pub const DEFAULT_CONCURRENCY: usize = 16;
 
+/// The most deliveries a configuration may have in flight at once. The
+/// dispatcher reads the outbox this many rows at a time, so the bound keeps
+/// every read of the outbox small.
+pub const MAX_CONCURRENCY: usize = 1024;
+
+/// The longest delay a retry schedule may have: ten years (of 365 days).
+/// A delay that long parks a delivery (tests do, to keep one pending); a
+/// longer one is a mistake of units, and the bound keeps every next-attempt
+/// time far inside what a store can hold (years 0 to 9999).
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// The longest timeout an attempt may have: an attempt holds one of the
+/// concurrency slots, and shutdown waits for the attempts in flight.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// A `Retry-After` longer than this is cut to it, so a receiver cannot park
 /// a delivery for ever.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -79,8 +95,10 @@ pub struct Endpoint {
     /// `job.phase.progress`.
     pub events: Option<Vec<EventType>>,
     /// The delays between attempts; after the last one the delivery fails.
+    /// Each at most [`MAX_RETRY_DELAY`].
     pub retry_schedule: Vec<Duration>,
-    /// How long one attempt may take to get an answer.
+    /// How long one attempt may take to get an answer: more than zero and
+    /// at most [`MAX_TIMEOUT`].
     pub timeout: Duration,
 }
 
@@ -139,11 +157,13 @@ pub struct WebhookConfig {
     /// Lets a job's `webhook_url` reach loopback, private, link-local and
     /// unspecified addresses (`allow_private_webhook_urls`).
     pub allow_private: bool,
-    /// The delays between attempts of per-job deliveries.
+    /// The delays between attempts of per-job deliveries, each at most
+    /// [`MAX_RETRY_DELAY`].
     pub job_retry_schedule: Vec<Duration>,
-    /// The timeout of one attempt of a per-job delivery.
+    /// The timeout of one attempt of a per-job delivery: more than zero and
+    /// at most [`MAX_TIMEOUT`].
     pub job_timeout: Duration,
-    /// Deliveries in flight at once (at least 1).
+    /// Deliveries in flight at once: 1 to [`MAX_CONCURRENCY`].
     pub concurrency: usize,
 }
 
@@ -191,9 +211,21 @@ impl WebhookConfig {
             .collect()
     }
 
-    /// Checks every URL and secret, and that no URL is configured twice
-    /// (a delivery finds its endpoint by URL).
+    /// Checks every URL and secret, that no URL is configured twice (a
+    /// delivery finds its endpoint by URL), and that every timeout, retry
+    /// delay and the concurrency are within their bounds.
     pub fn validate(&self) -> Result<(), WebhookError> {
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            return Err(WebhookError::InvalidSetting {
+                setting: "webhook concurrency".to_owned(),
+                reason: format!("must be 1 to {MAX_CONCURRENCY}, not {}", self.concurrency),
+            });
+        }
+        check_timeout(|| "webhook job_timeout".to_owned(), self.job_timeout)?;
+        check_schedule(
+            || "webhook job_retry_schedule".to_owned(),
+            &self.job_retry_schedule,
+        )?;
         for (i, e) in self.endpoints.iter().enumerate() {
             check_webhook_url(&e.url, true).map_err(|reason| WebhookError::InvalidUrl {
                 url: e.url.clone(),
@@ -205,6 +237,14 @@ impl WebhookConfig {
             if self.endpoints[..i].iter().any(|o| o.url == e.url) {
                 return Err(WebhookError::DuplicateEndpoint { url: e.url.clone() });
             }
+            check_timeout(
+                || format!("timeout of webhook endpoint {}", e.url),
+                e.timeout,
+            )?;
+            check_schedule(
+                || format!("retry_schedule of webhook endpoint {}", e.url),
+                &e.retry_schedule,
+            )?;
         }
         if let Some(secret) = &self.default_secret {
             SigningKey::from_secret(secret).map_err(|_| WebhookError::InvalidSecret {
@@ -212,6 +252,41 @@ impl WebhookConfig {
             })?;
         }
         Ok(())
+    }
+}
+
+/// Checks that `timeout`, the setting `setting` names, is more than zero and
+/// at most [`MAX_TIMEOUT`].
+fn check_timeout(setting: impl FnOnce() -> String, timeout: Duration) -> Result<(), WebhookError> {
+    let reason = if timeout.is_zero() {
+        "must be more than zero".to_owned()
+    } else if timeout > MAX_TIMEOUT {
+        format!("is {timeout:?}, more than the limit of {MAX_TIMEOUT:?}")
+    } else {
+        return Ok(());
+    };
+    Err(WebhookError::InvalidSetting {
+        setting: setting(),
+        reason,
+    })
+}
+
+/// Checks that no delay of `schedule`, the setting `setting` names, is
+/// longer than [`MAX_RETRY_DELAY`].
+fn check_schedule(
+    setting: impl FnOnce() -> String,
+    schedule: &[Duration],
+) -> Result<(), WebhookError> {
+    match schedule.iter().position(|d| *d > MAX_RETRY_DELAY) {
+        None => Ok(()),
+        Some(i) => Err(WebhookError::InvalidSetting {
+            setting: setting(),
+            reason: format!(
+                "has a delay of {:?} (number {}), more than the limit of {MAX_RETRY_DELAY:?}",
+                schedule[i],
+                i + 1
+            ),
+        }),
     }
 }
 
@@ -241,6 +316,14 @@ pub enum WebhookError {
     DuplicateEndpoint {
         /// The URL.
         url: String,
+    },
+    /// A timeout, delay, count or interval is out of its bounds.
+    #[error("{setting} {reason}")]
+    InvalidSetting {
+        /// Which setting, e.g. `webhook job_timeout`.
+        setting: String,
+        /// What is wrong with its value.
+        reason: String,
     },
 }
 
@@ -284,6 +367,84 @@ mod tests {
         bad.default_secret = Some("nope nope".into());
         let err = bad.validate().unwrap_err();
         assert!(err.to_string().contains("webhook_secret"), "{err}");
+    }
+
+    #[test]
+    fn settings_out_of_bounds_are_refused() {
+        let day = Duration::from_secs(24 * 3600);
+        let endpoint = || Endpoint::new("http://a/", SECRET);
+        let cases: Vec<(WebhookConfig, &str)> = vec![
+            (
+                WebhookConfig {
+                    concurrency: 0,
+                    ..WebhookConfig::default()
+                },
+                "webhook concurrency",
+            ),
+            (
+                WebhookConfig {
+                    concurrency: MAX_CONCURRENCY + 1,
+                    ..WebhookConfig::default()
+                },
+                "webhook concurrency",
+            ),
+            (
+                WebhookConfig {
+                    job_timeout: Duration::ZERO,
+                    ..WebhookConfig::default()
+                },
+                "webhook job_timeout",
+            ),
+            (
+                WebhookConfig {
+                    job_timeout: Duration::MAX,
+                    ..WebhookConfig::default()
+                },
+                "webhook job_timeout",
+            ),
+            (
+                WebhookConfig {
+                    job_retry_schedule: vec![day, MAX_RETRY_DELAY + Duration::from_nanos(1)],
+                    ..WebhookConfig::default()
+                },
+                "webhook job_retry_schedule",
+            ),
+            (
+                WebhookConfig {
+                    endpoints: vec![endpoint().timeout(Duration::ZERO)],
+                    ..WebhookConfig::default()
+                },
+                "timeout of webhook endpoint http://a/",
+            ),
+            (
+                WebhookConfig {
+                    endpoints: vec![endpoint().retry_schedule([Duration::MAX])],
+                    ..WebhookConfig::default()
+                },
+                "retry_schedule of webhook endpoint http://a/",
+            ),
+        ];
+        for (config, setting) in cases {
+            let err = config.validate().unwrap_err();
+            assert!(
+                matches!(&err, WebhookError::InvalidSetting { setting: s, .. } if s == setting),
+                "{err:?}"
+            );
+            assert!(err.to_string().starts_with(setting), "{err}");
+        }
+
+        let at_the_limits = WebhookConfig {
+            endpoints: vec![
+                endpoint()
+                    .retry_schedule([Duration::ZERO, MAX_RETRY_DELAY])
+                    .timeout(MAX_TIMEOUT),
+            ],
+            job_retry_schedule: vec![MAX_RETRY_DELAY],
+            job_timeout: Duration::from_nanos(1),
+            concurrency: MAX_CONCURRENCY,
+            ..WebhookConfig::default()
+        };
+        assert_eq!(at_the_limits.validate(), Ok(()));
     }
 
     #[test]

@@ -9,6 +9,8 @@
     reason = "test helpers outside #[test] functions; a panic is the failure report"
 )]
 
+mod dispatcher;
+mod probe;
 mod sse;
 mod support;
 mod webhooks;

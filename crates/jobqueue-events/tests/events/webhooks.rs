@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobqueue_core::{
-    ClaimRequest, DeliveryFilter, DeliveryStatus, DeliveryTarget, EventType, JobStore, NewJob,
+    ClaimRequest, DeliveryFilter, DeliveryStatus, DeliveryTarget, EventType, JobStore, ManualClock,
+    NewJob, timefmt,
 };
 use jobqueue_events::{Dispatcher, DispatcherHandle, Endpoint, EventBus, WebhookConfig};
 use serde_json::json;
@@ -156,6 +157,62 @@ async fn retry_after_is_honoured_when_longer() {
     assert!(waited >= ms(990), "waited only {waited:?}");
     let asked = retry.next_attempt_at.unwrap() - retry.created_at;
     assert!(asked >= time::Duration::milliseconds(990), "{asked}");
+}
+
+#[tokio::test]
+async fn retry_delays_count_from_the_failed_attempt() {
+    // A receiver that takes connections and never answers: every attempt
+    // times out.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let (store, bus) = store_and_bus(64);
+    let mut config = endpoint(url, &[300]);
+    config.endpoints[0].timeout = ms(200);
+    let (handle, mut attempts) = start(&store, &bus, &config);
+    store.enqueue(NewJob::new("p")).await.unwrap();
+    let row = within("the timed-out attempt", attempts.recv())
+        .await
+        .unwrap();
+    handle.shutdown().await;
+    silent.abort();
+    assert_eq!(row.status, DeliveryStatus::Pending);
+    let error = row.last_error.as_deref().unwrap();
+    assert!(error.contains("no answer"), "{error}");
+    // The attempt began when the delivery was written; the delay counts
+    // from its timeout, 200 ms later.
+    let waits = row.next_attempt_at.unwrap() - row.created_at;
+    assert!(waits >= time::Duration::milliseconds(500), "{waits}");
+}
+
+#[tokio::test]
+async fn a_clock_at_the_end_of_time_fails_deliveries_instead_of_panicking() {
+    let rx = Receiver::start(SECRET, |_| (503, vec![])).await;
+    let (store, bus) = store_and_bus(64);
+    let config = endpoint(rx.url(), &[10]);
+    store.set_webhook_routes(config.routes());
+    // 10 ms after this is year 10000, which no store keeps.
+    let clock = Arc::new(ManualClock::new(timefmt::MAX - ms(5)));
+    let dispatcher = Dispatcher::new(store.clone(), &config)
+        .unwrap()
+        .with_clock(clock)
+        .wake_on(bus.latest());
+    let mut attempts = dispatcher.attempts();
+    let handle = dispatcher.spawn();
+    store.enqueue(NewJob::new("p")).await.unwrap();
+    let row = within("the failed delivery", attempts.recv())
+        .await
+        .unwrap();
+    handle.shutdown().await;
+    assert_eq!((row.status, row.attempts), (DeliveryStatus::Failed, 1));
+    let error = row.last_error.unwrap();
+    assert!(error.starts_with("HTTP 503"), "{error}");
+    assert!(error.contains("9999-12-31"), "{error}");
 }
 
 #[tokio::test]
