@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use jobqueue_core::{
     AttemptOutcome, CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId,
     Event, EventFilter, EventSink, FailureOutcome, Job, JobError, JobFilter, JobId, JobPage,
-    JobStore, Lease, MemoryStore, NewJob, Progress, RecoverScope, StoreError, WebhookRoute,
+    JobStore, Lease, MemoryStore, NewJob, Progress, Pruned, RecoverScope, StoreError,
+    WebhookRoute,
 };
 use jobqueue_events::EventBus;
 use serde_json::Value;
@@ -187,6 +188,10 @@ impl JobStore for ProbeStore {
 
     async fn last_seq(&self) -> Result<u64, StoreError> {
         self.inner.last_seq().await
+    }
+
+    async fn prune(&self, before: OffsetDateTime, limit: usize) -> Result<Pruned, StoreError> {
+        self.inner.prune(before, limit).await
     }
 
     async fn mark_stale(
