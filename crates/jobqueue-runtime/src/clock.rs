@@ -1,7 +1,8 @@
 //! A [`Clock`] that follows tokio's time, so tests with paused time move the
-//! store's timestamps too.
+//! store's timestamps too, and the deadline helpers the runtime shares.
 
 use std::fmt;
+use std::time::Duration;
 
 use jobqueue_core::Clock;
 use jobqueue_core::clock::truncate_to_micros;
@@ -57,5 +58,19 @@ impl fmt::Debug for TokioClock {
 impl Clock for TokioClock {
     fn now(&self) -> OffsetDateTime {
         truncate_to_micros(self.base_wall + self.base.elapsed())
+    }
+}
+
+/// The instant `d` from now, or `None` when `Instant` cannot hold it: a
+/// deadline so far away that it never comes.
+pub(crate) fn instant_in(d: Duration) -> Option<Instant> {
+    Instant::now().checked_add(d)
+}
+
+/// Sleeps until `at`; forever when `None` (a deadline that never comes).
+pub(crate) async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

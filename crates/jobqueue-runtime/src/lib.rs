@@ -13,6 +13,7 @@
 //! See `docs/runtime-lifecycle.md` for the walk from startup to shutdown.
 
 mod clock;
+mod keeper;
 mod phase;
 mod pipeline;
 mod retention;
