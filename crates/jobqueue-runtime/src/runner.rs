@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobqueue_core::health::panic_message;
-use jobqueue_core::{Claimed, FailureOutcome, Job, JobError, JobStore, Lease, StoreError};
+use jobqueue_core::{
+    Claimed, ErrorKind, FailureOutcome, Job, JobError, JobStore, Lease, StoreError,
+};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio::task::JoinError;
@@ -197,6 +199,17 @@ impl JobRun<'_> {
                     .await
                 {
                     Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::Invalid => {
+                        // A result the store refuses (nested too deep, too
+                        // large) would be refused on every run: the phase
+                        // fails for good rather than leave the job running
+                        // until recovery runs it again, forever.
+                        let err = PhaseError::permanent(format!(
+                            "the store refused the phase's result: {e}"
+                        ));
+                        self.phase_failed(job, pipeline, index, err).await;
+                        return false;
+                    }
                     Err(e) => {
                         self.store_failed("complete phase", &e);
                         return false;

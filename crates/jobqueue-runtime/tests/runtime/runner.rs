@@ -1,6 +1,7 @@
-//! The phase runner against a slow store, a blocking phase and a
-//! panicking phase.
+//! The phase runner against a slow store, a blocking phase, a panicking
+//! phase and a result the store refuses.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -170,6 +171,43 @@ async fn a_panicking_phase_fails_with_its_message() {
     assert_eq!(
         failed.phases[0].error.as_deref(),
         Some("phase panicked: kaboom")
+    );
+    rt.shutdown(Duration::from_secs(1)).await;
+}
+
+/// JSON arrays nested `depth` levels deep.
+fn nested(depth: usize) -> Value {
+    (0..depth).fold(Value::Null, |inner, _| Value::Array(vec![inner]))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_result_the_store_refuses_fails_the_job_for_good() {
+    let world = World::new();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = runs.clone();
+    let deep = phase_fn("deep", move |_ctx| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move { Ok::<_, PhaseError>(nested(100)) }
+    });
+    let rt = world
+        .start(vec![Pipeline::new("p").phase(deep)], world.config())
+        .await;
+    let job = world.enqueue(&rt, NewJob::new("p").max_attempts(3)).await;
+
+    world.events.wait_for(job.id, EventType::JobFailed).await;
+    let failed = world.job(job.id).await;
+    assert_eq!(failed.status, JobStatus::Failed);
+    assert_eq!(failed.phases[0].status, PhaseStatus::Failed);
+    let error = failed.error.unwrap();
+    assert!(
+        error.message.contains("refused") && error.message.contains("nested deeper than 64"),
+        "{}",
+        error.message
+    );
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "a refused result is not retried"
     );
     rt.shutdown(Duration::from_secs(1)).await;
 }
