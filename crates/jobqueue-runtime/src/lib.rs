@@ -12,6 +12,11 @@
 //!
 //! See `docs/runtime-lifecycle.md` for the walk from startup to shutdown.
 
+// The runtime runs unattended in background tasks, where an overflow panic
+// would stall the queue: time and counter arithmetic is checked or
+// saturating, and each exception says why it cannot overflow.
+#![warn(clippy::arithmetic_side_effects)]
+
 mod clock;
 mod keeper;
 mod phase;

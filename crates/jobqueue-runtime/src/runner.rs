@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use jobqueue_core::health::panic_message;
 use jobqueue_core::{
-    Claimed, ErrorKind, FailureOutcome, Job, JobError, JobStore, Lease, StoreError,
+    Claimed, ErrorKind, FailureOutcome, Job, JobError, JobStore, Lease, StoreError, timefmt,
 };
 use serde_json::{Map, Value};
 use tokio::sync::watch;
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::clock::{instant_in, sleep_until_some};
+use crate::clock::{add, instant_in, sleep_until_some};
 use crate::keeper::{Keeper, KeeperEnd};
 use crate::phase::{FailureKind, PhaseContext, PhaseError, ProgressReporter, Reported};
 use crate::pipeline::{PhaseSpec, Pipeline};
@@ -359,16 +359,29 @@ impl JobRun<'_> {
     async fn phase_failed(&self, job: &Job, pipeline: &Pipeline, index: usize, err: PhaseError) {
         let policy = pipeline.retry.unwrap_or(self.inner.config.retry);
         let retry = err.kind == FailureKind::Retryable && self.lease.attempt < job.max_attempts;
+        let mut message = err.message;
         let outcome = if retry {
             let delay = self.inner.backoff(&policy, self.lease.attempt);
-            FailureOutcome::RetryAt(self.inner.config.clock.now() + delay)
+            // A retry time no store can hold (after the year 9999) means the
+            // policy's backoff is effectively "never": the job fails now,
+            // saying why, rather than wait queued until the end of time.
+            match add(self.inner.config.clock.now(), delay).filter(|t| timefmt::in_range(*t)) {
+                Some(at) => FailureOutcome::RetryAt(at),
+                None => {
+                    message = format!(
+                        "{message}; not retried: a retry {delay:?} from now would be after {}, the latest time a store can hold",
+                        timefmt::format(timefmt::MAX)
+                    );
+                    FailureOutcome::Fail
+                }
+            }
         } else {
             FailureOutcome::Fail
         };
-        warn!(error = %err.message, kind = ?err.kind, ?outcome, "phase failed");
+        warn!(error = %message, kind = ?err.kind, ?outcome, "phase failed");
         match self
             .store()
-            .phase_failed(&self.lease, index, err.message, outcome.clone())
+            .phase_failed(&self.lease, index, message, outcome.clone())
             .await
         {
             Ok(_) => {

@@ -7,9 +7,10 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use jobqueue_core::apply::lease_until;
 use jobqueue_core::{
     CancelOutcome, ClaimRequest, Claimed, Clock, JobId, JobStore, RecoverScope, RetryPolicy,
-    SeededJitter, StoreError, SystemClock,
+    SeededJitter, StoreError, SystemClock, timefmt,
 };
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -71,6 +72,54 @@ impl Default for RuntimeConfig {
     }
 }
 
+impl RuntimeConfig {
+    /// Checks the settings, so that a bad one is refused where it is built
+    /// with an error that names it, never a panic in a background task
+    /// later: `concurrency` at least 1; `heartbeat` longer than zero and
+    /// shorter than `lease`; a `lease` whose expiry a store can hold (before
+    /// the year 10000); `poll_interval` longer than zero; `retry` and
+    /// `retention` valid ([`RetryPolicy::validate`],
+    /// [`RetentionConfig::validate`]). Durations too long to count
+    /// (`progress_interval`, `stop_grace`) simply never pass.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.concurrency == 0 {
+            return Err("concurrency must be at least 1".into());
+        }
+        if self.heartbeat.is_zero() {
+            return Err(format!(
+                "heartbeat must be longer than zero (with a lease of {:?} there is no time to renew it)",
+                self.lease
+            ));
+        }
+        if self.heartbeat >= self.lease {
+            return Err(format!(
+                "heartbeat ({:?}) must be shorter than the lease ({:?})",
+                self.heartbeat, self.lease
+            ));
+        }
+        let expiry = lease_until(self.clock.now(), self.lease)
+            .ok()
+            .filter(|t| timefmt::in_range(*t));
+        if expiry.is_none() {
+            return Err(format!(
+                "lease ({:?}) is too long: a claim made now would expire after {}",
+                self.lease,
+                timefmt::format(timefmt::MAX)
+            ));
+        }
+        if self.poll_interval.is_zero() {
+            return Err("poll_interval must be longer than zero".into());
+        }
+        self.retry.validate().map_err(|e| format!("retry: {e}"))?;
+        if let Some(retention) = &self.retention {
+            retention
+                .validate()
+                .map_err(|e| format!("retention: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 /// Counts of running jobs, and the cancel signal of each.
 #[derive(Default)]
 pub(crate) struct Running {
@@ -126,6 +175,10 @@ impl Inner {
         while times.peek().is_some_and(|Reverse(t)| *t <= now) {
             times.pop();
         }
+        #[expect(
+            clippy::arithmetic_side_effects,
+            reason = "the difference of two OffsetDateTimes always fits a time::Duration"
+        )]
         let until_next = times.peek().map(|Reverse(t)| (*t - now).unsigned_abs());
         until_next.map_or(self.config.poll_interval, |d| {
             d.min(self.config.poll_interval)
@@ -160,20 +213,15 @@ pub enum StartError {
 
 impl Runtime {
     /// Recovers jobs a previous process left running, then starts the pump.
-    /// Must be called within a tokio runtime.
+    /// Must be called within a tokio runtime. Settings that fail
+    /// [`RuntimeConfig::validate`] are [`StartError::Config`], and nothing
+    /// is started.
     pub async fn start(
         store: Arc<dyn JobStore>,
         pipelines: Pipelines,
         config: RuntimeConfig,
     ) -> Result<Self, StartError> {
-        if config.concurrency == 0 {
-            return Err(StartError::Config("concurrency must be at least 1".into()));
-        }
-        if config.heartbeat >= config.lease {
-            return Err(StartError::Config(
-                "heartbeat must be shorter than the lease".into(),
-            ));
-        }
+        config.validate().map_err(StartError::Config)?;
         let recovered = store
             .recover(config.recover)
             .await
@@ -349,7 +397,7 @@ async fn claim_round(inner: &Arc<Inner>) {
                     if used >= cap {
                         exclude.push(p.name().to_owned());
                     } else {
-                        room = room.min(cap - used);
+                        room = room.min(cap.saturating_sub(used));
                     }
                 }
             }
@@ -384,12 +432,13 @@ fn spawn_worker(inner: &Arc<Inner>, claimed: Claimed) {
     let token = CancellationToken::new();
     {
         let mut running = inner.running();
-        running.total += 1;
+        running.total = running.total.saturating_add(1);
         running.peak = running.peak.max(running.total);
-        *running
+        let of_pipeline = running
             .per_pipeline
             .entry(claimed.job.pipeline.clone())
-            .or_default() += 1;
+            .or_default();
+        *of_pipeline = of_pipeline.saturating_add(1);
         running.cancels.insert(claimed.job.id, token.clone());
     }
     let guard = SlotGuard {

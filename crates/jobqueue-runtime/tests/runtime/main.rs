@@ -9,4 +9,5 @@
 )]
 
 mod runner;
+mod settings;
 mod support;
