@@ -24,6 +24,7 @@ mod pipeline;
 mod retention;
 mod runner;
 mod runtime;
+mod wake;
 
 pub use clock::TokioClock;
 pub use phase::{

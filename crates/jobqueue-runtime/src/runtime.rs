@@ -2,8 +2,7 @@
 //! free slots, runs each on its own task through the phase runner, and stops
 //! cleanly on shutdown.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -22,6 +21,7 @@ use tracing::{debug, info, warn};
 use crate::pipeline::Pipelines;
 use crate::retention::{RetentionConfig, retention_loop};
 use crate::runner;
+use crate::wake::WakeTimes;
 
 /// How the runtime behaves. `Default` gives sensible values for one process
 /// on one SQLite file.
@@ -135,7 +135,7 @@ pub(crate) struct Inner {
     pub(crate) pipelines: Pipelines,
     pub(crate) config: RuntimeConfig,
     pub(crate) wake: Notify,
-    wake_times: Mutex<BinaryHeap<Reverse<OffsetDateTime>>>,
+    wake_times: Mutex<WakeTimes>,
     pub(crate) running: Mutex<Running>,
     /// Fired when shutdown starts: stop claiming.
     stop_claiming: CancellationToken,
@@ -159,7 +159,7 @@ impl Inner {
     /// Wakes the pump now, and again at `at` if that is in the future.
     pub(crate) fn wake_at(&self, at: OffsetDateTime) {
         if at > self.config.clock.now() {
-            lock(&self.wake_times).push(Reverse(at));
+            lock(&self.wake_times).insert(at);
         }
         self.wake.notify_one();
     }
@@ -171,15 +171,12 @@ impl Inner {
     /// How long the pump may sleep before it must look again.
     fn next_wait(&self) -> Duration {
         let now = self.config.clock.now();
-        let mut times = lock(&self.wake_times);
-        while times.peek().is_some_and(|Reverse(t)| *t <= now) {
-            times.pop();
-        }
+        let next = lock(&self.wake_times).next_after(now);
         #[expect(
             clippy::arithmetic_side_effects,
             reason = "the difference of two OffsetDateTimes always fits a time::Duration"
         )]
-        let until_next = times.peek().map(|Reverse(t)| (*t - now).unsigned_abs());
+        let until_next = next.map(|t| (t - now).unsigned_abs());
         until_next.map_or(self.config.poll_interval, |d| {
             d.min(self.config.poll_interval)
         })
@@ -471,5 +468,74 @@ impl Drop for SlotGuard {
             running.cancels.remove(&self.job);
         }
         self.inner.wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jobqueue_core::{MemoryStore, NewJob};
+    use serde_json::Value;
+
+    use super::*;
+    use crate::TokioClock;
+    use crate::clock::add;
+    use crate::phase::{PhaseError, phase_fn};
+    use crate::pipeline::Pipeline;
+
+    /// When a job's phase ran, as its clock read then.
+    #[derive(Default)]
+    struct Ran {
+        at: Mutex<Option<OffsetDateTime>>,
+        notify: Notify,
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_future_jobs_keep_few_wake_times_and_the_earliest_on_time() {
+        let clock = Arc::new(TokioClock::new());
+        let store = Arc::new(MemoryStore::with_clock(clock.clone()));
+        let ran = Arc::new(Ran::default());
+        let seen = ran.clone();
+        let record_clock = clock.clone();
+        let record = phase_fn("record", move |_ctx| {
+            lock(&seen.at).get_or_insert(record_clock.now());
+            seen.notify.notify_one();
+            async { Ok::<_, PhaseError>(Value::Null) }
+        });
+        let pipelines = Pipelines::new([Pipeline::new("p").phase(record)]).unwrap();
+        let config = RuntimeConfig {
+            clock: clock.clone(),
+            poll_interval: Duration::from_secs(3600),
+            ..RuntimeConfig::default()
+        };
+        let rt = Runtime::start(store.clone(), pipelines, config)
+            .await
+            .unwrap();
+
+        let start = clock.now();
+        let in_two_hours = add(start, Duration::from_secs(7200)).unwrap();
+        let later: Vec<NewJob> = (0..5000)
+            .map(|i| {
+                let at = add(in_two_hours, Duration::from_secs(i)).unwrap();
+                NewJob::new("p").phases(["record"]).run_at(at)
+            })
+            .collect();
+        for job in store.enqueue_batch(later).await.unwrap() {
+            rt.notify_enqueued(job.run_at);
+            rt.notify_enqueued(job.run_at);
+        }
+        let soon = add(start, Duration::from_secs(5)).unwrap();
+        let early = NewJob::new("p").phases(["record"]).run_at(soon);
+        rt.notify_enqueued(store.enqueue(early).await.unwrap().run_at);
+
+        let kept = lock(&rt.inner.wake_times).len();
+        assert!(
+            kept <= crate::wake::MAX_WAKE_TIMES,
+            "{kept} wake-up times kept"
+        );
+        tokio::time::timeout(Duration::from_secs(60), ran.notify.notified())
+            .await
+            .unwrap();
+        assert_eq!(*lock(&ran.at), Some(soon), "the earliest job ran on time");
+        rt.shutdown(Duration::from_secs(1)).await;
     }
 }
