@@ -1,12 +1,15 @@
 //! The phase runner: runs one claimed job's phases in order and persists
 //! every transition with the claim's fencing token.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use jobqueue_core::health::panic_message;
 use jobqueue_core::{
-    Claimed, ErrorKind, FailureOutcome, Job, JobError, JobStore, Lease, StoreError, timefmt,
+    Claimed, ErrorKind, FailureOutcome, Job, JobError, JobStore, Lease, RetryPolicy, StoreError,
+    timefmt,
 };
 use serde_json::{Map, Value};
 use tokio::sync::watch;
@@ -21,6 +24,7 @@ use crate::keeper::{Keeper, KeeperEnd};
 use crate::phase::{FailureKind, PhaseContext, PhaseError, ProgressReporter, Reported};
 use crate::pipeline::{PhaseSpec, Pipeline};
 use crate::runtime::Inner;
+use crate::supervise::WORKERS;
 
 /// Why a phase was told to stop before it returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -428,6 +432,56 @@ impl JobRun<'_> {
             error!(error = %e, kind = ?e.kind(), "{what} failed");
         }
     }
+}
+
+/// The worker running `lease`'s job panicked outside the phase: in the
+/// runner's bookkeeping, its keeper, or a store call. The panic is logged
+/// and counted under the `"workers"` task, and the job is not left
+/// `running` under a lease no one holds: with attempts left it is queued
+/// again as interrupted (it resumes at the phase it was in, which keeps its
+/// progress), otherwise it fails with the panic's message. A claim counts
+/// as an attempt, so a panic that happens on every run ends in `failed`
+/// rather than looping.
+pub(crate) async fn worker_panicked(
+    inner: &Arc<Inner>,
+    lease: Lease,
+    max_attempts: u32,
+    panic: Box<dyn std::any::Any + Send>,
+) {
+    let message = panic_message(&*panic);
+    let span = info_span!("job", job_id = %lease.job_id, attempt = lease.attempt);
+    async {
+        error!(panic = %message, "the worker panicked outside the phase");
+        inner.tasks.panicked(WORKERS, message.clone());
+        let store = &inner.store;
+        let write = async {
+            if RetryPolicy::can_retry(lease.attempt, max_attempts) {
+                store.interrupt(&lease).await.map(|_| "queued again")
+            } else {
+                let error = JobError {
+                    phase: None,
+                    message: format!("the worker running this job panicked: {message}"),
+                    attempt: lease.attempt,
+                };
+                store.fail_job(&lease, error).await.map(|_| "failed")
+            }
+        };
+        match AssertUnwindSafe(write).catch_unwind().await {
+            Ok(Ok(what)) => info!("job {what} after the worker's panic"),
+            Ok(Err(e)) if matches!(e.kind(), ErrorKind::LeaseLost | ErrorKind::Conflict) => {
+                info!(error = %e, "the job had already ended or moved on before the worker's panic");
+            }
+            Ok(Err(e)) => {
+                error!(error = %e, kind = ?e.kind(), "recording the worker's panic failed; the job stays running until recovery");
+            }
+            Err(again) => {
+                let again = panic_message(&*again);
+                error!(panic = %again, "recording the worker's panic panicked too; the job stays running until recovery");
+            }
+        }
+    }
+    .instrument(span)
+    .await;
 }
 
 /// What the phase's task came to: its result, or its panic as a retryable

@@ -3,13 +3,15 @@
 //! cleanly on shutdown.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use jobqueue_core::apply::lease_until;
 use jobqueue_core::{
-    CancelOutcome, ClaimRequest, Claimed, Clock, JobId, JobStore, RecoverScope, RetryPolicy,
-    SeededJitter, StoreError, SystemClock, timefmt,
+    CancelOutcome, ClaimRequest, Claimed, Clock, Health, JobId, JobStore, RecoverScope,
+    RetryPolicy, SeededJitter, StoreError, SystemClock, TaskState, timefmt,
 };
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -21,6 +23,7 @@ use tracing::{debug, info, warn};
 use crate::pipeline::Pipelines;
 use crate::retention::{RetentionConfig, retention_loop};
 use crate::runner;
+use crate::supervise::{LEASE_RESCUE, PUMP, RETENTION, Tasks, WORKERS, supervise};
 use crate::wake::WakeTimes;
 
 /// How the runtime behaves. `Default` gives sensible values for one process
@@ -138,14 +141,16 @@ pub(crate) struct Inner {
     wake_times: Mutex<WakeTimes>,
     pub(crate) running: Mutex<Running>,
     /// Fired when shutdown starts: stop claiming.
-    stop_claiming: CancellationToken,
+    pub(crate) stop_claiming: CancellationToken,
     /// Fired when the shutdown deadline passes: stop running phases.
     pub(crate) stop_phases: CancellationToken,
     pub(crate) jitter: Mutex<SeededJitter>,
     tracker: TaskTracker,
+    /// The health of the background tasks.
+    pub(crate) tasks: Tasks,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded data are counters and maps updated in single statements;
     // a panic elsewhere cannot leave them half-changed.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -238,24 +243,41 @@ impl Runtime {
             stop_phases: CancellationToken::new(),
             jitter: Mutex::new(seed.map_or_else(SeededJitter::from_entropy, SeededJitter::new)),
             tracker: TaskTracker::new(),
+            tasks: Tasks::default(),
         });
+        inner.tasks.add(PUMP);
+        inner.tasks.add(WORKERS);
         if let Some(retention) = inner.config.retention {
-            let (store, clock) = (inner.store.clone(), inner.config.clock.clone());
-            inner.tracker.spawn(retention_loop(
-                store,
-                clock,
-                retention,
-                inner.stop_claiming.clone(),
-            ));
+            inner.tasks.add(RETENTION);
+            inner
+                .tracker
+                .spawn(supervise(inner.clone(), RETENTION, move |inner| {
+                    let (store, clock) = (inner.store.clone(), inner.config.clock.clone());
+                    retention_loop(store, clock, retention, inner.stop_claiming.clone())
+                }));
         }
         if inner.config.recover == RecoverScope::ExpiredLeases {
-            inner.tracker.spawn(rescue_loop(inner.clone()));
+            inner.tasks.add(LEASE_RESCUE);
+            inner
+                .tracker
+                .spawn(supervise(inner.clone(), LEASE_RESCUE, rescue_loop));
         }
-        let pump = tokio::spawn(pump(inner.clone()));
+        let pump = tokio::spawn(supervise(inner.clone(), PUMP, pump));
         Ok(Self {
             inner,
             pump: Mutex::new(Some(pump)),
         })
+    }
+
+    /// How the background tasks are doing: one entry each for `"pump"`,
+    /// `"workers"` (the worker tasks together: panics outside a phase),
+    /// `"retention"` when it is configured and `"lease-rescue"` when
+    /// expired leases are rescued ([`RecoverScope::ExpiredLeases`]). A task
+    /// that panicked was restarted and counts the panic; after
+    /// [`shutdown`](Self::shutdown) every task is
+    /// [`Stopped`](jobqueue_core::TaskState::Stopped).
+    pub fn health(&self) -> Health {
+        self.inner.tasks.health()
     }
 
     /// The store the runtime works on.
@@ -327,6 +349,7 @@ impl Runtime {
             self.inner.stop_phases.cancel();
             self.inner.tracker.wait().await;
         }
+        self.inner.tasks.set_state(WORKERS, TaskState::Stopped);
         info!("shutdown complete");
     }
 }
@@ -443,9 +466,15 @@ fn spawn_worker(inner: &Arc<Inner>, claimed: Claimed) {
         job: claimed.job.id,
         pipeline: claimed.job.pipeline.clone(),
     };
+    let (lease, max_attempts) = (claimed.lease, claimed.job.max_attempts);
     inner.tracker.spawn(async move {
         let guard = guard;
-        runner::run_job(&guard.inner, claimed, token).await;
+        // A panic outside the phase (the phase's own is its failure) must not
+        // leave the job `running` under a lease no one holds.
+        let run = AssertUnwindSafe(runner::run_job(&guard.inner, claimed, token));
+        if let Err(panic) = run.catch_unwind().await {
+            runner::worker_panicked(&guard.inner, lease, max_attempts, panic).await;
+        }
     });
 }
 

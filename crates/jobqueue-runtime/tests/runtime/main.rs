@@ -10,4 +10,5 @@
 
 mod runner;
 mod settings;
+mod supervision;
 mod support;

@@ -103,6 +103,7 @@ async fn a_retry_past_year_9999_fails_the_job_clearly() {
         message.starts_with("network blip") && message.contains("9999"),
         "{message}"
     );
+    assert!(rt.health().tasks.iter().all(|t| t.panics == 0));
     rt.shutdown(Duration::from_secs(1)).await;
 }
 

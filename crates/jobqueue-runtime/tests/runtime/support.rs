@@ -1,6 +1,7 @@
-//! What the runtime's tests share: a store that stalls on cue, an
+//! What the runtime's tests share: a store that stalls or panics on cue, an
 //! event recorder to wait on, and a runtime wired to both on tokio's clock.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,7 +23,7 @@ use tokio::sync::{Notify, watch};
 pub(crate) const DEADLINE: Duration = Duration::from_secs(20);
 
 /// A [`MemoryStore`] that, on cue, stalls its heartbeat and progress writes
-/// until released.
+/// until released, or panics in a given operation once.
 pub(crate) struct FaultyStore {
     inner: MemoryStore,
     /// `true` while heartbeat and progress writes pass.
@@ -30,6 +31,10 @@ pub(crate) struct FaultyStore {
     /// Heartbeat and progress writes that found the gate closed.
     stalled: AtomicUsize,
     stalled_changed: Notify,
+    /// Calls so far, by operation.
+    calls: Mutex<HashMap<&'static str, usize>>,
+    /// The call (by count) on which an operation panics.
+    panic_on: Mutex<HashMap<&'static str, usize>>,
 }
 
 impl FaultyStore {
@@ -39,6 +44,8 @@ impl FaultyStore {
             open: watch::Sender::new(true),
             stalled: AtomicUsize::new(0),
             stalled_changed: Notify::new(),
+            calls: Mutex::default(),
+            panic_on: Mutex::default(),
         }
     }
 
@@ -66,7 +73,30 @@ impl FaultyStore {
         .await;
     }
 
+    /// The `nth` call of `op` from now on (1: the next one) panics.
+    pub(crate) fn panic_once(&self, op: &'static str, nth: usize) {
+        let done = self.calls.lock().unwrap().get(op).copied().unwrap_or(0);
+        self.panic_on.lock().unwrap().insert(op, done + nth);
+    }
+
     async fn cue(&self, op: &'static str) {
+        let call = {
+            let mut calls = self.calls.lock().unwrap();
+            let n = calls.entry(op).or_default();
+            *n += 1;
+            *n
+        };
+        let panic_now = {
+            let mut panic_on = self.panic_on.lock().unwrap();
+            let due = panic_on.get(op) == Some(&call);
+            if due {
+                panic_on.remove(op);
+            }
+            due
+        };
+        if panic_now {
+            panic!("injected panic in {op}");
+        }
         if matches!(op, "heartbeat" | "phase_progress") && !*self.open.borrow() {
             self.stalled.fetch_add(1, Ordering::SeqCst);
             self.stalled_changed.notify_waiters();
