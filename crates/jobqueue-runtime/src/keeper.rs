@@ -120,11 +120,13 @@ impl Work {
         // The claim was just made (or renewed): the first heartbeat is due
         // one period from now, not at once.
         heartbeat.reset();
-        // Whether a report is not yet written, and when the next write may
-        // happen (`None`: not before the last one, at the end).
-        let mut unwritten = false;
-        let mut next_write = Some(tokio::time::Instant::now());
-        let mut reports_open = true;
+        // Progress is looked at on a timer, not awaited report by report:
+        // a report then wakes no task. Waking one from the phase's thread
+        // would queue it on that thread's worker, in a slot that other
+        // workers cannot take over, so a phase that reports and then blocks
+        // its thread would strand the keeper (and the runner waiting for
+        // it) until the thread is free again.
+        let mut next_look = instant_in(self.progress_interval);
         loop {
             tokio::select! {
                 biased;
@@ -137,27 +139,23 @@ impl Work {
                         Err(e) => warn!(error = %e, kind = ?e.kind(), "heartbeat failed"),
                     }
                 }
-                changed = self.progress.changed(), if reports_open && !unwritten => {
-                    match changed {
-                        Ok(()) => unwritten = true,
-                        Err(_) => reports_open = false,
-                    }
-                }
-                () = sleep_until_some(next_write), if unwritten => {
-                    unwritten = false;
-                    self.write_latest().await;
-                    next_write = instant_in(self.progress_interval);
+                () = sleep_until_some(next_look) => {
+                    self.write_unseen().await;
+                    next_look = instant_in(self.progress_interval);
                 }
             }
         }
-        if unwritten || self.progress.has_changed().unwrap_or(false) {
-            self.write_latest().await;
-        }
+        self.write_unseen().await;
         KeeperEnd::Finished
     }
 
-    /// Writes the latest report (coalescing those since the last write).
-    async fn write_latest(&mut self) {
+    /// Writes the latest report if it is not written yet (coalescing those
+    /// since the last write). The runner holds the reporter until the
+    /// keeper has finished, so the channel is open here.
+    async fn write_unseen(&mut self) {
+        if !self.progress.has_changed().unwrap_or(false) {
+            return;
+        }
         let Some(progress) = self.progress.borrow_and_update().latest.clone() else {
             return;
         };

@@ -80,7 +80,8 @@ impl RuntimeConfig {
     /// with an error that names it, never a panic in a background task
     /// later: `concurrency` at least 1; `heartbeat` longer than zero and
     /// shorter than `lease`; a `lease` whose expiry a store can hold (before
-    /// the year 10000); `poll_interval` longer than zero; `retry` and
+    /// the year 10000); `poll_interval` and `progress_interval` longer than
+    /// zero (both are periods something wakes up at); `retry` and
     /// `retention` valid ([`RetryPolicy::validate`],
     /// [`RetentionConfig::validate`]). Durations too long to count
     /// (`progress_interval`, `stop_grace`) simply never pass.
@@ -112,6 +113,9 @@ impl RuntimeConfig {
         }
         if self.poll_interval.is_zero() {
             return Err("poll_interval must be longer than zero".into());
+        }
+        if self.progress_interval.is_zero() {
+            return Err("progress_interval must be longer than zero".into());
         }
         self.retry.validate().map_err(|e| format!("retry: {e}"))?;
         if let Some(retention) = &self.retention {

@@ -1,7 +1,7 @@
 //! The phase runner against a slow store, a blocking phase, a panicking
 //! phase and a result the store refuses.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -112,7 +112,7 @@ fn rt_types_after_progress(world: &World, job: jobqueue_core::JobId) -> Vec<Even
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phase_that_blocks_its_thread_still_times_out() {
     let world = World::new();
-    let returned = Arc::new(Notify::new());
+    let returned = Arc::new((AtomicBool::new(false), Notify::new()));
     let done = returned.clone();
     let blocking = phase_fn("blocking", move |ctx| {
         let done = done.clone();
@@ -120,7 +120,8 @@ async fn a_phase_that_blocks_its_thread_still_times_out() {
             ctx.report(10, None);
             std::thread::sleep(Duration::from_secs(2));
             ctx.report(99, Some("too late"));
-            done.notify_one();
+            done.0.store(true, Ordering::SeqCst);
+            done.1.notify_one();
             Ok::<_, PhaseError>(json!("too late"))
         }
     });
@@ -129,7 +130,11 @@ async fn a_phase_that_blocks_its_thread_still_times_out() {
     let job = world.enqueue(&rt, NewJob::new("p").max_attempts(1)).await;
 
     world.events.wait_for(job.id, EventType::JobFailed).await;
-    within_deadline("the blocked phase to return", returned.notified()).await;
+    assert!(
+        !returned.0.load(Ordering::SeqCst),
+        "the job failed at its deadline, while its phase was still blocked"
+    );
+    within_deadline("the blocked phase to return", returned.1.notified()).await;
     let failed = world.job(job.id).await;
     assert_eq!(failed.status, JobStatus::Failed);
     assert_eq!(failed.phases[0].status, PhaseStatus::Failed);

@@ -26,7 +26,7 @@ type Spoiler = (&'static str, fn(&mut RuntimeConfig));
 #[tokio::test(start_paused = true)]
 async fn start_refuses_settings_that_would_panic_later() {
     let world = World::new();
-    let spoilers: [Spoiler; 9] = [
+    let spoilers: [Spoiler; 10] = [
         ("concurrency", |c| c.concurrency = 0),
         ("heartbeat", |c| {
             // What a lease of a few nanoseconds gives with heartbeat = lease / 3.
@@ -36,6 +36,9 @@ async fn start_refuses_settings_that_would_panic_later() {
         ("heartbeat", |c| c.heartbeat = c.lease),
         ("lease", |c| c.lease = Duration::MAX),
         ("poll_interval", |c| c.poll_interval = Duration::ZERO),
+        ("progress_interval", |c| {
+            c.progress_interval = Duration::ZERO
+        }),
         ("retry", |c| c.retry.multiplier = f64::NAN),
         ("retry", |c| c.retry.max_attempts = 0),
         ("retention", |c| {
