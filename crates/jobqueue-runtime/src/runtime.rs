@@ -37,12 +37,15 @@ pub struct RuntimeConfig {
     /// How long a claim lasts without a heartbeat.
     pub lease: Duration,
     /// How often a running job renews its lease (and notices cancel requests
-    /// made through the store by another process).
+    /// made through the store by another process). Longer than zero and
+    /// shorter than `lease`.
     pub heartbeat: Duration,
-    /// Progress is persisted at most this often per phase.
+    /// How often a running phase's latest progress is persisted, if it
+    /// reported a new one. Longer than zero.
     pub progress_interval: Duration,
     /// The pump also looks for work this often, for jobs that another
-    /// process enqueued or that became due without a wake-up here.
+    /// process enqueued or that became due without a wake-up here. Longer
+    /// than zero.
     pub poll_interval: Duration,
     /// A phase told to stop (cancel, shutdown deadline) gets this long to
     /// return before it is dropped.
