@@ -79,6 +79,35 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Checks the policy where it is built, so a bad one is a clear
+    /// configuration error rather than odd backoff later: at least one
+    /// attempt, a finite `multiplier` of at least 1, a `jitter` fraction in
+    /// `[0, 1]`, and `initial` no longer than `max`. The error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_attempts == 0 {
+            return Err("max_attempts must be at least 1".into());
+        }
+        if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
+            return Err(format!(
+                "multiplier must be a finite number of at least 1, not {}",
+                self.multiplier
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(format!(
+                "jitter must be a fraction from 0 to 1, not {}",
+                self.jitter
+            ));
+        }
+        if self.initial > self.max {
+            return Err(format!(
+                "initial ({:?}) must not be longer than max ({:?})",
+                self.initial, self.max
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether a job that has started `attempt` attempts of `max_attempts`
     /// may try again.
     pub const fn can_retry(attempt: u32, max_attempts: u32) -> bool {
@@ -133,6 +162,34 @@ mod tests {
         assert_eq!(p.backoff(2, &mut j), Duration::from_secs(2));
         assert_eq!(p.backoff(4, &mut j), Duration::from_secs(8));
         assert_eq!(p.backoff(40, &mut j), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn validate_names_the_bad_field() {
+        assert_eq!(RetryPolicy::default().validate(), Ok(()));
+        let huge = RetryPolicy {
+            initial: Duration::MAX,
+            max: Duration::MAX,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(huge.validate(), Ok(()), "huge delays are valid settings");
+        type Spoiler = (&'static str, fn(&mut RetryPolicy));
+        let spoilers: [Spoiler; 8] = [
+            ("max_attempts", |p| p.max_attempts = 0),
+            ("multiplier", |p| p.multiplier = 0.5),
+            ("multiplier", |p| p.multiplier = f64::NAN),
+            ("multiplier", |p| p.multiplier = f64::INFINITY),
+            ("jitter", |p| p.jitter = -0.1),
+            ("jitter", |p| p.jitter = 1.5),
+            ("jitter", |p| p.jitter = f64::NAN),
+            ("initial", |p| p.initial = p.max + Duration::from_secs(1)),
+        ];
+        for (field, spoil) in spoilers {
+            let mut policy = RetryPolicy::default();
+            spoil(&mut policy);
+            let err = policy.validate().unwrap_err();
+            assert!(err.starts_with(field), "{policy:?}: {err}");
+        }
     }
 
     proptest! {

@@ -1,12 +1,17 @@
 //! A [`Clock`] that follows tokio's time, so tests with paused time move the
-//! store's timestamps too.
+//! store's timestamps too, and the deadline helpers the runtime shares.
 
 use std::fmt;
+use std::time::Duration;
 
 use jobqueue_core::Clock;
 use jobqueue_core::clock::truncate_to_micros;
-use time::OffsetDateTime;
+use time::{OffsetDateTime, PrimitiveDateTime};
 use tokio::time::Instant;
+
+/// Thirty years: as far as [`TokioClock::instant_at`] reaches when the
+/// platform's `Instant` cannot hold a later time.
+const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
 
 /// Wall-clock time anchored at creation and advanced by tokio's clock.
 ///
@@ -34,9 +39,15 @@ impl TokioClock {
 
     /// The tokio instant at which this clock will read `at` (now, if past).
     pub fn instant_at(&self, at: OffsetDateTime) -> Instant {
-        let now = self.now();
-        let ahead = (at - now).max(time::Duration::ZERO);
-        Instant::now() + ahead.unsigned_abs()
+        #[expect(
+            clippy::arithmetic_side_effects,
+            reason = "the difference of two OffsetDateTimes always fits a time::Duration"
+        )]
+        let ahead = (at - self.now()).max(time::Duration::ZERO).unsigned_abs();
+        let now = Instant::now();
+        now.checked_add(ahead)
+            .or_else(|| now.checked_add(FAR))
+            .unwrap_or(now)
     }
 }
 
@@ -56,6 +67,37 @@ impl fmt::Debug for TokioClock {
 
 impl Clock for TokioClock {
     fn now(&self) -> OffsetDateTime {
-        truncate_to_micros(self.base_wall + self.base.elapsed())
+        // Past the last time `OffsetDateTime` holds, the clock stops there.
+        let now = add(self.base_wall, self.base.elapsed())
+            .unwrap_or_else(|| PrimitiveDateTime::MAX.assume_utc());
+        truncate_to_micros(now)
     }
+}
+
+/// The instant `d` from now, or `None` when `Instant` cannot hold it: a
+/// deadline so far away that it never comes.
+pub(crate) fn instant_in(d: Duration) -> Option<Instant> {
+    Instant::now().checked_add(d)
+}
+
+/// Sleeps until `at`; forever when `None` (a deadline that never comes).
+pub(crate) async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `t + d`, or `None` past the last time `OffsetDateTime` holds.
+pub(crate) fn add(t: OffsetDateTime, d: Duration) -> Option<OffsetDateTime> {
+    time::Duration::try_from(d)
+        .ok()
+        .and_then(|d| t.checked_add(d))
+}
+
+/// `t - d`, or `None` before the first time `OffsetDateTime` holds.
+pub(crate) fn sub(t: OffsetDateTime, d: Duration) -> Option<OffsetDateTime> {
+    time::Duration::try_from(d)
+        .ok()
+        .and_then(|d| t.checked_sub(d))
 }

@@ -9,15 +9,26 @@
 //! failed phase; completed phases never run again. Shutdown stops claiming,
 //! lets phases finish within a deadline and records the rest as interrupted.
 //! The retention scheduler marks old finished jobs stale and deletes them.
+//! Every background task is supervised: a panic is logged, counted in
+//! [`Runtime::health`] and the task restarted, and a worker that panics
+//! outside its phase never leaves its job `running`.
 //!
 //! See `docs/runtime-lifecycle.md` for the walk from startup to shutdown.
 
+// The runtime runs unattended in background tasks, where an overflow panic
+// would stall the queue: time and counter arithmetic is checked or
+// saturating, and each exception says why it cannot overflow.
+#![warn(clippy::arithmetic_side_effects)]
+
 mod clock;
+mod keeper;
 mod phase;
 mod pipeline;
 mod retention;
 mod runner;
 mod runtime;
+mod supervise;
+mod wake;
 
 pub use clock::TokioClock;
 pub use phase::{

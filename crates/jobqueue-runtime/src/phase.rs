@@ -21,6 +21,24 @@ use tokio_util::sync::CancellationToken;
 /// `run` may be called more than once for the same job (after a retryable
 /// failure, a crash or a shutdown) but never again once it returned `Ok` and
 /// that result was stored.
+///
+/// # Blocking
+///
+/// Each run is its own tokio task, and tokio cannot preempt a task that
+/// blocks its thread (`std::thread::sleep`, blocking I/O, a long computation
+/// without an `.await`). On a multi-thread runtime the runner, on another
+/// thread, still ends the run on time: at the phase or attempt timeout the
+/// job fails or is queued for a retry, and a cancel or the shutdown deadline
+/// still takes effect. The blocked thread itself runs on until the call
+/// returns; nothing it does after the end is persisted (its result is
+/// dropped, its progress reports are ignored, and its task is aborted at its
+/// next `.await`), but its effects outside the queue (files, requests) happen.
+/// On a `current_thread` runtime nothing runs while a phase blocks, so its
+/// deadlines pass only when it returns.
+///
+/// Run blocking work with [`tokio::task::spawn_blocking`] and await it (see
+/// [`phase_fn`]): the phase stays responsive, and at a deadline only the
+/// blocking closure runs on, to its end.
 #[async_trait]
 pub trait Phase: Send + Sync + 'static {
     /// The phase's name, unique within its pipeline.
@@ -69,21 +87,48 @@ impl PhaseError {
 
 /// Reports a phase's progress. Cheap to clone; the runner persists the
 /// latest value at most every progress interval (about 250 ms).
+///
+/// Reports made after the phase's run ended (a phase that timed out but
+/// still runs on a blocked thread, a task it spawned) are ignored.
 #[derive(Debug, Clone)]
 pub struct ProgressReporter {
-    tx: Arc<watch::Sender<Option<Progress>>>,
+    tx: Arc<watch::Sender<Reported>>,
+}
+
+/// What a phase reported, as the runner's companion task reads it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Reported {
+    /// The latest report.
+    pub(crate) latest: Option<Progress>,
+    /// Set when the run ended: later reports are dropped.
+    sealed: bool,
 }
 
 impl ProgressReporter {
-    pub(crate) fn new() -> (Self, watch::Receiver<Option<Progress>>) {
-        let (tx, rx) = watch::channel(None);
+    pub(crate) fn new() -> (Self, watch::Receiver<Reported>) {
+        let (tx, rx) = watch::channel(Reported::default());
         (Self { tx: Arc::new(tx) }, rx)
+    }
+
+    /// Freezes the latest report: what the phase reports from now on is
+    /// dropped, so nothing it does after its end is persisted.
+    pub(crate) fn seal(&self) {
+        self.tx.send_if_modified(|r| {
+            r.sealed = true;
+            false
+        });
     }
 
     /// Reports `percent` (0 to 100, clamped) with an optional message.
     pub fn report(&self, percent: u8, message: Option<&str>) {
         let progress = Progress::new(percent, message.map(str::to_owned));
-        self.tx.send_replace(Some(progress));
+        self.tx.send_if_modified(|r| {
+            if r.sealed {
+                return false;
+            }
+            r.latest = Some(progress);
+            true
+        });
     }
 
     /// Reports `percent` without a message.
@@ -93,7 +138,7 @@ impl ProgressReporter {
 
     /// Reports a message, keeping the last percent.
     pub fn message(&self, message: &str) {
-        let percent = self.tx.borrow().as_ref().map_or(0, |p| p.percent);
+        let percent = self.tx.borrow().latest.as_ref().map_or(0, |p| p.percent);
         self.report(percent, Some(message));
     }
 }
@@ -224,6 +269,24 @@ impl<F> fmt::Debug for FnPhase<F> {
 ///     Ok::<_, PhaseError>(serde_json::json!({"bytes": 42}))
 /// });
 /// # let _ = fetch;
+/// ```
+///
+/// Blocking work goes to [`tokio::task::spawn_blocking`], so that it cannot
+/// hold up the async threads (see [`Phase`] on what a timeout does to a
+/// phase that blocks):
+///
+/// ```
+/// use jobqueue_runtime::{phase_fn, PhaseError};
+/// let checksum = phase_fn("checksum", |ctx| async move {
+///     let text = ctx.input().to_string();
+///     let sum = tokio::task::spawn_blocking(move || {
+///         text.bytes().fold(0u32, |sum, b| sum.rotate_left(5) ^ u32::from(b))
+///     })
+///     .await
+///     .map_err(|e| PhaseError::retryable(format!("checksum task failed: {e}")))?;
+///     Ok(serde_json::json!({ "sum": sum }))
+/// });
+/// # let _ = checksum;
 /// ```
 pub fn phase_fn<F, Fut>(name: impl Into<String>, f: F) -> FnPhase<F>
 where

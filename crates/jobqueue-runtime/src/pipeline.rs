@@ -125,6 +125,11 @@ impl Pipeline {
                 ));
             }
         }
+        if let Some(policy) = &self.retry {
+            policy
+                .validate()
+                .map_err(|e| format!("pipeline {:?}: retry: {e}", self.name))?;
+        }
         if self.concurrency == Some(0) {
             return Err(format!(
                 "pipeline {:?}: concurrency must be at least 1",
@@ -142,7 +147,9 @@ pub struct Pipelines {
 }
 
 impl Pipelines {
-    /// Builds the registry; refuses duplicate names and malformed pipelines.
+    /// Builds the registry; refuses duplicate names and malformed pipelines
+    /// (no name, no phases, a phase name empty or twice, a concurrency cap
+    /// of 0, a retry policy that fails [`RetryPolicy::validate`]).
     pub fn new(pipelines: impl IntoIterator<Item = Pipeline>) -> Result<Self, String> {
         let mut by_name = HashMap::new();
         for p in pipelines {

@@ -10,9 +10,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobqueue_core::{Clock, JobStore, StoreError};
+use jobqueue_core::{Clock, JobStore, StoreError, timefmt};
+use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+use crate::clock::sub;
 
 /// When finished jobs become stale and when stale jobs are deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +43,29 @@ impl Default for RetentionConfig {
     }
 }
 
+impl RetentionConfig {
+    /// Checks the settings where they are built: `interval` longer than
+    /// zero (a zero period cannot be scheduled) and `batch` at least 1. Any
+    /// `stale_after` and `delete_after` is valid; one too long to count back
+    /// from now (`Duration::MAX` as "never") finds nothing old enough.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.interval.is_zero() {
+            return Err("interval must be longer than zero".into());
+        }
+        if self.batch == 0 {
+            return Err("batch must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The time `age` before `now`: what finished (or went stale) before it is
+/// old enough. `None` when that is before the earliest time a store holds
+/// (year 0): then nothing is old enough.
+fn cutoff(now: OffsetDateTime, age: Duration) -> Option<OffsetDateTime> {
+    sub(now, age).filter(|t| *t >= timefmt::MIN)
+}
+
 /// What one retention pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RetentionPass {
@@ -50,29 +76,29 @@ pub struct RetentionPass {
 }
 
 /// Runs one pass: marks, then deletes, batch by batch until nothing is due.
+/// Settings that fail [`RetentionConfig::validate`] are
+/// [`StoreError::Invalid`], and nothing is touched.
 pub async fn run_retention_pass(
     store: &dyn JobStore,
     clock: &dyn Clock,
     config: &RetentionConfig,
 ) -> Result<RetentionPass, StoreError> {
-    let batch = config.batch.max(1);
+    config
+        .validate()
+        .map_err(|e| StoreError::Invalid(format!("retention settings: {e}")))?;
     let mut pass = RetentionPass::default();
-    loop {
-        let ids = store
-            .mark_stale(clock.now() - config.stale_after, batch)
-            .await?;
-        pass.marked_stale += ids.len();
-        if ids.len() < batch {
+    while let Some(before) = cutoff(clock.now(), config.stale_after) {
+        let ids = store.mark_stale(before, config.batch).await?;
+        pass.marked_stale = pass.marked_stale.saturating_add(ids.len());
+        if ids.len() < config.batch {
             break;
         }
         tokio::task::yield_now().await;
     }
-    loop {
-        let ids = store
-            .delete_stale(clock.now() - config.delete_after, batch)
-            .await?;
-        pass.deleted += ids.len();
-        if ids.len() < batch {
+    while let Some(before) = cutoff(clock.now(), config.delete_after) {
+        let ids = store.delete_stale(before, config.batch).await?;
+        pass.deleted = pass.deleted.saturating_add(ids.len());
+        if ids.len() < config.batch {
             break;
         }
         tokio::task::yield_now().await;

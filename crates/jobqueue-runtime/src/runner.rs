@@ -6,18 +6,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use jobqueue_core::health::panic_message;
 use jobqueue_core::{
-    Claimed, FailureOutcome, Job, JobError, JobStore, Lease, Progress, StoreError,
+    Claimed, ErrorKind, FailureOutcome, Job, JobError, JobStore, Lease, RetryPolicy, StoreError,
+    timefmt,
 };
 use serde_json::{Map, Value};
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep_until};
+use tokio::task::JoinError;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::phase::{FailureKind, PhaseContext, PhaseError, ProgressReporter};
+use crate::clock::{add, instant_in, sleep_until_some};
+use crate::keeper::{Keeper, KeeperEnd};
+use crate::phase::{FailureKind, PhaseContext, PhaseError, ProgressReporter, Reported};
 use crate::pipeline::{PhaseSpec, Pipeline};
 use crate::runtime::Inner;
+use crate::supervise::WORKERS;
 
 /// Why a phase was told to stop before it returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +35,32 @@ enum Stop {
     Shutdown,
     /// The lease was lost: another worker owns the job now.
     LeaseLost,
+}
+
+/// A time limit on a phase: when it passes, and what the failure says.
+#[derive(Debug, Clone)]
+struct Deadline {
+    at: Instant,
+    message: String,
+}
+
+impl Deadline {
+    /// The `what` limit of `limit` from now; none when it is too far away
+    /// for `Instant` to hold (it would never pass).
+    fn after(limit: Duration, what: &str) -> Option<Self> {
+        instant_in(limit).map(|at| Self {
+            at,
+            message: format!("{what} timed out after {limit:?}"),
+        })
+    }
+
+    /// The one of `a` and `b` that passes first.
+    fn earlier(a: Option<Self>, b: Option<Self>) -> Option<Self> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(if a.at <= b.at { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// How one run of a phase ended.
@@ -87,7 +120,9 @@ impl JobRun<'_> {
             self.fail(message).await;
             return;
         }
-        let deadline = pipeline.attempt_timeout.map(|t| (Instant::now() + t, t));
+        let deadline = pipeline
+            .attempt_timeout
+            .and_then(|t| Deadline::after(t, "attempt"));
         let mut results = job.results();
         let first = job.first_incomplete_phase().unwrap_or(names.len());
         for (index, spec) in pipeline.phases.iter().enumerate().skip(first) {
@@ -101,7 +136,7 @@ impl JobRun<'_> {
             }
             let span = info_span!("phase", phase = %names[index], index);
             let go_on = self
-                .run_phase(&job, &pipeline, index, spec, &mut results, deadline)
+                .run_phase(&job, &pipeline, index, spec, &mut results, deadline.clone())
                 .instrument(span)
                 .await;
             if !go_on {
@@ -123,7 +158,7 @@ impl JobRun<'_> {
         index: usize,
         spec: &PhaseSpec,
         results: &mut Map<String, Value>,
-        attempt_deadline: Option<(Instant, Duration)>,
+        attempt_deadline: Option<Deadline>,
     ) -> bool {
         let name = spec.phase.name().to_owned();
         if let Err(e) = self.store().phase_started(&self.lease, index).await {
@@ -132,7 +167,6 @@ impl JobRun<'_> {
         }
         debug!("phase started");
         let (reporter, progress_rx) = ProgressReporter::new();
-        let phase_token = CancellationToken::new();
         let ctx = PhaseContext {
             job_id: job.id,
             pipeline: Arc::from(job.pipeline.as_str()),
@@ -143,22 +177,11 @@ impl JobRun<'_> {
             results: Arc::new(results.clone()),
             interrupted: job.interrupted.clone(),
             progress: reporter,
-            cancel: phase_token.clone(),
+            cancel: CancellationToken::new(),
         };
-        let phase_deadline = spec.timeout.map(|t| (Instant::now() + t, t));
-        let deadline = match (phase_deadline, attempt_deadline) {
-            (Some(p), Some(a)) => Some(if p.0 <= a.0 {
-                (p.0, format!("phase timed out after {:?}", p.1))
-            } else {
-                (a.0, format!("attempt timed out after {:?}", a.1))
-            }),
-            (Some(p), None) => Some((p.0, format!("phase timed out after {:?}", p.1))),
-            (None, Some(a)) => Some((a.0, format!("attempt timed out after {:?}", a.1))),
-            (None, None) => None,
-        };
-        let ended = self
-            .drive(spec, ctx, index, progress_rx, phase_token, deadline)
-            .await;
+        let phase_deadline = spec.timeout.and_then(|t| Deadline::after(t, "phase"));
+        let deadline = Deadline::earlier(phase_deadline, attempt_deadline);
+        let ended = self.drive(spec, ctx, index, progress_rx, deadline).await;
 
         match ended {
             Ended {
@@ -174,13 +197,27 @@ impl JobRun<'_> {
                 result: Some(Ok(value)),
                 stop,
             } => {
-                if let Err(e) = self
+                match self
                     .store()
                     .phase_completed(&self.lease, index, value.clone())
                     .await
                 {
-                    self.store_failed("complete phase", &e);
-                    return false;
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::Invalid => {
+                        // A result the store refuses (nested too deep, too
+                        // large) would be refused on every run: the phase
+                        // fails for good rather than leave the job running
+                        // until recovery runs it again, forever.
+                        let err = PhaseError::permanent(format!(
+                            "the store refused the phase's result: {e}"
+                        ));
+                        self.phase_failed(job, pipeline, index, err).await;
+                        return false;
+                    }
+                    Err(e) => {
+                        self.store_failed("complete phase", &e);
+                        return false;
+                    }
                 }
                 debug!("phase completed");
                 results.insert(name, value);
@@ -234,124 +271,121 @@ impl JobRun<'_> {
         }
     }
 
-    /// Polls the phase while persisting coalesced progress, renewing the
-    /// lease, and watching the cancel, shutdown and timeout signals.
+    /// Runs the phase on its own task and waits for it to return while
+    /// watching the cancel, shutdown and timeout signals; its keeper renews
+    /// the lease and persists progress meanwhile (see `keeper.rs`), so no
+    /// store write, however slow, holds up a deadline here.
+    ///
+    /// On its own task, a phase that blocks its thread holds up only that
+    /// task: on a multi-thread runtime this one still ends the run at the
+    /// deadline. What is left of the phase is aborted (at its next `.await`;
+    /// a blocked thread runs on until it returns) and nothing it does after
+    /// that is persisted: its result is dropped and its progress sealed.
     async fn drive(
         &self,
         spec: &PhaseSpec,
         ctx: PhaseContext,
         index: usize,
-        mut progress_rx: watch::Receiver<Option<Progress>>,
-        phase_token: CancellationToken,
-        deadline: Option<(Instant, String)>,
+        progress: watch::Receiver<Reported>,
+        deadline: Option<Deadline>,
     ) -> Ended {
         let config = &self.inner.config;
+        let reporter = ctx.progress.clone();
+        let phase_token = ctx.cancel.clone();
         let phase = spec.phase.clone();
-        let fut = AssertUnwindSafe(async move { phase.run(ctx).await }).catch_unwind();
-        tokio::pin!(fut);
-        let far = Instant::now() + Duration::from_secs(86_400 * 365);
-        let timeout_at = deadline.as_ref().map_or(far, |d| d.0);
-        let mut heartbeat =
-            tokio::time::interval_at(Instant::now() + config.heartbeat, config.heartbeat);
-        let mut pending: Option<Progress> = None;
-        let mut last_write = Instant::now() - config.progress_interval;
+        let run = async move { phase.run(ctx).await };
+        let mut task = AbortOnDropHandle::new(tokio::spawn(run.in_current_span()));
+        let mut keeper = Keeper::spawn(
+            self.store().clone(),
+            self.lease,
+            index,
+            config,
+            progress,
+            self.cancel.clone(),
+        );
+        let mut keeper_end: Option<KeeperEnd> = None;
+        let timeout_at = deadline.as_ref().map(|d| d.at);
         let mut stop: Option<Stop> = None;
-        let mut grace_until = far;
-        let mut progress_open = true;
+        let mut grace_until: Option<Instant> = None;
 
         let result = loop {
             tokio::select! {
                 biased;
-                out = &mut fut => {
-                    break Some(match out {
-                        Ok(r) => r,
-                        Err(panic) => {
-                            let msg = panic_message(&*panic);
-                            error!(panic = %msg, "phase panicked");
-                            Err(PhaseError::retryable(format!("phase panicked: {msg}")))
-                        }
-                    });
+                joined = &mut task => break Some(phase_outcome(joined)),
+                end = keeper.ended(), if keeper_end.is_none() => {
+                    keeper_end = Some(end);
+                    if end == KeeperEnd::LeaseLost {
+                        stop = Some(Stop::LeaseLost);
+                        break None;
+                    }
                 }
                 () = self.cancel.cancelled(), if stop.is_none() => {
                     info!("cancel requested: telling the phase to stop");
                     stop = Some(Stop::Cancel);
                     phase_token.cancel();
-                    grace_until = Instant::now() + config.stop_grace;
+                    grace_until = instant_in(config.stop_grace);
                 }
                 () = self.inner.stop_phases.cancelled(), if stop.is_none() => {
                     info!("shutdown deadline: telling the phase to stop");
                     stop = Some(Stop::Shutdown);
                     phase_token.cancel();
-                    grace_until = Instant::now() + config.stop_grace;
+                    grace_until = instant_in(config.stop_grace);
                 }
-                () = sleep_until(grace_until), if stop.is_some() => {
+                () = sleep_until_some(grace_until), if stop.is_some() => {
                     warn!("phase did not stop within the grace period; dropping it");
                     break None;
                 }
-                () = sleep_until(timeout_at), if stop.is_none() => {
-                    let message = deadline.as_ref().map_or_else(String::new, |d| d.1.clone());
+                () = sleep_until_some(timeout_at), if stop.is_none() => {
+                    let message = deadline.as_ref().map_or_else(String::new, |d| d.message.clone());
                     warn!(%message, "timeout");
                     break Some(Err(PhaseError::retryable(message)));
                 }
-                _ = heartbeat.tick() => {
-                    match self.store().heartbeat(&self.lease, config.lease).await {
-                        Ok(true) if stop.is_none() => self.cancel.cancel(),
-                        Ok(_) => {}
-                        Err(StoreError::LeaseLost(_)) => {
-                            stop = Some(Stop::LeaseLost);
-                            phase_token.cancel();
-                            break None;
-                        }
-                        Err(e) => warn!(error = %e, "heartbeat failed"),
-                    }
-                }
-                changed = progress_rx.changed(), if progress_open && pending.is_none() => {
-                    match changed {
-                        Ok(()) => pending = progress_rx.borrow_and_update().clone(),
-                        Err(_) => progress_open = false,
-                    }
-                }
-                () = sleep_until(last_write + config.progress_interval), if pending.is_some() => {
-                    if let Some(p) = pending.take() {
-                        self.write_progress(index, p).await;
-                        last_write = Instant::now();
-                    }
-                }
             }
         };
-        // The last reported progress is persisted before the phase's end, so
-        // an interruption keeps it and no progress event follows the phase.
-        let unwritten = pending.is_some() || progress_rx.has_changed().unwrap_or(false);
-        let latest = progress_rx.borrow().clone();
-        if let (true, Some(p), false) = (unwritten, latest, stop == Some(Stop::LeaseLost)) {
-            self.write_progress(index, p).await;
+        // The run is over: what is left of the phase is cut loose.
+        phase_token.cancel();
+        task.abort();
+        reporter.seal();
+        if stop != Some(Stop::LeaseLost) {
+            // The last reported progress is persisted before the phase's end,
+            // so an interruption keeps it and no progress event follows.
+            let end = match keeper_end {
+                Some(end) => end,
+                None => keeper.finish().await,
+            };
+            if end == KeeperEnd::LeaseLost {
+                stop = Some(Stop::LeaseLost);
+            }
         }
         Ended { result, stop }
-    }
-
-    async fn write_progress(&self, index: usize, progress: Progress) {
-        if let Err(e) = self
-            .store()
-            .phase_progress(&self.lease, index, progress)
-            .await
-        {
-            debug!(error = %e, "progress not persisted");
-        }
     }
 
     async fn phase_failed(&self, job: &Job, pipeline: &Pipeline, index: usize, err: PhaseError) {
         let policy = pipeline.retry.unwrap_or(self.inner.config.retry);
         let retry = err.kind == FailureKind::Retryable && self.lease.attempt < job.max_attempts;
+        let mut message = err.message;
         let outcome = if retry {
             let delay = self.inner.backoff(&policy, self.lease.attempt);
-            FailureOutcome::RetryAt(self.inner.config.clock.now() + delay)
+            // A retry time no store can hold (after the year 9999) means the
+            // policy's backoff is effectively "never": the job fails now,
+            // saying why, rather than wait queued until the end of time.
+            match add(self.inner.config.clock.now(), delay).filter(|t| timefmt::in_range(*t)) {
+                Some(at) => FailureOutcome::RetryAt(at),
+                None => {
+                    message = format!(
+                        "{message}; not retried: a retry {delay:?} from now would be after {}, the latest time a store can hold",
+                        timefmt::format(timefmt::MAX)
+                    );
+                    FailureOutcome::Fail
+                }
+            }
         } else {
             FailureOutcome::Fail
         };
-        warn!(error = %err.message, kind = ?err.kind, ?outcome, "phase failed");
+        warn!(error = %message, kind = ?err.kind, ?outcome, "phase failed");
         match self
             .store()
-            .phase_failed(&self.lease, index, err.message, outcome.clone())
+            .phase_failed(&self.lease, index, message, outcome.clone())
             .await
         {
             Ok(_) => {
@@ -400,12 +434,68 @@ impl JobRun<'_> {
     }
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
+/// The worker running `lease`'s job panicked outside the phase: in the
+/// runner's bookkeeping, its keeper, or a store call. The panic is logged
+/// and counted under the `"workers"` task, and the job is not left
+/// `running` under a lease no one holds: with attempts left it is queued
+/// again as interrupted (it resumes at the phase it was in, which keeps its
+/// progress), otherwise it fails with the panic's message. A claim counts
+/// as an attempt, so a panic that happens on every run ends in `failed`
+/// rather than looping.
+pub(crate) async fn worker_panicked(
+    inner: &Arc<Inner>,
+    lease: Lease,
+    max_attempts: u32,
+    panic: Box<dyn std::any::Any + Send>,
+) {
+    let message = panic_message(&*panic);
+    let span = info_span!("job", job_id = %lease.job_id, attempt = lease.attempt);
+    async {
+        error!(panic = %message, "the worker panicked outside the phase");
+        inner.tasks.panicked(WORKERS, message.clone());
+        let store = &inner.store;
+        let write = async {
+            if RetryPolicy::can_retry(lease.attempt, max_attempts) {
+                store.interrupt(&lease).await.map(|_| "queued again")
+            } else {
+                let error = JobError {
+                    phase: None,
+                    message: format!("the worker running this job panicked: {message}"),
+                    attempt: lease.attempt,
+                };
+                store.fail_job(&lease, error).await.map(|_| "failed")
+            }
+        };
+        match AssertUnwindSafe(write).catch_unwind().await {
+            Ok(Ok(what)) => info!("job {what} after the worker's panic"),
+            Ok(Err(e)) if matches!(e.kind(), ErrorKind::LeaseLost | ErrorKind::Conflict) => {
+                info!(error = %e, "the job had already ended or moved on before the worker's panic");
+            }
+            Ok(Err(e)) => {
+                error!(error = %e, kind = ?e.kind(), "recording the worker's panic failed; the job stays running until recovery");
+            }
+            Err(again) => {
+                let again = panic_message(&*again);
+                error!(panic = %again, "recording the worker's panic panicked too; the job stays running until recovery");
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// What the phase's task came to: its result, or its panic as a retryable
+/// failure of the phase.
+fn phase_outcome(
+    joined: Result<Result<Value, PhaseError>, JoinError>,
+) -> Result<Value, PhaseError> {
+    match joined {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => {
+            let message = panic_message(&*e.into_panic());
+            error!(panic = %message, "phase panicked");
+            Err(PhaseError::retryable(format!("phase panicked: {message}")))
+        }
+        Err(_) => Err(PhaseError::retryable("the phase's task was aborted")),
     }
 }

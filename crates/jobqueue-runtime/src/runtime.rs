@@ -2,14 +2,16 @@
 //! free slots, runs each on its own task through the phase runner, and stops
 //! cleanly on shutdown.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use jobqueue_core::apply::lease_until;
 use jobqueue_core::{
-    CancelOutcome, ClaimRequest, Claimed, Clock, JobId, JobStore, RecoverScope, RetryPolicy,
-    SeededJitter, StoreError, SystemClock,
+    CancelOutcome, ClaimRequest, Claimed, Clock, Health, JobId, JobStore, RecoverScope,
+    RetryPolicy, SeededJitter, StoreError, SystemClock, TaskState, timefmt,
 };
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -21,6 +23,8 @@ use tracing::{debug, info, warn};
 use crate::pipeline::Pipelines;
 use crate::retention::{RetentionConfig, retention_loop};
 use crate::runner;
+use crate::supervise::{LEASE_RESCUE, PUMP, RETENTION, Tasks, WORKERS, supervise};
+use crate::wake::WakeTimes;
 
 /// How the runtime behaves. `Default` gives sensible values for one process
 /// on one SQLite file.
@@ -33,12 +37,15 @@ pub struct RuntimeConfig {
     /// How long a claim lasts without a heartbeat.
     pub lease: Duration,
     /// How often a running job renews its lease (and notices cancel requests
-    /// made through the store by another process).
+    /// made through the store by another process). Longer than zero and
+    /// shorter than `lease`.
     pub heartbeat: Duration,
-    /// Progress is persisted at most this often per phase.
+    /// How often a running phase's latest progress is persisted, if it
+    /// reported a new one. Longer than zero.
     pub progress_interval: Duration,
     /// The pump also looks for work this often, for jobs that another
-    /// process enqueued or that became due without a wake-up here.
+    /// process enqueued or that became due without a wake-up here. Longer
+    /// than zero.
     pub poll_interval: Duration,
     /// A phase told to stop (cancel, shutdown deadline) gets this long to
     /// return before it is dropped.
@@ -71,6 +78,58 @@ impl Default for RuntimeConfig {
     }
 }
 
+impl RuntimeConfig {
+    /// Checks the settings, so that a bad one is refused where it is built
+    /// with an error that names it, never a panic in a background task
+    /// later: `concurrency` at least 1; `heartbeat` longer than zero and
+    /// shorter than `lease`; a `lease` whose expiry a store can hold (before
+    /// the year 10000); `poll_interval` and `progress_interval` longer than
+    /// zero (both are periods something wakes up at); `retry` and
+    /// `retention` valid ([`RetryPolicy::validate`],
+    /// [`RetentionConfig::validate`]). Durations too long to count
+    /// (`progress_interval`, `stop_grace`) simply never pass.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.concurrency == 0 {
+            return Err("concurrency must be at least 1".into());
+        }
+        if self.heartbeat.is_zero() {
+            return Err(format!(
+                "heartbeat must be longer than zero (with a lease of {:?} there is no time to renew it)",
+                self.lease
+            ));
+        }
+        if self.heartbeat >= self.lease {
+            return Err(format!(
+                "heartbeat ({:?}) must be shorter than the lease ({:?})",
+                self.heartbeat, self.lease
+            ));
+        }
+        let expiry = lease_until(self.clock.now(), self.lease)
+            .ok()
+            .filter(|t| timefmt::in_range(*t));
+        if expiry.is_none() {
+            return Err(format!(
+                "lease ({:?}) is too long: a claim made now would expire after {}",
+                self.lease,
+                timefmt::format(timefmt::MAX)
+            ));
+        }
+        if self.poll_interval.is_zero() {
+            return Err("poll_interval must be longer than zero".into());
+        }
+        if self.progress_interval.is_zero() {
+            return Err("progress_interval must be longer than zero".into());
+        }
+        self.retry.validate().map_err(|e| format!("retry: {e}"))?;
+        if let Some(retention) = &self.retention {
+            retention
+                .validate()
+                .map_err(|e| format!("retention: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 /// Counts of running jobs, and the cancel signal of each.
 #[derive(Default)]
 pub(crate) struct Running {
@@ -86,17 +145,19 @@ pub(crate) struct Inner {
     pub(crate) pipelines: Pipelines,
     pub(crate) config: RuntimeConfig,
     pub(crate) wake: Notify,
-    wake_times: Mutex<BinaryHeap<Reverse<OffsetDateTime>>>,
+    wake_times: Mutex<WakeTimes>,
     pub(crate) running: Mutex<Running>,
     /// Fired when shutdown starts: stop claiming.
-    stop_claiming: CancellationToken,
+    pub(crate) stop_claiming: CancellationToken,
     /// Fired when the shutdown deadline passes: stop running phases.
     pub(crate) stop_phases: CancellationToken,
     pub(crate) jitter: Mutex<SeededJitter>,
     tracker: TaskTracker,
+    /// The health of the background tasks.
+    pub(crate) tasks: Tasks,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded data are counters and maps updated in single statements;
     // a panic elsewhere cannot leave them half-changed.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -110,7 +171,7 @@ impl Inner {
     /// Wakes the pump now, and again at `at` if that is in the future.
     pub(crate) fn wake_at(&self, at: OffsetDateTime) {
         if at > self.config.clock.now() {
-            lock(&self.wake_times).push(Reverse(at));
+            lock(&self.wake_times).insert(at);
         }
         self.wake.notify_one();
     }
@@ -122,11 +183,12 @@ impl Inner {
     /// How long the pump may sleep before it must look again.
     fn next_wait(&self) -> Duration {
         let now = self.config.clock.now();
-        let mut times = lock(&self.wake_times);
-        while times.peek().is_some_and(|Reverse(t)| *t <= now) {
-            times.pop();
-        }
-        let until_next = times.peek().map(|Reverse(t)| (*t - now).unsigned_abs());
+        let next = lock(&self.wake_times).next_after(now);
+        #[expect(
+            clippy::arithmetic_side_effects,
+            reason = "the difference of two OffsetDateTimes always fits a time::Duration"
+        )]
+        let until_next = next.map(|t| (t - now).unsigned_abs());
         until_next.map_or(self.config.poll_interval, |d| {
             d.min(self.config.poll_interval)
         })
@@ -160,20 +222,15 @@ pub enum StartError {
 
 impl Runtime {
     /// Recovers jobs a previous process left running, then starts the pump.
-    /// Must be called within a tokio runtime.
+    /// Must be called within a tokio runtime. Settings that fail
+    /// [`RuntimeConfig::validate`] are [`StartError::Config`], and nothing
+    /// is started.
     pub async fn start(
         store: Arc<dyn JobStore>,
         pipelines: Pipelines,
         config: RuntimeConfig,
     ) -> Result<Self, StartError> {
-        if config.concurrency == 0 {
-            return Err(StartError::Config("concurrency must be at least 1".into()));
-        }
-        if config.heartbeat >= config.lease {
-            return Err(StartError::Config(
-                "heartbeat must be shorter than the lease".into(),
-            ));
-        }
+        config.validate().map_err(StartError::Config)?;
         let recovered = store
             .recover(config.recover)
             .await
@@ -193,24 +250,41 @@ impl Runtime {
             stop_phases: CancellationToken::new(),
             jitter: Mutex::new(seed.map_or_else(SeededJitter::from_entropy, SeededJitter::new)),
             tracker: TaskTracker::new(),
+            tasks: Tasks::default(),
         });
+        inner.tasks.add(PUMP);
+        inner.tasks.add(WORKERS);
         if let Some(retention) = inner.config.retention {
-            let (store, clock) = (inner.store.clone(), inner.config.clock.clone());
-            inner.tracker.spawn(retention_loop(
-                store,
-                clock,
-                retention,
-                inner.stop_claiming.clone(),
-            ));
+            inner.tasks.add(RETENTION);
+            inner
+                .tracker
+                .spawn(supervise(inner.clone(), RETENTION, move |inner| {
+                    let (store, clock) = (inner.store.clone(), inner.config.clock.clone());
+                    retention_loop(store, clock, retention, inner.stop_claiming.clone())
+                }));
         }
         if inner.config.recover == RecoverScope::ExpiredLeases {
-            inner.tracker.spawn(rescue_loop(inner.clone()));
+            inner.tasks.add(LEASE_RESCUE);
+            inner
+                .tracker
+                .spawn(supervise(inner.clone(), LEASE_RESCUE, rescue_loop));
         }
-        let pump = tokio::spawn(pump(inner.clone()));
+        let pump = tokio::spawn(supervise(inner.clone(), PUMP, pump));
         Ok(Self {
             inner,
             pump: Mutex::new(Some(pump)),
         })
+    }
+
+    /// How the background tasks are doing: one entry each for `"pump"`,
+    /// `"workers"` (the worker tasks together: panics outside a phase),
+    /// `"retention"` when it is configured and `"lease-rescue"` when
+    /// expired leases are rescued ([`RecoverScope::ExpiredLeases`]). A task
+    /// that panicked was restarted and counts the panic; after
+    /// [`shutdown`](Self::shutdown) every task is
+    /// [`Stopped`](jobqueue_core::TaskState::Stopped).
+    pub fn health(&self) -> Health {
+        self.inner.tasks.health()
     }
 
     /// The store the runtime works on.
@@ -282,6 +356,7 @@ impl Runtime {
             self.inner.stop_phases.cancel();
             self.inner.tracker.wait().await;
         }
+        self.inner.tasks.set_state(WORKERS, TaskState::Stopped);
         info!("shutdown complete");
     }
 }
@@ -349,7 +424,7 @@ async fn claim_round(inner: &Arc<Inner>) {
                     if used >= cap {
                         exclude.push(p.name().to_owned());
                     } else {
-                        room = room.min(cap - used);
+                        room = room.min(cap.saturating_sub(used));
                     }
                 }
             }
@@ -384,12 +459,13 @@ fn spawn_worker(inner: &Arc<Inner>, claimed: Claimed) {
     let token = CancellationToken::new();
     {
         let mut running = inner.running();
-        running.total += 1;
+        running.total = running.total.saturating_add(1);
         running.peak = running.peak.max(running.total);
-        *running
+        let of_pipeline = running
             .per_pipeline
             .entry(claimed.job.pipeline.clone())
-            .or_default() += 1;
+            .or_default();
+        *of_pipeline = of_pipeline.saturating_add(1);
         running.cancels.insert(claimed.job.id, token.clone());
     }
     let guard = SlotGuard {
@@ -397,9 +473,15 @@ fn spawn_worker(inner: &Arc<Inner>, claimed: Claimed) {
         job: claimed.job.id,
         pipeline: claimed.job.pipeline.clone(),
     };
+    let (lease, max_attempts) = (claimed.lease, claimed.job.max_attempts);
     inner.tracker.spawn(async move {
         let guard = guard;
-        runner::run_job(&guard.inner, claimed, token).await;
+        // A panic outside the phase (the phase's own is its failure) must not
+        // leave the job `running` under a lease no one holds.
+        let run = AssertUnwindSafe(runner::run_job(&guard.inner, claimed, token));
+        if let Err(panic) = run.catch_unwind().await {
+            runner::worker_panicked(&guard.inner, lease, max_attempts, panic).await;
+        }
     });
 }
 
@@ -422,5 +504,74 @@ impl Drop for SlotGuard {
             running.cancels.remove(&self.job);
         }
         self.inner.wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jobqueue_core::{MemoryStore, NewJob};
+    use serde_json::Value;
+
+    use super::*;
+    use crate::TokioClock;
+    use crate::clock::add;
+    use crate::phase::{PhaseError, phase_fn};
+    use crate::pipeline::Pipeline;
+
+    /// When a job's phase ran, as its clock read then.
+    #[derive(Default)]
+    struct Ran {
+        at: Mutex<Option<OffsetDateTime>>,
+        notify: Notify,
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_future_jobs_keep_few_wake_times_and_the_earliest_on_time() {
+        let clock = Arc::new(TokioClock::new());
+        let store = Arc::new(MemoryStore::with_clock(clock.clone()));
+        let ran = Arc::new(Ran::default());
+        let seen = ran.clone();
+        let record_clock = clock.clone();
+        let record = phase_fn("record", move |_ctx| {
+            lock(&seen.at).get_or_insert(record_clock.now());
+            seen.notify.notify_one();
+            async { Ok::<_, PhaseError>(Value::Null) }
+        });
+        let pipelines = Pipelines::new([Pipeline::new("p").phase(record)]).unwrap();
+        let config = RuntimeConfig {
+            clock: clock.clone(),
+            poll_interval: Duration::from_secs(3600),
+            ..RuntimeConfig::default()
+        };
+        let rt = Runtime::start(store.clone(), pipelines, config)
+            .await
+            .unwrap();
+
+        let start = clock.now();
+        let in_two_hours = add(start, Duration::from_secs(7200)).unwrap();
+        let later: Vec<NewJob> = (0..5000)
+            .map(|i| {
+                let at = add(in_two_hours, Duration::from_secs(i)).unwrap();
+                NewJob::new("p").phases(["record"]).run_at(at)
+            })
+            .collect();
+        for job in store.enqueue_batch(later).await.unwrap() {
+            rt.notify_enqueued(job.run_at);
+            rt.notify_enqueued(job.run_at);
+        }
+        let soon = add(start, Duration::from_secs(5)).unwrap();
+        let early = NewJob::new("p").phases(["record"]).run_at(soon);
+        rt.notify_enqueued(store.enqueue(early).await.unwrap().run_at);
+
+        let kept = lock(&rt.inner.wake_times).len();
+        assert!(
+            kept <= crate::wake::MAX_WAKE_TIMES,
+            "{kept} wake-up times kept"
+        );
+        tokio::time::timeout(Duration::from_secs(60), ran.notify.notified())
+            .await
+            .unwrap();
+        assert_eq!(*lock(&ran.at), Some(soon), "the earliest job ran on time");
+        rt.shutdown(Duration::from_secs(1)).await;
     }
 }
