@@ -139,11 +139,18 @@ pub fn render_schema() -> Result<String, StoreError> {
     }
     let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
     let _ = writeln!(out);
-    let _ = writeln!(
-        out,
+    // Laid out as rustfmt would, so `cargo fmt` leaves the file as generated.
+    let one_line = format!(
         "diesel::allow_tables_to_appear_in_same_query!({});",
         names.join(", ")
     );
+    if one_line.len() <= 100 {
+        let _ = writeln!(out, "{one_line}");
+    } else {
+        let _ = writeln!(out, "diesel::allow_tables_to_appear_in_same_query!(");
+        let _ = writeln!(out, "    {}", names.join(",\n    "));
+        let _ = writeln!(out, ");");
+    }
     Ok(out)
 }
 

@@ -817,10 +817,10 @@ impl DispatcherHandle {
         // Held while joining, so a second caller returns only once the
         // loop is gone too.
         let mut task = self.task.lock().await;
-        if let Some(joined) = task.take() {
-            if let Err(e) = joined.await {
-                tracing::error!(task = TASK_NAME, error = %e, "the webhook dispatcher task failed");
-            }
+        if let Some(joined) = task.take()
+            && let Err(e) = joined.await
+        {
+            tracing::error!(task = TASK_NAME, error = %e, "the webhook dispatcher task failed");
         }
     }
 }

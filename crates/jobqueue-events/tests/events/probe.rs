@@ -9,8 +9,7 @@ use async_trait::async_trait;
 use jobqueue_core::{
     AttemptOutcome, CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId,
     Event, EventFilter, EventSink, FailureOutcome, Job, JobError, JobFilter, JobId, JobPage,
-    JobStore, Lease, MemoryStore, NewJob, Progress, Pruned, RecoverScope, StoreError,
-    WebhookRoute,
+    JobStore, Lease, MemoryStore, NewJob, Progress, Pruned, RecoverScope, StoreError, WebhookRoute,
 };
 use jobqueue_events::EventBus;
 use serde_json::Value;

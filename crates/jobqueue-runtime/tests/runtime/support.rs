@@ -11,7 +11,8 @@ use jobqueue_core::AttemptOutcome;
 use jobqueue_core::{
     CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId, Event, EventFilter,
     EventSink, EventType, FailureOutcome, Job, JobError, JobFilter, JobId, JobPage, JobStore,
-    Lease, MemoryStore, NewJob, Progress, RecoverScope, RetryPolicy, StoreError, WebhookRoute,
+    Lease, MemoryStore, NewJob, Progress, Pruned, RecoverScope, RetryPolicy, StoreError,
+    WebhookRoute,
 };
 use jobqueue_runtime::{Pipeline, Pipelines, Runtime, RuntimeConfig, TokioClock};
 use serde_json::Value;
@@ -153,6 +154,7 @@ delegate! {
     async fn last_seq(&self) -> Result<u64, StoreError>;
     async fn mark_stale(&self, finished_before: OffsetDateTime, limit: usize) -> Result<Vec<JobId>, StoreError>;
     async fn delete_stale(&self, stale_before: OffsetDateTime, limit: usize) -> Result<Vec<JobId>, StoreError>;
+    async fn prune(&self, before: OffsetDateTime, limit: usize) -> Result<Pruned, StoreError>;
     async fn due_deliveries(&self, limit: usize) -> Result<Vec<Delivery>, StoreError>;
     async fn next_delivery_at(&self) -> Result<Option<OffsetDateTime>, StoreError>;
     async fn record_attempt(&self, id: DeliveryId, outcome: AttemptOutcome) -> Result<Delivery, StoreError>;
