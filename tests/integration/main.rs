@@ -44,6 +44,7 @@ macro_rules! store_tests {
 }
 
 mod events;
+mod hardening;
 mod kill;
 mod retention;
 mod runtime;

@@ -40,7 +40,9 @@ impl Job {
             priority: spec.priority,
             unique_key: spec.unique_key,
             attempt: 0,
-            max_attempts: spec.max_attempts,
+            max_attempts: spec
+                .max_attempts
+                .unwrap_or(crate::job::DEFAULT_MAX_ATTEMPTS),
             created_at: now,
             run_at: spec.run_at.map_or(now, truncate_to_micros),
             started_at: None,

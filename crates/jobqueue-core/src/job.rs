@@ -89,8 +89,11 @@ pub struct NewJob {
     pub run_at: Option<OffsetDateTime>,
     /// At most one queued or running job holds a given key.
     pub unique_key: Option<String>,
-    /// Attempts before the job fails for good (at least 1).
-    pub max_attempts: u32,
+    /// Attempts before the job fails for good (at least 1). `None` takes
+    /// the pipeline's retry policy's where the enqueuer knows the pipeline
+    /// (the façade does), else [`DEFAULT_MAX_ATTEMPTS`].
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
     /// Events of this job are also delivered here, signed with the default secret.
     pub webhook_url: Option<String>,
     /// The names of the pipeline's phases, in order, so the job shows them as
@@ -108,7 +111,7 @@ impl NewJob {
             priority: 0,
             run_at: None,
             unique_key: None,
-            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            max_attempts: None,
             webhook_url: None,
             phases: Vec::new(),
         }
@@ -140,7 +143,7 @@ impl NewJob {
 
     /// Sets the attempt budget.
     pub fn max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = n;
+        self.max_attempts = Some(n);
         self
     }
 
@@ -163,7 +166,7 @@ impl NewJob {
     /// Checks what any store must refuse; the error text says what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         check_name("pipeline", &self.pipeline)?;
-        if self.max_attempts == 0 {
+        if self.max_attempts == Some(0) {
             return Err("max_attempts must be at least 1".to_owned());
         }
         if let Some(key) = &self.unique_key {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobqueue_core::RetryPolicy;
+use jobqueue_core::job::check_name;
 
 use crate::phase::Phase;
 
@@ -103,21 +104,18 @@ impl Pipeline {
         self.retry.as_ref()
     }
 
+    /// Refuses what a store would refuse at every enqueue (names come from
+    /// the same check, `jobqueue_core::job::check_name`), and what could
+    /// never run.
     fn validate(&self) -> Result<(), String> {
-        if self.name.trim().is_empty() {
-            return Err("a pipeline needs a name".into());
-        }
+        check_name("pipeline name", &self.name)?;
         if self.phases.is_empty() {
             return Err(format!("pipeline {:?} has no phases", self.name));
         }
         let names = self.phase_names();
         for (i, n) in names.iter().enumerate() {
-            if n.trim().is_empty() {
-                return Err(format!(
-                    "pipeline {:?}: phase {i} has an empty name",
-                    self.name
-                ));
-            }
+            check_name(&format!("phase {i} name"), n)
+                .map_err(|e| format!("pipeline {:?}: {e}", self.name))?;
             if names[..i].contains(n) {
                 return Err(format!(
                     "pipeline {:?}: phase {n:?} appears twice",

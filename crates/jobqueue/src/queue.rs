@@ -259,20 +259,22 @@ impl JobQueue {
     }
 
     /// Fills in what the queue knows about the job's pipeline: its phase
-    /// names, and its attempt budget unless `keep_attempts`.
-    fn prepare(&self, mut job: NewJob, keep_attempts: bool) -> Result<NewJob, Error> {
+    /// names, and its attempt budget when the job does not set one. One
+    /// rule for [`enqueue`](Self::enqueue), [`enqueue_job`](Self::enqueue_job)
+    /// and [`enqueue_batch`](Self::enqueue_batch).
+    fn prepare(&self, mut job: NewJob) -> Result<NewJob, Error> {
         let pipeline = self
             .runtime
             .pipelines()
             .get(&job.pipeline)
             .ok_or_else(|| Error::UnknownPipeline(job.pipeline.clone()))?;
         job.phases = pipeline.phase_names();
-        if !keep_attempts {
+        if job.max_attempts.is_none() {
             let policy = pipeline
                 .retry_policy()
                 .copied()
                 .unwrap_or(self.runtime.config().retry);
-            job.max_attempts = policy.max_attempts;
+            job.max_attempts = Some(policy.max_attempts);
         }
         Ok(job)
     }
@@ -285,14 +287,15 @@ impl JobQueue {
         input: &T,
     ) -> Result<Job, Error> {
         let input = serde_json::to_value(input).map_err(Error::Json)?;
-        let job = self.prepare(NewJob::new(pipeline).input(input), false)?;
+        let job = self.prepare(NewJob::new(pipeline).input(input))?;
         self.enqueue_prepared(job).await
     }
 
     /// Enqueues a job with every option of [`NewJob`] (priority, `run_at`,
-    /// unique key, attempts, webhook URL). Its phases come from the pipeline.
+    /// unique key, attempts, webhook URL). Its phases come from the
+    /// pipeline, and so does its attempt budget unless it sets one.
     pub async fn enqueue_job(&self, job: NewJob) -> Result<Job, Error> {
-        let job = self.prepare(job, true)?;
+        let job = self.prepare(job)?;
         self.enqueue_prepared(job).await
     }
 
@@ -327,7 +330,7 @@ impl JobQueue {
             .into_iter()
             .enumerate()
             .map(|(index, j)| {
-                self.prepare(j, true).map_err(|e| match e {
+                self.prepare(j).map_err(|e| match e {
                     Error::UnknownPipeline(p) => Error::Store(jobqueue_core::StoreError::Batch {
                         index,
                         error: Box::new(jobqueue_core::StoreError::Invalid(format!(
