@@ -48,6 +48,6 @@ pub use outbox::{
 };
 pub use retry::{Jitter, RetryPolicy, SeededJitter};
 pub use store::{
-    CancelOutcome, ClaimRequest, Claimed, EventFilter, EventSink, FailureOutcome, JobFilter,
-    JobPage, JobStore, Lease, Pruned, RecoverScope,
+    CancelOutcome, ClaimRequest, Claimed, EventFilter, EventSink, FailureOutcome, JobCount,
+    JobFilter, JobPage, JobStore, Lease, Pruned, RecoverScope,
 };

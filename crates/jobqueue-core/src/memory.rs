@@ -25,8 +25,8 @@ use crate::outbox::{
     AttemptOutcome, Delivery, DeliveryFilter, DeliveryStatus, WebhookRoute, deliveries_for,
 };
 use crate::store::{
-    CancelOutcome, ClaimRequest, Claimed, EventFilter, EventSink, FailureOutcome, JobFilter,
-    JobPage, JobStore, Lease, Pruned, RecoverScope,
+    CancelOutcome, ClaimRequest, Claimed, EventFilter, EventSink, FailureOutcome, JobCount,
+    JobFilter, JobPage, JobStore, Lease, Pruned, RecoverScope,
 };
 
 /// The page size of [`JobStore::list`] when the filter gives none.
@@ -495,6 +495,22 @@ impl JobStore for MemoryStore {
             None
         };
         Ok(JobPage { jobs, next_cursor })
+    }
+
+    async fn counts(&self) -> Result<Vec<JobCount>, StoreError> {
+        let st = self.lock();
+        let mut by: BTreeMap<(&str, JobStatus), u64> = BTreeMap::new();
+        for job in st.jobs.values() {
+            *by.entry((job.pipeline.as_str(), job.status)).or_default() += 1;
+        }
+        Ok(by
+            .into_iter()
+            .map(|((pipeline, status), count)| JobCount {
+                pipeline: pipeline.to_owned(),
+                status,
+                count,
+            })
+            .collect())
     }
 
     async fn events_after(

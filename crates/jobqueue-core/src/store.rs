@@ -109,6 +109,17 @@ pub enum RecoverScope {
     ExpiredLeases,
 }
 
+/// One line of [`JobStore::counts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobCount {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The status.
+    pub status: JobStatus,
+    /// How many jobs of that pipeline are in that status.
+    pub count: u64,
+}
+
 /// What [`JobStore::prune`] removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pruned {
@@ -269,6 +280,10 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// A page of jobs, newest first.
     async fn list(&self, filter: JobFilter) -> Result<JobPage, StoreError>;
+
+    /// How many jobs there are, by pipeline and status (only the pairs that
+    /// have any), without reading the jobs themselves.
+    async fn counts(&self) -> Result<Vec<JobCount>, StoreError>;
 
     /// Up to `limit` events with `seq > after`, oldest first.
     async fn events_after(

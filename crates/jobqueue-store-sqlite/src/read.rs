@@ -13,14 +13,14 @@ use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
 use jobqueue_core::memory::DEFAULT_PAGE;
 use jobqueue_core::{
-    Delivery, DeliveryFilter, DeliveryStatus, ErrorKind, Event, EventFilter, JobFilter, JobPage,
-    StoreError,
+    Delivery, DeliveryFilter, DeliveryStatus, ErrorKind, Event, EventFilter, JobCount, JobFilter,
+    JobPage, StoreError,
 };
 use time::OffsetDateTime;
 
 use crate::error::db_err;
 use crate::query::with_phases;
-use crate::rows::{DeliveryRow, EventRow, JobRow, from_micros, micros, sql_count};
+use crate::rows::{DeliveryRow, EventRow, JobRow, from_micros, job_status, micros, sql_count};
 use crate::schema::{events, jobs, store_state, webhook_deliveries};
 use crate::writer::ReadJob;
 
@@ -100,6 +100,24 @@ pub(crate) fn list(conn: &mut SqliteConnection, filter: JobFilter) -> Result<Job
         None
     };
     Ok(JobPage { jobs, next_cursor })
+}
+
+pub(crate) fn counts(conn: &mut SqliteConnection) -> Result<Vec<JobCount>, StoreError> {
+    let rows: Vec<(String, String, i64)> = jobs::table
+        .group_by((jobs::pipeline, jobs::status))
+        .select((jobs::pipeline, jobs::status, diesel::dsl::count_star()))
+        .order((jobs::pipeline, jobs::status))
+        .load(conn)
+        .map_err(db_err)?;
+    rows.into_iter()
+        .map(|(pipeline, status, count)| {
+            Ok(JobCount {
+                pipeline,
+                status: job_status(&status)?,
+                count: u64::try_from(count).unwrap_or(0),
+            })
+        })
+        .collect()
 }
 
 pub(crate) fn events_after(

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use futures_channel::oneshot;
 use jobqueue_core::{
     AttemptOutcome, CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId,
-    Event, EventFilter, EventSink, FailureOutcome, Job, JobError, JobFilter, JobId, JobPage,
-    JobStore, Lease, NewJob, Progress, Pruned, RecoverScope, StoreError, WebhookRoute,
+    Event, EventFilter, EventSink, FailureOutcome, Job, JobCount, JobError, JobFilter, JobId,
+    JobPage, JobStore, Lease, NewJob, Progress, Pruned, RecoverScope, StoreError, WebhookRoute,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -362,6 +362,10 @@ impl JobStore for SqliteStore {
 
     async fn list(&self, filter: JobFilter) -> Result<JobPage, StoreError> {
         self.read(move |conn| read::list(conn, filter)).await
+    }
+
+    async fn counts(&self) -> Result<Vec<JobCount>, StoreError> {
+        self.read(read::counts).await
     }
 
     async fn events_after(

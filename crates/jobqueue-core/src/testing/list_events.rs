@@ -5,7 +5,7 @@
 use super::{Ctx, claim_one, enqueue, run_to_completion};
 use crate::event::Event;
 use crate::machine::{EventType, JobStatus};
-use crate::store::{EventFilter, JobFilter};
+use crate::store::{ClaimRequest, EventFilter, JobFilter};
 
 pub(super) async fn list_filters_and_cursor(ctx: &Ctx) {
     let mut ids = Vec::new();
@@ -143,5 +143,32 @@ pub(super) async fn events_after_filters(ctx: &Ctx) {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+pub(super) async fn counts_by_pipeline_and_status(ctx: &Ctx) {
+    let s = &ctx.store;
+    assert!(s.counts().await.unwrap().is_empty());
+    enqueue(ctx, "a", &["x"]).await;
+    enqueue(ctx, "a", &["x"]).await;
+    enqueue(ctx, "b", &["x"]).await;
+    let claimed = s.claim(ClaimRequest::new(1)).await.unwrap();
+    let mut counts: Vec<(String, JobStatus, u64)> = s
+        .counts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.pipeline, c.status, c.count))
+        .collect();
+    counts.sort();
+    assert_eq!(
+        counts,
+        vec![
+            ("a".to_owned(), JobStatus::Queued, 1),
+            ("a".to_owned(), JobStatus::Running, 1),
+            ("b".to_owned(), JobStatus::Queued, 1),
+        ],
+        "claimed {:?}",
+        claimed[0].job.pipeline
     );
 }

@@ -123,6 +123,7 @@ macro_rules! __conformance_suite {
             list_events {
                 list_filters_and_cursor,
                 events_after_filters,
+                counts_by_pipeline_and_status,
             }
             retention {
                 stale_then_deleted,

@@ -8,8 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use jobqueue_core::{
     AttemptOutcome, CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId,
-    Event, EventFilter, EventSink, FailureOutcome, Job, JobError, JobFilter, JobId, JobPage,
-    JobStore, Lease, MemoryStore, NewJob, Progress, Pruned, RecoverScope, StoreError, WebhookRoute,
+    Event, EventFilter, EventSink, FailureOutcome, Job, JobCount, JobError, JobFilter, JobId,
+    JobPage, JobStore, Lease, MemoryStore, NewJob, Progress, Pruned, RecoverScope, StoreError,
+    WebhookRoute,
 };
 use jobqueue_events::EventBus;
 use serde_json::Value;
@@ -187,6 +188,10 @@ impl JobStore for ProbeStore {
 
     async fn last_seq(&self) -> Result<u64, StoreError> {
         self.inner.last_seq().await
+    }
+
+    async fn counts(&self) -> Result<Vec<JobCount>, StoreError> {
+        self.inner.counts().await
     }
 
     async fn prune(&self, before: OffsetDateTime, limit: usize) -> Result<Pruned, StoreError> {

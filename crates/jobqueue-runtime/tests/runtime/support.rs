@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use jobqueue_core::AttemptOutcome;
 use jobqueue_core::{
     CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId, Event, EventFilter,
-    EventSink, EventType, FailureOutcome, Job, JobError, JobFilter, JobId, JobPage, JobStore,
-    Lease, MemoryStore, NewJob, Progress, Pruned, RecoverScope, RetryPolicy, StoreError,
+    EventSink, EventType, FailureOutcome, Job, JobCount, JobError, JobFilter, JobId, JobPage,
+    JobStore, Lease, MemoryStore, NewJob, Progress, Pruned, RecoverScope, RetryPolicy, StoreError,
     WebhookRoute,
 };
 use jobqueue_runtime::{Pipeline, Pipelines, Runtime, RuntimeConfig, TokioClock};
@@ -155,6 +155,7 @@ delegate! {
     async fn mark_stale(&self, finished_before: OffsetDateTime, limit: usize) -> Result<Vec<JobId>, StoreError>;
     async fn delete_stale(&self, stale_before: OffsetDateTime, limit: usize) -> Result<Vec<JobId>, StoreError>;
     async fn prune(&self, before: OffsetDateTime, limit: usize) -> Result<Pruned, StoreError>;
+    async fn counts(&self) -> Result<Vec<JobCount>, StoreError>;
     async fn due_deliveries(&self, limit: usize) -> Result<Vec<Delivery>, StoreError>;
     async fn next_delivery_at(&self) -> Result<Option<OffsetDateTime>, StoreError>;
     async fn record_attempt(&self, id: DeliveryId, outcome: AttemptOutcome) -> Result<Delivery, StoreError>;
