@@ -33,6 +33,27 @@ async fn builders_refuse_names_every_enqueue_would_refuse() {
 }
 
 store_tests! {
+    async fn health_names_every_background_task(kind: StoreKind) {
+        let env = Env::new(kind);
+        let webhooks = jobqueue::WebhookConfig {
+            default_secret: Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+            ..jobqueue::WebhookConfig::default()
+        };
+        let (queue, _rec) = env.start_with(vec![one_phase("p")], |b| b.webhooks(webhooks)).await;
+        let health = queue.health();
+        assert!(health.is_healthy(), "{health:?}");
+        let names: Vec<&str> = health.tasks.iter().map(|t| t.name.as_str()).collect();
+        for task in ["pump", "webhook-dispatcher"] {
+            assert!(names.contains(&task), "{task} in {names:?}");
+        }
+        queue.shutdown().await;
+        let after = queue.health();
+        assert!(
+            after.tasks.iter().all(|t| t.state == jobqueue::TaskState::Stopped || t.name == "workers"),
+            "{after:?}"
+        );
+    }
+
     async fn one_attempt_budget_rule_for_every_enqueue(kind: StoreKind) {
         let env = Env::new(kind);
         let (queue, _rec) = env

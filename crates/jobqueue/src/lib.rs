@@ -43,10 +43,10 @@ struct ReadmeDoctests;
 pub use error::Error;
 pub use jobqueue_core as core;
 pub use jobqueue_core::{
-    CancelOutcome, Clock, ErrorKind, Event, EventData, EventFilter, EventType, Interrupted, Job,
-    JobError, JobFilter, JobId, JobPage, JobStatus, JobStore, ManualClock, MemoryStore, NewJob,
-    Phase as PhaseRecord, PhaseStatus, Progress, RecoverScope, RetryPolicy, StoreError,
-    SystemClock,
+    CancelOutcome, Clock, ErrorKind, Event, EventData, EventFilter, EventType, Health, Interrupted,
+    Job, JobError, JobFilter, JobId, JobPage, JobStatus, JobStore, ManualClock, MemoryStore,
+    NewJob, Phase as PhaseRecord, PhaseStatus, Progress, RecoverScope, RetryPolicy, StoreError,
+    SystemClock, TaskHealth, TaskState,
 };
 pub use jobqueue_events as events;
 pub use jobqueue_events::{Endpoint, EventBus, Subscription, WebhookConfig};

@@ -2,14 +2,14 @@
 
 #[cfg(feature = "sqlite")]
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_core::Stream;
 use jobqueue_core::{
-    CancelOutcome, Clock, EventFilter, Job, JobFilter, JobId, JobPage, JobStore, MemoryStore,
-    NewJob, RecoverScope, RetryPolicy,
+    CancelOutcome, Clock, Delivery, EventFilter, Health, Job, JobFilter, JobId, JobPage, JobStore,
+    MemoryStore, NewJob, RecoverScope, RetryPolicy,
 };
 use jobqueue_events::{Dispatcher, DispatcherHandle, EventBus, Subscription, WebhookConfig};
 use jobqueue_runtime::{Pipeline, Pipelines, RetentionConfig, Runtime, RuntimeConfig};
@@ -183,7 +183,7 @@ impl JobQueueBuilder {
             store,
             runtime: Arc::new(runtime),
             bus,
-            dispatcher: Arc::new(Mutex::new(dispatcher)),
+            dispatcher: dispatcher.map(Arc::new),
             allow_private_webhooks: webhooks.allow_private,
             job_webhooks: webhooks.default_secret.is_some(),
             start_seq,
@@ -213,7 +213,8 @@ pub struct JobQueue {
     store: Arc<dyn JobStore>,
     runtime: Arc<Runtime>,
     bus: EventBus,
-    dispatcher: Arc<Mutex<Option<DispatcherHandle>>>,
+    /// `None` when there is nothing to send (no endpoint, no default secret).
+    dispatcher: Option<Arc<DispatcherHandle>>,
     allow_private_webhooks: bool,
     /// A default secret is configured, so per-job `webhook_url`s can be signed.
     job_webhooks: bool,
@@ -391,12 +392,7 @@ impl JobQueue {
     /// return at once.
     pub async fn shutdown(&self) {
         self.runtime.shutdown(self.shutdown_timeout).await;
-        let dispatcher = self
-            .dispatcher
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(d) = dispatcher {
+        if let Some(d) = &self.dispatcher {
             d.shutdown().await;
         }
         self.store.close().await;
@@ -428,6 +424,27 @@ impl JobQueue {
         filter: EventFilter,
     ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + use<> {
         jobqueue_events::sse_stream(self.store.clone(), &self.bus, after, filter)
+    }
+
+    /// How the queue's background tasks are doing: the pump, retention and
+    /// lease rescue (when configured), the workers, and the webhook
+    /// dispatcher (when there is one). A task that panicked is restarted and
+    /// its panics are counted here; [`Health::is_healthy`] is false while one
+    /// is down. A server's `/health` answers from this.
+    pub fn health(&self) -> Health {
+        let mut health = self.runtime.health();
+        if let Some(d) = &self.dispatcher {
+            health.tasks.push(d.health());
+        }
+        health
+    }
+
+    /// Every webhook delivery row after an attempt was recorded (status,
+    /// attempts, last error), for metrics; `None` when this queue sends no
+    /// webhooks. A receiver that lags loses the oldest rows (the store has
+    /// them all).
+    pub fn webhook_attempts(&self) -> Option<tokio::sync::broadcast::Receiver<Delivery>> {
+        self.dispatcher.as_ref().map(|d| d.attempts())
     }
 
     /// The event bus (for SSE servers that build their own streams).
