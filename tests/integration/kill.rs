@@ -161,6 +161,8 @@ async fn killed_workers_lose_nothing_and_never_rerun_completed_phases() {
         for j in all_jobs(&store).await {
             interrupted_jobs.extend((j.status == JobStatus::Running).then_some(j.id));
         }
+        // One store per file: the next child needs it.
+        store.close().await;
     }
 
     // A last life finishes everything.
@@ -205,4 +207,48 @@ async fn killed_workers_lose_nothing_and_never_rerun_completed_phases() {
     // Every phase of every job completed exactly once: one result each.
     let total_completed: usize = jobs.iter().map(|j| j.phases.len()).sum();
     assert_eq!(total_completed, jobs.len() * 3);
+}
+
+/// A job whose phase kills its process on every run: each life's recovery
+/// counts the run it cut short as an attempt, and once the attempts are
+/// spent the job fails with a clear error instead of crashing every new
+/// process forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_kills_its_process_every_time_is_not_run_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("jobs.db");
+    let log = dir.path().join("runs.log");
+    let mut mode = "enqueue-crash";
+    let mut lives = 0;
+    let status = loop {
+        lives += 1;
+        assert!(lives <= 5, "the crashing job was run again and again");
+        let status =
+            tokio::time::timeout(Duration::from_secs(60), spawn(&db, &log, &[mode]).wait())
+                .await
+                .unwrap()
+                .unwrap();
+        mode = "run";
+        if status.success() {
+            break status;
+        }
+    };
+    assert!(status.success());
+    // Three attempts, three crashes; the fourth life recovers it as failed.
+    assert_eq!(lives, 4);
+    let store = open(&db).await;
+    let jobs = all_jobs(&store).await;
+    assert_eq!(jobs.len(), 1);
+    let job = &jobs[0];
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(job.attempt, 3);
+    let error = job.error.as_ref().unwrap();
+    assert_eq!(error.phase.as_deref(), Some("boom"));
+    assert!(error.message.contains("interrupted"), "{}", error.message);
+    assert!(
+        error.message.contains("attempt 3 of 3"),
+        "{}",
+        error.message
+    );
+    store.close().await;
 }

@@ -105,22 +105,14 @@ impl Job {
     /// event data.
     pub fn interrupt(&mut self, now: OffsetDateTime) -> Result<EventData, StoreError> {
         self.step(JobAction::Interrupt)?;
-        let running = self
+        let (phase, progress) = self.where_cut_short();
+        if let Some(i) = self
             .phases
             .iter()
-            .position(|p| p.status == PhaseStatus::Running);
-        let (phase, progress) = match running {
-            Some(i) => {
-                self.step_phase(i, PhaseAction::Interrupt)?;
-                (self.phases[i].name.clone(), self.phases[i].progress.clone())
-            }
-            None => {
-                let next = self
-                    .first_incomplete_phase()
-                    .map(|i| self.phases[i].name.clone());
-                (next.unwrap_or_default(), None)
-            }
-        };
+            .position(|p| p.status == PhaseStatus::Running)
+        {
+            self.step_phase(i, PhaseAction::Interrupt)?;
+        }
         self.interrupted = Some(Interrupted {
             phase: phase.clone(),
             at: now,
@@ -129,6 +121,55 @@ impl Job {
         self.run_at = now;
         self.release_lease();
         Ok(EventData::Interrupted { phase, progress })
+    }
+
+    /// The process that ran the job is gone (a crash, a kill, a lease that
+    /// expired): the job is interrupted at `now` like [`interrupt`](Self::interrupt)
+    /// and queued again, unless that was its last attempt. A run that ended
+    /// this way spent its attempt, so a phase that crashes the process every
+    /// time cannot be run forever: once the attempts are spent the job fails,
+    /// with its interrupted context kept and an error that says why. Returns
+    /// `job.interrupted`, or `job.failed`.
+    pub fn recover(&mut self, now: OffsetDateTime) -> Result<EventData, StoreError> {
+        if crate::retry::RetryPolicy::can_retry(self.attempt, self.max_attempts) {
+            return self.interrupt(now);
+        }
+        let (phase, progress) = self.where_cut_short();
+        self.interrupted = Some(Interrupted {
+            phase: phase.clone(),
+            at: now,
+            progress,
+        });
+        let error = JobError {
+            phase: (!phase.is_empty()).then(|| phase.clone()),
+            message: format!(
+                "interrupted: the process running attempt {} of {} stopped before it \
+                 finished (crashed, killed or lost its lease), and no attempts are left; \
+                 a job whose run ends the process every time is not retried forever",
+                self.attempt, self.max_attempts
+            ),
+            attempt: self.attempt,
+        };
+        self.fail(error, now)
+    }
+
+    /// The phase a crash or shutdown cuts short, and its last progress: the
+    /// running phase, or the next one to run (without progress) if the job
+    /// was between phases; an empty name if every phase completed.
+    fn where_cut_short(&self) -> (String, Option<Progress>) {
+        match self
+            .phases
+            .iter()
+            .position(|p| p.status == PhaseStatus::Running)
+        {
+            Some(i) => (self.phases[i].name.clone(), self.phases[i].progress.clone()),
+            None => {
+                let next = self
+                    .first_incomplete_phase()
+                    .map(|i| self.phases[i].name.clone());
+                (next.unwrap_or_default(), None)
+            }
+        }
     }
 
     /// A claim at `now`: `running`, one more attempt, the new fencing

@@ -177,9 +177,9 @@ fn created(job: &Job) -> Staged {
     Staged::new(job, job.created_event())
 }
 
-/// Interrupts a running job in place (see [`Job::interrupt`]).
-fn interrupt_job(job: &mut Job, now: OffsetDateTime) -> Result<Staged, StoreError> {
-    let data = job.interrupt(now)?;
+/// Recovers a running job whose process is gone, in place (see [`Job::recover`]).
+fn recover_job(job: &mut Job, now: OffsetDateTime) -> Result<Staged, StoreError> {
+    let data = job.recover(now)?;
     Ok(Staged::new(job, data))
 }
 
@@ -409,7 +409,7 @@ impl JobStore for MemoryStore {
         let mut staged = Vec::with_capacity(ids.len());
         for id in ids {
             let mut job = st.job(id)?;
-            staged.push(interrupt_job(&mut job, now)?);
+            staged.push(recover_job(&mut job, now)?);
             jobs.push(job);
         }
         for job in &jobs {

@@ -259,8 +259,11 @@ pub trait JobStore: Send + Sync + 'static {
     /// interrupted context (event `job.interrupted`).
     async fn interrupt(&self, lease: &Lease) -> Result<Job, StoreError>;
 
-    /// Interrupts running jobs left by a process that is gone (see
-    /// [`RecoverScope`]); each keeps its interrupted context and is queued.
+    /// Recovers running jobs left by a process that is gone (see
+    /// [`RecoverScope`] and [`Job::recover`]): each keeps its interrupted
+    /// context and is queued again (event `job.interrupted`), or fails
+    /// (event `job.failed`) if that run was its last attempt, so a job that
+    /// crashes its process every time is not run forever.
     async fn recover(&self, scope: RecoverScope) -> Result<Vec<Job>, StoreError>;
 
     /// A user cancels a job: queued ones at once, running ones are flagged.

@@ -369,7 +369,7 @@ pub(crate) fn recover(tx: &mut Tx<'_>, scope: RecoverScope) -> Result<Vec<Job>, 
     let mut staged = Vec::with_capacity(found.len());
     for before in found {
         let mut job = before.clone();
-        let data = job.interrupt(now)?;
+        let data = job.recover(now)?;
         staged.push((before, job.clone(), data));
         out.push(job);
     }

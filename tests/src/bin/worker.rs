@@ -1,8 +1,10 @@
 //! The kill tests' child process: runs a queue of multi-phase jobs on an
 //! SQLite file until it is killed, or until every job finished.
 //!
-//! Usage: `jobqueue-test-worker DB LOG (enqueue N | run)`
+//! Usage: `jobqueue-test-worker DB LOG (enqueue N | enqueue-crash | run)`
 //! - `enqueue N` enqueues N jobs of pipeline `multi`, then runs the queue.
+//! - `enqueue-crash` enqueues one job of pipeline `crash`, whose phase
+//!   aborts the process, then runs the queue.
 //! - `run` only runs the queue; it exits 0 once no job is queued or running.
 //!
 //! Each phase run appends `run <job> <phase> <attempt>` to LOG as it starts,
@@ -17,7 +19,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jobqueue::{JobFilter, JobQueue, JobStatus, PhaseError, Pipeline, phase_fn};
+use jobqueue::{JobFilter, JobQueue, JobStatus, PhaseError, Pipeline, RetryPolicy, phase_fn};
 use serde_json::json;
 
 fn phase(name: &'static str, log: Arc<Mutex<std::fs::File>>) -> impl jobqueue::Phase {
@@ -48,7 +50,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let (db, log_path, mode) = match args.as_slice() {
         [_, db, log, mode, rest @ ..] => (db.clone(), log.clone(), (mode.clone(), rest.to_vec())),
-        _ => return Err("usage: jobqueue-test-worker DB LOG (enqueue N | run)".into()),
+        _ => {
+            return Err(
+                "usage: jobqueue-test-worker DB LOG (enqueue N | enqueue-crash | run)".into(),
+            );
+        }
     };
     let log = Arc::new(Mutex::new(
         std::fs::OpenOptions::new()
@@ -60,9 +66,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .phase(phase("fetch", log.clone()))
         .phase(phase("build", log.clone()))
         .phase(phase("publish", log));
+    let crash = Pipeline::new("crash")
+        .retry(RetryPolicy {
+            max_attempts: 3,
+            ..RetryPolicy::default()
+        })
+        .phase(phase_fn("boom", |_ctx| async move {
+            // What a segfault or an OOM kill does to the process.
+            std::process::abort();
+            #[expect(unreachable_code, reason = "the phase's type needs a result")]
+            Ok::<_, PhaseError>(json!(null))
+        }));
     let queue = JobQueue::builder()
         .sqlite(db)
         .pipeline(pipeline)
+        .pipeline(crash)
+        // Every kill spends the attempt of each job it cuts short (a job
+        // whose run kills its process every time must not loop forever);
+        // the parent kills up to six lives, so leave room for all of them.
+        .retry_policy(RetryPolicy {
+            max_attempts: 20,
+            ..RetryPolicy::default()
+        })
         .concurrency(4)
         .start()
         .await?;
@@ -79,6 +104,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let job = queue.enqueue("multi", &json!({ "i": i })).await?;
             println!("enqueued {}", job.id);
         }
+    }
+    if mode.0 == "enqueue-crash" {
+        let job = queue.enqueue("crash", &json!(null)).await?;
+        println!("enqueued {}", job.id);
     }
     println!("running");
     loop {

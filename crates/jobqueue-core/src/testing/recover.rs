@@ -136,3 +136,66 @@ pub(super) async fn heartbeat_and_expired_leases(ctx: &Ctx) {
     assert_eq!(job(ctx, a.id).await.status, JobStatus::Running);
     assert_eq!(job(ctx, b.id).await.status, JobStatus::Queued);
 }
+
+/// A run that ended with its process spent an attempt: a job whose phase
+/// kills the process every time fails once its attempts are spent, with
+/// its interrupted context and a clear error, instead of running forever.
+pub(super) async fn crash_loops_end_when_attempts_are_spent(ctx: &Ctx) {
+    let s = &ctx.store;
+    let j = s
+        .enqueue(
+            crate::job::NewJob::new("p")
+                .phases(["a", "b"])
+                .max_attempts(2),
+        )
+        .await
+        .unwrap();
+    // Attempt 1 completes "a", then the process dies in "b".
+    let c = claim_one(ctx).await;
+    complete_phases(ctx, &c.lease, 0..1).await;
+    s.phase_started(&c.lease, 1).await.unwrap();
+    s.phase_progress(&c.lease, 1, Progress::new(30, None))
+        .await
+        .unwrap();
+    s.recover(RecoverScope::All).await.unwrap();
+    assert_eq!(
+        job(ctx, j.id).await.status,
+        JobStatus::Queued,
+        "one attempt left"
+    );
+    // Attempt 2 dies in "b" too: no attempt is left.
+    let c = claim_one(ctx).await;
+    assert_eq!(c.lease.attempt, 2);
+    s.phase_started(&c.lease, 1).await.unwrap();
+    let recovered = s.recover(RecoverScope::All).await.unwrap();
+    assert_eq!(recovered.len(), 1);
+    let failed = job(ctx, j.id).await;
+    assert_eq!(failed, recovered[0]);
+    assert_eq!(failed.status, JobStatus::Failed);
+    assert!(failed.lease.is_none());
+    assert!(failed.finished_at.is_some());
+    let error = failed.error.clone().unwrap();
+    assert_eq!(error.phase.as_deref(), Some("b"));
+    assert_eq!(error.attempt, 2);
+    assert!(error.message.contains("interrupted"), "{}", error.message);
+    assert!(
+        error.message.contains("attempt 2 of 2"),
+        "{}",
+        error.message
+    );
+    assert_eq!(
+        failed.interrupted.as_ref().map(|i| i.phase.as_str()),
+        Some("b")
+    );
+    assert_eq!(
+        failed.phases[0].status,
+        PhaseStatus::Completed,
+        "results kept"
+    );
+    assert_eq!(failed.phases[1].status, PhaseStatus::Failed);
+    let last = events_of(ctx, j.id).await.pop().unwrap();
+    assert_eq!(last.data, EventData::Failed { error });
+    // Nothing left to claim or recover.
+    assert!(s.claim(ClaimRequest::new(1)).await.unwrap().is_empty());
+    assert!(s.recover(RecoverScope::All).await.unwrap().is_empty());
+}
