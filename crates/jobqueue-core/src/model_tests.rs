@@ -110,6 +110,8 @@ struct MJob {
     cancel_requested: bool,
     /// Results of completed phases: they must never change.
     results: Vec<Option<serde_json::Value>>,
+    /// Attempts started (claims since the job was enqueued or retried by hand).
+    attempt: u32,
 }
 
 impl MJob {
@@ -141,6 +143,19 @@ impl MJob {
             self.phases[i] = PhaseStatus::Pending;
         }
         self.status = JobStatus::Queued;
+        self.drop_lease();
+    }
+    /// Found running after a crash: interrupted while attempts remain,
+    /// failed (its running phase with it) on its last one.
+    fn recover(&mut self) {
+        if self.attempt < crate::job::DEFAULT_MAX_ATTEMPTS {
+            self.interrupt();
+            return;
+        }
+        if let Some(i) = self.running_phase() {
+            self.phases[i] = PhaseStatus::Failed;
+        }
+        self.status = JobStatus::Failed;
         self.drop_lease();
     }
 }
@@ -202,6 +217,7 @@ impl Harness {
                         old_leases: vec![],
                         cancel_requested: false,
                         results: vec![None; phases],
+                        attempt: 0,
                     });
                 }
             }
@@ -227,6 +243,8 @@ impl Harness {
                     let m = self.jobs.iter_mut().find(|m| m.id == c.job.id).unwrap();
                     m.status = JobStatus::Running;
                     m.lease = Some(c.lease);
+                    m.attempt += 1;
+                    assert_eq!(c.lease.attempt, m.attempt);
                 }
             }
             Op::Start { j } => {
@@ -353,6 +371,7 @@ impl Harness {
                 );
                 if r.is_ok() {
                     self.jobs[i].status = JobStatus::Queued;
+                    self.jobs[i].attempt = 0;
                 }
             }
             Op::Interrupt { j } => {
@@ -373,7 +392,7 @@ impl Harness {
                 assert_eq!(n, running);
                 for m in &mut self.jobs {
                     if m.status == JobStatus::Running {
-                        m.interrupt();
+                        m.recover();
                     }
                 }
             }

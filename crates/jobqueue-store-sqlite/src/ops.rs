@@ -24,7 +24,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::error::db_err;
-use crate::query::{insert_job, job_row, load_job, save_job, with_phases};
+use crate::query::{Unreadable, insert_job, job_row, load_job, save_job, with_phases};
 use crate::rows::{DeliveryRow, JobRow, job_status, micros, sql_count};
 use crate::schema::{events, jobs, tombstones, webhook_deliveries};
 use crate::writer::Tx;
@@ -233,7 +233,9 @@ pub(crate) fn claim(tx: &mut Tx<'_>, req: ClaimRequest) -> Result<Vec<Claimed>, 
             &b.id,
         ))
     });
-    let jobs = with_phases(tx.conn(), rows)?;
+    let loaded = with_phases(tx.conn(), rows)?;
+    fail_unreadable(tx, loaded.unreadable)?;
+    let jobs = loaded.jobs;
     let mut claimed = Vec::with_capacity(jobs.len());
     for job in jobs {
         let token = job
@@ -255,6 +257,53 @@ pub(crate) fn claim(tx: &mut Tx<'_>, req: ClaimRequest) -> Result<Vec<Claimed>, 
         claimed.push(Claimed { lease, job });
     }
     Ok(claimed)
+}
+
+/// Fails running jobs whose rows do not read back (claimed just now, or
+/// found by recovery), each with an error that says so and a `job.failed`
+/// event, so they leave the queue instead of failing every claim after
+/// them. Written as SQL on the row itself: the row is what cannot be read.
+fn fail_unreadable(tx: &mut Tx<'_>, jobs: Vec<Unreadable>) -> Result<(), StoreError> {
+    let rule = job_transition(JobStatus::Running, JobAction::Fail)?;
+    for bad in jobs {
+        let message = format!(
+            "the stored job cannot be read back ({}); it was failed so that the rest of \
+             the queue keeps running (delete it, or repair its row)",
+            bad.error
+        );
+        let attempt = u32::try_from(bad.attempt).unwrap_or(0);
+        let now = micros(tx.now);
+        diesel::update(jobs::table.find(&bad.id))
+            .set((
+                jobs::status.eq(rule.to.as_str()),
+                jobs::finished_at.eq(Some(now)),
+                jobs::error_phase.eq(None::<String>),
+                jobs::error_message.eq(Some(&message)),
+                jobs::error_attempt.eq(Some(i64::from(attempt))),
+                jobs::lease.eq(None::<String>),
+                jobs::lease_expires_at.eq(None::<i64>),
+                jobs::cancel_requested.eq(false),
+            ))
+            .execute(tx.write_conn())
+            .map_err(db_err)?;
+        // The id column is what every other query finds the row by; a row
+        // whose id does not even parse is left as it is (and skipped).
+        if let Ok(id) = bad.id.parse::<JobId>() {
+            tx.cache.forget(id);
+            let error = JobError {
+                phase: None,
+                message,
+                attempt,
+            };
+            tx.emit(
+                id,
+                &bad.pipeline,
+                bad.webhook_url.as_deref(),
+                EventData::Failed { error },
+            )?;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn heartbeat(
@@ -364,7 +413,9 @@ pub(crate) fn recover(tx: &mut Tx<'_>, scope: RecoverScope) -> Result<Vec<Job>, 
         );
     }
     let rows = q.load(tx.conn()).map_err(db_err)?;
-    let found = with_phases(tx.conn(), rows)?;
+    let loaded = with_phases(tx.conn(), rows)?;
+    fail_unreadable(tx, loaded.unreadable)?;
+    let found = loaded.jobs;
     let mut out = Vec::with_capacity(found.len());
     let mut staged = Vec::with_capacity(found.len());
     for before in found {
@@ -567,6 +618,29 @@ pub(crate) fn prune(
         deliveries: ended.len(),
         tombstones: old.len(),
     })
+}
+
+/// Ends deliveries whose rows do not read back as `failed`, with the reason.
+pub(crate) fn fail_unreadable_deliveries(
+    tx: &mut Tx<'_>,
+    bad: &[(String, StoreError)],
+) -> Result<(), StoreError> {
+    for (id, error) in bad {
+        let message = format!("the stored delivery cannot be read back ({error}); it was ended");
+        diesel::update(
+            webhook_deliveries::table
+                .find(id)
+                .filter(webhook_deliveries::status.eq(DeliveryStatus::Pending.as_str())),
+        )
+        .set((
+            webhook_deliveries::status.eq(DeliveryStatus::Failed.as_str()),
+            webhook_deliveries::last_error.eq(Some(message)),
+            webhook_deliveries::next_attempt_at.eq(None::<i64>),
+        ))
+        .execute(tx.write_conn())
+        .map_err(db_err)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn record_attempt(

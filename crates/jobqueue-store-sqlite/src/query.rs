@@ -40,13 +40,32 @@ pub(crate) fn load_job(conn: &mut SqliteConnection, id: JobId) -> Result<Option<
     row.into_job(phases).map(Some)
 }
 
+/// A stored job that does not read back (a value written by something
+/// else, or damaged): what is needed to fail it or to say which it is.
+#[derive(Debug)]
+pub(crate) struct Unreadable {
+    pub(crate) id: String,
+    pub(crate) pipeline: String,
+    pub(crate) webhook_url: Option<String>,
+    pub(crate) attempt: i64,
+    pub(crate) error: StoreError,
+}
+
+/// The jobs of some rows: those that read back, in order, and those that
+/// did not, each on its own, so one bad row never hides the others.
+#[derive(Debug, Default)]
+pub(crate) struct Loaded {
+    pub(crate) jobs: Vec<Job>,
+    pub(crate) unreadable: Vec<Unreadable>,
+}
+
 /// The jobs of `rows`, in that order, with their phases.
 pub(crate) fn with_phases(
     conn: &mut SqliteConnection,
     rows: Vec<JobRow>,
-) -> Result<Vec<Job>, StoreError> {
+) -> Result<Loaded, StoreError> {
     if rows.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Loaded::default());
     }
     let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     let mut by_job: HashMap<String, Vec<PhaseRow>> = HashMap::new();
@@ -63,12 +82,30 @@ pub(crate) fn with_phases(
     for p in all {
         by_job.entry(p.job_id.clone()).or_default().push(p);
     }
-    rows.into_iter()
-        .map(|r| {
-            let phases = by_job.remove(&r.id).unwrap_or_default();
-            r.into_job(phases)
-        })
-        .collect()
+    let mut loaded = Loaded {
+        jobs: Vec::with_capacity(rows.len()),
+        unreadable: Vec::new(),
+    };
+    for r in rows {
+        let phases = by_job.remove(&r.id).unwrap_or_default();
+        let (id, pipeline, webhook_url, attempt) = (
+            r.id.clone(),
+            r.pipeline.clone(),
+            r.webhook_url.clone(),
+            r.attempt,
+        );
+        match r.into_job(phases) {
+            Ok(job) => loaded.jobs.push(job),
+            Err(error) => loaded.unreadable.push(Unreadable {
+                id,
+                pipeline,
+                webhook_url,
+                attempt,
+                error,
+            }),
+        }
+    }
+    Ok(loaded)
 }
 
 /// Inserts a new job and its phases.

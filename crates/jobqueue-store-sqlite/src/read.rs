@@ -93,13 +93,23 @@ pub(crate) fn list(conn: &mut SqliteConnection, filter: JobFilter) -> Result<Job
         .map_err(db_err)?;
     let more = rows.len() > limit;
     rows.truncate(limit);
-    let jobs = with_phases(conn, rows)?;
-    let next_cursor = if more {
-        jobs.last().map(|j| j.id)
-    } else {
-        None
+    // The cursor is the last row of the page, read back or not.
+    let last = rows.last().map(|r| r.id.clone());
+    let loaded = with_phases(conn, rows)?;
+    for bad in &loaded.unreadable {
+        tracing::warn!(job_id = %bad.id, error = %bad.error, "skipping a stored job that cannot be read back");
+    }
+    let next_cursor = match last.filter(|_| more) {
+        Some(id) => Some(
+            id.parse()
+                .map_err(|e| crate::error::corrupt(format!("job id {id:?}: {e}")))?,
+        ),
+        None => None,
     };
-    Ok(JobPage { jobs, next_cursor })
+    Ok(JobPage {
+        jobs: loaded.jobs,
+        next_cursor,
+    })
 }
 
 pub(crate) fn counts(conn: &mut SqliteConnection) -> Result<Vec<JobCount>, StoreError> {
@@ -126,27 +136,46 @@ pub(crate) fn events_after(
     filter: EventFilter,
     limit: usize,
 ) -> Result<Vec<Event>, StoreError> {
-    let Ok(after) = i64::try_from(after) else {
+    let Ok(mut after) = i64::try_from(after) else {
         return Ok(Vec::new());
     };
-    let mut q = events::table
-        .select(EventRow::as_select())
-        .filter(events::seq.gt(after))
-        .into_boxed();
-    if let Some(job) = filter.job {
-        q = q.filter(events::job_id.eq(job.to_string()));
+    let job = filter.job.map(|j| j.to_string());
+    let types: Vec<&str> = filter.types.iter().map(|t| t.as_str()).collect();
+    let mut out = Vec::new();
+    // Rows that do not read back are skipped (and logged), and the page is
+    // filled from after them, so they never look like the end of the log.
+    while out.len() < limit {
+        let want = limit - out.len();
+        let mut q = events::table
+            .select(EventRow::as_select())
+            .filter(events::seq.gt(after))
+            .into_boxed();
+        if let Some(job) = &job {
+            q = q.filter(events::job_id.eq(job));
+        }
+        if !types.is_empty() {
+            q = q.filter(events::event_type.eq_any(&types));
+        }
+        let rows: Vec<EventRow> = q
+            .order(events::seq)
+            .limit(sql_count(want))
+            .load(conn)
+            .map_err(db_err)?;
+        let page = rows.len();
+        for row in rows {
+            after = row.seq;
+            match row.into_event() {
+                Ok(event) => out.push(event),
+                Err(error) => {
+                    tracing::warn!(seq = after, %error, "skipping a stored event that cannot be read back");
+                }
+            }
+        }
+        if page < want {
+            break;
+        }
     }
-    if !filter.types.is_empty() {
-        let types: Vec<&str> = filter.types.iter().map(|t| t.as_str()).collect();
-        q = q.filter(events::event_type.eq_any(types));
-    }
-    q.order(events::seq)
-        .limit(sql_count(limit))
-        .load(conn)
-        .map_err(db_err)?
-        .into_iter()
-        .map(EventRow::into_event)
-        .collect()
+    Ok(out)
 }
 
 /// The highest sequence number ever handed out: the saved counter, or the
@@ -165,12 +194,33 @@ pub(crate) fn last_seq(conn: &mut SqliteConnection) -> Result<u64, StoreError> {
     Ok(u64::try_from(seq).unwrap_or(0))
 }
 
+/// Deliveries that read back, and the ids and errors of those that do not.
+pub(crate) type Readable = (Vec<Delivery>, Vec<(String, StoreError)>);
+
+/// Reads delivery rows one by one; one that does not read back is set
+/// aside (and logged), never failing the rest.
+fn deliveries_of(rows: Vec<DeliveryRow>) -> Readable {
+    let mut ok = Vec::with_capacity(rows.len());
+    let mut bad = Vec::new();
+    for row in rows {
+        let id = row.id.clone();
+        match row.into_delivery() {
+            Ok(d) => ok.push(d),
+            Err(error) => {
+                tracing::warn!(delivery_id = %id, %error, "skipping a stored webhook delivery that cannot be read back");
+                bad.push((id, error));
+            }
+        }
+    }
+    (ok, bad)
+}
+
 pub(crate) fn due_deliveries(
     conn: &mut SqliteConnection,
     now: OffsetDateTime,
     limit: usize,
-) -> Result<Vec<Delivery>, StoreError> {
-    webhook_deliveries::table
+) -> Result<Readable, StoreError> {
+    let rows = webhook_deliveries::table
         .filter(webhook_deliveries::status.eq(DeliveryStatus::Pending.as_str()))
         .filter(webhook_deliveries::next_attempt_at.le(micros(now)))
         .order((
@@ -181,10 +231,8 @@ pub(crate) fn due_deliveries(
         .limit(sql_count(limit))
         .select(DeliveryRow::as_select())
         .load(conn)
-        .map_err(db_err)?
-        .into_iter()
-        .map(DeliveryRow::into_delivery)
-        .collect()
+        .map_err(db_err)?;
+    Ok(deliveries_of(rows))
 }
 
 pub(crate) fn next_delivery_at(
@@ -216,9 +264,6 @@ pub(crate) fn deliveries(
     if filter.limit != 0 {
         q = q.limit(sql_count(filter.limit));
     }
-    q.load(conn)
-        .map_err(db_err)?
-        .into_iter()
-        .map(DeliveryRow::into_delivery)
-        .collect()
+    let rows = q.load(conn).map_err(db_err)?;
+    Ok(deliveries_of(rows).0)
 }

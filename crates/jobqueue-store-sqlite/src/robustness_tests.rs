@@ -312,3 +312,194 @@ fn retention_keeps_the_file_at_a_steady_size() {
         "without retention: {without:?}, with: {sizes:?}"
     );
 }
+
+/// Runs raw SQL through the writer, as damage from outside would look.
+async fn damage(store: &SqliteStore, sql: String) {
+    use diesel::RunQueryDsl as _;
+    store
+        .write_op(move |tx| {
+            diesel::sql_query(sql.clone())
+                .execute(tx.write_conn())
+                .map_err(crate::error::db_err)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
+fn memory_store() -> SqliteStore {
+    SqliteStore::open_in_memory(SqliteOptions::default().clock(Arc::new(ManualClock::default())))
+        .unwrap()
+}
+
+/// A job row that does not read back is failed by the claim that finds it,
+/// with a clear error, and every other job is still claimed; listings skip
+/// it; it can be deleted.
+#[test]
+fn an_unreadable_job_is_isolated_not_a_stalled_queue() {
+    use jobqueue_core::{ClaimRequest, EventFilter, EventType, JobFilter, JobStatus};
+    block_on(async {
+        let store = memory_store();
+        let a = store.enqueue(NewJob::new("p").phases(["x"])).await.unwrap();
+        let bad = store
+            .enqueue(NewJob::new("p").phases(["x"]).priority(9))
+            .await
+            .unwrap();
+        let c = store.enqueue(NewJob::new("p").phases(["x"])).await.unwrap();
+        damage(
+            &store,
+            format!("UPDATE jobs SET input = '[[[' WHERE id = '{}'", bad.id),
+        )
+        .await;
+        let err = store.job(bad.id).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+        // Listing skips it and still pages correctly.
+        let page = store
+            .list(JobFilter {
+                limit: 2,
+                ..JobFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [c.id]);
+        let rest = store
+            .list(JobFilter {
+                cursor: page.next_cursor,
+                ..JobFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(rest.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [a.id]);
+        // The claim (it would take `bad` first) fails it and goes on.
+        let claimed = store.claim(ClaimRequest::new(10)).await.unwrap();
+        let mut ids: Vec<_> = claimed.iter().map(|c| c.job.id).collect();
+        ids.sort();
+        let mut want = vec![a.id, c.id];
+        want.sort();
+        assert_eq!(ids, want);
+        let events = store
+            .events_after(
+                0,
+                EventFilter {
+                    job: Some(bad.id),
+                    ..EventFilter::default()
+                },
+                100,
+            )
+            .await
+            .unwrap();
+        let failed = events.last().unwrap();
+        assert_eq!(failed.event_type(), EventType::JobFailed);
+        assert!(
+            failed.data.to_json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("cannot be read back")
+        );
+        assert!(store.claim(ClaimRequest::new(10)).await.unwrap().is_empty());
+        let counts = store.counts().await.unwrap();
+        assert!(
+            counts
+                .iter()
+                .any(|c| c.status == JobStatus::Failed && c.count == 1)
+        );
+        // It can be removed.
+        store.delete(bad.id).await.unwrap();
+        assert!(store.job(bad.id).await.unwrap().is_none());
+    });
+}
+
+/// A running job whose row goes bad is failed by recovery; the others are
+/// recovered as usual.
+#[test]
+fn recovery_isolates_an_unreadable_running_job() {
+    use jobqueue_core::{ClaimRequest, JobStatus, RecoverScope};
+    block_on(async {
+        let store = memory_store();
+        let good = store.enqueue(NewJob::new("p").phases(["x"])).await.unwrap();
+        let bad = store.enqueue(NewJob::new("p").phases(["x"])).await.unwrap();
+        assert_eq!(store.claim(ClaimRequest::new(2)).await.unwrap().len(), 2);
+        damage(
+            &store,
+            format!("UPDATE jobs SET input = 'nope' WHERE id = '{}'", bad.id),
+        )
+        .await;
+        let recovered = store.recover(RecoverScope::All).await.unwrap();
+        assert_eq!(
+            recovered.iter().map(|j| j.id).collect::<Vec<_>>(),
+            [good.id]
+        );
+        assert_eq!(
+            store.job(good.id).await.unwrap().unwrap().status,
+            JobStatus::Queued
+        );
+        assert!(store.recover(RecoverScope::All).await.unwrap().is_empty());
+    });
+}
+
+/// An event row that does not read back is skipped by every reader, which
+/// still reaches the end of the log.
+#[test]
+fn an_unreadable_event_is_skipped_by_replay() {
+    use jobqueue_core::EventFilter;
+    block_on(async {
+        let store = memory_store();
+        for _ in 0..5 {
+            store.enqueue(NewJob::new("p")).await.unwrap();
+        }
+        damage(
+            &store,
+            "UPDATE events SET data = '{' WHERE seq IN (2, 3)".to_owned(),
+        )
+        .await;
+        let all = store
+            .events_after(0, EventFilter::default(), 100)
+            .await
+            .unwrap();
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 4, 5]);
+        // A page that starts with unreadable rows is filled from after them.
+        let page = store
+            .events_after(1, EventFilter::default(), 1)
+            .await
+            .unwrap();
+        assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [4]);
+        assert_eq!(store.last_seq().await.unwrap(), 5);
+    });
+}
+
+/// A delivery row that does not read back is ended as failed with the
+/// reason, so it is not due for ever; the others go out.
+#[test]
+fn an_unreadable_delivery_is_failed_not_due_for_ever() {
+    use jobqueue_core::{DeliveryFilter, DeliveryStatus, WebhookRoute};
+    block_on(async {
+        let store = memory_store();
+        store.set_webhook_routes(vec![WebhookRoute {
+            url: "http://hook/".into(),
+            events: None,
+        }]);
+        store.enqueue(NewJob::new("p")).await.unwrap();
+        store.enqueue(NewJob::new("p")).await.unwrap();
+        damage(
+            &store,
+            "UPDATE webhook_deliveries SET event_data = '[' WHERE event_seq = 1".to_owned(),
+        )
+        .await;
+        let due = store.due_deliveries(10).await.unwrap();
+        assert_eq!(due.iter().map(|d| d.event_seq).collect::<Vec<_>>(), [2]);
+        assert_eq!(
+            store.next_delivery_at().await.unwrap(),
+            Some(due[0].next_attempt_at.unwrap())
+        );
+        let failed = store
+            .deliveries(DeliveryFilter {
+                statuses: vec![DeliveryStatus::Failed],
+                ..DeliveryFilter::default()
+            })
+            .await
+            .unwrap();
+        // Still unreadable, so still skipped in the listing; but no longer due.
+        assert!(failed.is_empty());
+        assert_eq!(store.due_deliveries(10).await.unwrap().len(), 1);
+    });
+}

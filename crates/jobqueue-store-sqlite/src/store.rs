@@ -406,8 +406,16 @@ impl JobStore for SqliteStore {
 
     async fn due_deliveries(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {
         let now = self.now();
-        self.read(move |conn| read::due_deliveries(conn, now, limit))
-            .await
+        let (due, unreadable) = self
+            .read(move |conn| read::due_deliveries(conn, now, limit))
+            .await?;
+        if !unreadable.is_empty() {
+            // Failed with the reason, or they would stay due for ever and
+            // keep the dispatcher looking at them.
+            self.write(move |tx| ops::fail_unreadable_deliveries(tx, &unreadable))
+                .await?;
+        }
+        Ok(due)
     }
 
     async fn next_delivery_at(&self) -> Result<Option<OffsetDateTime>, StoreError> {
