@@ -468,17 +468,56 @@ store_tests! {
         queue.shutdown().await;
     }
 
-    async fn unknown_pipeline_fails_clearly(kind: StoreKind) {
+    async fn a_job_of_an_unknown_pipeline_waits_and_is_reported(kind: StoreKind) {
         let env = Env::new(kind);
         let (queue, rec) = env.start(vec![Pipeline::new("known").phase(counting("a", Arc::new(Counter::default())))]).await;
         assert!(matches!(queue.enqueue("nope", &json!(null)).await, Err(jobqueue::Error::UnknownPipeline(_))));
         // A job of a pipeline this process does not define (another process
-        // enqueued it) is failed, not lost and not retried forever.
-        let job = queue.store().enqueue(NewJob::new("elsewhere")).await.unwrap();
+        // enqueued it, or a deploy renamed the pipeline) is neither run nor
+        // failed here: it waits, and the queue says so.
+        let job = queue.store().enqueue(NewJob::new("elsewhere").phases(["x"])).await.unwrap();
         queue.runtime().notify_enqueued(job.run_at);
-        rec.wait_for(job.id, EventType::JobFailed).await;
-        let failed = queue.get(job.id).await.unwrap().unwrap();
-        assert!(failed.error.unwrap().message.contains("unknown pipeline \"elsewhere\""));
+        // A job of a known pipeline enqueued after it still runs.
+        let known = queue.enqueue("known", &json!(null)).await.unwrap();
+        rec.wait_for(known.id, EventType::JobCompleted).await;
+        assert_eq!(queue.get(job.id).await.unwrap().unwrap().status, JobStatus::Queued);
+        let stranded = queue.stranded().await.unwrap();
+        assert_eq!(stranded.len(), 1);
+        assert_eq!((stranded[0].pipeline.as_str(), stranded[0].count), ("elsewhere", 1));
+        queue.shutdown().await;
+        // A process that defines the pipeline runs it.
+        let (queue, rec) = env.start(vec![Pipeline::new("elsewhere").phase(counting("x", Arc::new(Counter::default())))]).await;
+        rec.wait_for(job.id, EventType::JobCompleted).await;
+        assert!(queue.stranded().await.unwrap().is_empty());
+        queue.shutdown().await;
+    }
+
+    async fn a_deploy_that_changes_phases_fails_no_queued_job(kind: StoreKind) {
+        let env = Env::new(kind);
+        let a = Arc::new(Counter::default());
+        let started = Arc::new(Notify::new());
+        // Version 1: phases a, b; the job is stopped by shutdown in b.
+        let (queue, rec) = env
+            .start(vec![Pipeline::new("p").phase(counting("a", a.clone())).phase(waits_for_stop("b", started.clone()))])
+            .await;
+        let job = queue.enqueue("p", &json!(null)).await.unwrap();
+        started.notified().await;
+        queue.shutdown().await;
+        drop(rec);
+        // Version 2 renamed b to b2 and added c before it.
+        let (b2, c) = (Arc::new(Counter::default()), Arc::new(Counter::default()));
+        let (queue, rec) = env
+            .start(vec![Pipeline::new("p")
+                .phase(counting("a", a.clone()))
+                .phase(counting("c", c.clone()))
+                .phase(counting("b2", b2.clone()))])
+            .await;
+        rec.wait_for(job.id, EventType::JobCompleted).await;
+        assert_eq!((a.get(), c.get(), b2.get()), (1, 1, 1), "a kept its result, the new phases ran once");
+        let done = queue.get(job.id).await.unwrap().unwrap();
+        let names: Vec<&str> = done.phases.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["a", "c", "b2"], "b never completed, so it is not kept");
+        assert!(done.phases.iter().all(|p| p.status == PhaseStatus::Completed));
         queue.shutdown().await;
     }
 

@@ -191,6 +191,55 @@ impl Job {
         })
     }
 
+    /// The pipeline's phases changed since the job was enqueued (a deploy
+    /// renamed, added, removed or reordered some): the job takes the new
+    /// list `names`, matched by name. A phase of the new list keeps its
+    /// record (a completed one its result: it never runs again), a new one
+    /// is `pending`, and a completed phase the pipeline no longer has keeps
+    /// its result after the others; one that had not completed is dropped.
+    /// Only for a running job between phases (its worker does it right
+    /// after the claim). No event: the job's state does not change.
+    pub fn reshape_phases(&mut self, names: &[String]) -> Result<(), StoreError> {
+        if self.status != JobStatus::Running {
+            return Err(StoreError::Conflict(format!(
+                "job {} is {}: only a running job's phases can be changed",
+                self.id, self.status
+            )));
+        }
+        if let Some(p) = self
+            .phases
+            .iter()
+            .find(|p| p.status == PhaseStatus::Running)
+        {
+            return Err(StoreError::Conflict(format!(
+                "job {}: phase {:?} is running; its phases cannot change now",
+                self.id, p.name
+            )));
+        }
+        for (i, name) in names.iter().enumerate() {
+            crate::job::check_name("phase name", name).map_err(StoreError::Invalid)?;
+            if names[..i].contains(name) {
+                return Err(StoreError::Invalid(format!(
+                    "phase name {name:?} appears twice"
+                )));
+            }
+        }
+        let mut old = std::mem::take(&mut self.phases);
+        let mut phases = Vec::with_capacity(names.len());
+        for name in names {
+            match old.iter().position(|p| p.name == *name) {
+                Some(i) => phases.push(old.remove(i)),
+                None => phases.push(Phase::pending(name.clone())),
+            }
+        }
+        phases.extend(
+            old.into_iter()
+                .filter(|p| p.status == PhaseStatus::Completed),
+        );
+        self.phases = phases;
+        Ok(())
+    }
+
     /// Phase `index` starts at `now` in `attempt`. Refused if an earlier
     /// phase has not completed. Returns `job.phase.started`.
     pub fn start_phase(

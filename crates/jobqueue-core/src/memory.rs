@@ -257,6 +257,11 @@ impl JobStore for MemoryStore {
             .values()
             .filter(|j| j.status == JobStatus::Queued && j.run_at <= now)
             .filter(|j| !req.exclude_pipelines.contains(&j.pipeline))
+            .filter(|j| {
+                req.pipelines
+                    .as_ref()
+                    .is_none_or(|p| p.contains(&j.pipeline))
+            })
             .collect();
         runnable.sort_by_key(|j| (std::cmp::Reverse(j.priority), j.run_at, j.created_at, j.id));
         let ids: Vec<JobId> = runnable.iter().take(req.limit).map(|j| j.id).collect();
@@ -289,6 +294,14 @@ impl JobStore for MemoryStore {
         let requested = job.cancel_requested;
         st.jobs.insert(job.id, job);
         Ok(requested)
+    }
+
+    async fn reshape_phases(&self, lease: &Lease, phases: Vec<String>) -> Result<Job, StoreError> {
+        let mut st = self.lock();
+        let mut job = st.leased(lease)?;
+        job.reshape_phases(&phases)?;
+        st.jobs.insert(job.id, job.clone());
+        Ok(job)
     }
 
     async fn phase_started(&self, lease: &Lease, index: usize) -> Result<(), StoreError> {

@@ -61,6 +61,7 @@ pub struct Claimed {
 
 /// What to claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClaimRequest {
     /// At most this many jobs.
     pub limit: usize,
@@ -68,6 +69,10 @@ pub struct ClaimRequest {
     pub lease_for: Duration,
     /// Skip jobs of these pipelines (e.g. those at their concurrency cap).
     pub exclude_pipelines: Vec<String>,
+    /// Claim only jobs of these pipelines (those the claiming process can
+    /// run); `None` claims any. A job of a pipeline no process defines then
+    /// stays queued instead of being claimed and failed.
+    pub pipelines: Option<Vec<String>>,
 }
 
 impl ClaimRequest {
@@ -77,7 +82,26 @@ impl ClaimRequest {
             limit,
             lease_for: Duration::from_secs(30),
             exclude_pipelines: Vec::new(),
+            pipelines: None,
         }
+    }
+
+    /// Leases last `lease_for` unless a heartbeat renews them.
+    pub fn lease_for(mut self, lease_for: Duration) -> Self {
+        self.lease_for = lease_for;
+        self
+    }
+
+    /// Skips jobs of these pipelines.
+    pub fn exclude_pipelines(mut self, pipelines: Vec<String>) -> Self {
+        self.exclude_pipelines = pipelines;
+        self
+    }
+
+    /// Claims only jobs of these pipelines.
+    pub fn pipelines(mut self, pipelines: Vec<String>) -> Self {
+        self.pipelines = Some(pipelines);
+        self
     }
 }
 
@@ -205,14 +229,20 @@ pub trait JobStore: Send + Sync + 'static {
     /// Persists all the jobs or none (`Batch` names the bad one).
     async fn enqueue_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>, StoreError>;
 
-    /// Claims up to `limit` queued jobs whose `run_at` has come, highest
-    /// priority first, then earliest `run_at`, then oldest. Each claim starts
+    /// Claims up to `limit` queued jobs whose `run_at` has come (of the
+    /// request's pipelines only, if it names them), highest priority first,
+    /// then earliest `run_at`, then oldest. Each claim starts
     /// an attempt (event `job.started`) with a new fencing token.
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>, StoreError>;
 
     /// Renews the lease until `now + extend`; returns whether a cancel was
     /// requested meanwhile.
     async fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<bool, StoreError>;
+
+    /// The claimed job takes the pipeline's current phase list, matched by
+    /// name (see [`Job::reshape_phases`]): a deploy that renamed, added or
+    /// removed phases does not fail its queued jobs. No event.
+    async fn reshape_phases(&self, lease: &Lease, phases: Vec<String>) -> Result<Job, StoreError>;
 
     /// Phase `index` starts (event `job.phase.started`).
     async fn phase_started(&self, lease: &Lease, index: usize) -> Result<(), StoreError>;

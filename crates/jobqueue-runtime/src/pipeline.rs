@@ -169,4 +169,12 @@ impl Pipelines {
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Pipeline>> {
         self.by_name.values()
     }
+
+    /// The names of every pipeline, sorted (a stable order keeps a
+    /// store's prepared claim statement the same from one claim to the next).
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.by_name.keys().cloned().collect();
+        names.sort();
+        names
+    }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use jobqueue_core::health::panic_message;
 use jobqueue_core::{
-    Claimed, ErrorKind, FailureOutcome, Job, JobError, JobStore, Lease, RetryPolicy, StoreError,
-    timefmt,
+    Claimed, ErrorKind, FailureOutcome, Job, JobError, JobStore, Lease, PhaseStatus, RetryPolicy,
+    StoreError, timefmt,
 };
 use serde_json::{Map, Value};
 use tokio::sync::watch;
@@ -103,29 +103,53 @@ impl JobRun<'_> {
     async fn run(&self, job: Job) {
         info!("job started");
         let Some(pipeline) = self.inner.pipelines.get(&job.pipeline).cloned() else {
-            let message = format!(
-                "unknown pipeline {:?}: this process does not define it",
+            // Claims name only this process's pipelines; a store that
+            // handed this one out anyway gets it back, queued for a process
+            // that defines it (it is never failed for being unknown here).
+            warn!(
+                "claimed a job of pipeline {:?}, which this process does not define; \
+                 putting it back",
                 job.pipeline
             );
-            self.fail(message).await;
+            self.end_interrupted().await;
             return;
         };
         let names = pipeline.phase_names();
         let recorded: Vec<&str> = job.phases.iter().map(|p| p.name.as_str()).collect();
-        if recorded != names {
-            let message = format!(
-                "pipeline {:?} has phases {names:?} but the job was enqueued with {recorded:?}",
-                job.pipeline
-            );
-            self.fail(message).await;
-            return;
-        }
+        let job = if recorded == names {
+            job
+        } else {
+            // A deploy changed the pipeline's phases: match them by name, so
+            // completed phases keep their results and new ones run.
+            match self
+                .store()
+                .reshape_phases(&self.lease, names.clone())
+                .await
+            {
+                Ok(job) => {
+                    info!(from = ?recorded, to = ?names, "the pipeline's phases changed since the job was enqueued; matched by name");
+                    job
+                }
+                Err(e) => {
+                    self.store_failed("match the pipeline's phases", &e);
+                    return;
+                }
+            }
+        };
         let deadline = pipeline
             .attempt_timeout
             .and_then(|t| Deadline::after(t, "attempt"));
         let mut results = job.results();
         let first = job.first_incomplete_phase().unwrap_or(names.len());
         for (index, spec) in pipeline.phases.iter().enumerate().skip(first) {
+            // After a reordering a later phase may have completed already.
+            if job
+                .phases
+                .get(index)
+                .is_some_and(|p| p.status == PhaseStatus::Completed)
+            {
+                continue;
+            }
             if self.cancel.is_cancelled() {
                 self.end_cancelled().await;
                 return;
@@ -394,18 +418,6 @@ impl JobRun<'_> {
                 }
             }
             Err(e) => self.store_failed("fail phase", &e),
-        }
-    }
-
-    async fn fail(&self, message: String) {
-        error!(%message, "job failed");
-        let err = JobError {
-            phase: None,
-            message,
-            attempt: self.lease.attempt,
-        };
-        if let Err(e) = self.store().fail_job(&self.lease, err).await {
-            self.store_failed("fail job", &e);
         }
     }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use jobqueue_core::apply::lease_until;
 use jobqueue_core::{
-    CancelOutcome, ClaimRequest, Claimed, Clock, Health, JobId, JobStore, RecoverScope,
-    RetryPolicy, SeededJitter, StoreError, SystemClock, TaskState, timefmt,
+    CancelOutcome, ClaimRequest, Claimed, Clock, Health, JobCount, JobId, JobStatus, JobStore,
+    RecoverScope, RetryPolicy, SeededJitter, StoreError, SystemClock, TaskState, timefmt,
 };
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -238,6 +238,14 @@ impl Runtime {
         for job in &recovered {
             info!(job_id = %job.id, pipeline = %job.pipeline, interrupted = ?job.interrupted, "recovered interrupted job");
         }
+        match stranded(&*store, &pipelines).await {
+            Ok(counts) => {
+                for c in counts {
+                    warn!(pipeline = %c.pipeline, queued = c.count, "queued jobs of a pipeline this process does not define: they wait for a process that defines it");
+                }
+            }
+            Err(e) => debug!(error = %e, "could not count jobs of unknown pipelines"),
+        }
         let seed = config.jitter_seed;
         let inner = Arc::new(Inner {
             store,
@@ -285,6 +293,15 @@ impl Runtime {
     /// [`Stopped`](jobqueue_core::TaskState::Stopped).
     pub fn health(&self) -> Health {
         self.inner.tasks.health()
+    }
+
+    /// Queued jobs of pipelines this process does not define, counted by
+    /// pipeline. Claims name only this process's pipelines, so such jobs
+    /// are neither run nor failed here: they wait for a process that
+    /// defines their pipeline (a deploy that renamed or dropped one leaves
+    /// them here to be seen). Logged as a warning at start.
+    pub async fn stranded(&self) -> Result<Vec<JobCount>, StoreError> {
+        stranded(&*self.inner.store, &self.inner.pipelines).await
     }
 
     /// The store the runtime works on.
@@ -361,6 +378,18 @@ impl Runtime {
     }
 }
 
+async fn stranded(
+    store: &dyn JobStore,
+    pipelines: &Pipelines,
+) -> Result<Vec<JobCount>, StoreError> {
+    Ok(store
+        .counts()
+        .await?
+        .into_iter()
+        .filter(|c| c.status == JobStatus::Queued && pipelines.get(&c.pipeline).is_none())
+        .collect())
+}
+
 impl Drop for Runtime {
     fn drop(&mut self) {
         // Dropping without `shutdown` stops claiming; running workers end with
@@ -433,11 +462,12 @@ async fn claim_round(inner: &Arc<Inner>) {
         if limit == 0 {
             return;
         }
-        let req = ClaimRequest {
-            limit,
-            lease_for: inner.config.lease,
-            exclude_pipelines: exclude,
-        };
+        // Only the pipelines this process runs: a job of another pipeline
+        // stays queued for a process that defines it (see `report_stranded`).
+        let req = ClaimRequest::new(limit)
+            .lease_for(inner.config.lease)
+            .exclude_pipelines(exclude)
+            .pipelines(inner.pipelines.names());
         let claimed = match inner.store.claim(req).await {
             Ok(c) => c,
             Err(e) => {

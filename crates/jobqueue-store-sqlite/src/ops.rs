@@ -25,8 +25,8 @@ use time::OffsetDateTime;
 
 use crate::error::db_err;
 use crate::query::{Unreadable, insert_job, job_row, load_job, save_job, with_phases};
-use crate::rows::{DeliveryRow, JobRow, job_status, micros, sql_count};
-use crate::schema::{events, jobs, tombstones, webhook_deliveries};
+use crate::rows::{DeliveryRow, JobRow, PhaseRow, job_status, micros, sql_count};
+use crate::schema::{events, jobs, phases, tombstones, webhook_deliveries};
 use crate::writer::Tx;
 
 /// A random version-4 UUID made by SQLite, so one `UPDATE` gives every
@@ -47,6 +47,7 @@ struct ClaimQuery<'a> {
     until: i64,
     from: &'a str,
     excluded: &'a [String],
+    only: Option<&'a [String]>,
     limit: i64,
 }
 
@@ -65,17 +66,29 @@ impl QueryFragment<Sqlite> for ClaimQuery<'_> {
         out.push_sql(" AND run_at <= ");
         out.push_bind_param::<BigInt, _>(&self.now)?;
         out.push_sql(" AND pipeline NOT IN (");
-        for (i, p) in self.excluded.iter().enumerate() {
-            if i > 0 {
-                out.push_sql(", ");
-            }
-            out.push_bind_param::<Text, _>(p)?;
+        push_list(&mut out, self.excluded)?;
+        out.push_sql(")");
+        if let Some(only) = self.only {
+            out.push_sql(" AND pipeline IN (");
+            push_list(&mut out, only)?;
+            out.push_sql(")");
         }
-        out.push_sql(") ORDER BY priority DESC, run_at, created_at, id LIMIT ");
+        out.push_sql(" ORDER BY priority DESC, run_at, created_at, id LIMIT ");
         out.push_bind_param::<BigInt, _>(&self.limit)?;
         out.push_sql(") RETURNING *");
         Ok(())
     }
+}
+
+/// `?, ?, ...`, one bound text per item.
+fn push_list<'b>(out: &mut AstPass<'_, 'b, Sqlite>, items: &'b [String]) -> QueryResult<()> {
+    for (i, p) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_sql(", ");
+        }
+        out.push_bind_param::<Text, _>(p)?;
+    }
+    Ok(())
 }
 
 impl QueryId for ClaimQuery<'_> {
@@ -221,6 +234,7 @@ pub(crate) fn claim(tx: &mut Tx<'_>, req: ClaimRequest) -> Result<Vec<Claimed>, 
         until,
         from: JobStatus::Queued.as_str(),
         excluded: &req.exclude_pipelines,
+        only: req.pipelines.as_deref(),
         limit: sql_count(req.limit),
     };
     let mut rows: Vec<JobRow> = q.load(tx.write_conn()).map_err(db_err)?;
@@ -316,6 +330,27 @@ pub(crate) fn heartbeat(
     job.lease_expires_at = Some(lease_until(tx.now, extend)?);
     save(tx, &before, &job)?;
     Ok(job.cancel_requested)
+}
+
+pub(crate) fn reshape_phases(
+    tx: &mut Tx<'_>,
+    lease: &Lease,
+    names: &[String],
+) -> Result<Job, StoreError> {
+    let mut job = leased(tx, lease)?;
+    job.reshape_phases(names)?;
+    let id = job.id.to_string();
+    diesel::delete(phases::table.filter(phases::job_id.eq(&id)))
+        .execute(tx.write_conn())
+        .map_err(db_err)?;
+    for (i, p) in job.phases.iter().enumerate() {
+        diesel::insert_into(phases::table)
+            .values(PhaseRow::of(&id, i, p))
+            .execute(tx.write_conn())
+            .map_err(db_err)?;
+    }
+    tx.cache.put(&job);
+    Ok(job)
 }
 
 /// Loads the job `lease` holds, applies `change` (one of core's `Job`

@@ -278,6 +278,12 @@ impl JobStore for SqliteStore {
             .await
     }
 
+    async fn reshape_phases(&self, lease: &Lease, phases: Vec<String>) -> Result<Job, StoreError> {
+        let lease = *lease;
+        self.write(move |tx| ops::reshape_phases(tx, &lease, &phases))
+            .await
+    }
+
     async fn phase_started(&self, lease: &Lease, index: usize) -> Result<(), StoreError> {
         let lease = *lease;
         self.write(move |tx| ops::phase_started(tx, &lease, index))

@@ -86,16 +86,16 @@ impl MergedClaims {
                 .take_while(|c| {
                     c.req.lease_for == first.lease_for
                         && c.req.exclude_pipelines == first.exclude_pipelines
+                        && c.req.pipelines == first.pipelines
                 })
                 .count();
             let total = self.claims[i..i + run]
                 .iter()
                 .fold(0usize, |n, c| n.saturating_add(c.req.limit));
-            let merged = ClaimRequest {
-                limit: total,
-                lease_for: first.lease_for,
-                exclude_pipelines: first.exclude_pipelines.clone(),
-            };
+            let mut merged = ClaimRequest::new(total)
+                .lease_for(first.lease_for)
+                .exclude_pipelines(first.exclude_pipelines.clone());
+            merged.pipelines.clone_from(&first.pipelines);
             let mut claimed = crate::ops::claim(tx, merged)?.into_iter();
             for c in &self.claims[i..i + run] {
                 answers.push(claimed.by_ref().take(c.req.limit).collect());

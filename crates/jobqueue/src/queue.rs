@@ -439,6 +439,13 @@ impl JobQueue {
         health
     }
 
+    /// Queued jobs of pipelines this queue does not define, by pipeline:
+    /// they are neither run nor failed here, but wait for a process that
+    /// defines their pipeline (see [`Runtime::stranded`]).
+    pub async fn stranded(&self) -> Result<Vec<jobqueue_core::JobCount>, Error> {
+        Ok(self.runtime.stranded().await?)
+    }
+
     /// Every webhook delivery row after an attempt was recorded (status,
     /// attempts, last error), for metrics; `None` when this queue sends no
     /// webhooks. A receiver that lags loses the oldest rows (the store has

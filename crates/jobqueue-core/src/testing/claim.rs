@@ -108,3 +108,30 @@ pub(super) async fn never_hands_out_a_job_twice(ctx: &Ctx) {
         );
     }
 }
+
+/// A claim that names pipelines takes only their jobs; the others stay
+/// queued, untouched, for a process that runs them.
+pub(super) async fn only_the_named_pipelines(ctx: &Ctx) {
+    let s = &ctx.store;
+    let other = enqueue(ctx, "other", &["x"]).await;
+    let mine = enqueue(ctx, "mine", &["x"]).await;
+    let claimed = s
+        .claim(ClaimRequest::new(10).pipelines(vec!["mine".into()]))
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|c| c.job.id).collect::<Vec<_>>(),
+        [mine.id]
+    );
+    assert_eq!(job(ctx, other.id).await, other, "left as it was");
+    let none = s
+        .claim(ClaimRequest::new(10).pipelines(Vec::new()))
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "no pipelines, no claims");
+    let rest = s.claim(ClaimRequest::new(10)).await.unwrap();
+    assert_eq!(
+        rest.iter().map(|c| c.job.id).collect::<Vec<_>>(),
+        [other.id]
+    );
+}

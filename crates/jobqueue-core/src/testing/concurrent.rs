@@ -75,10 +75,7 @@ pub(super) async fn racing_claims(ctx: &Ctx) {
         // same lease length, which a store may merge into one claim, and
         // two lease lengths, which it must keep apart.
         let requests: Vec<ClaimRequest> = (0..8u64)
-            .map(|i| ClaimRequest {
-                lease_for: Duration::from_secs(30 + 30 * (i / 4)),
-                ..ClaimRequest::new(3)
-            })
+            .map(|i| ClaimRequest::new(3).lease_for(Duration::from_secs(30 + 30 * (i / 4))))
             .collect();
         let requests = rotated(requests, round);
         let answers = join_all(requests.iter().map(|r| s.claim(r.clone()))).await;

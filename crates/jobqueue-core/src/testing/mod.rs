@@ -100,11 +100,13 @@ macro_rules! __conformance_suite {
             claim {
                 order_and_run_at,
                 never_hands_out_a_job_twice,
+                only_the_named_pipelines,
             }
             phases {
                 happy_path_events,
                 completed_phase_is_final,
                 complete_needs_every_phase,
+                reshaped_phases_keep_completed_results,
             }
             fencing {
                 rejects_stale_tokens,

@@ -163,3 +163,61 @@ pub(super) async fn complete_needs_every_phase(ctx: &Ctx) {
     assert_eq!(snapshot(ctx).await, before);
     assert_eq!(job(ctx, j.id).await.status, JobStatus::Running);
 }
+
+/// A deploy changed the pipeline's phases: the claimed job takes the new
+/// list by name; completed phases keep their results (also one the
+/// pipeline dropped), new ones are pending, and the job runs to the end.
+pub(super) async fn reshaped_phases_keep_completed_results(ctx: &Ctx) {
+    let s = &ctx.store;
+    let j = enqueue(ctx, "p", &["a", "b", "old"]).await;
+    let c = claim_one(ctx).await;
+    complete_phases(ctx, &c.lease, 0..1).await;
+    s.phase_started(&c.lease, 2).await.unwrap_err();
+    complete_phases(ctx, &c.lease, 1..3).await;
+    // Then a deploy renamed "b" to "b2", added "c" first and dropped "old":
+    // the results of "b" and "old" stay, after the pipeline's phases.
+    let names: Vec<String> = ["c", "a", "b2"].iter().map(|n| (*n).to_owned()).collect();
+    let before = job(ctx, j.id).await;
+    let last_seq = s.last_seq().await.unwrap();
+    let after = s.reshape_phases(&c.lease, names).await.unwrap();
+    assert_eq!(after, job(ctx, j.id).await);
+    assert_eq!(s.last_seq().await.unwrap(), last_seq, "no event");
+    let shape: Vec<(&str, PhaseStatus)> = after
+        .phases
+        .iter()
+        .map(|p| (p.name.as_str(), p.status))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("c", PhaseStatus::Pending),
+            ("a", PhaseStatus::Completed),
+            ("b2", PhaseStatus::Pending),
+            ("b", PhaseStatus::Completed),
+            ("old", PhaseStatus::Completed),
+        ]
+    );
+    assert_eq!(after.phase("a"), before.phase("a"), "kept whole");
+    assert_eq!(after.phase("old"), before.phase("old"), "result kept");
+    // Refused for a stale lease, and with duplicate names; nothing changes.
+    assert_kind(
+        s.reshape_phases(&c.lease, vec!["x".into(), "x".into()])
+            .await,
+        ErrorKind::Invalid,
+    );
+    s.phase_started(&c.lease, 0).await.unwrap();
+    assert_kind(
+        s.reshape_phases(&c.lease, vec!["c".into()]).await,
+        ErrorKind::Conflict,
+    );
+    s.phase_completed(&c.lease, 0, serde_json::json!("c"))
+        .await
+        .unwrap();
+    s.phase_started(&c.lease, 2).await.unwrap();
+    s.phase_completed(&c.lease, 2, serde_json::json!("b2"))
+        .await
+        .unwrap();
+    let done = s.complete_job(&c.lease).await.unwrap();
+    assert_eq!(done.status, JobStatus::Completed);
+    assert_eq!(done.results().len(), 5);
+}

@@ -190,6 +190,10 @@ impl JobStore for ProbeStore {
         self.inner.last_seq().await
     }
 
+    async fn reshape_phases(&self, lease: &Lease, phases: Vec<String>) -> Result<Job, StoreError> {
+        self.inner.reshape_phases(lease, phases).await
+    }
+
     async fn counts(&self) -> Result<Vec<JobCount>, StoreError> {
         self.inner.counts().await
     }

@@ -139,10 +139,7 @@ async fn a_lease_rescue_panic_is_counted_and_rescue_goes_on() {
         .enqueue(NewJob::new("p").phases(names))
         .await
         .unwrap();
-    let claim = ClaimRequest {
-        lease_for: Duration::from_secs(1),
-        ..ClaimRequest::new(1)
-    };
+    let claim = ClaimRequest::new(1).lease_for(Duration::from_secs(1));
     assert_eq!(world.store.claim(claim).await.unwrap().len(), 1);
     // The first call is recovery at start, the second the rescuer's first.
     world.store.panic_once("recover", 2);

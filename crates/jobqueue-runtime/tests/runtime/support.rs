@@ -136,6 +136,7 @@ delegate! {
     async fn enqueue_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>, StoreError>;
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>, StoreError>;
     async fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<bool, StoreError>;
+    async fn reshape_phases(&self, lease: &Lease, phases: Vec<String>) -> Result<Job, StoreError>;
     async fn phase_started(&self, lease: &Lease, index: usize) -> Result<(), StoreError>;
     async fn phase_progress(&self, lease: &Lease, index: usize, progress: Progress) -> Result<(), StoreError>;
     async fn phase_completed(&self, lease: &Lease, index: usize, result: Value) -> Result<(), StoreError>;
