@@ -44,7 +44,7 @@ store_tests! {
             StoreKind::Memory => (HOUR, Duration::from_secs(60)),
             StoreKind::Sqlite => (Duration::from_millis(300), Duration::from_millis(50)),
         };
-        let retention = RetentionConfig { stale_after: age, delete_after: age, interval, batch: 2 };
+        let retention = RetentionConfig { stale_after: age, delete_after: age, interval, batch: 2, ..RetentionConfig::default() };
         // A receiver that is down, with a retry far in the future: the
         // deliveries stay pending while their jobs are deleted.
         let webhooks = WebhookConfig {
@@ -128,7 +128,7 @@ proptest! {
         rt.block_on(async {
             let clock = Arc::new(ManualClock::default());
             let store = MemoryStore::with_clock(clock.clone());
-            let config = RetentionConfig { stale_after: 3 * HOUR, delete_after: 2 * HOUR, interval: HOUR, batch: 3 };
+            let config = RetentionConfig { stale_after: 3 * HOUR, delete_after: 2 * HOUR, interval: HOUR, batch: 3, ..RetentionConfig::default() };
             let mut ids = Vec::new();
             for (fate, age_hours) in &jobs {
                 let job = store.enqueue(NewJob::new("p").phases(["a"])).await.unwrap();

@@ -138,6 +138,13 @@ impl Delivery {
                 self.id, self.status
             )));
         }
+        if let AttemptOutcome::Retry {
+            next_attempt_at, ..
+        } = &outcome
+        {
+            crate::timefmt::check("next_attempt_at", *next_attempt_at)
+                .map_err(StoreError::Invalid)?;
+        }
         self.attempts += 1;
         match outcome {
             AttemptOutcome::Delivered { status } => {

@@ -1,6 +1,9 @@
 //! The retention scheduler: every `interval`, finished jobs older than
-//! `stale_after` become `stale`, and stale jobs older than `delete_after`
-//! are deleted with all their rows, in small batches.
+//! `stale_after` become `stale`, stale jobs older than `delete_after` are
+//! deleted with all their rows, and history older than `prune_after` (ended
+//! webhook deliveries, the `job.deleted` events of deleted jobs) is pruned,
+//! in small batches. With all three the store stops growing: it holds the
+//! jobs of the retention window and nothing older.
 //!
 //! It only ever asks the store for finished or stale jobs (the store's
 //! transition table refuses anything else), so queued and running jobs are
@@ -24,6 +27,9 @@ pub struct RetentionConfig {
     pub stale_after: Duration,
     /// Stale this long: deleted.
     pub delete_after: Duration,
+    /// Ended (delivered or failed) webhook deliveries and the `job.deleted`
+    /// events of deleted jobs this old are removed.
+    pub prune_after: Duration,
     /// How often the scheduler runs.
     pub interval: Duration,
     /// Jobs per transaction; small batches keep the writer responsive.
@@ -31,12 +37,13 @@ pub struct RetentionConfig {
 }
 
 impl Default for RetentionConfig {
-    /// 7 days to stale, 30 days to delete, every minute, 100 per batch
-    /// (the defaults of CONTRACT.md §2).
+    /// 7 days to stale, 30 days to delete (the server's defaults), 30
+    /// days to prune history, every minute, 100 per batch.
     fn default() -> Self {
         Self {
             stale_after: Duration::from_secs(7 * 86_400),
             delete_after: Duration::from_secs(30 * 86_400),
+            prune_after: Duration::from_secs(30 * 86_400),
             interval: Duration::from_secs(60),
             batch: 100,
         }
@@ -46,7 +53,7 @@ impl Default for RetentionConfig {
 impl RetentionConfig {
     /// Checks the settings where they are built: `interval` longer than
     /// zero (a zero period cannot be scheduled) and `batch` at least 1. Any
-    /// `stale_after` and `delete_after` is valid; one too long to count back
+    /// `stale_after`, `delete_after` and `prune_after` is valid; one too long to count back
     /// from now (`Duration::MAX` as "never") finds nothing old enough.
     pub fn validate(&self) -> Result<(), String> {
         if self.interval.is_zero() {
@@ -73,6 +80,8 @@ pub struct RetentionPass {
     pub marked_stale: usize,
     /// Jobs deleted.
     pub deleted: usize,
+    /// Ended webhook deliveries and `job.deleted` events pruned.
+    pub pruned: usize,
 }
 
 /// Runs one pass: marks, then deletes, batch by batch until nothing is due.
@@ -103,6 +112,17 @@ pub async fn run_retention_pass(
         }
         tokio::task::yield_now().await;
     }
+    while let Some(before) = cutoff(clock.now(), config.prune_after) {
+        let pruned = store.prune(before, config.batch).await?;
+        pass.pruned = pass
+            .pruned
+            .saturating_add(pruned.deliveries)
+            .saturating_add(pruned.tombstones);
+        if pruned.deliveries < config.batch && pruned.tombstones < config.batch {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
     Ok(pass)
 }
 
@@ -125,6 +145,7 @@ pub(crate) async fn retention_loop(
                 info!(
                     marked_stale = p.marked_stale,
                     deleted = p.deleted,
+                    pruned = p.pruned,
                     "retention pass"
                 );
             }

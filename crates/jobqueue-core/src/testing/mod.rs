@@ -131,6 +131,7 @@ macro_rules! __conformance_suite {
             retention {
                 stale_then_deleted,
                 delete_by_user,
+                prune_removes_old_history_only,
             }
             webhooks {
                 outbox,

@@ -98,3 +98,80 @@ pub(super) async fn delete_by_user(ctx: &Ctx) {
         [queued.id]
     );
 }
+
+/// Pruning removes the history retention no longer needs, oldest first and
+/// at most `limit` of each kind: ended deliveries and the `job.deleted`
+/// events of deleted jobs. Pending deliveries, the events of jobs that
+/// still exist, and the sequence counter are left alone.
+pub(super) async fn prune_removes_old_history_only(ctx: &Ctx) {
+    use crate::outbox::{AttemptOutcome, DeliveryFilter, DeliveryStatus, WebhookRoute};
+    use crate::store::{EventFilter, Pruned};
+    let s = &ctx.store;
+    s.set_webhook_routes(vec![WebhookRoute {
+        url: "https://hook.example/".into(),
+        events: Some(vec![EventType::JobCompleted, EventType::JobDeleted]),
+    }]);
+    let old = run_to_completion(ctx, &["a"]).await;
+    let kept = run_to_completion(ctx, &["a"]).await;
+    s.delete(old.id).await.unwrap();
+    // Deliveries: old's completion delivered, its deletion failed; kept's
+    // completion still pending.
+    for d in s.deliveries(DeliveryFilter::default()).await.unwrap() {
+        let outcome = match (d.job_id == old.id, d.event.event_type()) {
+            (true, EventType::JobCompleted) => AttemptOutcome::Delivered { status: 200 },
+            (true, _) => AttemptOutcome::Failed {
+                status: Some(410),
+                error: "gone".into(),
+            },
+            (false, _) => continue,
+        };
+        s.record_attempt(d.id, outcome).await.unwrap();
+    }
+    let last = s.last_seq().await.unwrap();
+    ctx.clock.advance(Duration::from_secs(3600));
+    let recent = run_to_completion(ctx, &["a"]).await;
+    s.delete(recent.id).await.unwrap();
+    let cutoff = ctx.clock.now() - Duration::from_secs(60);
+    assert_eq!(
+        s.prune(cutoff, 1).await.unwrap(),
+        Pruned {
+            deliveries: 1,
+            tombstones: 1
+        },
+        "at most limit of each"
+    );
+    assert_eq!(
+        s.prune(cutoff, 10).await.unwrap(),
+        Pruned {
+            deliveries: 1,
+            tombstones: 0
+        }
+    );
+    assert_eq!(s.prune(cutoff, 10).await.unwrap(), Pruned::default());
+    // What is left: kept's pending delivery, recent's two, every event of
+    // the live job, recent's tombstone; the counter did not go back.
+    let left = s.deliveries(DeliveryFilter::default()).await.unwrap();
+    assert!(left.iter().all(|d| d.job_id != old.id));
+    assert!(
+        left.iter()
+            .any(|d| d.job_id == kept.id && d.status == DeliveryStatus::Pending)
+    );
+    assert!(types_of(ctx, old.id).await.is_empty(), "tombstone pruned");
+    assert_eq!(types_of(ctx, recent.id).await, [EventType::JobDeleted]);
+    assert!(types_of(ctx, kept.id).await.len() >= 5);
+    let after = s.last_seq().await.unwrap();
+    assert!(after > last);
+    let next = enqueue(ctx, "p", &["a"]).await;
+    let events = s
+        .events_after(
+            after,
+            EventFilter {
+                job: Some(next.id),
+                ..EventFilter::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(events[0].seq, after + 1, "numbers are never reused");
+}

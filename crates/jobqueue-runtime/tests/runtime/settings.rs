@@ -148,6 +148,7 @@ async fn retention_periods_too_long_to_represent_mean_nothing_is_old_enough() {
     let never = RetentionConfig {
         stale_after: Duration::MAX,
         delete_after: Duration::MAX,
+        prune_after: Duration::MAX,
         ..RetentionConfig::default()
     };
     let pass = run_retention_pass(&*world.store, &*world.clock, &never).await;
@@ -162,7 +163,8 @@ async fn retention_periods_too_long_to_represent_mean_nothing_is_old_enough() {
         pass.unwrap(),
         RetentionPass {
             marked_stale: 1,
-            deleted: 0
+            deleted: 0,
+            pruned: 0
         }
     );
     assert_eq!(world.job(job.id).await.status, JobStatus::Stale);

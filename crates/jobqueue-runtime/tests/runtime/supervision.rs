@@ -111,6 +111,7 @@ async fn a_retention_panic_is_counted_and_retention_restarts() {
             delete_after: Duration::from_secs(3600),
             interval: Duration::from_secs(10),
             batch: 10,
+            ..RetentionConfig::default()
         }),
         ..world.config()
     };
