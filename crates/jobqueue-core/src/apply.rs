@@ -181,7 +181,7 @@ impl Job {
         now: OffsetDateTime,
     ) -> Result<EventData, StoreError> {
         self.step(JobAction::Claim)?;
-        self.attempt += 1;
+        self.attempt = self.attempt.saturating_add(1);
         self.started_at = Some(now);
         self.lease = Some(token);
         self.lease_expires_at = Some(until);
@@ -257,7 +257,7 @@ impl Job {
         }
         self.step_phase(index, PhaseAction::Start)?;
         let p = &mut self.phases[index];
-        p.attempts += 1;
+        p.attempts = p.attempts.saturating_add(1);
         p.started_at = Some(now);
         p.finished_at = None;
         p.error = None;

@@ -43,10 +43,14 @@ impl ManualClock {
         }
     }
 
-    /// Moves the clock forward by `by`.
+    /// Moves the clock forward by `by` (to the latest time a store keeps,
+    /// [`timefmt::MAX`](crate::timefmt::MAX), at most).
     pub fn advance(&self, by: Duration) {
         let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
-        *now += by;
+        *now = time::Duration::try_from(by)
+            .ok()
+            .and_then(|by| now.checked_add(by))
+            .map_or(crate::timefmt::MAX, |t| t.min(crate::timefmt::MAX));
     }
 
     /// Sets the clock to `to`.

@@ -55,7 +55,7 @@ pub fn check_json(what: &str, value: &Value) -> Result<(), String> {
             ));
         }
         if let Some(children) = children {
-            let depth = depth + 1;
+            let depth = depth.saturating_add(1);
             if depth > MAX_JSON_DEPTH {
                 return Err(format!(
                     "{what} is nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects"

@@ -15,6 +15,8 @@
 //! HTTP library: no tokio, diesel or hyper in its dependency tree
 //! (`cargo xtask tidy` checks it).
 
+#![warn(clippy::arithmetic_side_effects)]
+
 pub mod apply;
 pub mod clock;
 pub mod error;

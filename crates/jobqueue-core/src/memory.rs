@@ -93,7 +93,7 @@ impl State {
     fn commit(&mut self, now: OffsetDateTime, staged: Vec<Staged>) {
         let mut published = Vec::with_capacity(staged.len());
         for s in staged {
-            self.last_seq += 1;
+            self.last_seq = self.last_seq.saturating_add(1);
             let event = Event {
                 seq: self.last_seq,
                 job_id: s.job_id,
@@ -472,7 +472,7 @@ impl JobStore for MemoryStore {
         let mut st = self.lock();
         let mut job = st.job(id)?;
         job.step(JobAction::Delete)?;
-        let keep_from = st.last_seq + 1;
+        let keep_from = st.last_seq.saturating_add(1);
         st.commit(now, vec![Staged::new(&job, EventData::Deleted {})]);
         st.remove_job(id, keep_from);
         Ok(())
@@ -514,7 +514,8 @@ impl JobStore for MemoryStore {
         let st = self.lock();
         let mut by: BTreeMap<(&str, JobStatus), u64> = BTreeMap::new();
         for job in st.jobs.values() {
-            *by.entry((job.pipeline.as_str(), job.status)).or_default() += 1;
+            let n = by.entry((job.pipeline.as_str(), job.status)).or_default();
+            *n = n.saturating_add(1);
         }
         Ok(by
             .into_iter()
@@ -597,7 +598,7 @@ impl JobStore for MemoryStore {
         for job in &jobs {
             job_transition(job.status, JobAction::Delete)?;
         }
-        let keep_from = st.last_seq + 1;
+        let keep_from = st.last_seq.saturating_add(1);
         st.commit(
             now,
             jobs.iter()

@@ -6,6 +6,11 @@
 //! Failing cases are recorded in `proptest-regressions/model_tests.txt`,
 //! which is committed so they run again forever.
 
+#![expect(
+    clippy::arithmetic_side_effects,
+    reason = "test code: small counts that cannot overflow"
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -145,7 +145,7 @@ impl Delivery {
             crate::timefmt::check("next_attempt_at", *next_attempt_at)
                 .map_err(StoreError::Invalid)?;
         }
-        self.attempts += 1;
+        self.attempts = self.attempts.saturating_add(1);
         match outcome {
             AttemptOutcome::Delivered { status } => {
                 self.status = DeliveryStatus::Delivered;

@@ -53,6 +53,10 @@
     clippy::unwrap_used,
     reason = "the suite is test code: an unexpected error is a failure, reported with the case's name"
 )]
+#![expect(
+    clippy::arithmetic_side_effects,
+    reason = "test code: small counts and times that cannot overflow; a panic is a failed case"
+)]
 
 mod cancel_retry;
 mod claim;
