@@ -46,6 +46,7 @@ macro_rules! store_tests {
 mod events;
 mod hardening;
 mod kill;
+mod poison;
 mod retention;
 mod runtime;
 
@@ -68,7 +69,6 @@ impl Env {
         }
     }
 
-    #[expect(dead_code, reason = "used by the SQLite-only tests")]
     fn db_path(&self) -> PathBuf {
         self.dir.path().join("jobs.db")
     }
