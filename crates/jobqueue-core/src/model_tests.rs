@@ -1,7 +1,7 @@
 //! Property tests of the state machine: random sequences of operations run
 //! against [`MemoryStore`](crate::MemoryStore) and against a small reference
 //! model written independently of the transition table; after every step the
-//! two must agree and the invariants of DESIGN.md must hold.
+//! two must agree and the invariants of `docs/architecture.md` must hold.
 //!
 //! Failing cases are recorded in `proptest-regressions/model_tests.txt`,
 //! which is committed so they run again forever.

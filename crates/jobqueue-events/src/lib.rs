@@ -5,7 +5,7 @@
 //! [`EventSink`](jobqueue_core::EventSink). This crate provides that sink and
 //! everything downstream of it:
 //!
-//! - [`wire`]: the one JSON shape of an event (CONTRACT.md §5), used by SSE
+//! - [`wire`]: the one JSON shape of an event (`docs/events.md`), used by SSE
 //!   `data:` lines and webhook bodies alike.
 //! - [`bus`]: [`EventBus`], the in-process fan-out. Subscribers get every
 //!   event exactly once and in order; one that lags is resynced from the

@@ -1,4 +1,4 @@
-//! Server-Sent Events (CONTRACT.md §5): frames, and streams that replay from
+//! Server-Sent Events (see `docs/events.md`): frames, and streams that replay from
 //! the store after `Last-Event-ID` and then follow live events.
 //!
 //! A stream starts with `retry: 2000`, then sends one frame per event:

@@ -1,4 +1,4 @@
-//! The wire JSON of an event (CONTRACT.md §5): one shape for SSE `data:`
+//! The wire JSON of an event (see `docs/events.md`): one shape for SSE `data:`
 //! lines and webhook bodies.
 //!
 //! ```json
@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use time::UtcOffset;
 use time::format_description::well_known::Rfc3339;
 
-/// The event as the JSON object of CONTRACT.md §5.
+/// The event as the JSON object of `docs/events.md`.
 pub fn event_json(event: &Event) -> Value {
     let mut obj = Map::with_capacity(6);
     obj.insert("seq".into(), Value::from(event.seq));

@@ -414,7 +414,7 @@ impl JobQueue {
         self.bus.subscribe_after(self.store.clone(), after, filter)
     }
 
-    /// The Server-Sent Events byte stream of CONTRACT.md §5 for every event
+    /// The Server-Sent Events byte stream (see `docs/events.md`) for every event
     /// after `after` (the `Last-Event-ID`) that passes `filter`: replay, then
     /// live, keep-alives every 15 s. Serve it with
     /// [`jobqueue_events::sse_body`] or [`jobqueue_events::sse::sse_response`].

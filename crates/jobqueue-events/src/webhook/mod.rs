@@ -1,4 +1,4 @@
-//! Webhooks (CONTRACT.md §6, Standard Webhooks): configuration, signing,
+//! Webhooks (Standard Webhooks; see `docs/events.md`): configuration, signing,
 //! URL checks and the [`Dispatcher`].
 //!
 //! The store routes each event to deliveries in the same atomic step that
