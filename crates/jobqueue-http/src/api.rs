@@ -103,11 +103,13 @@ impl std::fmt::Debug for Api {
 impl Api {
     /// The API of `queue`, checking requests as `config` says.
     pub fn new(queue: JobQueue, config: ApiConfig) -> Self {
+        let metrics = Metrics::new();
+        metrics.prime(&queue);
         let api = Self {
             inner: Arc::new(Inner {
                 queue,
                 config,
-                metrics: Arc::new(Metrics::new()),
+                metrics: Arc::new(metrics),
                 watchers: Once::new(),
                 stop_watchers: CancellationToken::new(),
             }),

@@ -28,7 +28,7 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use http::{Method, StatusCode};
 use jobqueue::core::{
-    Delivery, DeliveryStatus, ErrorKind, Event, EventData, EventFilter, JobId, JobStatus,
+    Delivery, DeliveryStatus, ErrorKind, Event, EventData, EventFilter, EventType, JobId, JobStatus,
 };
 use jobqueue::{JobQueue, Subscription};
 use prometheus_client::metrics::counter::Counter;
@@ -201,6 +201,29 @@ impl Metrics {
         Self {
             registry,
             ..metrics
+        }
+    }
+
+    /// Starts the counters whose labels are known in advance at zero, so
+    /// their series exist before the first event: completions and failures
+    /// of every pipeline the queue runs, events of every type, and every
+    /// webhook outcome. (A series that appears only with its first increment
+    /// makes `rate()` miss that increment.)
+    pub(crate) fn prime(&self, queue: &JobQueue) {
+        for pipeline in queue.runtime().pipelines().iter() {
+            let labels = [("pipeline", pipeline.name().to_owned())];
+            self.completed.get_or_create(&labels).inc_by(0);
+            self.failed.get_or_create(&labels).inc_by(0);
+        }
+        for ty in EventType::ALL {
+            self.events
+                .get_or_create(&[("type", ty.as_str().to_owned())])
+                .inc_by(0);
+        }
+        for outcome in ["delivered", "retrying", "failed"] {
+            self.webhook_attempts
+                .get_or_create(&[("outcome", outcome.to_owned())])
+                .inc_by(0);
         }
     }
 
