@@ -6,27 +6,13 @@ use futures_util::stream;
 use http::Method;
 use http_body_util::{Full, StreamBody};
 use hyper::body::Frame;
-use jobqueue::JobFilter;
 use serde_json::{Value, json};
 
 use crate::{Backend, Server};
 
-/// What the queue holds: every job and the last event.
+/// What the server's queue holds.
 async fn snapshot(server: &Server) -> (Vec<Value>, u64) {
-    let page = server
-        .queue
-        .list(JobFilter {
-            limit: 1000,
-            ..JobFilter::default()
-        })
-        .await
-        .unwrap();
-    let jobs = page
-        .jobs
-        .iter()
-        .map(jobqueue_http::wire::job_json)
-        .collect();
-    (jobs, server.queue.store().last_seq().await.unwrap())
+    crate::snapshot(&server.queue).await
 }
 
 both! {

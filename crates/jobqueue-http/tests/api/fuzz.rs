@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt as _, Full};
 use jobqueue::core::{EventFilter, JobId};
-use jobqueue::{EventType, JobFilter, JobQueue, NewJob, PhaseError, Pipeline, phase_fn};
+use jobqueue::{EventType, JobQueue, NewJob, PhaseError, Pipeline, phase_fn};
 use jobqueue_http::{Api, ApiConfig};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -97,23 +97,6 @@ fn world() -> &'static World {
             ids,
         }
     })
-}
-
-/// The jobs and the last event sequence number.
-async fn snapshot(queue: &JobQueue) -> (Vec<Value>, u64) {
-    let page = queue
-        .list(JobFilter {
-            limit: 1000,
-            ..JobFilter::default()
-        })
-        .await
-        .unwrap();
-    let jobs = page
-        .jobs
-        .iter()
-        .map(jobqueue_http::wire::job_json)
-        .collect();
-    (jobs, queue.store().last_seq().await.unwrap())
 }
 
 /// A random request, as parts that may not make a valid request.
@@ -367,7 +350,7 @@ proptest! {
         w.rt.block_on(async {
             for fuzzed in &requests {
                 let Some(req) = fuzzed.request() else { continue };
-                let before = snapshot(&w.queue).await;
+                let before = crate::snapshot(&w.queue).await;
                 let mut api = w.api.clone();
                 let response = tokio::time::timeout(Duration::from_secs(10), api.call(req))
                     .await
@@ -396,7 +379,7 @@ proptest! {
                     let message = body["error"]["message"].as_str().unwrap_or_default();
                     prop_assert!(!message.is_empty(), "{}", body);
                     crate::assert_schema("Error", &body);
-                    prop_assert_eq!(snapshot(&w.queue).await, before, "refused {:?} changed the queue", fuzzed);
+                    prop_assert_eq!(crate::snapshot(&w.queue).await, before, "refused {:?} changed the queue", fuzzed);
                 } else if content_type.as_deref() == Some("application/json") {
                     prop_assert!(serde_json::from_slice::<Value>(&bytes).is_ok());
                 }

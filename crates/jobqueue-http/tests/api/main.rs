@@ -360,6 +360,24 @@ impl Server {
     }
 }
 
+/// What `queue` holds: every job (as the API shows it) and the last event
+/// sequence number. A refused request must leave both as they were.
+pub(crate) async fn snapshot(queue: &JobQueue) -> (Vec<Value>, u64) {
+    let page = queue
+        .list(jobqueue::JobFilter {
+            limit: 1000,
+            ..jobqueue::JobFilter::default()
+        })
+        .await
+        .unwrap();
+    let jobs = page
+        .jobs
+        .iter()
+        .map(jobqueue_http::wire::job_json)
+        .collect();
+    (jobs, queue.store().last_seq().await.unwrap())
+}
+
 /// One Server-Sent Events frame.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Frame {
