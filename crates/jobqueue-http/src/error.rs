@@ -180,8 +180,15 @@ impl ApiError {
 }
 
 /// A JSON response.
-pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<ApiBody> {
-    let mut response = Response::new(full(body.to_string()));
+pub(crate) fn json_response<T: serde::Serialize>(
+    status: StatusCode,
+    body: &T,
+) -> Response<ApiBody> {
+    // The bodies are made of strings, numbers and JSON values with string
+    // keys: serializing them cannot fail, and if it did, an empty object
+    // beats a panic.
+    let text = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(full(text));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -16,7 +16,7 @@ use crate::api::{Api, ApiBody, clip, full, read_body};
 use crate::error::{ApiError, Code, json_response};
 use crate::query::{Query, decode_cursor, encode_cursor};
 use crate::routes::Endpoint;
-use crate::wire::{self, delivery_json, job_json, jobs_json};
+use crate::wire::{self, DeliveryJson, JobJson, JobsJson};
 
 /// Jobs per page when `limit` is not given.
 pub(crate) const DEFAULT_PAGE: usize = 50;
@@ -86,7 +86,7 @@ fn job_id(id: Option<&str>) -> Result<JobId, ApiError> {
 async fn enqueue(api: &Api, body: &[u8]) -> Answer {
     let job = wire::new_job(wire::parse_body(body)?)?;
     let job = api.queue().enqueue_job(job).await?;
-    Ok(json_response(StatusCode::CREATED, &job_json(&job)))
+    Ok(json_response(StatusCode::CREATED, &JobJson::from(&job)))
 }
 
 async fn enqueue_batch(api: &Api, body: &[u8]) -> Answer {
@@ -105,7 +105,7 @@ async fn enqueue_batch(api: &Api, body: &[u8]) -> Answer {
     } else {
         api.queue().enqueue_batch(jobs).await?
     };
-    Ok(json_response(StatusCode::CREATED, &jobs_json(&jobs)))
+    Ok(json_response(StatusCode::CREATED, &JobsJson::new(&jobs)))
 }
 
 async fn list(api: &Api, query: &Query) -> Answer {
@@ -129,28 +129,30 @@ async fn list(api: &Api, query: &Query) -> Answer {
         cursor,
     };
     let page = api.queue().list(filter).await?;
-    let mut body = jobs_json(&page.jobs);
-    body["next_cursor"] = page.next_cursor.map(encode_cursor).into();
+    let body = JobsJson {
+        next_cursor: Some(page.next_cursor.map(encode_cursor)),
+        ..JobsJson::new(&page.jobs)
+    };
     Ok(json_response(StatusCode::OK, &body))
 }
 
 async fn get(api: &Api, id: JobId) -> Answer {
     match api.queue().get(id).await? {
-        Some(job) => Ok(json_response(StatusCode::OK, &job_json(&job))),
+        Some(job) => Ok(json_response(StatusCode::OK, &JobJson::from(&job))),
         None => Err(ApiError::job_not_found(&id.to_string())),
     }
 }
 
 async fn cancel(api: &Api, id: JobId) -> Answer {
     Ok(match api.queue().cancel(id).await? {
-        CancelOutcome::Cancelled(job) => json_response(StatusCode::OK, &job_json(&job)),
-        CancelOutcome::Requested(job) => json_response(StatusCode::ACCEPTED, &job_json(&job)),
+        CancelOutcome::Cancelled(job) => json_response(StatusCode::OK, &JobJson::from(&job)),
+        CancelOutcome::Requested(job) => json_response(StatusCode::ACCEPTED, &JobJson::from(&job)),
     })
 }
 
 async fn retry(api: &Api, id: JobId) -> Answer {
     let job = api.queue().retry(id).await?;
-    Ok(json_response(StatusCode::OK, &job_json(&job)))
+    Ok(json_response(StatusCode::OK, &JobJson::from(&job)))
 }
 
 async fn delete(api: &Api, id: JobId) -> Answer {
@@ -194,7 +196,13 @@ async fn deliveries(api: &Api, query: &Query) -> Answer {
         limit: query.limit(DEFAULT_DELIVERIES, MAX_DELIVERIES)?,
     };
     let rows = api.queue().store().deliveries(filter).await?;
-    let body = json!({"deliveries": rows.iter().map(delivery_json).collect::<Vec<_>>()});
+    #[derive(serde::Serialize)]
+    struct Deliveries<'a> {
+        deliveries: Vec<DeliveryJson<'a>>,
+    }
+    let body = Deliveries {
+        deliveries: rows.iter().map(DeliveryJson::from).collect(),
+    };
     Ok(json_response(StatusCode::OK, &body))
 }
 

@@ -7,13 +7,13 @@
 
 use jobqueue::core::timefmt;
 use jobqueue::core::{Delivery, Interrupted, Job, JobError, NewJob, Phase, Progress};
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::error::ApiError;
 
-/// A job as the API answers it:
+/// A job as the API answers it, its members in this order:
 ///
 /// ```json
 /// {"id": "0192f7c5-...", "pipeline": "build", "status": "queued", "input": {},
@@ -23,81 +23,192 @@ use crate::error::ApiError;
 ///  "phases": [{"name": "fetch", "status": "pending", "attempts": 0, "progress": null,
 ///              "result": null, "error": null, "started_at": null, "finished_at": null}]}
 /// ```
-pub fn job_json(job: &Job) -> Value {
-    json!({
-        "id": job.id.to_string(),
-        "pipeline": job.pipeline,
-        "status": job.status.as_str(),
-        "input": job.input,
-        "priority": job.priority,
-        "unique_key": job.unique_key,
-        "attempt": job.attempt,
-        "max_attempts": job.max_attempts,
-        "created_at": time(job.created_at),
-        "run_at": time(job.run_at),
-        "started_at": job.started_at.map(time),
-        "finished_at": job.finished_at.map(time),
-        "error": job.error.as_ref().map(job_error_json),
-        "interrupted": job.interrupted.as_ref().map(interrupted_json),
-        "cancel_requested": job.cancel_requested,
-        "stale_at": job.stale_at.map(time),
-        "phases": job.phases.iter().map(phase_json).collect::<Vec<_>>(),
-    })
+#[derive(Debug, Serialize)]
+pub struct JobJson<'a> {
+    id: String,
+    pipeline: &'a str,
+    status: &'static str,
+    input: &'a Value,
+    priority: i32,
+    unique_key: Option<&'a str>,
+    attempt: u32,
+    max_attempts: u32,
+    created_at: String,
+    run_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    error: Option<JobErrorJson<'a>>,
+    interrupted: Option<InterruptedJson<'a>>,
+    cancel_requested: bool,
+    stale_at: Option<String>,
+    phases: Vec<PhaseJson<'a>>,
+}
+
+impl<'a> From<&'a Job> for JobJson<'a> {
+    fn from(job: &'a Job) -> Self {
+        Self {
+            id: job.id.to_string(),
+            pipeline: &job.pipeline,
+            status: job.status.as_str(),
+            input: &job.input,
+            priority: job.priority,
+            unique_key: job.unique_key.as_deref(),
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            created_at: time(job.created_at),
+            run_at: time(job.run_at),
+            started_at: job.started_at.map(time),
+            finished_at: job.finished_at.map(time),
+            error: job.error.as_ref().map(JobErrorJson::from),
+            interrupted: job.interrupted.as_ref().map(InterruptedJson::from),
+            cancel_requested: job.cancel_requested,
+            stale_at: job.stale_at.map(time),
+            phases: job.phases.iter().map(PhaseJson::from).collect(),
+        }
+    }
 }
 
 /// One phase of a job.
-fn phase_json(phase: &Phase) -> Value {
-    json!({
-        "name": phase.name,
-        "status": phase.status.as_str(),
-        "attempts": phase.attempts,
-        "progress": phase.progress.as_ref().map(progress_json),
-        "result": phase.result,
-        "error": phase.error,
-        "started_at": phase.started_at.map(time),
-        "finished_at": phase.finished_at.map(time),
-    })
+#[derive(Debug, Serialize)]
+struct PhaseJson<'a> {
+    name: &'a str,
+    status: &'static str,
+    attempts: u32,
+    progress: Option<ProgressJson<'a>>,
+    result: Option<&'a Value>,
+    error: Option<&'a str>,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+}
+
+impl<'a> From<&'a Phase> for PhaseJson<'a> {
+    fn from(phase: &'a Phase) -> Self {
+        Self {
+            name: &phase.name,
+            status: phase.status.as_str(),
+            attempts: phase.attempts,
+            progress: phase.progress.as_ref().map(ProgressJson::from),
+            result: phase.result.as_ref(),
+            error: phase.error.as_deref(),
+            started_at: phase.started_at.map(time),
+            finished_at: phase.finished_at.map(time),
+        }
+    }
 }
 
 /// `{"percent", "message"}`.
-fn progress_json(progress: &Progress) -> Value {
-    json!({"percent": progress.percent, "message": progress.message})
+#[derive(Debug, Serialize)]
+struct ProgressJson<'a> {
+    percent: u8,
+    message: Option<&'a str>,
+}
+
+impl<'a> From<&'a Progress> for ProgressJson<'a> {
+    fn from(p: &'a Progress) -> Self {
+        Self {
+            percent: p.percent,
+            message: p.message.as_deref(),
+        }
+    }
 }
 
 /// `{"phase", "message", "attempt"}`; `phase` is null for a failure outside
 /// any phase.
-fn job_error_json(error: &JobError) -> Value {
-    json!({"phase": error.phase, "message": error.message, "attempt": error.attempt})
+#[derive(Debug, Serialize)]
+struct JobErrorJson<'a> {
+    phase: Option<&'a str>,
+    message: &'a str,
+    attempt: u32,
+}
+
+impl<'a> From<&'a JobError> for JobErrorJson<'a> {
+    fn from(e: &'a JobError) -> Self {
+        Self {
+            phase: e.phase.as_deref(),
+            message: &e.message,
+            attempt: e.attempt,
+        }
+    }
 }
 
 /// `{"phase", "at", "progress"}`.
-fn interrupted_json(interrupted: &Interrupted) -> Value {
-    json!({
-        "phase": interrupted.phase,
-        "at": time(interrupted.at),
-        "progress": interrupted.progress.as_ref().map(progress_json),
-    })
+#[derive(Debug, Serialize)]
+struct InterruptedJson<'a> {
+    phase: &'a str,
+    at: String,
+    progress: Option<ProgressJson<'a>>,
+}
+
+impl<'a> From<&'a Interrupted> for InterruptedJson<'a> {
+    fn from(i: &'a Interrupted) -> Self {
+        Self {
+            phase: &i.phase,
+            at: time(i.at),
+            progress: i.progress.as_ref().map(ProgressJson::from),
+        }
+    }
+}
+
+/// [`JobJson`] as a JSON value.
+pub fn job_json(job: &Job) -> Value {
+    // Serializing these types cannot fail: every map key is a string.
+    serde_json::to_value(JobJson::from(job)).unwrap_or_default()
 }
 
 /// A webhook delivery as `GET /webhooks/deliveries` lists it.
-pub fn delivery_json(delivery: &Delivery) -> Value {
-    json!({
-        "id": delivery.id.to_string(),
-        "event_seq": delivery.event_seq,
-        "job_id": delivery.job_id.to_string(),
-        "type": delivery.event.event_type().as_str(),
-        "url": delivery.url,
-        "status": delivery.status.as_str(),
-        "attempts": delivery.attempts,
-        "last_status": delivery.last_status,
-        "last_error": delivery.last_error,
-        "next_attempt_at": delivery.next_attempt_at.map(time),
-        "created_at": time(delivery.created_at),
-    })
+#[derive(Debug, Serialize)]
+pub struct DeliveryJson<'a> {
+    id: String,
+    event_seq: u64,
+    job_id: String,
+    #[serde(rename = "type")]
+    event_type: &'static str,
+    url: &'a str,
+    status: &'static str,
+    attempts: u32,
+    last_status: Option<u16>,
+    last_error: Option<&'a str>,
+    next_attempt_at: Option<String>,
+    created_at: String,
+}
+
+impl<'a> From<&'a Delivery> for DeliveryJson<'a> {
+    fn from(d: &'a Delivery) -> Self {
+        Self {
+            id: d.id.to_string(),
+            event_seq: d.event_seq,
+            job_id: d.job_id.to_string(),
+            event_type: d.event.event_type().as_str(),
+            url: &d.url,
+            status: d.status.as_str(),
+            attempts: d.attempts,
+            last_status: d.last_status,
+            last_error: d.last_error.as_deref(),
+            next_attempt_at: d.next_attempt_at.map(time),
+            created_at: time(d.created_at),
+        }
+    }
 }
 
 fn time(t: OffsetDateTime) -> String {
     timefmt::format(t)
+}
+
+/// `{"jobs": [...]}`, and `"next_cursor"` for a page.
+#[derive(Debug, Serialize)]
+pub(crate) struct JobsJson<'a> {
+    pub(crate) jobs: Vec<JobJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) next_cursor: Option<Option<String>>,
+}
+
+impl<'a> JobsJson<'a> {
+    pub(crate) fn new(jobs: &'a [Job]) -> Self {
+        Self {
+            jobs: jobs.iter().map(JobJson::from).collect(),
+            next_cursor: None,
+        }
+    }
 }
 
 /// The body of `POST /jobs` and each item of `POST /jobs/batch`. Unknown
@@ -222,16 +333,6 @@ fn kind(v: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
-}
-
-/// `{"jobs": [...]}` of jobs.
-pub(crate) fn jobs_json(jobs: &[Job]) -> Value {
-    let mut out = Map::new();
-    out.insert(
-        "jobs".into(),
-        Value::Array(jobs.iter().map(job_json).collect()),
-    );
-    Value::Object(out)
 }
 
 #[cfg(test)]
