@@ -100,19 +100,19 @@ pub const CATALOGUE: [MetricDoc; 10] = [
         "jobqueue_jobs_completed_total",
         "counter",
         &["pipeline"],
-        "Jobs that completed, by pipeline",
+        "Jobs that completed since the server started, by pipeline",
     ),
     doc(
         "jobqueue_jobs_failed_total",
         "counter",
         &["pipeline"],
-        "Jobs that failed for good, by pipeline",
+        "Jobs that failed for good since the server started, by pipeline",
     ),
     doc(
         "jobqueue_events_total",
         "counter",
         &["type"],
-        "Events committed, by event type",
+        "Events committed since the server started, by event type",
     ),
     doc(
         "jobqueue_phase_duration_seconds",
