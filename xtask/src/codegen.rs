@@ -84,38 +84,30 @@ pub(crate) fn run(mode: Mode) -> Result<()> {
 /// Every generated file with the content it should have.
 fn outputs() -> Result<Vec<Output>> {
     let root = project_root();
-    let mut outputs = Vec::new();
+    Ok(vec![
+        with_block(
+            root.join("docs/architecture.md"),
+            "state-model",
+            &state_model(),
+        )?,
+        with_block(
+            root.join("docs/events.md"),
+            "event-catalogue",
+            &event_catalogue(),
+        )?,
+        with_block(root.join("docs/http-api.md"), "metrics", &metrics_table())?,
+        sqlite_schema()?,
+        openapi()?,
+    ])
+}
 
-    let architecture = root.join("docs/architecture.md");
-    let text = read_file(&architecture)?;
-    let content = replace_block(&text, "state-model", &state_model())
-        .with_context(|| format!("in {}", architecture.display()))?;
-    outputs.push(Output {
-        path: architecture,
-        content,
-    });
-
-    let events = root.join("docs/events.md");
-    let text = read_file(&events)?;
-    let content = replace_block(&text, "event-catalogue", &event_catalogue())
-        .with_context(|| format!("in {}", events.display()))?;
-    outputs.push(Output {
-        path: events,
-        content,
-    });
-
-    let http_api = root.join("docs/http-api.md");
-    let text = read_file(&http_api)?;
-    let content = replace_block(&text, "metrics", &metrics_table())
-        .with_context(|| format!("in {}", http_api.display()))?;
-    outputs.push(Output {
-        path: http_api,
-        content,
-    });
-
-    outputs.push(sqlite_schema()?);
-    outputs.push(openapi()?);
-    Ok(outputs)
+/// The Markdown file at `path` with its generated block `name` replaced by
+/// `body`.
+fn with_block(path: PathBuf, name: &str, body: &str) -> Result<Output> {
+    let text = read_file(&path)?;
+    let content =
+        replace_block(&text, name, body).with_context(|| format!("in {}", path.display()))?;
+    Ok(Output { path, content })
 }
 
 /// `docs/openapi.json`: the document the server answers at
