@@ -24,6 +24,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(250);
 /// (their clients reconnect elsewhere or later with `Last-Event-ID`), lets
 /// the responses in flight finish, closes idle keep-alive connections, and
 /// returns. It does not shut the queue down: do that after it returns.
+/// A client that is slow to take its answer holds the return up; to bound
+/// the wait, race this future against a timer.
 ///
 /// Each connection is HTTP/1.1 with keep-alive; a client has 30 s to send
 /// a request's headers. Failing to accept one connection never stops the

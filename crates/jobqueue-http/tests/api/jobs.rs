@@ -189,9 +189,11 @@ both! {
         let doc = server.get("/openapi.json").await.expect(200, None);
         assert_eq!(doc, jobqueue_http::openapi::document());
         // HEAD answers the headers of GET.
-        let head = server.send(Method::HEAD, "/health", None).await;
-        assert_eq!(head.status, 200);
-        assert!(head.body.is_empty());
+        for path in ["/health", "/jobs", "/events"] {
+            let head = server.send(Method::HEAD, path, None).await;
+            assert_eq!(head.status, 200, "{path}");
+            assert!(head.body.is_empty(), "{path}");
+        }
         server.stop().await;
     }
 }
