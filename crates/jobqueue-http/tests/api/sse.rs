@@ -131,6 +131,8 @@ both! {
         // included.
         server.stop_serving().await;
         assert_eq!(stream.frame().await, None);
+        // And it no longer accepts connections.
+        assert!(tokio::net::TcpStream::connect(server.addr).await.is_err());
         server.queue.shutdown().await;
     }
 }
