@@ -39,7 +39,7 @@ pub type ResponseFuture =
     Pin<Box<dyn Future<Output = Result<Response<ApiBody>, Infallible>> + Send + 'static>>;
 
 /// The error type a request body may have.
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A whole body.
 pub(crate) fn full(bytes: impl Into<Bytes>) -> ApiBody {

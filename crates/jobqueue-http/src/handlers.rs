@@ -12,7 +12,7 @@ use jobqueue::core::{
 };
 use serde_json::{Value, json};
 
-use crate::api::{Api, ApiBody, clip, full, read_body};
+use crate::api::{Api, ApiBody, BoxError, clip, full, read_body};
 use crate::error::{ApiError, Code, json_response};
 use crate::query::{Query, decode_cursor, encode_cursor};
 use crate::routes::Endpoint;
@@ -27,7 +27,6 @@ pub(crate) const DEFAULT_DELIVERIES: usize = 100;
 /// The largest `limit` of `GET /webhooks/deliveries`.
 pub(crate) const MAX_DELIVERIES: usize = 1000;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Answer = Result<Response<ApiBody>, ApiError>;
 
 /// Runs `endpoint`; `id` is the path's `{id}` segment when it has one.
