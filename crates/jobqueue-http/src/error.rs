@@ -282,6 +282,15 @@ mod tests {
     }
 
     #[test]
+    fn the_user_docs_list_every_code_with_its_status() {
+        let docs = include_str!("../../../docs/http-api.md");
+        for code in Code::ALL {
+            let row = format!("| {} | `{}` |", code.status().as_u16(), code.as_str());
+            assert!(docs.contains(&row), "docs/http-api.md has no row {row}");
+        }
+    }
+
+    #[test]
     fn codes_and_statuses() {
         for code in Code::ALL {
             assert!(code.status().is_client_error() || code.status().is_server_error());
