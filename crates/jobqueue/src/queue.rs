@@ -458,6 +458,19 @@ impl JobQueue {
     pub fn bus(&self) -> &EventBus {
         &self.bus
     }
+
+    /// Checks `job` as [`enqueue_job`](Self::enqueue_job) would, and
+    /// enqueues nothing: its pipeline is registered here, its fields are
+    /// ones every store accepts ([`NewJob::validate`]), and its
+    /// `webhook_url` is allowed (which resolves its host). A server checks
+    /// each job of a batch with it first, so that a refusal can say which
+    /// job it was.
+    pub async fn check_job(&self, job: &NewJob) -> Result<(), Error> {
+        let job = self.prepare(job.clone())?;
+        job.validate()
+            .map_err(|m| Error::Store(jobqueue_core::StoreError::Invalid(m)))?;
+        self.check_webhook_url(&job).await
+    }
 }
 
 /// Typed access to a job's input and results.
