@@ -129,7 +129,9 @@ pub enum RecoverScope {
     /// Every running job: the process that ran them is known to be gone
     /// (one process per store, at startup).
     All,
-    /// Only jobs whose lease expired: other processes may be alive.
+    /// Only jobs whose lease expired: for a store several processes share
+    /// (other processes may be alive and running theirs), or to rescue a
+    /// job of this process whose worker stopped renewing its lease.
     ExpiredLeases,
 }
 
@@ -278,7 +280,8 @@ pub trait JobStore: Send + Sync + 'static {
     /// all results). Refused while a phase is not completed.
     async fn complete_job(&self, lease: &Lease) -> Result<Job, StoreError>;
 
-    /// The job fails outside any phase (e.g. unknown pipeline; event `job.failed`).
+    /// The job fails outside any phase (e.g. its worker panicked outside
+    /// the phase on its last attempt; event `job.failed`).
     async fn fail_job(&self, lease: &Lease, error: JobError) -> Result<Job, StoreError>;
 
     /// The running job is cancelled by its worker after a cancel request

@@ -146,8 +146,9 @@ pub struct Pipelines {
 
 impl Pipelines {
     /// Builds the registry; refuses duplicate names and malformed pipelines
-    /// (no name, no phases, a phase name empty or twice, a concurrency cap
-    /// of 0, a retry policy that fails [`RetryPolicy::validate`]).
+    /// (no name, no phases, a pipeline or phase name empty or longer than
+    /// 256 bytes, a phase name twice, a concurrency cap of 0, a retry policy
+    /// that fails [`RetryPolicy::validate`]).
     pub fn new(pipelines: impl IntoIterator<Item = Pipeline>) -> Result<Self, String> {
         let mut by_name = HashMap::new();
         for p in pipelines {

@@ -20,7 +20,8 @@ use tracing::{debug, info, warn};
 
 use crate::clock::sub;
 
-/// When finished jobs become stale and when stale jobs are deleted.
+/// When finished jobs become stale, when stale jobs are deleted, and when
+/// old history is pruned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionConfig {
     /// Finished (completed, failed, cancelled) this long ago: stale.
@@ -84,7 +85,8 @@ pub struct RetentionPass {
     pub pruned: usize,
 }
 
-/// Runs one pass: marks, then deletes, batch by batch until nothing is due.
+/// Runs one pass: marks, then deletes, then prunes, batch by batch until
+/// nothing is due.
 /// Settings that fail [`RetentionConfig::validate`] are
 /// [`StoreError::Invalid`], and nothing is touched.
 pub async fn run_retention_pass(

@@ -37,15 +37,16 @@ pub struct RuntimeConfig {
     /// How long a claim lasts without a heartbeat.
     pub lease: Duration,
     /// How often a running job renews its lease (and notices cancel requests
-    /// made through the store by another process). Longer than zero and
-    /// shorter than `lease`.
+    /// made through the store rather than [`Runtime::cancel`]). Longer than
+    /// zero and shorter than `lease`.
     pub heartbeat: Duration,
     /// How often a running phase's latest progress is persisted, if it
     /// reported a new one. Longer than zero.
     pub progress_interval: Duration,
-    /// The pump also looks for work this often, for jobs that another
-    /// process enqueued or that became due without a wake-up here. Longer
-    /// than zero.
+    /// The pump also looks for work this often, for jobs that became due
+    /// without a wake-up here (enqueued straight through the store, or by
+    /// another process on a store several processes share). Longer than
+    /// zero.
     pub poll_interval: Duration,
     /// A phase told to stop (cancel, shutdown deadline) gets this long to
     /// return before it is dropped.
@@ -414,10 +415,13 @@ async fn pump(inner: Arc<Inner>) {
     debug!("pump stopped");
 }
 
-/// With several processes on one store, a process that dies leaves its jobs
-/// `running` until their leases expire; every lease period this queues such
-/// jobs again (as interrupted) so a live process picks them up. Fencing
-/// keeps a worker that was only slow from writing after that.
+/// On a store several processes share (not an SQLite file, which one
+/// process has), a process that dies leaves its jobs `running` until their
+/// leases expire; every lease period this recovers such jobs (queued again
+/// as interrupted, or failed on their last attempt) so a live process picks
+/// them up. In one process it rescues a job whose worker stopped renewing
+/// its lease. Fencing keeps a worker that was only slow from writing after
+/// that.
 async fn rescue_loop(inner: Arc<Inner>) {
     let mut ticker = tokio::time::interval(inner.config.lease);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -463,7 +467,7 @@ async fn claim_round(inner: &Arc<Inner>) {
             return;
         }
         // Only the pipelines this process runs: a job of another pipeline
-        // stays queued for a process that defines it (see `report_stranded`).
+        // stays queued for a process that defines it (see `Runtime::stranded`).
         let req = ClaimRequest::new(limit)
             .lease_for(inner.config.lease)
             .exclude_pipelines(exclude)

@@ -6,11 +6,18 @@
 //! the same conformance suite as the reference `MemoryStore`.
 //!
 //! How it works (see `README.md` of this crate for the files and pragmas):
-//! - [`SqliteStore::open`] opens the file in WAL mode, checks the schema
-//!   version and applies the embedded migrations ([`migrate`](crate::MIGRATIONS)).
+//! - One process per file: [`SqliteStore::open`] first takes an exclusive
+//!   OS lock on `<file>.lock`, held until the store is closed; a second
+//!   store on the file fails with `ErrorKind::InUse`.
+//! - It then checks that the file is a jobqueue database of a schema this
+//!   build knows (before anything is written to it), switches it to WAL and
+//!   applies the embedded migrations ([`migrate`](crate::MIGRATIONS)).
 //! - One **writer thread** owns the write connection and commits the
-//!   operations waiting for it together (group commit), each in its own
-//!   savepoint; a small **pool of reader threads** serves the reads.
+//!   operations waiting for it together (group commit), with a savepoint
+//!   per operation only when one fails after it wrote, and checks before
+//!   each commit that the file is still the one it opened; a small **pool
+//!   of reader threads** serves the reads. Both take work through bounded
+//!   queues.
 //! - `src/schema.rs` is generated from the migrations by [`codegen`].
 //!
 //! ```no_run

@@ -89,10 +89,12 @@ impl SqliteStore {
     /// the pending migrations and starts the writer and the readers.
     ///
     /// Blocks while it opens and migrates; from async code call it in
-    /// `spawn_blocking` if the database may be large. Fails with
-    /// `SchemaTooNew` (and changes nothing) if the database was written by a
-    /// newer version, `Corrupt` if the file is not a sound database, `Io` if
-    /// the directory is missing or the file is read-only.
+    /// `spawn_blocking` if the database may be large. Fails with `InUse` if
+    /// another store (in this or another process) has the file open,
+    /// `Incompatible` (and changes nothing) if it is another program's
+    /// database, `SchemaTooNew` (and changes nothing) if it was written by
+    /// a newer version, `Corrupt` if the file is not a sound database, `Io`
+    /// if the directory is missing or the file is read-only.
     pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, StoreError> {
         Self::start(Location::File(path.as_ref().to_path_buf()), options)
     }

@@ -114,7 +114,9 @@ impl JobQueueBuilder {
     }
 
     /// Runs the retention scheduler: finished jobs become stale after
-    /// `stale_after`, stale jobs are deleted after `delete_after`.
+    /// `stale_after`, stale jobs are deleted after `delete_after`, and ended
+    /// webhook deliveries and the `job.deleted` events of deleted jobs are
+    /// pruned after `prune_after`.
     pub fn retention(mut self, retention: RetentionConfig) -> Self {
         self.config.retention = Some(retention);
         self
@@ -141,8 +143,10 @@ impl JobQueueBuilder {
     }
 
     /// Which running jobs to recover at start: all of them (one process per
-    /// store, the default) or only those whose lease expired (several
-    /// processes share the store).
+    /// store, the default; an SQLite file allows no other), or only those
+    /// whose lease expired, with a lease rescuer that recovers more as
+    /// their leases run out (for a store several processes share, such as
+    /// the planned PostgreSQL store).
     pub fn recover(mut self, scope: RecoverScope) -> Self {
         self.config.recover = scope;
         self

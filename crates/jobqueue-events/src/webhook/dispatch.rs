@@ -54,7 +54,9 @@ use super::{MAX_RETRY_AFTER, WebhookConfig, WebhookError};
 use crate::wire::event_json_string;
 
 /// How often the dispatcher looks at the store even without a wake-up, so it
-/// also finds deliveries written by other processes.
+/// also finds deliveries it was not woken for (written through a store
+/// whose events do not reach its bus, or by another process on a store
+/// several processes share).
 pub const DEFAULT_MAX_IDLE: Duration = Duration::from_secs(10);
 
 /// The connector of the webhook clients: http, and https with feature `tls`.

@@ -28,7 +28,8 @@ enum Frame {
     Event { id: u64, ty: String, data: Value },
 }
 
-/// Splits complete frames off `buf` and parses them by the CONTRACT's grammar.
+/// Splits complete frames off `buf` and parses them by the SSE grammar of
+/// `docs/events.md`.
 fn take_frames(buf: &mut BytesMut) -> Vec<Frame> {
     let mut frames = Vec::new();
     while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
