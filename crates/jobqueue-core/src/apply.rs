@@ -143,10 +143,17 @@ impl Job {
         let error = JobError {
             phase: (!phase.is_empty()).then(|| phase.clone()),
             message: format!(
-                "interrupted: the process running attempt {} of {} stopped before it \
+                "interrupted: the process running attempt {} stopped before it \
                  finished (crashed, killed or lost its lease), and no attempts are left; \
                  a job whose run ends the process every time is not retried forever",
-                self.attempt, self.max_attempts
+                // A graceful shutdown during the last attempt gives the job
+                // one more run (it was not the job's fault), so this can be
+                // past the budget.
+                if self.attempt <= self.max_attempts {
+                    format!("{} of {}", self.attempt, self.max_attempts)
+                } else {
+                    format!("{} (of {} allowed)", self.attempt, self.max_attempts)
+                }
             ),
             attempt: self.attempt,
         };

@@ -8,8 +8,6 @@
 
 use jobqueue_core::Event;
 use serde_json::{Map, Value};
-use time::UtcOffset;
-use time::format_description::well_known::Rfc3339;
 
 /// The event as the JSON object of `docs/events.md`.
 pub fn event_json(event: &Event) -> Value {
@@ -18,7 +16,10 @@ pub fn event_json(event: &Event) -> Value {
     obj.insert("type".into(), Value::from(event.event_type().as_str()));
     obj.insert("job_id".into(), Value::from(event.job_id.to_string()));
     obj.insert("pipeline".into(), Value::from(event.pipeline.clone()));
-    obj.insert("at".into(), Value::from(rfc3339(event.at)));
+    obj.insert(
+        "at".into(),
+        Value::from(jobqueue_core::timefmt::format(event.at)),
+    );
     obj.insert("data".into(), event.data.to_json());
     Value::Object(obj)
 }
@@ -27,14 +28,6 @@ pub fn event_json(event: &Event) -> Value {
 pub fn event_json_string(event: &Event) -> String {
     // serde_json escapes newlines inside strings, so the text is one line.
     event_json(event).to_string()
-}
-
-/// RFC 3339 in UTC, e.g. `2030-01-02T03:04:05.123456Z`.
-pub(crate) fn rfc3339(at: time::OffsetDateTime) -> String {
-    // Formatting a UTC time as RFC 3339 fails only for years outside 0..=9999,
-    // which no store produces; fall back to the debug form rather than panic.
-    let utc = at.to_offset(UtcOffset::UTC);
-    utc.format(&Rfc3339).unwrap_or_else(|_| utc.to_string())
 }
 
 #[cfg(test)]

@@ -130,6 +130,7 @@ impl Location {
         let Self::File(path) = self else {
             return Ok(());
         };
+        self.url()?;
         let dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())

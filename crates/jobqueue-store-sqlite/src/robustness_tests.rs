@@ -503,3 +503,47 @@ fn an_unreadable_delivery_is_failed_not_due_for_ever() {
         assert_eq!(store.due_deliveries(10).await.unwrap().len(), 1);
     });
 }
+
+/// The sequence counter is saved with the events: after the newest events
+/// were pruned and the store reopened, numbers go on from where they were.
+#[test]
+fn sequence_numbers_are_never_reused_after_pruning_and_a_restart() {
+    use jobqueue_core::{ClaimRequest, Clock as _, EventFilter};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    let clock = Arc::new(ManualClock::default());
+    let options = || SqliteOptions::default().clock(clock.clone());
+    let last = block_on(async {
+        let store = SqliteStore::open(&path, options()).unwrap();
+        store.enqueue(NewJob::new("p")).await.unwrap();
+        let c = store.claim(ClaimRequest::new(1)).await.unwrap().remove(0);
+        store.complete_job(&c.lease).await.unwrap();
+        store.delete(c.job.id).await.unwrap();
+        let last = store.last_seq().await.unwrap();
+        clock.advance(std::time::Duration::from_secs(3600));
+        let pruned = store.prune(clock.now(), 100).await.unwrap();
+        assert_eq!(pruned.tombstones, 1);
+        // Every event is gone now: max(seq) would say 0.
+        assert!(
+            store
+                .events_after(0, EventFilter::default(), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.last_seq().await.unwrap(), last);
+        store.close().await;
+        last
+    });
+    block_on(async {
+        let store = SqliteStore::open(&path, options()).unwrap();
+        assert_eq!(store.last_seq().await.unwrap(), last);
+        store.enqueue(NewJob::new("p")).await.unwrap();
+        let events = store
+            .events_after(0, EventFilter::default(), 10)
+            .await
+            .unwrap();
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [last + 1]);
+        store.close().await;
+    });
+}

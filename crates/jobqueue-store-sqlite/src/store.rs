@@ -106,6 +106,7 @@ impl SqliteStore {
     }
 
     fn start(location: Location, options: SqliteOptions) -> Result<Self, StoreError> {
+        // Checked before anything is created, the lock file included.
         location.precheck()?;
         let lock = match &location {
             Location::File(path) => Some(FileLock::acquire(path, options.busy_timeout)?),

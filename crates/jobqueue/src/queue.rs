@@ -12,7 +12,7 @@ use jobqueue_core::{
     MemoryStore, NewJob, RecoverScope, RetryPolicy,
 };
 use jobqueue_events::{Dispatcher, DispatcherHandle, EventBus, Subscription, WebhookConfig};
-use jobqueue_runtime::{Pipeline, Pipelines, RetentionConfig, Runtime, RuntimeConfig};
+use jobqueue_runtime::{Pipeline, Pipelines, RetentionConfig, Runtime, RuntimeConfig, StartError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -154,7 +154,13 @@ impl JobQueueBuilder {
 
     /// Opens the store, recovers interrupted jobs and starts the pump.
     pub async fn start(self) -> Result<JobQueue, Error> {
+        // Every setting is checked before the store is opened (and locked).
         let pipelines = Pipelines::new(self.pipelines).map_err(Error::Config)?;
+        self.config
+            .validate()
+            .map_err(|e| Error::Start(StartError::Config(e)))?;
+        let webhooks = self.webhooks.unwrap_or_default();
+        webhooks.validate()?;
         let store: Arc<dyn JobStore> = match self.store {
             #[cfg(feature = "sqlite")]
             StoreChoice::Sqlite(path) => open_sqlite(path, self.config.clock.clone()).await?,
@@ -165,33 +171,76 @@ impl JobQueueBuilder {
         // see recovery's events too.
         let bus = EventBus::new(self.event_buffer);
         store.set_event_sink(Arc::new(bus.clone()));
-        let start_seq = store.last_seq().await?;
-        let webhooks = self.webhooks.unwrap_or_default();
         store.set_webhook_routes(webhooks.routes());
+        let started = Started {
+            store,
+            bus,
+            config: self.config,
+            webhooks,
+            shutdown_timeout: self.shutdown_timeout,
+        };
+        let store = started.store.clone();
+        match started.run(pipelines).await {
+            Ok(queue) => Ok(queue),
+            Err(e) => {
+                // Nothing runs: let go of the store (its file lock) at once.
+                store.close().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// What [`JobQueueBuilder::start`] has once the store is open.
+struct Started {
+    store: Arc<dyn JobStore>,
+    bus: EventBus,
+    config: RuntimeConfig,
+    webhooks: WebhookConfig,
+    shutdown_timeout: Duration,
+}
+
+impl Started {
+    async fn run(self, pipelines: Pipelines) -> Result<JobQueue, Error> {
+        let Self {
+            store,
+            bus,
+            config,
+            webhooks,
+            shutdown_timeout,
+        } = self;
+        let start_seq = store.last_seq().await?;
         // Without endpoints or a default secret there is nothing to send
         // (enqueue refuses per-job URLs then), so no dispatcher polls the
         // outbox on every commit.
         let dispatcher = if webhooks.endpoints.is_empty() && webhooks.default_secret.is_none() {
-            webhooks.validate()?;
             None
         } else {
             let d = Dispatcher::new(store.clone(), &webhooks)?;
-            Some(
-                d.with_clock(self.config.clock.clone())
+            Some(Arc::new(
+                d.with_clock(config.clock.clone())
                     .wake_on(bus.latest())
                     .spawn(),
-            )
+            ))
         };
-        let runtime = Runtime::start(store.clone(), pipelines, self.config).await?;
+        let runtime = match Runtime::start(store.clone(), pipelines, config).await {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                if let Some(d) = &dispatcher {
+                    d.shutdown().await;
+                }
+                return Err(e.into());
+            }
+        };
         Ok(JobQueue {
             store,
             runtime: Arc::new(runtime),
             bus,
-            dispatcher: dispatcher.map(Arc::new),
+            dispatcher,
             allow_private_webhooks: webhooks.allow_private,
             job_webhooks: webhooks.default_secret.is_some(),
             start_seq,
-            shutdown_timeout: self.shutdown_timeout,
+            shutdown_timeout,
         })
     }
 }
