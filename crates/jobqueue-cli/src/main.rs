@@ -1,9 +1,11 @@
-//! The `jobqueue` binary. So far it acts as a command's supervisor when
-//! started as one (see `jobqueue_cli::command::shim`); the command line
-//! comes next.
+//! The `jobqueue` binary: parses the command line and runs it (see
+//! `jobqueue_cli::cli`), or acts as a command's supervisor when started as
+//! one (see `jobqueue_cli::command::shim`).
 
 use std::process::ExitCode;
 
+use clap::Parser;
+use jobqueue_cli::cli::{Cli, Command};
 use jobqueue_cli::command::shim;
 
 fn main() -> ExitCode {
@@ -12,6 +14,35 @@ fn main() -> ExitCode {
         let code = shim::main(args.collect());
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
-    eprintln!("jobqueue: the command line is not built yet");
-    ExitCode::from(2)
+    let cli = Cli::parse();
+    init_logging(matches!(cli.command, Command::Serve(_)));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(jobqueue_cli::cli::run(cli))
+}
+
+/// Logs go to stderr. The level comes from `JOBQUEUE_LOG` (like
+/// `info,jobqueue::command=debug`), by default `info` for the server and
+/// `warn` for the client commands.
+fn init_logging(server: bool) {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let default = if server { "info" } else { "warn" };
+    let filter = std::env::var("JOBQUEUE_LOG")
+        .ok()
+        .and_then(|s| s.parse::<Targets>().ok())
+        .unwrap_or_else(|| default.parse().unwrap_or_default());
+    let _ = tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
+        .try_init();
 }

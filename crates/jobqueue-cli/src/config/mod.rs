@@ -40,6 +40,7 @@ use jobqueue::{Endpoint, RetryPolicy, WebhookConfig};
 
 use self::raw::{RawConfig, RawPipeline, RawStore, RawWebhook};
 use self::recover::{Damage, Located, read_all};
+pub(crate) use self::values::check_listen;
 
 /// Where the server listens without a config or `--listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
