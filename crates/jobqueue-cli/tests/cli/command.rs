@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use jobqueue::{EventType, JobStatus, PhaseStatus, Pipeline, Progress};
+use jobqueue::{
+    EventType, Job, JobId, JobQueue, JobStatus, PhaseStatus, Pipeline, Progress, Subscription,
+};
 use serde_json::json;
 
 use jobqueue_cli::command::{CommandPhase, TAIL};
@@ -164,83 +166,84 @@ async fn a_program_that_does_not_exist_fails_clearly() {
     assert!(message.starts_with(expected), "{message}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_timeout_ends_the_whole_process_group() {
+/// A job whose one phase is a shell that started a grandchild and waits.
+struct Started {
+    queue: JobQueue,
+    events: Subscription,
+    job: JobId,
+    /// The grandchild (`sleep`), the shell, and the supervisor.
+    processes: [i32; 3],
+    _dir: tempfile::TempDir,
+}
+
+/// Starts a job of the pipeline that `pipeline` makes around the shell
+/// script it is given; returns once the script runs.
+async fn start(pipeline: impl FnOnce(String) -> Pipeline) -> Started {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("pids");
-    let pipeline = Pipeline::new("p")
-        .retry(quick_retry(1))
-        .phase_with_timeout(sh("slow", &spawn_and_wait(&file)), Duration::from_secs(2));
-    let queue = queue(vec![pipeline]).await;
+    let queue = queue(vec![pipeline(spawn_and_wait(&file))]).await;
     let mut events = events(&queue);
-    let job = queue.enqueue("p", &json!({})).await.unwrap();
-    next_event(&mut events, job.id, |e| {
+    let job = queue.enqueue("p", &json!({})).await.unwrap().id;
+    next_event(&mut events, job, |e| {
         e.event_type() == EventType::PhaseProgress
     })
     .await;
     let pids = pids(&file);
-    let shim = pgid_of(pids[1]);
-    assert!(pids.iter().all(|p| alive(*p)));
-    let job = finished(&queue, &mut events, job.id).await;
-    assert_eq!(job.status, JobStatus::Failed);
-    assert!(
-        job.error.unwrap().message.contains("timed out"),
-        "a timeout is the error"
-    );
-    // The grandchild (sleep), the shell and its supervisor are all gone.
-    for pid in [pids[0], pids[1], shim] {
-        exited(pid).await;
+    let processes = [pids[0], pids[1], pgid_of(pids[1])];
+    assert!(processes.iter().all(|p| alive(*p)));
+    Started {
+        queue,
+        events,
+        job,
+        processes,
+        _dir: dir,
     }
-    queue.shutdown().await;
+}
+
+impl Started {
+    /// Waits for the job to end with `status`, then for every process of
+    /// its command to be gone.
+    async fn ends_as(mut self, status: JobStatus) -> Job {
+        let job = finished(&self.queue, &mut self.events, self.job).await;
+        assert_eq!(job.status, status, "{job:?}");
+        for pid in self.processes {
+            exited(pid).await;
+        }
+        self.queue.shutdown().await;
+        job
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_ends_the_whole_process_group() {
+    let started = start(|script| {
+        Pipeline::new("p")
+            .retry(quick_retry(1))
+            .phase_with_timeout(sh("slow", &script), Duration::from_secs(2))
+    })
+    .await;
+    let job = started.ends_as(JobStatus::Failed).await;
+    assert!(job.error.unwrap().message.contains("timed out"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_ends_the_whole_process_group() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("pids");
-    let pipeline = Pipeline::new("p").phase(sh("slow", &spawn_and_wait(&file)));
-    let queue = queue(vec![pipeline]).await;
-    let mut events = events(&queue);
-    let job = queue.enqueue("p", &json!({})).await.unwrap();
-    next_event(&mut events, job.id, |e| {
-        e.event_type() == EventType::PhaseProgress
-    })
-    .await;
-    let pids = pids(&file);
-    let shim = pgid_of(pids[1]);
-    queue.cancel(job.id).await.unwrap();
-    let job = finished(&queue, &mut events, job.id).await;
-    assert_eq!(job.status, JobStatus::Cancelled);
+    let started = start(|script| Pipeline::new("p").phase(sh("slow", &script))).await;
+    started.queue.cancel(started.job).await.unwrap();
+    let job = started.ends_as(JobStatus::Cancelled).await;
     assert_eq!(job.phases[0].status, PhaseStatus::Cancelled);
-    for pid in [pids[0], pids[1], shim] {
-        exited(pid).await;
-    }
-    queue.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_that_ignores_sigterm_is_killed_after_its_grace() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("pids");
     // An ignored signal stays ignored in the children too.
-    let script = format!("trap '' TERM; {}", spawn_and_wait(&file));
-    let pipeline =
-        Pipeline::new("p").phase(sh("stubborn", &script).kill_grace(Duration::from_millis(300)));
-    let queue = queue(vec![pipeline]).await;
-    let mut events = events(&queue);
-    let job = queue.enqueue("p", &json!({})).await.unwrap();
-    next_event(&mut events, job.id, |e| {
-        e.event_type() == EventType::PhaseProgress
+    let started = start(|script| {
+        let stubborn = sh("stubborn", &format!("trap '' TERM; {script}"));
+        Pipeline::new("p").phase(stubborn.kill_grace(Duration::from_millis(300)))
     })
     .await;
-    let pids = pids(&file);
-    queue.cancel(job.id).await.unwrap();
-    let job = finished(&queue, &mut events, job.id).await;
-    assert_eq!(job.status, JobStatus::Cancelled);
-    for pid in pids {
-        exited(pid).await;
-    }
-    queue.shutdown().await;
+    started.queue.cancel(started.job).await.unwrap();
+    started.ends_as(JobStatus::Cancelled).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
