@@ -404,7 +404,7 @@ impl<'a> Checker<'a> {
             (sqlite, postgres) => {
                 // A value cut for an error of its own leaves [store] short of
                 // it: that is not a second error.
-                if !self.damage.touches(&span) {
+                if !self.damage.cut(&span, "sqlite") && !self.damage.cut(&span, "postgres") {
                     let message = if sqlite.is_some() && postgres.is_some() {
                         "[store] takes one of `sqlite` and `postgres`, not both"
                     } else {
@@ -472,7 +472,6 @@ impl<'a> Checker<'a> {
             self.error(name_span, e);
         }
         let span = pipeline.span();
-        let damaged = self.damage.touches(&span);
         let p = pipeline.into_inner();
         let defaults = RetryPolicy::default();
         let retry = RetryPolicy {
@@ -487,7 +486,11 @@ impl<'a> Checker<'a> {
                 .map_or(defaults.max, |d| d.get_ref().0),
             ..defaults
         };
-        if !damaged && retry.initial > retry.max {
+        // Compared with the default only if the value was not there and
+        // cut out for an error of its own.
+        let backoff_cut =
+            self.damage.cut(&span, "backoff_initial") || self.damage.cut(&span, "backoff_max");
+        if !backoff_cut && retry.initial > retry.max {
             let at = p
                 .backoff_initial
                 .as_ref()
@@ -513,7 +516,7 @@ impl<'a> Checker<'a> {
             Some(phases) => {
                 let phases_span = phases.span();
                 let phases = phases.into_inner();
-                if phases.is_empty() && !self.damage.touches(&phases_span) && !damaged {
+                if phases.is_empty() && !self.damage.touches(&phases_span) {
                     self.error(phases_span, no_phases);
                 }
                 phases
@@ -530,24 +533,23 @@ impl<'a> Checker<'a> {
         for phase in raw_phases {
             let phase_span = phase.span();
             let phase = phase.into_inner();
-            let absent = [
-                ("name", phase.name.is_none()),
-                ("command", phase.command.is_none()),
-            ];
-            let (Some(phase_name), Some(command)) = (phase.name, phase.command) else {
-                for (key, _) in absent.iter().filter(|(_, absent)| *absent) {
-                    self.missing(&phase_span, key);
+            let phase_name = phase.name.map(|n| {
+                let (n_span, n) = (n.span(), n.into_inner().0);
+                if names.contains(&n) {
+                    self.error(
+                        n_span,
+                        format!("pipeline {name:?} has two phases named {n:?}"),
+                    );
                 }
-                continue;
-            };
-            let (phase_name_span, phase_name) = (phase_name.span(), phase_name.into_inner().0);
-            if names.contains(&phase_name) {
-                self.error(
-                    phase_name_span,
-                    format!("pipeline {name:?} has two phases named {phase_name:?}"),
-                );
+                names.push(n.clone());
+                n
+            });
+            if phase_name.is_none() {
+                self.missing(&phase_span, "name");
             }
-            names.push(phase_name.clone());
+            if phase.command.is_none() {
+                self.missing(&phase_span, "command");
+            }
             let mut env = Vec::new();
             for (key, value) in phase.env {
                 let (key_span, key) = (key.span(), key.into_inner());
@@ -568,6 +570,10 @@ impl<'a> Checker<'a> {
                     w
                 }
                 None => self.dir.to_path_buf(),
+            };
+            // A phase without its name or command was reported above.
+            let (Some(phase_name), Some(command)) = (phase_name, phase.command) else {
+                continue;
             };
             phases.push(PhaseConfig {
                 name: phase_name,

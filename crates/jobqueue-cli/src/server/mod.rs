@@ -239,6 +239,9 @@ impl Server {
             .start()
             .await
             .map_err(|e| ServeError::Queue(e.to_string()))?;
+        if !settings.demo && settings.config.pipelines.is_empty() {
+            tracing::warn!("the config defines no pipelines: every enqueue will be refused");
+        }
         tracing::info!(
             database = %path.display(),
             pipelines = ?settings.config.pipelines.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),

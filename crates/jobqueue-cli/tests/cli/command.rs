@@ -219,7 +219,7 @@ async fn a_timeout_ends_the_whole_process_group() {
     let started = start(|script| {
         Pipeline::new("p")
             .retry(quick_retry(1))
-            .phase_with_timeout(sh("slow", &script), Duration::from_secs(2))
+            .phase_with_timeout(sh("slow", &script), Duration::from_secs(4))
     })
     .await;
     let job = started.ends_as(JobStatus::Failed).await;

@@ -309,6 +309,7 @@ fn checks_across_values_of_a_pipeline() {
             "c.toml:6:31: \"A=B\" is not an environment variable name (empty, or has '=' or NUL)",
             "c.toml:7:11: workdir /srv/no/such/dir is not a directory",
             "c.toml:9:8: pipeline \"p\" has two phases named \"a\"",
+            "c.toml:12:19: backoff_initial (2s) must not be longer than backoff_max (1s)",
             "c.toml:14:11: must be longer than zero",
             "c.toml:15:15: must be at least 1",
             "c.toml:16:16: must be at least 1",
@@ -340,4 +341,24 @@ fn columns_count_characters() {
         "{lines:?}"
     );
     assert_eq!(lines[1], "c.toml:1:45: must be longer than zero");
+}
+
+#[test]
+fn checks_across_values_still_run_next_to_other_errors() {
+    // A phase timeout refused, a phase without its command: the pipeline's
+    // backoff and its phase names are still checked, and so is the
+    // incomplete phase's env.
+    let text = "[pipelines.p]\nbackoff_initial = \"10m\"\n[[pipelines.p.phases]]\nname = \"a\"\ncommand = [\"x\"]\ntimeout = \"0s\"\n[[pipelines.p.phases]]\nname = \"a\"\nenv = { JOBQUEUE_JOB_ID = \"1\" }\n[store]\nsqlite = \"a.db\"\nlease = \"0s\"\npostgres = \"postgres://h/db\"\n";
+    assert_eq!(
+        errors(text),
+        [
+            "c.toml:2:19: backoff_initial (10m) must not be longer than backoff_max (5m), its default",
+            "c.toml:6:11: must be longer than zero",
+            "c.toml:7:1: missing field `command`",
+            "c.toml:8:8: pipeline \"p\" has two phases named \"a\"",
+            "c.toml:9:9: JOBQUEUE_JOB_ID is set by the server for every phase; `env` cannot set it",
+            "c.toml:10:1: [store] takes one of `sqlite` and `postgres`, not both",
+            "c.toml:12:9: must be longer than zero",
+        ]
+    );
 }
