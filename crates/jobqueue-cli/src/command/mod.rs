@@ -226,7 +226,7 @@ impl CommandPhase {
                         // What the command left running in its group goes with it.
                         group.kill();
                         status = Some(s);
-                        drain_until = Some(Instant::now() + DRAIN);
+                        drain_until = deadline_in(DRAIN);
                     }
                     read = &mut read_output, if !output_done => {
                         output_done = true;
@@ -241,7 +241,8 @@ impl CommandPhase {
                         tracing::info!(pgid = pgid.as_raw_pid(), "stopping the command (SIGTERM)");
                         stopped = true;
                         group.terminate();
-                        kill_at = Some(Instant::now() + self.kill_grace);
+                        // `None` (a grace too long to count) never kills.
+                        kill_at = deadline_in(self.kill_grace);
                     }
                     () = sleep_until(kill_at), if kill_at.is_some() => {
                         tracing::warn!(pgid = pgid.as_raw_pid(), "the command did not stop within its grace period (SIGKILL)");
@@ -298,6 +299,12 @@ fn size_text(bytes: usize) -> String {
         b if b % KIB == 0 => format!("{} KiB", b / KIB),
         b => format!("{b} bytes"),
     }
+}
+
+/// The time `d` from now; `None` if it cannot be represented (a duration
+/// meant as "never").
+fn deadline_in(d: Duration) -> Option<Instant> {
+    Instant::now().checked_add(d)
 }
 
 /// Sleeps until `at`; never resolves for `None`.
