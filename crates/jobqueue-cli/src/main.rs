@@ -31,18 +31,28 @@ fn main() -> ExitCode {
 
 /// Logs go to stderr. The level comes from `JOBQUEUE_LOG` (like
 /// `info,jobqueue::command=debug`), by default `info` for the server and
-/// `warn` for the client commands.
+/// `warn` for the client commands. Colours only on a terminal.
 fn init_logging(server: bool) {
+    use std::io::IsTerminal;
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let default = if server { "info" } else { "warn" };
-    let filter = std::env::var("JOBQUEUE_LOG")
-        .ok()
-        .and_then(|s| s.parse::<Targets>().ok())
-        .unwrap_or_else(|| default.parse().unwrap_or_default());
+    let filter = match std::env::var("JOBQUEUE_LOG") {
+        Ok(s) => s.parse::<Targets>().unwrap_or_else(|e| {
+            eprintln!(
+                "jobqueue: JOBQUEUE_LOG={s:?} is not a log filter ({e}); logging at {default}"
+            );
+            default.parse().unwrap_or_default()
+        }),
+        Err(_) => default.parse().unwrap_or_default(),
+    };
     let _ = tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
         .with(filter)
         .try_init();
 }
