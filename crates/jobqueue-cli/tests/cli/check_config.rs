@@ -106,3 +106,81 @@ fn serve_reports_config_errors_and_refuses_postgres() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn every_kind_of_error_is_reported_at_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        [
+            "listen = \"127.0.0.1:7700\"",
+            "shutdown_timeout = \"soon\"",
+            "max_body = \"lots\"",
+            "[retention]",
+            "interval = \"0s\"",
+            "[[webhooks]]",
+            "url = \"ftp://x\"",
+            "secret = \"nope\"",
+            "events = [\"job.exploded\"]",
+            "[pipelines.p]",
+            "backoff_initial = \"1m\"",
+            "backoff_max = \"1s\"",
+            "[[pipelines.p.phases]]",
+            "name = \"a\"",
+            "command = [\"true\"]",
+            "workdir = \"missing\"",
+            "env = { JOBQUEUE_ATTEMPT = \"1\" }",
+            "[[pipelines.p.phases]]",
+            "name = \"a\"",
+            "command = [\"true\"]",
+            "[pipelines.q]",
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let name = file.display().to_string();
+    let out = jobqueue(&["check-config", &name]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let expected = [
+        ("2:20", "invalid duration \"soon\""),
+        ("3:12", "invalid size \"lots\""),
+        ("5:12", "must be longer than zero"),
+        ("7:7", "must start with http:// or https://"),
+        ("8:10", "a webhook secret must be \"whsec_\""),
+        ("9:11", "unknown event type \"job.exploded\""),
+        (
+            "11:19",
+            "backoff_initial (1m) must not be longer than backoff_max (1s)",
+        ),
+        ("16:11", "is not a directory"),
+        ("17:9", "JOBQUEUE_ATTEMPT is set by the server"),
+        ("19:8", "pipeline \"p\" has two phases named \"a\""),
+        ("21:1", "pipeline \"q\" has no phases"),
+    ];
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), expected.len() + 1, "{stderr}");
+    for (line, (place, message)) in lines.iter().zip(expected) {
+        let prefix = format!("{name}:{place}: ");
+        assert!(
+            line.starts_with(&prefix) && line.contains(message),
+            "{line:?} should be at {place} and say {message:?}"
+        );
+    }
+    assert_eq!(lines[expected.len()], format!("{name}: 11 errors"));
+}
+
+#[test]
+fn a_syntax_error_is_reported_at_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.toml");
+    std::fs::write(&file, "concurrency = 4\n[pipelines.p\nname = 1\n").unwrap();
+    let name = file.display().to_string();
+    let out = jobqueue(&["check-config", &name]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!("{name}:2:13: unclosed table, expected `]`\n{name}: 1 error\n")
+    );
+}
