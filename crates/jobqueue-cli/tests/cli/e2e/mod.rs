@@ -33,7 +33,7 @@ use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -45,6 +45,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStderr};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::support::{BIN, DEADLINE};
@@ -186,7 +187,8 @@ pub(crate) struct Server {
     addr: SocketAddr,
     /// Sent as a bearer token by [`call`](Self::call) and friends.
     pub(crate) token: Option<String>,
-    stderr: Arc<Mutex<Vec<String>>>,
+    /// Its stderr lines so far.
+    stderr: Arc<watch::Sender<Vec<String>>>,
     reader: Option<JoinHandle<()>>,
 }
 
@@ -206,7 +208,7 @@ impl Server {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(watch::Sender::new(Vec::new()));
         let (addr, reader) =
             announced(child.stderr.take().unwrap(), stderr.clone(), &mut child).await;
         Self {
@@ -259,7 +261,19 @@ impl Server {
 
     /// Everything it wrote on stderr so far.
     pub(crate) fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().join("\n")
+        self.stderr.borrow().join("\n")
+    }
+
+    /// Waits for a line of its stderr that contains `needle`.
+    pub(crate) async fn wait_stderr(&self, needle: &str) {
+        let mut lines = self.stderr.subscribe();
+        tokio::time::timeout(
+            DEADLINE,
+            lines.wait_for(|l| l.iter().any(|l| l.contains(needle))),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("no line with {needle:?} before the deadline"))
+        .unwrap();
     }
 
     /// A request with `headers` (and no token unless given there) and a raw
@@ -406,13 +420,13 @@ impl Drop for Server {
 /// reading it into `lines` in the background.
 async fn announced(
     stderr: ChildStderr,
-    lines: Arc<Mutex<Vec<String>>>,
+    lines: Arc<watch::Sender<Vec<String>>>,
     child: &mut Child,
 ) -> (SocketAddr, JoinHandle<()>) {
     let mut reader = BufReader::new(stderr).lines();
     let found = tokio::time::timeout(DEADLINE, async {
         while let Some(line) = reader.next_line().await.unwrap() {
-            lines.lock().unwrap().push(line.clone());
+            lines.send_modify(|l| l.push(line.clone()));
             if let Some(addr) = line.strip_prefix("listening on http://") {
                 return Some(addr.parse::<SocketAddr>().unwrap());
             }
@@ -425,12 +439,12 @@ async fn announced(
         let status = child.wait().await.unwrap();
         panic!(
             "the server exited ({status}) before listening:\n{}",
-            lines.lock().unwrap().join("\n")
+            lines.borrow().join("\n")
         );
     };
     let reader = tokio::spawn(async move {
         while let Ok(Some(line)) = reader.next_line().await {
-            lines.lock().unwrap().push(line);
+            lines.send_modify(|l| l.push(line));
         }
     });
     (addr, reader)

@@ -132,3 +132,47 @@ async fn sigterm_stops_the_running_phase_exits_0_and_the_next_start_resumes_it()
     );
     assert_eq!(job["phases"][1]["result"], "b");
 }
+
+#[tokio::test]
+async fn sigterm_lets_a_running_job_finish_within_shutdown_timeout() {
+    // Phase a waits for a line on the FIFO `gate`, which the test writes
+    // once the shutdown has begun; then b runs, and the job completes.
+    let mut text = "shutdown_timeout = \"1m\"\n[pipelines.p]\n".to_owned();
+    text += &phase(
+        "p",
+        "a",
+        &format!(
+            "{LOG_RUN}; echo '::progress::10 waiting' >&2; read line < gate; echo \"\\\"$line\\\"\""
+        ),
+    );
+    text += &phase("p", "b", &format!("{LOG_RUN}; echo '\"b\"'"));
+    let setup = Setup::new(&text).await;
+    let mkfifo = std::process::Command::new("mkfifo")
+        .arg(setup.path("gate"))
+        .status()
+        .unwrap();
+    assert!(mkfifo.success());
+    let server = setup.serve().await;
+    let id = server.enqueue(json!({"pipeline": "p"})).await;
+    server.wait_event(&id, 0, &["job.phase.progress"]).await;
+
+    server.signal(Signal::TERM);
+    server.wait_stderr("shutting down: no new jobs start").await;
+    let gate = setup.path("gate");
+    tokio::task::spawn_blocking(move || std::fs::write(gate, "opened\n"))
+        .await
+        .unwrap()
+        .unwrap();
+    let (status, stderr) = server.exit().await;
+    assert_eq!(status.code(), Some(0), "{status:?}\n{stderr}");
+    assert!(!stderr.contains("interrupted"), "{stderr}");
+
+    let server = setup.serve().await;
+    let job = server.job(&id).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["interrupted"], json!(null));
+    assert_eq!(job["attempt"], 1);
+    assert_eq!(job["phases"][0]["result"], "opened");
+    assert_eq!(job["phases"][1]["result"], "b");
+    assert_eq!((setup.runs_of(&id, "a"), setup.runs_of(&id, "b")), (1, 1));
+}
