@@ -1,5 +1,5 @@
-//! The API's errors from the real server, each in the one error shape, and
-//! the token on every route but `GET /health`.
+//! The API's errors from the real server, each in the one error shape; the
+//! token on every route but `GET /health`; listing jobs by page and filter.
 
 use hyper::Method;
 use serde_json::json;

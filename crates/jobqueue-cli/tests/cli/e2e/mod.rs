@@ -14,11 +14,12 @@
 //!   ([`Sse`]).
 //! - `receiver.rs`: a loopback webhook receiver that checks signatures
 //!   with the `standardwebhooks` crate.
-//! - The tests, by area: `phases.rs` (results, retries, exit 100, manual
-//!   retry), `cancel.rs`, `events.rs` (SSE replay), `webhooks.rs` (and
-//!   retention), `restart.rs` (SIGKILL and SIGTERM of the server),
-//!   `errors.rs` (every error of the API, the token), `client.rs` (the
-//!   client commands against the real server).
+//! - The tests, by area: `phases.rs` (results, retries, exit 100, a phase
+//!   timeout, manual retry), `cancel.rs`, `events.rs` (SSE replay),
+//!   `webhooks.rs` (and retention), `restart.rs` (SIGKILL and SIGTERM of
+//!   the server), `errors.rs` (every error of the API, the token, listing),
+//!   `client.rs` (the client commands against the real server, and `serve`
+//!   without a config).
 
 mod cancel;
 mod client;

@@ -1,11 +1,12 @@
 //! Command phases through the real server: results passed from phase to
-//! phase, progress, automatic retry at the failed phase, exit 100, and
-//! manual retries over HTTP and with `jobqueue retry`.
+//! phase, progress, automatic retry at the failed phase, exit 100, a phase
+//! timeout, and manual retries over HTTP and with `jobqueue retry`.
 
 use hyper::Method;
 use serde_json::json;
 
-use super::{LOG_RUN, Setup, jobqueue, kinds, phase, text_of};
+use super::{BLOCK, LOG_RUN, Setup, jobqueue, kinds, phase, text_of};
+use crate::support::{exited, ppid_of};
 
 /// A pipeline whose phases exercise everything a command gets and gives:
 /// a JSON result with progress, a phase that computes from an earlier
@@ -264,4 +265,36 @@ async fn a_manual_retry_resumes_at_the_first_phase_not_completed() {
             "job {id}: a ran once, b twice, c once"
         );
     }
+}
+
+#[tokio::test]
+async fn a_phase_timeout_ends_its_process_group_and_the_job_is_retried() {
+    // The first attempt blocks for ever: only the phase's timeout ends it.
+    let mut text = "[pipelines.p]\nbackoff_initial = \"10ms\"\nbackoff_max = \"10ms\"\n".to_owned();
+    text += &phase(
+        "p",
+        "a",
+        &format!("{LOG_RUN}; if [ \"$JOBQUEUE_ATTEMPT\" = 1 ]; then {BLOCK}; fi; echo '\"a\"'"),
+    );
+    text += "timeout = \"300ms\"\n";
+    let setup = Setup::new(&text).await;
+    let server = setup.serve().await;
+    let id = server.enqueue(json!({"pipeline": "p"})).await;
+    server.wait_event(&id, 0, &["job.phase.progress"]).await;
+    let pids = setup.pids(&id);
+    let supervisor = ppid_of(pids[1]);
+
+    let job = server.finished(&id).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["attempt"], 2);
+    let history = server.history(&id).await;
+    let failed = history
+        .iter()
+        .find(|e| e.kind == "job.phase.failed")
+        .unwrap();
+    assert!(failed.data["data"]["retry_at"].is_string(), "{failed:?}");
+    for pid in [pids[0], pids[1], supervisor] {
+        exited(pid).await;
+    }
+    assert_eq!(setup.runs_of(&id, "a"), 2);
 }

@@ -197,3 +197,33 @@ async fn retention_marks_finished_jobs_stale_then_deletes_them_and_their_deliver
         ["job.completed", "job.completed", "job.deleted", "job.stale"]
     );
 }
+
+#[tokio::test]
+async fn a_stale_job_is_listed_as_stale_and_can_still_be_deleted() {
+    let text = format!(
+        "[retention]\nstale_after = \"10ms\"\ndelete_after = \"1h\"\ninterval = \"100ms\"\n\
+         [pipelines.p]\n{}",
+        phase("p", "a", "echo '\"a\"'"),
+    );
+    let setup = Setup::new(&text).await;
+    let server = setup.serve().await;
+    let id = server.enqueue(json!({"pipeline": "p"})).await;
+    server.wait_event(&id, 0, &["job.stale"]).await;
+    let job = server.job(&id).await;
+    assert_eq!(job["status"], "stale", "{job}");
+    assert!(job["stale_at"].is_string(), "{job}");
+    assert_eq!(
+        job["phases"][0]["result"], "a",
+        "a stale job keeps its results"
+    );
+    let listed = server.get("/jobs?status=stale").await.json();
+    assert_eq!(listed["jobs"][0]["id"], id.as_str(), "{listed}");
+    let reply = server
+        .call(hyper::Method::DELETE, &format!("/jobs/{id}"), None)
+        .await;
+    assert_eq!(reply.status, 204, "{}", reply.text());
+    server
+        .get(&format!("/jobs/{id}"))
+        .await
+        .assert_error(404, "not_found");
+}
