@@ -6,7 +6,7 @@ use hyper::Method;
 use serde_json::json;
 
 use super::{BLOCK, LOG_RUN, Setup, phase};
-use crate::support::{alive, exited, ppid_of};
+use crate::support::{alive, exited, pgid_of};
 
 #[tokio::test]
 async fn cancelling_a_running_command_ends_its_process_group() {
@@ -27,11 +27,13 @@ async fn cancelling_a_running_command_ends_its_process_group() {
     let id = server.enqueue(json!({"pipeline": "p"})).await;
     let progress = server.wait_event(&id, 0, &["job.phase.progress"]).await;
     assert_eq!(progress.data["data"]["phase"], "b");
-    let pids = setup.pids(&id);
     // The grandchild, the shell, and the supervisor that leads their group.
-    let supervisor = ppid_of(pids[1]);
-    let group = [pids[0], pids[1], supervisor];
+    let group = setup.pids(&id);
     assert!(group.iter().all(|p| alive(*p)), "{group:?}");
+    assert!(
+        group.iter().all(|p| pgid_of(*p) == group[2]),
+        "one process group, led by the supervisor"
+    );
 
     let reply = server
         .call(Method::POST, &format!("/jobs/{id}/cancel"), None)

@@ -67,11 +67,13 @@ pub(crate) fn phase(pipeline: &str, name: &str, script: &str) -> String {
 pub(crate) const LOG_RUN: &str = "echo \"run $JOBQUEUE_JOB_ID $JOBQUEUE_PHASE\" >> log";
 
 /// A shell snippet for a phase that blocks: it starts a grandchild
-/// (`sleep`), writes the grandchild's pid and its own to
-/// `pids-<job>` (atomically, by a rename), reports progress (so that the
-/// test knows the pids are there), and waits.
+/// (`sleep`), writes the grandchild's pid, its own and its parent's (the
+/// supervisor that leads the command's process group) to `pids-<job>`
+/// (atomically, by a rename), reports progress (so that the test knows the
+/// pids are there), and waits.
 pub(crate) const BLOCK: &str = "sleep 300 & echo $! > pids.tmp.$$; echo $$ >> pids.tmp.$$; \
-     mv pids.tmp.$$ pids-$JOBQUEUE_JOB_ID; echo '::progress::10 blocked' >&2; wait";
+     echo $PPID >> pids.tmp.$$; mv pids.tmp.$$ pids-$JOBQUEUE_JOB_ID; \
+     echo '::progress::10 blocked' >&2; wait";
 
 /// A config in a directory of its own, ready to be served.
 pub(crate) struct Setup {
@@ -132,9 +134,12 @@ impl Setup {
         self.runs().iter().filter(|l| **l == line).count()
     }
 
-    /// The pids a [`BLOCK`] phase of `job` wrote: its grandchild and itself.
+    /// The pids a [`BLOCK`] phase of `job` wrote: its grandchild, itself
+    /// and the supervisor of its process group.
     pub(crate) fn pids(&self, job: &str) -> Vec<i32> {
-        crate::support::pids(&self.path(&format!("pids-{job}")))
+        let pids = crate::support::pids(&self.path(&format!("pids-{job}")));
+        assert_eq!(pids.len(), 3, "{pids:?}");
+        pids
     }
 
     /// Starts `jobqueue serve --config jobs.toml` and waits until it

@@ -6,7 +6,7 @@ use hyper::Method;
 use serde_json::json;
 
 use super::{BLOCK, LOG_RUN, Setup, jobqueue, kinds, phase, text_of};
-use crate::support::{exited, ppid_of};
+use crate::support::exited;
 
 /// A pipeline whose phases exercise everything a command gets and gives:
 /// a JSON result with progress, a phase that computes from an earlier
@@ -276,24 +276,32 @@ async fn a_phase_timeout_ends_its_process_group_and_the_job_is_retried() {
         "a",
         &format!("{LOG_RUN}; if [ \"$JOBQUEUE_ATTEMPT\" = 1 ]; then {BLOCK}; fi; echo '\"a\"'"),
     );
-    text += "timeout = \"300ms\"\n";
+    text += "timeout = \"1s\"\n";
     let setup = Setup::new(&text).await;
     let server = setup.serve().await;
     let id = server.enqueue(json!({"pipeline": "p"})).await;
-    server.wait_event(&id, 0, &["job.phase.progress"]).await;
-    let pids = setup.pids(&id);
-    let supervisor = ppid_of(pids[1]);
 
-    let job = server.finished(&id).await;
+    let history = server.history(&id).await;
+    let job = server.job(&id).await;
     assert_eq!(job["status"], "completed", "{job}");
     assert_eq!(job["attempt"], 2);
-    let history = server.history(&id).await;
-    let failed = history
-        .iter()
-        .find(|e| e.kind == "job.phase.failed")
-        .unwrap();
-    assert!(failed.data["data"]["retry_at"].is_string(), "{failed:?}");
-    for pid in [pids[0], pids[1], supervisor] {
+    assert_eq!(
+        kinds(&history)[..5],
+        [
+            "job.created",
+            "job.started",
+            "job.phase.started",
+            "job.phase.progress",
+            "job.phase.failed"
+        ],
+        "the first run blocked, then timed out"
+    );
+    let failed = &history[4].data["data"];
+    assert!(failed["retry_at"].is_string(), "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("timed out after 1s"), "{error}");
+    // The blocked run's grandchild, shell and supervisor are all gone.
+    for pid in setup.pids(&id) {
         exited(pid).await;
     }
     assert_eq!(setup.runs_of(&id, "a"), 2);

@@ -8,7 +8,7 @@ use rustix::process::Signal;
 use serde_json::json;
 
 use super::{BLOCK, LOG_RUN, Server, Setup, phase};
-use crate::support::{exited, ppid_of};
+use crate::support::exited;
 
 /// Pipeline `p`: `a`, then `b`, which blocks until the file `go` exists,
 /// then `c`; every run logged.
@@ -33,12 +33,7 @@ async fn blocked(server: &Server, setup: &Setup, jobs: &[&String]) -> Vec<i32> {
         let event = events.next().await;
         waiting.remove(event.job());
     }
-    let mut pids = Vec::new();
-    for job in jobs {
-        let p = setup.pids(job);
-        pids.extend([p[0], p[1], ppid_of(p[1])]);
-    }
-    pids
+    jobs.iter().flat_map(|job| setup.pids(job)).collect()
 }
 
 #[tokio::test]
