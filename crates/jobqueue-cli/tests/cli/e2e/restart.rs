@@ -160,7 +160,6 @@ async fn sigterm_lets_a_running_job_finish_within_shutdown_timeout() {
         .unwrap();
     let (status, stderr) = server.exit().await;
     assert_eq!(status.code(), Some(0), "{status:?}\n{stderr}");
-    assert!(!stderr.contains("interrupted"), "{stderr}");
 
     let server = setup.serve().await;
     let job = server.job(&id).await;
