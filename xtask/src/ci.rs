@@ -111,8 +111,9 @@ fn steps() -> Vec<Step> {
     steps
 }
 
-/// Runs every example of the façade, so the README's main command and the
-/// other "Run with" lines keep working, not only compiling.
+/// Runs every example of the façade, so the README's library examples and
+/// their "Run with" lines keep working, not only compiling (the main
+/// command, `jobqueue serve`, is covered by the CLI's end-to-end tests).
 fn run_examples() -> Result<()> {
     let dir = crate::util::project_root().join("crates/jobqueue/examples");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
