@@ -1,0 +1,5 @@
+DROP TABLE store_state;
+DROP TABLE webhook_deliveries;
+DROP TABLE events;
+DROP TABLE phases;
+DROP TABLE jobs;
