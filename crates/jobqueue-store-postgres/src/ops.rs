@@ -504,7 +504,7 @@ fn busy_key() -> StoreError {
 
 /// The claim's read: the queued jobs whose time has come, in claim order,
 /// locked, skipping those another claim holds. It walks `jobs_claim`.
-static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
+pub(crate) static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT * FROM jobs \
          WHERE status = '{}' AND run_at <= $1 \

@@ -27,6 +27,9 @@ pub struct PostgresOptions {
     pub wait_timeout: Duration,
     /// How long opening a new connection may take before it fails with `Io`.
     pub connect_timeout: Duration,
+    /// The `application_name` of the store's connections, which
+    /// `pg_stat_activity` shows.
+    pub application_name: String,
 }
 
 impl Default for PostgresOptions {
@@ -37,6 +40,7 @@ impl Default for PostgresOptions {
             max_connections: 10,
             wait_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            application_name: "jobqueue".to_owned(),
         }
     }
 }
@@ -73,10 +77,21 @@ impl PostgresOptions {
         self
     }
 
+    /// Names the store's connections `name` in `pg_stat_activity`.
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = name.into();
+        self
+    }
+
     /// Checks every setting; the error says which one is wrong.
     pub(crate) fn validate(&self) -> Result<(), StoreError> {
         if let Some(schema) = &self.schema {
             check_schema(schema).map_err(StoreError::Invalid)?;
+        }
+        if self.application_name.contains('\0') {
+            return Err(StoreError::Invalid(
+                "application_name must not contain the NUL character".to_owned(),
+            ));
         }
         if self.max_connections == 0 {
             return Err(StoreError::Invalid(

@@ -110,17 +110,23 @@ fn pool(url: &str, options: &PostgresOptions) -> Result<Pool<AsyncPgConnection>,
     // is dropped on return; a query per checkout would cost a round trip
     // on every call.
     config.recycling_method = RecyclingMethod::Fast;
-    let schema = options.schema.clone();
+    // The schema is a checked identifier; the name is quoted as a literal.
+    let mut setup = format!(
+        "SET application_name = '{}'",
+        options.application_name.replace('\'', "''")
+    );
+    if let Some(schema) = &options.schema {
+        setup.push_str(&format!("; SET search_path TO {schema}"));
+    }
+    let setup: Arc<str> = Arc::from(setup);
     config.custom_setup = Box::new(move |url| {
         let url = url.to_owned();
-        let schema = schema.clone();
+        let setup = Arc::clone(&setup);
         Box::pin(async move {
             let mut conn = AsyncPgConnection::establish(&url).await?;
-            if let Some(schema) = schema {
-                conn.batch_execute(&format!("SET search_path TO {schema}"))
-                    .await
-                    .map_err(ConnectionError::CouldntSetupConfiguration)?;
-            }
+            conn.batch_execute(&setup)
+                .await
+                .map_err(ConnectionError::CouldntSetupConfiguration)?;
             Ok(conn)
         })
     });
@@ -186,8 +192,9 @@ impl JobStore for PostgresStore {
 
     async fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<bool, StoreError> {
         let lease = *lease;
+        let now = self.inner.now()?;
         self.inner
-            .run(move |conn, now| {
+            .run(move |conn| {
                 Box::pin(async move { ops::heartbeat(conn, now, &lease, extend).await })
             })
             .await
@@ -304,19 +311,19 @@ impl JobStore for PostgresStore {
 
     async fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         self.inner
-            .run(move |conn, _| Box::pin(async move { read::job(conn, id).await }))
+            .run(move |conn| Box::pin(async move { read::job(conn, id).await }))
             .await
     }
 
     async fn list(&self, filter: JobFilter) -> Result<JobPage, StoreError> {
         self.inner
-            .run(move |conn, _| Box::pin(async move { read::list(conn, filter).await }))
+            .run(move |conn| Box::pin(async move { read::list(conn, filter).await }))
             .await
     }
 
     async fn counts(&self) -> Result<Vec<JobCount>, StoreError> {
         self.inner
-            .run(move |conn, _| Box::pin(async move { read::counts(conn).await }))
+            .run(move |conn| Box::pin(async move { read::counts(conn).await }))
             .await
     }
 
@@ -327,7 +334,7 @@ impl JobStore for PostgresStore {
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
         self.inner
-            .run(move |conn, _| {
+            .run(move |conn| {
                 Box::pin(async move { read::events_after(conn, after, filter, limit).await })
             })
             .await
@@ -335,7 +342,7 @@ impl JobStore for PostgresStore {
 
     async fn last_seq(&self) -> Result<u64, StoreError> {
         self.inner
-            .run(move |conn, _| Box::pin(async move { read::last_seq(conn).await }))
+            .run(move |conn| Box::pin(async move { read::last_seq(conn).await }))
             .await
     }
 
@@ -370,16 +377,15 @@ impl JobStore for PostgresStore {
     }
 
     async fn due_deliveries(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        let now = self.inner.now()?;
         self.inner
-            .run(move |conn, now| {
-                Box::pin(async move { read::due_deliveries(conn, now, limit).await })
-            })
+            .run(move |conn| Box::pin(async move { read::due_deliveries(conn, now, limit).await }))
             .await
     }
 
     async fn next_delivery_at(&self) -> Result<Option<OffsetDateTime>, StoreError> {
         self.inner
-            .run(move |conn, _| Box::pin(async move { read::next_delivery_at(conn).await }))
+            .run(move |conn| Box::pin(async move { read::next_delivery_at(conn).await }))
             .await
     }
 
@@ -395,7 +401,7 @@ impl JobStore for PostgresStore {
 
     async fn deliveries(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>, StoreError> {
         self.inner
-            .run(move |conn, _| Box::pin(async move { read::deliveries(conn, filter).await }))
+            .run(move |conn| Box::pin(async move { read::deliveries(conn, filter).await }))
             .await
     }
 }

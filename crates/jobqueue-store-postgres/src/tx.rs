@@ -53,10 +53,15 @@ use diesel::sql_types::{
 };
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::Pool;
-use diesel_async::{AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, TransactionManager};
+use diesel_async::{
+    AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
+    TransactionManager,
+};
 use jobqueue_core::clock::truncate_to_micros;
 use jobqueue_core::outbox::deliveries_for;
-use jobqueue_core::{Clock, Event, EventData, EventSink, Job, JobId, StoreError, WebhookRoute};
+use jobqueue_core::{
+    Clock, ErrorKind, Event, EventData, EventSink, Job, JobId, StoreError, WebhookRoute,
+};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::runtime::Handle;
@@ -155,7 +160,7 @@ pub(crate) struct Inner {
 impl Inner {
     /// The store's time, to the microsecond, refused when it has no RFC 3339
     /// form (a clock set far outside years 0 to 9999).
-    fn now(&self) -> Result<OffsetDateTime, StoreError> {
+    pub(crate) fn now(&self) -> Result<OffsetDateTime, StoreError> {
         let now = truncate_to_micros(self.clock.now());
         jobqueue_core::timefmt::check("the clock's time", now).map_err(StoreError::Invalid)?;
         Ok(now)
@@ -210,10 +215,7 @@ impl Inner {
             .map_err(db_err)?;
         let out = match op(&mut tx).await {
             Ok(out) => out,
-            Err(e) => {
-                rollback(&mut tx).await;
-                return Err(e);
-            }
+            Err(e) => return Err(rollback(&mut tx, e).await),
         };
         if tx.staged.is_empty() {
             AnsiTransactionManager::commit_transaction(tx.conn())
@@ -225,10 +227,7 @@ impl Inner {
         let routes = Arc::clone(&*self.routes.read().unwrap_or_else(|e| e.into_inner()));
         let events = match append(&mut tx, &routes).await {
             Ok(events) => events,
-            Err(e) => {
-                rollback(&mut tx).await;
-                return Err(e);
-            }
+            Err(e) => return Err(rollback(&mut tx, e).await),
         };
         AnsiTransactionManager::commit_transaction(tx.conn())
             .await
@@ -242,18 +241,17 @@ impl Inner {
     pub(crate) async fn run<T, F>(self: &Arc<Self>, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(
-                &'c mut AsyncPgConnection,
-                OffsetDateTime,
-            ) -> BoxFuture<'c, Result<T, StoreError>>
+        F: for<'c> FnOnce(&'c mut AsyncPgConnection) -> BoxFuture<'c, Result<T, StoreError>>
             + Send
             + 'static,
     {
         let inner = Arc::clone(self);
         self.spawn(async move {
-            let now = inner.now()?;
             let mut conn = inner.conn().await?;
-            op(&mut conn, now).await
+            match op(&mut conn).await {
+                Err(e) => Err(blame_connection(&mut conn, e).await),
+                ok => ok,
+            }
         })
         .await
     }
@@ -280,19 +278,43 @@ fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
-/// Rolls the transaction back, savepoints and all; a failure leaves the
-/// connection marked broken, and the pool drops it.
-async fn rollback(tx: &mut Tx) {
+/// Rolls the transaction back, savepoints and all, after `e`, and returns
+/// `e`. A rollback that fails leaves the connection marked broken (the pool
+/// drops it, and PostgreSQL rolls back what it held); then the connection
+/// is what failed, whatever `e` said.
+async fn rollback(tx: &mut Tx, e: StoreError) -> StoreError {
     loop {
         let status = AnsiTransactionManager::transaction_manager_status_mut(tx.conn());
         if !matches!(status.transaction_depth(), Ok(Some(_))) {
-            return;
+            return e;
         }
-        if let Err(e) = AnsiTransactionManager::rollback_transaction(tx.conn()).await {
-            tracing::debug!(error = %e, "rollback failed; the connection is dropped");
-            return;
+        if let Err(failed) = AnsiTransactionManager::rollback_transaction(tx.conn()).await {
+            tracing::debug!(error = %failed, "rollback failed; the connection is dropped");
+            return if e.kind() == ErrorKind::Internal {
+                connection_gone(e)
+            } else {
+                e
+            };
         }
     }
+}
+
+/// `e`, or the connection's failure (`Io`) when `e` came with a code diesel
+/// does not classify and the connection turns out to be closed: a query
+/// that cannot run says so.
+pub(crate) async fn blame_connection(conn: &mut AsyncPgConnection, e: StoreError) -> StoreError {
+    if e.kind() != ErrorKind::Internal || conn.batch_execute("SELECT 1").await.is_ok() {
+        e
+    } else {
+        connection_gone(e)
+    }
+}
+
+/// `e`, which came with a code diesel does not classify (say 57P01, the
+/// server ending the session), re-classified as the connection's failure:
+/// the connection is closed, so it was not the query's fault.
+fn connection_gone(e: StoreError) -> StoreError {
+    StoreError::backend(ErrorKind::Io, format!("{e} (the connection is closed)"))
 }
 
 /// The counter step: numbers the staged events, inserts them and their

@@ -61,6 +61,7 @@ impl Scratch {
     pub(crate) fn options(&self, clock: Arc<dyn Clock>) -> PostgresOptions {
         PostgresOptions::default()
             .schema(self.schema.clone())
+            .application_name(self.schema.clone())
             .clock(clock)
     }
 
