@@ -36,7 +36,7 @@
 //! transaction in half: the task commits and publishes its events, or rolls
 //! back, either way to the end; a connection whose transaction state is
 //! unknown is dropped by the pool, and PostgreSQL rolls back what it held.
-//! See [`tx`](crate::tx) (private; its module docs are the reference).
+//! `src/tx.rs` has the details.
 //!
 //! **Sequence numbers: a counter row, taken last.** Event numbers come
 //! from one row (`store_state.last_seq`) that an appending transaction
@@ -65,7 +65,7 @@
 //!
 //! **Fencing in SQL.** A leased write locks the job with `WHERE id = $1 AND
 //! lease = $2` and repeats the comparison in each `UPDATE` it makes; no
-//! process-local cache decides a lease (see [`ops`](crate::ops)).
+//! process-local cache decides a lease (see `src/ops.rs`).
 //!
 //! **Unique keys** are a partial unique index on active jobs; its
 //! violation (SQLSTATE 23505 on `jobs_unique_key`) becomes `Duplicate`,
