@@ -38,21 +38,25 @@
 //! unknown is dropped by the pool, and PostgreSQL rolls back what it held.
 //! `src/tx.rs` has the details.
 //!
-//! **Sequence numbers: a counter row, taken last.** Event numbers come
-//! from one row (`store_state.last_seq`) that an appending transaction
-//! updates in its last statement and holds locked until it commits. So
-//! event-appending commits happen in sequence order across all processes,
-//! and a reader never sees number `n` before every number below it
-//! committed: `events_after` replay has no gaps and no duplicates while
-//! writes are in flight. The cost is that event-appending commits are
-//! serialised database-wide, each holding the lock for one statement plus
-//! its commit (round trip and WAL flush); the README gives the measured
-//! rate. The alternative, a sequence with a visibility guard (readers stop
-//! below the oldest number still in flight, found through
-//! `pg_snapshot_xmin` or a watermark), commits in parallel but has to find
-//! the numbers of transactions it cannot see, and lets one long transaction
-//! anywhere in the database hold every reader back; it is the path if the
-//! serialised commit ever becomes the bottleneck.
+//! **Sequence numbers: reserved, then guarded.** A transaction about to
+//! append events reserves their numbers in one short statement on a
+//! connection of its own (a counter row bumped and a `seq_reservations` row
+//! naming the transaction, committed at once without waiting for a flush),
+//! then inserts its events with them and deletes the reservation as it
+//! commits. Readers read only below the first reservation whose owner may
+//! still commit. Since reservations are committed in number order, each
+//! before its events, a reader that sees number `n` has seen, or waits for,
+//! every number below it: `events_after` replay has no gap and no duplicate
+//! while writes are in flight. Only the reservation step is serialised
+//! across processes; the transactions commit in parallel and PostgreSQL
+//! flushes them together. The costs: two round trips per event-appending
+//! transaction, unused numbers (gaps in the numbering, never in the events)
+//! after a transaction that fails once it reserved, and readers held back
+//! while such a transaction runs. The simpler alternative, a counter row
+//! held locked until each appending transaction commits, serialises those
+//! commits and their WAL flushes database-wide; it measured at half the
+//! throughput with eight writers here and does not scale with more (see
+//! the README). `src/seq.rs` has the argument in full.
 //!
 //! **Time: the injected [`Clock`](jobqueue_core::Clock), not `now()`.**
 //! Every transaction reads its time once from the store's clock
@@ -79,6 +83,7 @@ mod options;
 mod read;
 mod rows;
 mod schema;
+mod seq;
 mod store;
 #[cfg(test)]
 mod tests;

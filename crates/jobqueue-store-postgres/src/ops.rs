@@ -22,8 +22,10 @@
 //!
 //! Job rows are locked before anything else, one job at a time or many in
 //! one statement in a fixed order (`ORDER BY id` for recovery) or with
-//! `SKIP LOCKED` (claims, retention); the counter row comes last (see
-//! [`crate::tx`]). So no two transactions wait on each other in a cycle.
+//! `SKIP LOCKED` (claims, retention). The event counter is locked only by
+//! the reservation step, one statement on a connection of its own that
+//! waits for nothing else (see [`crate::seq`]). So no two transactions wait
+//! on each other in a cycle.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -46,7 +48,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::{db_err, internal, is_unique_key_violation};
-use crate::rows::{DeliveryRow, JobRow, PhaseRow, jobs_of, sql_count};
+use crate::rows::{DeliveryRow, JobRow, PhaseRow, columns, jobs_of, sql_count};
 use crate::schema::{jobs, phases, webhook_deliveries};
 use crate::tx::Tx;
 
@@ -179,18 +181,6 @@ async fn lease_error(conn: &mut AsyncPgConnection, id: JobId) -> StoreError {
 }
 
 // ------------------------------------------------------------- saving jobs
-
-/// Declares one `Vec` per named field of `rows` (`n` of them), named like
-/// the field: `unnest($1::t[], $2::u[], ...)` takes a table column by
-/// column.
-macro_rules! columns {
-    ($rows:expr, $n:expr => $($field:ident),+ $(,)?) => {
-        $( let mut $field = Vec::with_capacity($n); )+
-        for row in $rows {
-            $( $field.push(row.$field); )+
-        }
-    };
-}
 
 /// Rewrites the job columns a transition may change, for each job whose
 /// lease is still the one it was read with (`fence`).
@@ -985,6 +975,11 @@ pub(crate) async fn prune(
     let tombstones = diesel::sql_query(PRUNE_TOMBSTONES_SQL.as_str())
         .bind::<Timestamptz, _>(before)
         .bind::<BigInt, _>(sql_count(limit))
+        .execute(tx.conn())
+        .await
+        .map_err(db_err)?;
+    // Reservations left by transactions that died with their process.
+    diesel::sql_query(crate::seq::FORGET_ABORTED_SQL)
         .execute(tx.conn())
         .await
         .map_err(db_err)?;

@@ -4,7 +4,7 @@
 
 use diesel::dsl::{count_star, min, sql};
 use diesel::prelude::*;
-use diesel::sql_types::Bool;
+use diesel::sql_types::{BigInt, Bool};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use jobqueue_core::memory::DEFAULT_PAGE;
 use jobqueue_core::{
@@ -15,7 +15,8 @@ use time::OffsetDateTime;
 
 use crate::error::{corrupt, db_err};
 use crate::rows::{DeliveryRow, EventRow, JobRow, PhaseRow, jobs_of, sql_count, sql_seq};
-use crate::schema::{events, jobs, phases, store_state, webhook_deliveries};
+use crate::schema::{events, jobs, phases, webhook_deliveries};
+use crate::seq::{HORIZON_SQL, Number};
 
 /// `status = 'pending'` as literal SQL: the due-delivery index is partial on
 /// it, and a bound parameter would not prove the predicate to a generic plan.
@@ -136,9 +137,13 @@ pub(crate) async fn events_after(
     if limit == 0 {
         return Ok(Vec::new());
     }
+    // Below the guard only: no event there can still appear (see
+    // `crate::seq`).
+    let guard = format!("coalesce({HORIZON_SQL}, {})", i64::MAX);
     let mut q = events::table
         .select(EventRow::as_select())
         .filter(events::seq.gt(sql_seq(after)))
+        .filter(events::seq.lt(sql::<BigInt>(&guard)))
         .order(events::seq)
         .limit(sql_count(limit))
         .into_boxed();
@@ -153,13 +158,17 @@ pub(crate) async fn events_after(
     rows.into_iter().map(EventRow::into_event).collect()
 }
 
+/// The highest number handed out, but below the guard: a subscriber that
+/// starts after it misses no event still in flight (see `crate::seq`).
 pub(crate) async fn last_seq(conn: &mut AsyncPgConnection) -> Result<u64, StoreError> {
-    let last: i64 = store_state::table
-        .select(store_state::last_seq)
-        .first(conn)
-        .await
-        .map_err(db_err)?;
-    u64::try_from(last).map_err(|_| corrupt(format!("last_seq {last}")))
+    let last: Number = diesel::sql_query(format!(
+        "SELECT least(last_seq, coalesce({HORIZON_SQL} - 1, last_seq)) AS n \
+         FROM store_state WHERE id = 1"
+    ))
+    .get_result(conn)
+    .await
+    .map_err(db_err)?;
+    u64::try_from(last.n).map_err(|_| corrupt(format!("last_seq {}", last.n)))
 }
 
 pub(crate) async fn due_deliveries(

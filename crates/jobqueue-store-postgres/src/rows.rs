@@ -46,6 +46,19 @@ pub(crate) fn sql_index(i: usize) -> i32 {
     i32::try_from(i).unwrap_or(i32::MAX)
 }
 
+/// Declares one `Vec` per named field of `rows` (`n` of them), named like
+/// the field: `unnest($1::t[], $2::u[], ...)` takes a table column by
+/// column.
+macro_rules! columns {
+    ($rows:expr, $n:expr => $($field:ident),+ $(,)?) => {
+        $( let mut $field = Vec::with_capacity($n); )+
+        for row in $rows {
+            $( $field.push(row.$field); )+
+        }
+    };
+}
+pub(crate) use columns;
+
 /// One row of `jobs`.
 #[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = jobs, check_for_backend(Pg), treat_none_as_null = true)]

@@ -60,6 +60,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    seq_reservations (first_seq) {
+        first_seq -> BigInt,
+        last_seq -> BigInt,
+        owner -> BigInt,
+    }
+}
+
+diesel::table! {
     store_state (id) {
         id -> SmallInt,
         last_seq -> BigInt,
@@ -92,6 +100,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     events,
     jobs,
     phases,
+    seq_reservations,
     store_state,
     webhook_deliveries
 );

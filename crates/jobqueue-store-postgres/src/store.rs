@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::error::{conn_err, internal};
 use crate::migrate::{SyncConn, migrate};
 use crate::options::PostgresOptions;
+use crate::seq::Sequencer;
 use crate::tx::Inner;
 use crate::{ops, read};
 
@@ -86,14 +87,15 @@ impl PostgresStore {
         })
         .await
         .map_err(|e| internal(format!("migrating the postgres schema panicked: {e}")))??;
-        let pool = pool(url, &options)?;
+        let setup = session_setup(&options);
+        let pool = pool(url, &options, &setup)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
                 clock: options.clock,
                 sink: RwLock::new(None),
                 routes: RwLock::new(Arc::from(Vec::new())),
-                append: tokio::sync::Mutex::new(()),
+                sequencer: Sequencer::new(url, &setup),
                 closed: AtomicBool::new(false),
                 tasks: TaskTracker::new(),
                 runtime,
@@ -102,14 +104,8 @@ impl PostgresStore {
     }
 }
 
-/// The pool: connections that select the store's schema when they open,
-/// checked for an open transaction (not with a query) when they come back.
-fn pool(url: &str, options: &PostgresOptions) -> Result<Pool<AsyncPgConnection>, StoreError> {
-    let mut config = ManagerConfig::<AsyncPgConnection>::default();
-    // A connection whose socket closed or whose transaction is still open
-    // is dropped on return; a query per checkout would cost a round trip
-    // on every call.
-    config.recycling_method = RecyclingMethod::Fast;
+/// The settings of every session of the store: its name, and its schema.
+fn session_setup(options: &PostgresOptions) -> String {
     // The schema is a checked identifier; the name is quoted as a literal.
     let mut setup = format!(
         "SET application_name = '{}'",
@@ -118,6 +114,21 @@ fn pool(url: &str, options: &PostgresOptions) -> Result<Pool<AsyncPgConnection>,
     if let Some(schema) = &options.schema {
         setup.push_str(&format!("; SET search_path TO {schema}"));
     }
+    setup
+}
+
+/// The pool: connections that run `setup` when they open, checked for an
+/// open transaction (not with a query) when they come back.
+fn pool(
+    url: &str,
+    options: &PostgresOptions,
+    setup: &str,
+) -> Result<Pool<AsyncPgConnection>, StoreError> {
+    let mut config = ManagerConfig::<AsyncPgConnection>::default();
+    // A connection whose socket closed or whose transaction is still open
+    // is dropped on return; a query per checkout would cost a round trip
+    // on every call.
+    config.recycling_method = RecyclingMethod::Fast;
     let setup: Arc<str> = Arc::from(setup);
     config.custom_setup = Box::new(move |url| {
         let url = url.to_owned();

@@ -11,35 +11,13 @@
 //! unknown (an error in `COMMIT`, a lost socket) is dropped by the pool's
 //! recycle check, and PostgreSQL rolls back whatever it had open.
 //!
-//! # Sequence numbers: the counter row
+//! # Appending events
 //!
-//! Events are numbered by one counter row (`store_state.last_seq`). A
-//! transaction that appends events does all its other work first; its last
-//! statement adds the number of its events to the counter (which locks the
-//! row), inserts the events with the numbers it got and their webhook
-//! deliveries, and the transaction commits while still holding the row
-//! lock. The next appender waits on that lock until the commit and then
-//! reads the new value. So the commit order of event-appending transactions
-//! is their sequence order, across every process sharing the database, and a
-//! reader (`events_after`, one statement, one snapshot) that sees event `n`
-//! sees every event before it: no event can commit behind a reader. A
-//! rolled-back transaction rolls its counter change back with it, so the
-//! numbers have no gaps either.
-//!
-//! The cost: event-appending commits are serialised, one at a time, each
-//! holding the row lock for one statement, the `COMMIT` round trip and the
-//! WAL flush. Their rate is bounded by about 1 / (statement + commit
-//! latency) for the whole database, whatever the number of processes (see
-//! the crate README for a measurement). Work that appends no events
-//! (heartbeats, cancel requests on running jobs, webhook bookkeeping,
-//! reads) is not serialised.
-//!
-//! Within a process, a mutex around that last step (`append`) keeps the
-//! process's own appenders in the same order, and the events are published
-//! to the [`EventSink`] inside it, after the commit, so the sink receives
-//! this process's events in sequence order. The mutex adds no waiting the
-//! row lock would not impose anyway, and cannot deadlock with it: whoever
-//! holds the counter row waits for nothing but its own commit.
+//! A transaction stages its events while it works. At its end it reserves
+//! their sequence numbers, inserts them with their webhook deliveries in
+//! one statement, commits, and hands them to the process's publishing
+//! queue, which passes them to the [`EventSink`] in number order; see
+//! [`crate::seq`] for why readers never see a number out of order.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,7 +25,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use deadpool::managed::Object;
-use diesel::prelude::*;
 use diesel::sql_types::{
     Array, BigInt, Integer, Json, Nullable, Text, Timestamptz, Uuid as SqlUuid,
 };
@@ -62,13 +39,13 @@ use jobqueue_core::outbox::deliveries_for;
 use jobqueue_core::{
     Clock, ErrorKind, Event, EventData, EventSink, Job, JobId, StoreError, WebhookRoute,
 };
-use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
 use crate::error::{closed, db_err, internal, pool_err};
-use crate::rows::sql_count;
+use crate::rows::{DeliveryRow, EventRow, columns, sql_count, sql_seq};
+use crate::seq::{Number, OWNER_SQL, Sequencer};
 
 /// A boxed future that may borrow for `'a`, as operations return them.
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -149,9 +126,8 @@ pub(crate) struct Inner {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) sink: RwLock<Option<Arc<dyn EventSink>>>,
     pub(crate) routes: RwLock<Arc<[WebhookRoute]>>,
-    /// The last step of event-appending transactions in this process (see
-    /// the module docs).
-    pub(crate) append: tokio::sync::Mutex<()>,
+    /// Sequence numbers and the publishing queue (see [`crate::seq`]).
+    pub(crate) sequencer: Sequencer,
     pub(crate) closed: AtomicBool,
     pub(crate) tasks: TaskTracker,
     pub(crate) runtime: Handle,
@@ -223,17 +199,47 @@ impl Inner {
                 .map_err(db_err)?;
             return Ok(out);
         }
-        let _in_order = self.append.lock().await;
-        let routes = Arc::clone(&*self.routes.read().unwrap_or_else(|e| e.into_inner()));
-        let events = match append(&mut tx, &routes).await {
-            Ok(events) => events,
+        let count = sql_count(tx.staged.len());
+        let base = match self.reserve(&mut tx, count).await {
+            Ok(base) => base,
             Err(e) => return Err(rollback(&mut tx, e).await),
         };
-        AnsiTransactionManager::commit_transaction(tx.conn())
+        let place = Place {
+            inner: self,
+            first: base.saturating_add(1),
+            settled: false,
+        };
+        let routes = Arc::clone(&*self.routes.read().unwrap_or_else(|e| e.into_inner()));
+        let events = match append(&mut tx, &routes, base).await {
+            Ok(events) => events,
+            Err(e) => {
+                let e = rollback(&mut tx, e).await;
+                place.fail().await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = AnsiTransactionManager::commit_transaction(tx.conn()).await {
+            // Whether it committed is unknown; its events are not published
+            // (they are in the store if it did, where subscribers resync).
+            place.fail().await;
+            return Err(db_err(e));
+        }
+        place.commit(events);
+        Ok(out)
+    }
+
+    /// Reserves `count` numbers for the transaction of `tx`.
+    async fn reserve(&self, tx: &mut Tx, count: i64) -> Result<u64, StoreError> {
+        let owner: Number = diesel::sql_query(OWNER_SQL)
+            .get_result(tx.conn())
             .await
             .map_err(db_err)?;
-        self.publish(&events);
-        Ok(out)
+        self.sequencer.reserve(count, owner.n).await
+    }
+
+    fn settle(&self, first: u64, events: Option<Vec<Event>>) {
+        let sink = self.sink.read().unwrap_or_else(|e| e.into_inner()).clone();
+        self.sequencer.settle(first, events, sink.as_ref());
     }
 
     /// Runs `op` on a pooled connection, outside any transaction unless `op`
@@ -255,17 +261,35 @@ impl Inner {
         })
         .await
     }
+}
 
-    fn publish(&self, events: &[Event]) {
-        let sink = self.sink.read().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(sink) = sink {
-            // The change is committed: a panicking sink must not turn a
-            // successful write into a failed one. Subscribers resync from
-            // the store.
-            let publish = std::panic::AssertUnwindSafe(|| sink.publish(events));
-            if std::panic::catch_unwind(publish).is_err() {
-                tracing::warn!("the event sink panicked; its subscribers resync from the store");
-            }
+/// A transaction's place in the publishing queue. Dropped unsettled (its
+/// task cut short), it empties itself, so later events are not held back.
+struct Place<'a> {
+    inner: &'a Inner,
+    first: u64,
+    settled: bool,
+}
+
+impl Place<'_> {
+    /// The transaction committed `events`.
+    fn commit(mut self, events: Vec<Event>) {
+        self.settled = true;
+        self.inner.settle(self.first, Some(events));
+    }
+
+    /// The transaction failed: its numbers stay unused.
+    async fn fail(mut self) {
+        self.settled = true;
+        self.inner.settle(self.first, None);
+        self.inner.sequencer.forget(self.first).await;
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.inner.settle(self.first, None);
         }
     }
 }
@@ -317,17 +341,16 @@ fn connection_gone(e: StoreError) -> StoreError {
     StoreError::backend(ErrorKind::Io, format!("{e} (the connection is closed)"))
 }
 
-/// The counter step: numbers the staged events, inserts them and their
-/// webhook deliveries, in one statement (see the module docs).
+/// Inserts the staged events with their reserved numbers (those after
+/// `$1`) and their webhook deliveries (the event snapshot copied from the
+/// event row), and deletes the reservation, in one statement; returns how
+/// many events it inserted.
 const APPEND_SQL: &str = "\
-WITH s AS (
-    UPDATE store_state SET last_seq = last_seq + $1 WHERE id = 1
-    RETURNING last_seq - $1 AS base
-), e AS (
+WITH e AS (
     INSERT INTO events (seq, job_id, pipeline, event_type, at, data)
-    SELECT s.base + u.n, u.job_id, u.pipeline, u.event_type, $2, u.data
-    FROM s CROSS JOIN unnest($3::int8[], $4::uuid[], $5::text[], $6::text[], $7::json[])
-        AS u (n, job_id, pipeline, event_type, data)
+    SELECT u.seq, u.job_id, u.pipeline, u.event_type, $2, u.data
+    FROM unnest($3::int8[], $4::uuid[], $5::text[], $6::text[], $7::json[])
+        AS u (seq, job_id, pipeline, event_type, data)
     RETURNING seq, job_id, pipeline, event_type, at, data
 ), d AS (
     INSERT INTO webhook_deliveries (id, event_seq, job_id, target, url, event_pipeline,
@@ -335,99 +358,79 @@ WITH s AS (
         next_attempt_at, created_at)
     SELECT u.id, e.seq, e.job_id, u.target, u.url, e.pipeline, e.event_type, e.at, e.data,
         u.status, u.attempts, u.last_status, u.last_error, u.next_attempt_at, u.created_at
-    FROM s CROSS JOIN unnest($8::int8[], $9::uuid[], $10::text[], $11::text[], $12::text[],
+    FROM unnest($8::uuid[], $9::int8[], $10::text[], $11::text[], $12::text[],
             $13::int8[], $14::int4[], $15::text[], $16::timestamptz[], $17::timestamptz[])
-        AS u (n, id, target, url, status, attempts, last_status, last_error, next_attempt_at,
-            created_at)
-    JOIN e ON e.seq = s.base + u.n
+        AS u (id, event_seq, target, url, status, attempts, last_status, last_error,
+            next_attempt_at, created_at)
+    JOIN e ON e.seq = u.event_seq
+), r AS (
+    DELETE FROM seq_reservations WHERE first_seq = $1 + 1
 )
-SELECT base FROM s";
+SELECT count(*) AS n FROM e";
 
-#[derive(QueryableByName)]
-struct Base {
-    #[diesel(sql_type = BigInt)]
-    base: i64,
-}
-
-/// Appends the transaction's staged events with the next sequence numbers,
+/// Appends the transaction's staged events with the numbers after `base`,
 /// and the deliveries `routes` give them; returns the events as numbered.
-async fn append(tx: &mut Tx, routes: &[WebhookRoute]) -> Result<Vec<Event>, StoreError> {
+async fn append(tx: &mut Tx, routes: &[WebhookRoute], base: u64) -> Result<Vec<Event>, StoreError> {
     let now = tx.now;
     let staged = std::mem::take(&mut tx.staged);
-    let count = staged.len();
-    let mut events = Vec::with_capacity(count);
-    let mut e_n = Vec::with_capacity(count);
-    let mut e_job = Vec::with_capacity(count);
-    let mut e_pipeline = Vec::with_capacity(count);
-    let mut e_type = Vec::with_capacity(count);
-    let mut e_data: Vec<Value> = Vec::with_capacity(count);
-    let mut d_n = Vec::new();
-    let mut d_id = Vec::new();
-    let mut d_target = Vec::new();
-    let mut d_url = Vec::new();
-    let mut d_status = Vec::new();
-    let mut d_attempts = Vec::new();
-    let mut d_last_status: Vec<Option<i32>> = Vec::new();
-    let mut d_last_error: Vec<Option<String>> = Vec::new();
-    let mut d_next: Vec<Option<OffsetDateTime>> = Vec::new();
-    let mut d_created = Vec::new();
-    for (i, s) in staged.into_iter().enumerate() {
-        // 1-based offset from the counter's old value; the real number is
-        // only known inside the statement.
-        let n = sql_count(i).saturating_add(1);
+    let mut events = Vec::with_capacity(staged.len());
+    let mut deliveries = Vec::new();
+    for (seq, s) in (base.saturating_add(1)..).zip(staged) {
         let event = Event {
-            seq: 0,
+            seq,
             job_id: s.job_id,
             pipeline: s.pipeline,
             at: now,
             data: s.data,
         };
-        for d in deliveries_for(&event, routes, s.webhook_url.as_deref(), now) {
-            d_n.push(n);
-            d_id.push(*d.id.as_uuid());
-            d_target.push(d.target.as_str().to_owned());
-            d_url.push(d.url);
-            d_status.push(d.status.as_str().to_owned());
-            d_attempts.push(i64::from(d.attempts));
-            d_last_status.push(d.last_status.map(i32::from));
-            d_last_error.push(d.last_error);
-            d_next.push(d.next_attempt_at);
-            d_created.push(d.created_at);
-        }
-        e_n.push(n);
-        e_job.push(*event.job_id.as_uuid());
-        e_pipeline.push(event.pipeline.clone());
-        e_type.push(event.event_type().as_str().to_owned());
-        e_data.push(event.data.to_json());
+        deliveries.extend(deliveries_for(
+            &event,
+            routes,
+            s.webhook_url.as_deref(),
+            now,
+        ));
         events.push(event);
     }
-    let row: Base = diesel::sql_query(APPEND_SQL)
-        .bind::<BigInt, _>(sql_count(count))
+    let n = events.len();
+    let rows = events.iter().map(|e| EventRow {
+        seq: sql_seq(e.seq),
+        job_id: *e.job_id.as_uuid(),
+        pipeline: e.pipeline.clone(),
+        event_type: e.event_type().as_str().to_owned(),
+        at: e.at,
+        data: e.data.to_json(),
+    });
+    columns!(rows, n => seq, job_id, pipeline, event_type, data);
+    let d_rows = deliveries.iter().map(DeliveryRow::of);
+    let d_n = deliveries.len();
+    columns!(d_rows, d_n => id, event_seq, target, url, status, attempts, last_status,
+        last_error, next_attempt_at, created_at);
+    let inserted: Number = diesel::sql_query(APPEND_SQL)
+        .bind::<BigInt, _>(sql_seq(base))
         .bind::<Timestamptz, _>(now)
-        .bind::<Array<BigInt>, _>(e_n)
-        .bind::<Array<SqlUuid>, _>(e_job)
-        .bind::<Array<Text>, _>(e_pipeline)
-        .bind::<Array<Text>, _>(e_type)
-        .bind::<Array<Json>, _>(e_data)
-        .bind::<Array<BigInt>, _>(d_n)
-        .bind::<Array<SqlUuid>, _>(d_id)
-        .bind::<Array<Text>, _>(d_target)
-        .bind::<Array<Text>, _>(d_url)
-        .bind::<Array<Text>, _>(d_status)
-        .bind::<Array<BigInt>, _>(d_attempts)
-        .bind::<Array<Nullable<Integer>>, _>(d_last_status)
-        .bind::<Array<Nullable<Text>>, _>(d_last_error)
-        .bind::<Array<Nullable<Timestamptz>>, _>(d_next)
-        .bind::<Array<Timestamptz>, _>(d_created)
+        .bind::<Array<BigInt>, _>(seq)
+        .bind::<Array<SqlUuid>, _>(job_id)
+        .bind::<Array<Text>, _>(pipeline)
+        .bind::<Array<Text>, _>(event_type)
+        .bind::<Array<Json>, _>(data)
+        .bind::<Array<SqlUuid>, _>(id)
+        .bind::<Array<BigInt>, _>(event_seq)
+        .bind::<Array<Text>, _>(target)
+        .bind::<Array<Text>, _>(url)
+        .bind::<Array<Text>, _>(status)
+        .bind::<Array<BigInt>, _>(attempts)
+        .bind::<Array<Nullable<Integer>>, _>(last_status)
+        .bind::<Array<Nullable<Text>>, _>(last_error)
+        .bind::<Array<Nullable<Timestamptz>>, _>(next_attempt_at)
+        .bind::<Array<Timestamptz>, _>(created_at)
         .get_result(tx.conn())
         .await
         .map_err(db_err)?;
-    let base = u64::try_from(row.base)
-        .map_err(|_| internal(format!("the event counter is negative: {}", row.base)))?;
-    for (i, event) in events.iter_mut().enumerate() {
-        event.seq = base
-            .saturating_add(u64::try_from(i).unwrap_or(u64::MAX))
-            .saturating_add(1);
+    if inserted.n != sql_count(n) {
+        return Err(internal(format!(
+            "postgres: {} of {n} events were appended",
+            inserted.n
+        )));
     }
     Ok(events)
 }

@@ -1,3 +1,4 @@
+DROP TABLE seq_reservations;
 DROP TABLE store_state;
 DROP TABLE webhook_deliveries;
 DROP TABLE events;

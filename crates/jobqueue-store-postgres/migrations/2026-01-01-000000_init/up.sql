@@ -116,13 +116,23 @@ CREATE INDEX deliveries_job ON webhook_deliveries (job_id, event_seq, id);
 CREATE INDEX deliveries_ended ON webhook_deliveries (created_at, id)
     WHERE status <> 'pending';
 
--- The event counter: the highest sequence number handed out. Every
--- transaction that appends events adds to it as its last statement, and
--- holds the row lock until it commits, so event-appending commits happen in
--- sequence order and a reader never sees a number before all smaller ones.
--- It only goes up: events are pruned, numbers are never reused.
+-- The event counter: the highest sequence number handed out. It only goes
+-- up: events are pruned, numbers are never reused.
 CREATE TABLE store_state (
     id SMALLINT PRIMARY KEY CHECK (id = 1),
     last_seq BIGINT NOT NULL
 );
 INSERT INTO store_state (id, last_seq) VALUES (1, 0);
+
+-- Numbers handed out to transactions that have not committed yet. A
+-- transaction about to append events takes its numbers from the counter and
+-- records them here in one short statement of its own, committed at once;
+-- its own commit inserts the events and deletes this row. Readers read
+-- events only below the first number of a row whose owner may still commit
+-- (its transaction id, `owner`, is in progress, or committed after the
+-- reader's snapshot), so no number can become visible behind a reader.
+CREATE TABLE seq_reservations (
+    first_seq BIGINT PRIMARY KEY,
+    last_seq BIGINT NOT NULL,
+    owner BIGINT NOT NULL
+);

@@ -72,6 +72,15 @@ impl Scratch {
             .unwrap()
     }
 
+    /// A plain connection with this schema selected.
+    pub(crate) async fn connection(&self) -> AsyncPgConnection {
+        let mut conn = AsyncPgConnection::establish(&self.url).await.unwrap();
+        conn.batch_execute(&format!("SET search_path TO {}", self.schema))
+            .await
+            .unwrap();
+        conn
+    }
+
     async fn drop_schema(&self) {
         match AsyncPgConnection::establish(&self.url).await {
             Ok(mut conn) => {

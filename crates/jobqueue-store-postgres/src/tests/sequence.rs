@@ -13,7 +13,11 @@ use jobqueue_core::testing::RecordingSink;
 use jobqueue_core::{ClaimRequest, Clock, Event, EventFilter, JobStore, NewJob, SystemClock};
 use serde_json::json;
 
+// Not `RunQueryDsl` here: its `load` would shadow `AtomicBool::load`.
+use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
+
 use super::db::in_schema;
+use crate::seq::Number;
 
 /// Tasks per store.
 const WRITERS: usize = 4;
@@ -159,5 +163,83 @@ fn replay_has_no_gap_and_no_duplicate_while_writes_are_in_flight() {
             }
         }
         assert_eq!(all.len() as u64, last, "every event published once");
+    });
+}
+
+/// Opens a transaction on `owner` that reserves the next number, as a
+/// store's transaction would; returns the number.
+async fn reserve_by_hand(owner: &mut AsyncPgConnection, other: &mut AsyncPgConnection) -> u64 {
+    use diesel_async::RunQueryDsl;
+    owner.batch_execute("BEGIN").await.unwrap();
+    let xid: Number = diesel::sql_query(crate::seq::OWNER_SQL)
+        .get_result(owner)
+        .await
+        .unwrap();
+    let base: Number = diesel::sql_query(crate::seq::RESERVE_SQL)
+        .bind::<diesel::sql_types::BigInt, _>(1)
+        .bind::<diesel::sql_types::BigInt, _>(xid.n)
+        .get_result(other)
+        .await
+        .unwrap();
+    base.n as u64 + 1
+}
+
+async fn seqs(store: &dyn JobStore) -> Vec<u64> {
+    store
+        .events_after(0, EventFilter::default(), 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect()
+}
+
+/// Readers stop below a number reserved by a transaction still running,
+/// and go on when it commits or aborts; an aborted one leaves a gap in the
+/// numbers, never in the events, and retention clears its reservation.
+#[test]
+fn readers_stop_below_numbers_in_flight() {
+    use diesel_async::RunQueryDsl;
+    in_schema(|scratch| async move {
+        let store = scratch.store(Arc::new(SystemClock)).await;
+        let first = store.enqueue(NewJob::new("p")).await.unwrap();
+        let mut owner = scratch.connection().await;
+        let mut other = scratch.connection().await;
+
+        // An owner that commits its event.
+        let held = reserve_by_hand(&mut owner, &mut other).await;
+        assert_eq!(held, 2);
+        store.enqueue(NewJob::new("p")).await.unwrap();
+        assert_eq!(seqs(&store).await, [1], "event 3 waits behind number 2");
+        assert_eq!(store.last_seq().await.unwrap(), 1);
+        owner
+            .batch_execute(&format!(
+                "INSERT INTO events (seq, job_id, pipeline, event_type, at, data) \
+                 VALUES (2, '{}', 'p', 'job.cancelled', now(), '{{}}'); \
+                 DELETE FROM seq_reservations WHERE first_seq = 2; COMMIT",
+                first.id
+            ))
+            .await
+            .unwrap();
+        assert_eq!(seqs(&store).await, [1, 2, 3]);
+        assert_eq!(store.last_seq().await.unwrap(), 3);
+
+        // An owner that aborts (say its process died).
+        let lost = reserve_by_hand(&mut owner, &mut other).await;
+        assert_eq!(lost, 4);
+        store.enqueue(NewJob::new("p")).await.unwrap();
+        assert_eq!(seqs(&store).await, [1, 2, 3]);
+        owner.batch_execute("ROLLBACK").await.unwrap();
+        assert_eq!(seqs(&store).await, [1, 2, 3, 5], "number 4 holds nothing");
+        assert_eq!(store.last_seq().await.unwrap(), 5);
+        store
+            .prune(time::OffsetDateTime::now_utc(), 10)
+            .await
+            .unwrap();
+        let left: Vec<Number> = diesel::sql_query("SELECT count(*) AS n FROM seq_reservations")
+            .load(&mut other)
+            .await
+            .unwrap();
+        assert_eq!(left[0].n, 0, "retention forgets the aborted reservation");
     });
 }

@@ -15,20 +15,11 @@ use jobqueue_core::{
 };
 use serde_json::json;
 
-use super::db::{Scratch, in_schema, runtime, url};
+use super::db::{in_schema, runtime, url};
 use crate::{PostgresOptions, PostgresStore, codegen};
 
 fn manual() -> Arc<ManualClock> {
     Arc::new(ManualClock::default())
-}
-
-/// A plain connection with `scratch`'s schema selected.
-async fn connection(scratch: &Scratch) -> AsyncPgConnection {
-    let mut conn = AsyncPgConnection::establish(&scratch.url).await.unwrap();
-    conn.batch_execute(&format!("SET search_path TO {}", scratch.schema))
-        .await
-        .unwrap();
-    conn
 }
 
 #[track_caller]
@@ -70,7 +61,7 @@ struct PlanLine {
 fn the_parsed_schema_is_the_databases() {
     in_schema(|scratch| async move {
         let _store = scratch.store(manual()).await;
-        let mut conn = connection(&scratch).await;
+        let mut conn = scratch.connection().await;
         let names: Vec<Line> = diesel::sql_query(
             "SELECT table_name::text AS line FROM information_schema.tables \
              WHERE table_schema = current_schema() AND table_name <> '__diesel_schema_migrations' \
@@ -131,7 +122,7 @@ fn the_claim_walks_its_index_in_order() {
             .map(|i| NewJob::new(format!("p{}", i % 5)).priority(i % 3))
             .collect();
         store.enqueue_batch(specs).await.unwrap();
-        let mut conn = connection(&scratch).await;
+        let mut conn = scratch.connection().await;
         conn.batch_execute("ANALYZE jobs; SET plan_cache_mode = force_generic_plan")
             .await
             .unwrap();
@@ -173,7 +164,7 @@ fn migrations_run_once_under_the_schema_lock() {
         }
         let again = scratch.store(manual()).await;
         again.enqueue(NewJob::new("p")).await.unwrap();
-        let mut conn = connection(&scratch).await;
+        let mut conn = scratch.connection().await;
         let applied: Vec<Line> =
             diesel::sql_query("SELECT version::text AS line FROM __diesel_schema_migrations")
                 .load(&mut conn)
@@ -192,7 +183,7 @@ fn a_schema_from_a_newer_version_is_refused_unchanged() {
         let store = scratch.store(manual()).await;
         store.enqueue(NewJob::new("p")).await.unwrap();
         store.close().await;
-        let mut conn = connection(&scratch).await;
+        let mut conn = scratch.connection().await;
         conn.batch_execute(
             "INSERT INTO __diesel_schema_migrations (version) VALUES ('99990101000000')",
         )
@@ -221,7 +212,7 @@ fn a_schema_that_belongs_to_something_else_is_refused() {
             ErrorKind::Incompatible,
         );
         assert!(e.to_string().contains("jobs"), "{e}");
-        let mut conn = connection(&scratch).await;
+        let mut conn = scratch.connection().await;
         let tables: Vec<Line> = diesel::sql_query(
             "SELECT table_name::text AS line FROM information_schema.tables \
              WHERE table_schema = current_schema()",
@@ -330,7 +321,7 @@ fn error_kinds_from_the_database() {
             .enqueue(NewJob::new("p").unique_key("k"))
             .await
             .unwrap();
-        let mut conn = connection(&scratch).await;
+        let mut conn = scratch.connection().await;
         let insert_again = format!(
             "INSERT INTO jobs SELECT gen_random_uuid(), pipeline, status, input, priority, \
              unique_key, attempt, max_attempts, created_at, run_at, started_at, finished_at, \
@@ -361,7 +352,7 @@ fn error_kinds_from_the_database() {
         // The server ends a session mid-query (a restart, a failover, an
         // administrator): PostgreSQL sends 57P01, which diesel does not
         // classify, and closes the socket. The store blames the connection.
-        let mut doomed = connection(&scratch).await;
+        let mut doomed = scratch.connection().await;
         let pid: Vec<One> = diesel::sql_query("SELECT pg_backend_pid() AS one")
             .load(&mut doomed)
             .await
