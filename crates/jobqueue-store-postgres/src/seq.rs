@@ -199,6 +199,11 @@ impl Sequencer {
         }
     }
 
+    /// Closes the reservation connection (the store is closing).
+    pub(crate) async fn close(&self) {
+        *self.conn.lock().await = None;
+    }
+
     /// Deletes the reservation starting at `first` after its transaction
     /// failed; readers skip it anyway, so a failure here is only logged.
     pub(crate) async fn forget(&self, first: u64) {

@@ -174,6 +174,7 @@ impl JobStore for PostgresStore {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
         self.inner.pool.close();
+        self.inner.sequencer.close().await;
     }
 
     async fn enqueue(&self, job: NewJob) -> Result<Job, StoreError> {

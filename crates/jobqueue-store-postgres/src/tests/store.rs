@@ -481,8 +481,28 @@ fn close_refuses_later_calls_and_lets_go() {
             store.events_after(0, EventFilter::default(), 10).await,
             ErrorKind::Closed,
         );
-        // Its connections are gone: the schema can be dropped at once.
+        // Its connections are gone (the server ends their sessions soon
+        // after their sockets close).
         let mut conn = AsyncPgConnection::establish(&scratch.url).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left: Vec<One> = diesel::sql_query(
+                "SELECT count(*)::int4 AS one FROM pg_stat_activity WHERE application_name = $1",
+            )
+            .bind::<Text, _>(&scratch.schema)
+            .load(&mut conn)
+            .await
+            .unwrap();
+            if left[0].one == 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} sessions left",
+                left[0].one
+            );
+            tokio::task::yield_now().await;
+        }
         conn.batch_execute("SET lock_timeout = '5s'").await.unwrap();
         conn.batch_execute(&format!("DROP SCHEMA {} CASCADE", scratch.schema))
             .await
