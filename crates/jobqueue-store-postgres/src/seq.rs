@@ -65,12 +65,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use diesel::sql_types::BigInt;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use jobqueue_core::{Event, EventSink, StoreError};
 
-use crate::error::{conn_err, db_err, internal};
+use crate::error::{db_err, internal};
 
 /// Takes `$1` numbers from the counter and records them as reserved by the
 /// transaction `$2`; returns the number before the first one.
@@ -112,6 +113,7 @@ pub(crate) struct Number {
 /// queue of events waiting to be published in order.
 pub(crate) struct Sequencer {
     url: String,
+    connect_timeout: Duration,
     /// The session settings of the reservation connection.
     setup: String,
     /// Opened on first use, dropped after any failure and opened again.
@@ -124,9 +126,10 @@ pub(crate) struct Sequencer {
 impl Sequencer {
     /// A sequencer for the database at `url`; `setup` selects the store's
     /// schema and names the session.
-    pub(crate) fn new(url: &str, setup: &str) -> Self {
+    pub(crate) fn new(url: &str, setup: &str, connect_timeout: Duration) -> Self {
         Self {
             url: url.to_owned(),
+            connect_timeout,
             setup: format!("{setup}; SET synchronous_commit = off"),
             conn: tokio::sync::Mutex::new(None),
             queue: Mutex::new(BTreeMap::new()),
@@ -138,9 +141,8 @@ impl Sequencer {
     pub(crate) async fn reserve(&self, count: i64, owner: i64) -> Result<u64, StoreError> {
         let mut guard = self.conn.lock().await;
         if guard.is_none() {
-            let mut conn = AsyncPgConnection::establish(&self.url)
-                .await
-                .map_err(|e| conn_err(&e))?;
+            // Every appending transaction waits for this: bounded.
+            let mut conn = crate::store::establish(&self.url, self.connect_timeout).await?;
             conn.batch_execute(&self.setup).await.map_err(db_err)?;
             *guard = Some(conn);
         }

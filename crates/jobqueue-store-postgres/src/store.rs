@@ -67,18 +67,7 @@ impl PostgresStore {
                 "PostgresStore::connect must be called inside a tokio runtime".to_owned(),
             )
         })?;
-        let conn = tokio::time::timeout(options.connect_timeout, AsyncPgConnection::establish(url))
-            .await
-            .map_err(|_| {
-                StoreError::backend(
-                    ErrorKind::Io,
-                    format!(
-                        "cannot connect to postgres: no answer within {:?}",
-                        options.connect_timeout
-                    ),
-                )
-            })?
-            .map_err(|e| conn_err(&e))?;
+        let conn = establish(url, options.connect_timeout).await?;
         let schema = options.schema.clone();
         // diesel's migration runner is synchronous: a blocking thread.
         tokio::task::spawn_blocking(move || {
@@ -95,13 +84,29 @@ impl PostgresStore {
                 clock: options.clock,
                 sink: RwLock::new(None),
                 routes: RwLock::new(Arc::from(Vec::new())),
-                sequencer: Sequencer::new(url, &setup),
+                sequencer: Sequencer::new(url, &setup, options.connect_timeout),
                 closed: AtomicBool::new(false),
                 tasks: TaskTracker::new(),
                 runtime,
             }),
         })
     }
+}
+
+/// A connection to `url`, given `timeout` to open.
+pub(crate) async fn establish(
+    url: &str,
+    timeout: Duration,
+) -> Result<AsyncPgConnection, StoreError> {
+    tokio::time::timeout(timeout, AsyncPgConnection::establish(url))
+        .await
+        .map_err(|_| {
+            StoreError::backend(
+                ErrorKind::Io,
+                format!("cannot connect to postgres: no answer within {timeout:?}"),
+            )
+        })?
+        .map_err(|e| conn_err(&e))
 }
 
 /// The settings of every session of the store: its name, and its schema.
