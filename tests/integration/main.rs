@@ -47,6 +47,7 @@ mod events;
 mod hardening;
 mod kill;
 mod poison;
+mod postgres;
 mod retention;
 mod runtime;
 

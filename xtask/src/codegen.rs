@@ -10,6 +10,9 @@
 //!   transitions that emit it, and its sample `data` JSON from core.
 //! - `crates/jobqueue-store-sqlite/src/schema.rs`, the diesel tables, from
 //!   the SQLite store's migrations (see [`sqlite_schema`]).
+//! - `crates/jobqueue-store-postgres/src/schema.rs`, from the PostgreSQL
+//!   store's migrations, which its renderer parses: no database is needed
+//!   (see [`postgres_schema`]).
 //! - `docs/openapi.json`, the HTTP API as OpenAPI 3.1, from
 //!   `jobqueue_http::openapi::document` (see [`openapi`]).
 //! - The metrics table of `docs/http-api.md`, between the
@@ -97,6 +100,7 @@ fn outputs() -> Result<Vec<Output>> {
         )?,
         with_block(root.join("docs/http-api.md"), "metrics", &metrics_table())?,
         sqlite_schema()?,
+        postgres_schema()?,
         openapi()?,
     ])
 }
@@ -181,15 +185,42 @@ fn metrics_table() -> String {
 /// map to diesel's. The store's own test compares it too.
 fn sqlite_schema() -> Result<Output> {
     use jobqueue_store_sqlite::codegen::{SCHEMA_PATH, render_schema};
+    store_schema(
+        "SQLite",
+        "jobqueue-store-sqlite",
+        SCHEMA_PATH,
+        render_schema(),
+    )
+}
 
-    let content = render_schema().context("could not render the SQLite schema")?;
+/// The PostgreSQL store's `schema.rs`, rendered by the store itself
+/// (`jobqueue_store_postgres::codegen`) from its migrations' SQL, parsed
+/// without a database; a test of that store compares the parse with the
+/// catalogue of a migrated database.
+fn postgres_schema() -> Result<Output> {
+    use jobqueue_store_postgres::codegen::{SCHEMA_PATH, render_schema};
+    store_schema(
+        "PostgreSQL",
+        "jobqueue-store-postgres",
+        SCHEMA_PATH,
+        render_schema(),
+    )
+}
+
+/// A store's `schema.rs` at `path` in `crates/<package>`, as its renderer
+/// gave it.
+fn store_schema(
+    store: &str,
+    package: &str,
+    path: &str,
+    rendered: Result<String, jobqueue_core::StoreError>,
+) -> Result<Output> {
+    let content = rendered.with_context(|| format!("could not render the {store} schema"))?;
     if !content.starts_with(RS_HEADER) {
-        bail!("the rendered SQLite schema does not start with the header `{RS_HEADER}`");
+        bail!("the rendered {store} schema does not start with the header `{RS_HEADER}`");
     }
     Ok(Output {
-        path: project_root()
-            .join("crates/jobqueue-store-sqlite")
-            .join(SCHEMA_PATH),
+        path: project_root().join("crates").join(package).join(path),
         content,
     })
 }

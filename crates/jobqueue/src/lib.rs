@@ -30,7 +30,8 @@
 //!
 //! The layers are re-exported as modules: [`core`] (types, state machine,
 //! store contract), [`runtime`] (pump, pool, phases), [`events`] (event bus,
-//! SSE, webhooks) and, with the `sqlite` feature, [`sqlite`].
+//! SSE, webhooks) and, with the `sqlite` feature, [`sqlite`] (with the
+//! `postgres` feature, `postgres`).
 
 mod error;
 mod queue;
@@ -55,6 +56,8 @@ pub use jobqueue_runtime::{
     FailureKind, Phase, PhaseContext, PhaseError, Pipeline, ProgressReporter, TokioClock, phase_fn,
     to_result,
 };
+#[cfg(feature = "postgres")]
+pub use jobqueue_store_postgres as postgres;
 #[cfg(feature = "sqlite")]
 pub use jobqueue_store_sqlite as sqlite;
 pub use queue::{JobQueue, JobQueueBuilder, JobResults};

@@ -21,6 +21,8 @@ use crate::error::Error;
 enum StoreChoice {
     #[cfg(feature = "sqlite")]
     Sqlite(PathBuf),
+    #[cfg(feature = "postgres")]
+    Postgres(String),
     Memory,
     Custom(Arc<dyn JobStore>),
 }
@@ -48,6 +50,20 @@ impl JobQueueBuilder {
     #[cfg(feature = "sqlite")]
     pub fn sqlite(mut self, path: impl Into<PathBuf>) -> Self {
         self.store = StoreChoice::Sqlite(path.into());
+        self
+    }
+
+    /// Store jobs in the PostgreSQL database at `url`
+    /// (`postgres://user@host:5432/db`), which other processes may share.
+    /// Recovery at start then takes only jobs whose lease expired (call
+    /// [`recover`](Self::recover) after this to change that). For the
+    /// store's own options (a schema, the pool's size), connect a
+    /// [`PostgresStore`](jobqueue_store_postgres::PostgresStore) and pass it
+    /// to [`store`](Self::store).
+    #[cfg(feature = "postgres")]
+    pub fn postgres(mut self, url: impl Into<String>) -> Self {
+        self.store = StoreChoice::Postgres(url.into());
+        self.config.recover = RecoverScope::ExpiredLeases;
         self
     }
 
@@ -164,6 +180,12 @@ impl JobQueueBuilder {
         let store: Arc<dyn JobStore> = match self.store {
             #[cfg(feature = "sqlite")]
             StoreChoice::Sqlite(path) => open_sqlite(path, self.config.clock.clone()).await?,
+            #[cfg(feature = "postgres")]
+            StoreChoice::Postgres(url) => {
+                use jobqueue_store_postgres::{PostgresOptions, PostgresStore};
+                let options = PostgresOptions::default().clock(self.config.clock.clone());
+                Arc::new(PostgresStore::connect(&url, options).await?)
+            }
             StoreChoice::Memory => Arc::new(MemoryStore::with_clock(self.config.clock.clone())),
             StoreChoice::Custom(store) => store,
         };

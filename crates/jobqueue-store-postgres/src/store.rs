@@ -1,0 +1,424 @@
+//! [`PostgresStore`]: connecting, and the [`JobStore`] methods, each a call
+//! into [`crate::ops`] (writes) or [`crate::read`] run by [`crate::tx`].
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use diesel::ConnectionError;
+use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use jobqueue_core::{AttemptOutcome, ErrorKind};
+use jobqueue_core::{
+    CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId, Event, EventFilter,
+    EventSink, FailureOutcome, Job, JobCount, JobError, JobFilter, JobId, JobPage, JobStore, Lease,
+    NewJob, Progress, Pruned, RecoverScope, StoreError, WebhookRoute,
+};
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio::runtime::Handle;
+use tokio_util::task::TaskTracker;
+
+use crate::error::{conn_err, internal};
+use crate::migrate::{SyncConn, migrate};
+use crate::options::PostgresOptions;
+use crate::seq::Sequencer;
+use crate::tx::Inner;
+use crate::{ops, read};
+
+/// The [`JobStore`] on PostgreSQL, for one process or many sharing a
+/// database. Cheap to clone: clones share the pool.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("clock", &self.inner.clock)
+            .field("pool", &self.inner.pool.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user@host:port/db`),
+    /// applies the migrations the store's schema lacks, and opens the pool.
+    /// Must be called inside a tokio runtime, whose tasks then run the
+    /// store's calls.
+    ///
+    /// Fails with `Invalid` (a malformed URL or option, no runtime),
+    /// `Io` (the database cannot be reached or refuses the login),
+    /// `SchemaTooNew` (a newer jobqueue migrated the schema) or
+    /// `Incompatible` (the schema holds tables that are not jobqueue's).
+    pub async fn connect(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+        options.validate()?;
+        url.parse::<tokio_postgres::Config>().map_err(|e| {
+            StoreError::Invalid(format!("the PostgreSQL connection URL is malformed: {e}"))
+        })?;
+        let runtime = Handle::try_current().map_err(|_| {
+            StoreError::Invalid(
+                "PostgresStore::connect must be called inside a tokio runtime".to_owned(),
+            )
+        })?;
+        let conn = establish(url, options.connect_timeout).await?;
+        let schema = options.schema.clone();
+        // diesel's migration runner is synchronous: a blocking thread.
+        tokio::task::spawn_blocking(move || {
+            let mut conn = SyncConn::from(conn);
+            migrate(&mut conn, schema.as_deref())
+        })
+        .await
+        .map_err(|e| internal(format!("migrating the postgres schema panicked: {e}")))??;
+        let setup = session_setup(&options);
+        let pool = pool(url, &options, &setup)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                clock: options.clock,
+                sink: RwLock::new(None),
+                routes: RwLock::new(Arc::from(Vec::new())),
+                sequencer: Sequencer::new(url, &setup, options.connect_timeout),
+                closed: AtomicBool::new(false),
+                tasks: TaskTracker::new(),
+                runtime,
+            }),
+        })
+    }
+}
+
+/// A connection to `url`, given `timeout` to open.
+pub(crate) async fn establish(
+    url: &str,
+    timeout: Duration,
+) -> Result<AsyncPgConnection, StoreError> {
+    tokio::time::timeout(timeout, AsyncPgConnection::establish(url))
+        .await
+        .map_err(|_| {
+            StoreError::backend(
+                ErrorKind::Io,
+                format!("cannot connect to postgres: no answer within {timeout:?}"),
+            )
+        })?
+        .map_err(|e| conn_err(&e))
+}
+
+/// The settings of every session of the store: its name, and its schema.
+fn session_setup(options: &PostgresOptions) -> String {
+    // The schema is a checked identifier; the name is quoted as a literal.
+    let mut setup = format!(
+        "SET application_name = '{}'",
+        options.application_name.replace('\'', "''")
+    );
+    if let Some(schema) = &options.schema {
+        setup.push_str(&format!("; SET search_path TO {schema}"));
+    }
+    setup
+}
+
+/// The pool: connections that run `setup` when they open, checked for an
+/// open transaction (not with a query) when they come back.
+fn pool(
+    url: &str,
+    options: &PostgresOptions,
+    setup: &str,
+) -> Result<Pool<AsyncPgConnection>, StoreError> {
+    let mut config = ManagerConfig::<AsyncPgConnection>::default();
+    // A connection whose socket closed or whose transaction is still open
+    // is dropped on return; a query per checkout would cost a round trip
+    // on every call.
+    config.recycling_method = RecyclingMethod::Fast;
+    let setup: Arc<str> = Arc::from(setup);
+    config.custom_setup = Box::new(move |url| {
+        let url = url.to_owned();
+        let setup = Arc::clone(&setup);
+        Box::pin(async move {
+            let mut conn = AsyncPgConnection::establish(&url).await?;
+            conn.batch_execute(&setup)
+                .await
+                .map_err(ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        })
+    });
+    let manager = AsyncDieselConnectionManager::new_with_config(url, config);
+    Pool::builder(manager)
+        .max_size(options.max_connections)
+        .wait_timeout(Some(options.wait_timeout))
+        .create_timeout(Some(options.connect_timeout))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| internal(format!("building the postgres pool: {e}")))
+}
+
+/// A single enqueue's error: the batch's, unwrapped.
+fn single(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Batch { index: 0, error } => *error,
+        other => other,
+    }
+}
+
+#[async_trait]
+impl JobStore for PostgresStore {
+    fn set_event_sink(&self, sink: Arc<dyn EventSink>) {
+        *self.inner.sink.write().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+    }
+
+    fn set_webhook_routes(&self, routes: Vec<WebhookRoute>) {
+        *self.inner.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(routes);
+    }
+
+    async fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        self.inner.pool.close();
+        self.inner.sequencer.close().await;
+    }
+
+    async fn enqueue(&self, job: NewJob) -> Result<Job, StoreError> {
+        let mut jobs = self
+            .inner
+            .write(move |tx| Box::pin(async move { ops::enqueue(tx, vec![job]).await }))
+            .await
+            .map_err(single)?;
+        jobs.pop()
+            .ok_or_else(|| internal("postgres: enqueue wrote no job"))
+    }
+
+    async fn enqueue_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.inner
+            .write(move |tx| Box::pin(async move { ops::enqueue(tx, jobs).await }))
+            .await
+    }
+
+    async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
+        self.inner
+            .write(move |tx| Box::pin(async move { ops::claim(tx, req).await }))
+            .await
+    }
+
+    async fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<bool, StoreError> {
+        let lease = *lease;
+        let now = self.inner.now()?;
+        self.inner
+            .run(move |conn| {
+                Box::pin(async move { ops::heartbeat(conn, now, &lease, extend).await })
+            })
+            .await
+    }
+
+    async fn reshape_phases(&self, lease: &Lease, phases: Vec<String>) -> Result<Job, StoreError> {
+        let lease = *lease;
+        self.inner
+            .write(move |tx| Box::pin(async move { ops::reshape_phases(tx, &lease, phases).await }))
+            .await
+    }
+
+    async fn phase_started(&self, lease: &Lease, index: usize) -> Result<(), StoreError> {
+        let lease = *lease;
+        self.inner
+            .write(move |tx| Box::pin(async move { ops::phase_started(tx, &lease, index).await }))
+            .await
+    }
+
+    async fn phase_progress(
+        &self,
+        lease: &Lease,
+        index: usize,
+        progress: Progress,
+    ) -> Result<(), StoreError> {
+        let lease = *lease;
+        self.inner
+            .write(move |tx| {
+                Box::pin(async move { ops::phase_progress(tx, &lease, index, progress).await })
+            })
+            .await
+    }
+
+    async fn phase_completed(
+        &self,
+        lease: &Lease,
+        index: usize,
+        result: Value,
+    ) -> Result<(), StoreError> {
+        let lease = *lease;
+        self.inner
+            .write(move |tx| {
+                Box::pin(async move { ops::phase_completed(tx, &lease, index, result).await })
+            })
+            .await
+    }
+
+    async fn phase_failed(
+        &self,
+        lease: &Lease,
+        index: usize,
+        error: String,
+        outcome: FailureOutcome,
+    ) -> Result<Job, StoreError> {
+        let lease = *lease;
+        self.inner
+            .write(move |tx| {
+                Box::pin(async move { ops::phase_failed(tx, &lease, index, error, outcome).await })
+            })
+            .await
+    }
+
+    async fn complete_job(&self, lease: &Lease) -> Result<Job, StoreError> {
+        let lease = *lease;
+        self.inner
+            .write(move |tx| Box::pin(async move { ops::complete_job(tx, &lease).await }))
+            .await
+    }
+
+    async fn fail_job(&self, lease: &Lease, error: JobError) -> Result<Job, StoreError> {
+        let lease = *lease;
+        self.inner
+            .write(move |tx| Box::pin(async move { ops::fail_job(tx, &lease, error).await }))
+            .await
+    }
+
+    async fn cancel_running(&self, lease: &Lease) -> Result<Job, StoreError> {
+        let lease = *lease;
+        self.inner
+            .write(move |tx| Box::pin(async move { ops::cancel_running(tx, &lease).await }))
+            .await
+    }
+
+    async fn interrupt(&self, lease: &Lease) -> Result<Job, StoreError> {
+        let lease = *lease;
+        self.inner
+            .write(move |tx| Box::pin(async move { ops::interrupt(tx, &lease).await }))
+            .await
+    }
+
+    async fn recover(&self, scope: RecoverScope) -> Result<Vec<Job>, StoreError> {
+        self.inner
+            .write(move |tx| Box::pin(async move { ops::recover(tx, scope).await }))
+            .await
+    }
+
+    async fn request_cancel(&self, id: JobId) -> Result<CancelOutcome, StoreError> {
+        self.inner
+            .write(move |tx| Box::pin(async move { ops::request_cancel(tx, id).await }))
+            .await
+    }
+
+    async fn retry(&self, id: JobId) -> Result<Job, StoreError> {
+        self.inner
+            .write(move |tx| Box::pin(async move { ops::retry(tx, id).await }))
+            .await
+    }
+
+    async fn delete(&self, id: JobId) -> Result<(), StoreError> {
+        self.inner
+            .write(move |tx| Box::pin(async move { ops::delete(tx, id).await }))
+            .await
+    }
+
+    async fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        self.inner
+            .run(move |conn| Box::pin(async move { read::job(conn, id).await }))
+            .await
+    }
+
+    async fn list(&self, filter: JobFilter) -> Result<JobPage, StoreError> {
+        self.inner
+            .run(move |conn| Box::pin(async move { read::list(conn, filter).await }))
+            .await
+    }
+
+    async fn counts(&self) -> Result<Vec<JobCount>, StoreError> {
+        self.inner
+            .run(move |conn| Box::pin(async move { read::counts(conn).await }))
+            .await
+    }
+
+    async fn events_after(
+        &self,
+        after: u64,
+        filter: EventFilter,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.inner
+            .run(move |conn| {
+                Box::pin(async move { read::events_after(conn, after, filter, limit).await })
+            })
+            .await
+    }
+
+    async fn last_seq(&self) -> Result<u64, StoreError> {
+        self.inner
+            .run(move |conn| Box::pin(async move { read::last_seq(conn).await }))
+            .await
+    }
+
+    async fn mark_stale(
+        &self,
+        finished_before: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError> {
+        self.inner
+            .write(move |tx| {
+                Box::pin(async move { ops::mark_stale(tx, finished_before, limit).await })
+            })
+            .await
+    }
+
+    async fn delete_stale(
+        &self,
+        stale_before: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError> {
+        self.inner
+            .write(move |tx| {
+                Box::pin(async move { ops::delete_stale(tx, stale_before, limit).await })
+            })
+            .await
+    }
+
+    async fn prune(&self, before: OffsetDateTime, limit: usize) -> Result<Pruned, StoreError> {
+        self.inner
+            .write(move |tx| Box::pin(async move { ops::prune(tx, before, limit).await }))
+            .await
+    }
+
+    async fn due_deliveries(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        let now = self.inner.now()?;
+        self.inner
+            .run(move |conn| Box::pin(async move { read::due_deliveries(conn, now, limit).await }))
+            .await
+    }
+
+    async fn next_delivery_at(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        self.inner
+            .run(move |conn| Box::pin(async move { read::next_delivery_at(conn).await }))
+            .await
+    }
+
+    async fn record_attempt(
+        &self,
+        id: DeliveryId,
+        outcome: AttemptOutcome,
+    ) -> Result<Delivery, StoreError> {
+        self.inner
+            .write(move |tx| Box::pin(async move { ops::record_attempt(tx, id, outcome).await }))
+            .await
+    }
+
+    async fn deliveries(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>, StoreError> {
+        self.inner
+            .run(move |conn| Box::pin(async move { read::deliveries(conn, filter).await }))
+            .await
+    }
+}
