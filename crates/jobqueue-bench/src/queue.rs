@@ -284,18 +284,19 @@ async fn latency(args: &Args, loaded: bool) -> Result<Value> {
 
 async fn memory_enqueue(args: &Args) -> Result<Value> {
     // One job runs a phase that holds until shutdown (it is then queued
-    // again, interrupted); with a cap of one, every other job stays queued.
-    // The phase has the name `memory_drain`'s has: a job keeps the phase
-    // names it was enqueued with.
-    let hold = Pipeline::new("mem")
-        .concurrency(1)
-        .phase(phase_fn("phase1", |ctx| async move {
-            ctx.cancelled().await;
-            Err(PhaseError::retryable("stopped by shutdown"))
-        }));
+    // again, interrupted); with a concurrency of one, every other job stays
+    // queued and the pump, with no free slot, claims nothing. (A pipeline
+    // cap instead would make every wake-up run a claim that skips the
+    // capped pipeline's whole backlog.) The phase has the name
+    // `memory_drain`'s has: a job keeps the phase names it was enqueued with.
+    let hold = Pipeline::new("mem").phase(phase_fn("phase1", |ctx| async move {
+        ctx.cancelled().await;
+        Err(PhaseError::retryable("stopped by shutdown"))
+    }));
     let queue = JobQueue::builder()
         .sqlite(&args.db)
         .sqlite_options(SqliteOptions::default().synchronous(args.synchronous))
+        .concurrency(1)
         .pipeline(hold)
         .shutdown_timeout(Duration::ZERO)
         .start()
