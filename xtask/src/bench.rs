@@ -70,7 +70,8 @@ impl System {
     pub(crate) fn title(self) -> &'static str {
         match self {
             Self::Jobqueue => "jobqueue",
-            Self::JobqueueFull => "jobqueue, synchronous=FULL",
+            // The durability after the title tells the two apart.
+            Self::JobqueueFull => "jobqueue",
             Self::Effectum => "effectum 0.7",
             Self::Raw => "plain diesel loop",
             Self::Store => "store alone (64 tasks)",
@@ -300,7 +301,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         }
     }
     eprintln!(
-        "bench: {} runs in {:.0?}",
+        "bench: {} runs in {:.0} s",
         runs.len(),
         started.elapsed().as_secs_f64()
     );
@@ -389,7 +390,7 @@ fn one(
         cmd.args(["--sync", system.synchronous()]);
     }
     let before = loadavg();
-    let report = child(&mut cmd, db)?;
+    let report = child(&mut cmd, &db.with_extension(format!("{workload}.out")))?;
     let after = loadavg();
     Ok(Run {
         system,
@@ -416,11 +417,10 @@ fn memory(
     Ok(vec![enqueue, drain])
 }
 
-/// Runs `cmd` with its stdout in a file beside `db` (no pipe to fill up),
+/// Runs `cmd` with its stdout in the file `out_path` (no pipe to fill up),
 /// kills it after [`CHILD_TIMEOUT`], and parses the last line it printed.
-fn child(cmd: &mut Command, db: &Path) -> Result<Value> {
-    let out_path = db.with_extension("out");
-    let out = std::fs::File::create(&out_path)
+fn child(cmd: &mut Command, out_path: &Path) -> Result<Value> {
+    let out = std::fs::File::create(out_path)
         .with_context(|| format!("could not create {}", out_path.display()))?;
     let shown = format!("{cmd:?}");
     let mut proc = cmd
@@ -442,7 +442,7 @@ fn child(cmd: &mut Command, db: &Path) -> Result<Value> {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let text = std::fs::read_to_string(&out_path)
+    let text = std::fs::read_to_string(out_path)
         .with_context(|| format!("could not read {}", out_path.display()))?;
     if !status.success() {
         bail!("{shown} failed ({status}); it printed:\n{text}");

@@ -20,7 +20,7 @@ fn metrics(run: &Run) -> Vec<(&'static str, f64)> {
         out.push(("samples", ms.len() as f64));
     } else if let (Some(jobs), Some(seconds)) = (r["jobs"].as_f64(), r["seconds"].as_f64()) {
         out.push(("jobs_per_s", jobs / seconds));
-        if let Some(phases) = r["phases"].as_f64() {
+        if let Some(phases) = r["phases"].as_f64().filter(|&p| p > 1.0) {
             out.push(("phases_per_s", jobs * phases / seconds));
         }
     }
