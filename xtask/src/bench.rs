@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+use self::System::{Effectum, Jobqueue, JobqueueFull, Raw, Store};
 use crate::util::{cargo, exec, project_root, rel};
 
 /// Who runs a workload.
@@ -108,8 +109,6 @@ pub(crate) struct Workload {
 const fn size(jobs: usize, samples: usize) -> Size {
     Size { jobs, samples }
 }
-
-use System::{Effectum, Jobqueue, JobqueueFull, Raw, Store};
 
 /// Every workload of `cargo xtask bench`, in the order a round runs them.
 /// Effectum syncs every commit (see its peer's docs), so the workloads that
