@@ -1,6 +1,7 @@
 //! `cargo xtask ci`: every check CI runs, in order, stopping at the first
 //! failure (fmt, clippy, tests, doctests, the façade's examples run for real,
-//! rustdoc, tidy, codegen check). `.ci/run` and the README's test command both end here, so a green
+//! rustdoc, tidy, codegen check, and the benchmark harness in its quick mode,
+//! so it keeps working; nothing checks its numbers). `.ci/run` and the README's test command both end here, so a green
 //! run on a laptop means a green run in CI.
 
 use std::process::Stdio;
@@ -9,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use crate::util::{cargo, exec};
-use crate::{codegen, tidy};
+use crate::{bench, codegen, tidy};
 
 /// One named step of the run.
 struct Step {
@@ -107,9 +108,20 @@ fn steps() -> Vec<Step> {
         }),
         Step::new("tidy", tidy::run),
         Step::new("codegen --check", || codegen::run(codegen::Mode::Check)),
+        Step::new("bench --quick", || {
+            bench::run(&BENCH_ARGS.map(String::from))
+        }),
     ]);
     steps
 }
+
+/// The arguments of the CI run of the benchmark harness: the quick sizes,
+/// built with the `dev` profile. CI checks that the harness, the driver and
+/// the effectum peer build and run, not their speed, and the dev build reuses
+/// most of what the test steps compiled; release builds of the driver and
+/// the peer would add minutes to a run that takes a few (see
+/// `docs/performance.md`, section CI).
+const BENCH_ARGS: [&str; 3] = ["--quick", "--profile", "dev"];
 
 /// Runs every example of the façade, so the README's library examples and
 /// their "Run with" lines keep working, not only compiling (the main

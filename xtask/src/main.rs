@@ -4,7 +4,7 @@
 //! - `cargo xtask ci`: every check CI runs, in order, stopping at the first failure.
 //! - `cargo xtask tidy`: checks of the repository itself (layering, docs, manifests).
 //! - `cargo xtask codegen [--check]`: renders generated files; `--check` fails when one is stale.
-//! - `cargo xtask bench [store|all] [-- ARGS]`: runs the benchmarks.
+//! - `cargo xtask bench [store] [--quick]`: the benchmark harness, with its peers.
 //!
 //! The alias lives in `.cargo/config.toml`; the repository root is found from
 //! `CARGO_MANIFEST_DIR`, so the tasks work from any directory.
@@ -23,11 +23,15 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  ci                    fmt, clippy, tests, doctests, examples, docs, tidy, codegen --check
+  ci                    fmt, clippy, tests, doctests, examples, docs, tidy, codegen --check,
+                        bench --quick
   tidy                  repository checks: layering, module docs, manifests, no ignored tests
   codegen [--check]     regenerate generated files; --check fails if any is stale
-  bench [store|all] [-- ARGS]
-                        run the store benchmark (default) or every benchmark
+  bench [--quick] [--rounds N] [--profile NAME]
+                        every workload through the façade beside effectum and a plain
+                        diesel loop; writes target/bench/summary.{json,md}
+  bench store [--quick] [--rounds N] [--profile NAME]
+                        the SQLite store alone beside the plain diesel loop
 ";
 
 fn main() -> ExitCode {

@@ -32,6 +32,9 @@ pub struct JobQueueBuilder {
     store: StoreChoice,
     pipelines: Vec<Pipeline>,
     config: RuntimeConfig,
+    /// The options of the SQLite store, when `.sqlite(..)` is the store.
+    #[cfg(feature = "sqlite")]
+    sqlite_options: jobqueue_store_sqlite::SqliteOptions,
     shutdown_timeout: Duration,
     webhooks: Option<WebhookConfig>,
     event_buffer: usize,
@@ -64,6 +67,32 @@ impl JobQueueBuilder {
     pub fn postgres(mut self, url: impl Into<String>) -> Self {
         self.store = StoreChoice::Postgres(url.into());
         self.config.recover = RecoverScope::ExpiredLeases;
+        self
+    }
+
+    /// Opens the SQLite store with these options (`synchronous=FULL`, the
+    /// busy timeout, readers, a size cap, ...; the default is
+    /// [`SqliteOptions::default`](jobqueue_store_sqlite::SqliteOptions)).
+    /// They apply when the store is [`sqlite`](Self::sqlite), the default.
+    /// Their clock is replaced by the queue's ([`clock`](Self::clock)), so
+    /// the store and the runtime read one time.
+    ///
+    /// ```no_run
+    /// use jobqueue::JobQueue;
+    /// use jobqueue::sqlite::{SqliteOptions, Synchronous};
+    ///
+    /// # async fn demo() -> Result<(), jobqueue::Error> {
+    /// let queue = JobQueue::builder()
+    ///     .sqlite("jobs.db")
+    ///     .sqlite_options(SqliteOptions::default().synchronous(Synchronous::Full))
+    ///     .start()
+    ///     .await?;
+    /// # queue.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite_options(mut self, options: jobqueue_store_sqlite::SqliteOptions) -> Self {
+        self.sqlite_options = options;
         self
     }
 
@@ -179,7 +208,10 @@ impl JobQueueBuilder {
         webhooks.validate()?;
         let store: Arc<dyn JobStore> = match self.store {
             #[cfg(feature = "sqlite")]
-            StoreChoice::Sqlite(path) => open_sqlite(path, self.config.clock.clone()).await?,
+            StoreChoice::Sqlite(path) => {
+                let options = self.sqlite_options.clock(self.config.clock.clone());
+                open_sqlite(path, options).await?
+            }
             #[cfg(feature = "postgres")]
             StoreChoice::Postgres(url) => {
                 use jobqueue_store_postgres::{PostgresOptions, PostgresStore};
@@ -268,12 +300,14 @@ impl Started {
 }
 
 #[cfg(feature = "sqlite")]
-async fn open_sqlite(path: PathBuf, clock: Arc<dyn Clock>) -> Result<Arc<dyn JobStore>, Error> {
-    use jobqueue_store_sqlite::{SqliteOptions, SqliteStore};
+async fn open_sqlite(
+    path: PathBuf,
+    options: jobqueue_store_sqlite::SqliteOptions,
+) -> Result<Arc<dyn JobStore>, Error> {
     // Opening checks the file, applies migrations and starts the writer:
     // blocking work, kept off the async threads.
     let opened = tokio::task::spawn_blocking(move || {
-        SqliteStore::open(path, SqliteOptions::default().clock(clock))
+        jobqueue_store_sqlite::SqliteStore::open(path, options)
     })
     .await
     .map_err(|e| Error::Config(format!("opening the SQLite store panicked: {e}")))?;
@@ -318,6 +352,8 @@ impl JobQueue {
             store: StoreChoice::Memory,
             pipelines: Vec::new(),
             config: RuntimeConfig::default(),
+            #[cfg(feature = "sqlite")]
+            sqlite_options: jobqueue_store_sqlite::SqliteOptions::default(),
             shutdown_timeout: Duration::from_secs(30),
             webhooks: None,
             event_buffer: 1024,
