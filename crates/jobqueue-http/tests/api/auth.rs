@@ -1,5 +1,6 @@
-//! The token: needed on every route but `GET /health`, as a bearer header
-//! or `?token=`.
+//! The token: needed on every route but `GET /health` and the dashboard's
+//! static shell (`GET /`, `GET /assets/...`), as a bearer header or
+//! `?token=`.
 
 use bytes::Bytes;
 use http::{Method, Request};
@@ -11,8 +12,8 @@ use crate::{Backend, Options, Reply, Server, TOKEN};
 /// Every route, with a job id where it needs one.
 fn routes(id: &str) -> Vec<(Method, String)> {
     vec![
-        (Method::GET, "/".into()),
         (Method::GET, "/openapi.json".into()),
+        (Method::GET, "/stats".into()),
         (Method::GET, "/metrics".into()),
         (Method::POST, "/jobs".into()),
         (Method::POST, "/jobs/batch".into()),
@@ -86,9 +87,18 @@ both! {
             let query = format!("{path}?token=wrong");
             send(&server, &method, &query, None).await.expect(401, Some("unauthorized"));
         }
-        // Health answers anyone.
+        // Health answers anyone, and so does the dashboard's shell, which
+        // holds no data (the page asks for the token and sends it).
         send(&server, &Method::GET, "/health", None).await.expect(200, None);
         send(&server, &Method::GET, "/health", Some("Bearer wrong")).await.expect(200, None);
+        for path in ["/", "/assets/app.js", "/assets/app.css", "/assets/favicon.svg"] {
+            for auth in [None, Some("Bearer wrong")] {
+                let reply = send(&server, &Method::GET, path, auth).await;
+                assert_eq!(reply.status, 200, "{path}");
+                assert!(!reply.text().contains(id), "{path} shows no data");
+            }
+        }
+        send(&server, &Method::GET, "/assets/nope.js", None).await.expect(404, Some("not_found"));
         // None of it touched the queue.
         assert_eq!(server.queue.store().last_seq().await.unwrap(), seq);
         let after = server.get(&format!("/jobs/{id}")).await.expect(200, None);
