@@ -1,6 +1,7 @@
 //! The tests of the `jobqueue` binary and its parts, one binary: the config
 //! file, `check-config`, command phases with real processes, the server's
-//! start and shutdown, and the client commands against a loopback stub.
+//! start and shutdown, the client commands against a loopback stub, and
+//! `jobqueue tail` against the real server in a terminal and a pipe.
 
 #![expect(
     clippy::unwrap_used,
@@ -12,5 +13,7 @@ mod client;
 mod command;
 mod config;
 mod crash;
+mod served;
 mod server;
 mod support;
+mod tail;
