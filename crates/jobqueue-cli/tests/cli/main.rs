@@ -1,7 +1,8 @@
 //! The tests of the `jobqueue` binary and its parts, one binary: the config
 //! file, `check-config`, command phases with real processes, the server's
-//! start and shutdown, the client commands against a loopback stub, and
-//! `jobqueue tail` against the real server in a terminal and a pipe.
+//! start and shutdown, the client commands against a loopback stub,
+//! `jobqueue tail` against the real server in a terminal and a pipe, and
+//! the dashboard in a headless browser against the real server.
 
 #![expect(
     clippy::unwrap_used,
@@ -13,6 +14,7 @@ mod client;
 mod command;
 mod config;
 mod crash;
+mod dashboard;
 mod served;
 mod server;
 mod support;

@@ -47,6 +47,12 @@
     es: null,            // the EventSource of every job's events
     streamDown: false,   // the stream failed since it last opened
     notice: null,        // a message to show on the next view
+    // The last progress event of each phase, by job id then phase name,
+    // also of jobs not on screen yet: a job read from the API while its
+    // progress events arrive shows the newest value either way.
+    progress: new Map(),
+    loading: 0,          // reads of jobs in flight
+    missed: new Set(),   // jobs with a state change while a read was in flight
   };
 
   // ---------------------------------------------------------------- DOM
@@ -329,13 +335,17 @@
     }
     const job = state.jobs.get(event.job_id);
     if (event.type === "job.phase.progress") {
-      const phase = job && phaseNamed(job, event.data && event.data.phase);
+      const d = event.data || {};
+      remember(event.job_id, d.phase, { percent: d.percent, message: d.message });
+      const phase = job && phaseNamed(job, d.phase);
       if (phase) {
-        phase.progress = { percent: event.data.percent, message: event.data.message };
+        phase.progress = { percent: d.percent, message: d.message };
         progressChanged(job, phase);
       }
       return;
     }
+    if (event.type === "job.phase.started") remember(event.job_id, event.data && event.data.phase, null);
+    if (state.loading) state.missed.add(event.job_id);
     if (event.type === "job.created") {
       jobCreated(event);
     } else if (event.type === "job.deleted") {
@@ -346,6 +356,44 @@
       refetch(job.id);
     }
     later("stats", 400, () => loadStats().catch(handled));
+  }
+
+  function remember(id, phase, progress) {
+    let phases = state.progress.get(id);
+    if (!phases) {
+      phases = new Map();
+      state.progress.set(id, phases);
+      if (state.progress.size > 2000) state.progress.delete(state.progress.keys().next().value);
+    }
+    if (progress) phases.set(phase, progress);
+    else phases.delete(phase);
+  }
+
+  // A job as read from the API, with the newest progress the stream has
+  // brought for its running phases.
+  function fresh(job) {
+    const phases = state.progress.get(job.id);
+    if (phases) {
+      for (const phase of job.phases || []) {
+        if (phase.status === "running" && phases.has(phase.name)) phase.progress = phases.get(phase.name);
+      }
+    }
+    return job;
+  }
+
+  // Reads jobs from the API with `read`; a job whose state changed while it
+  // ran is read again after, so an answer older than an event never stays.
+  async function reading(read) {
+    state.loading += 1;
+    try {
+      return await read();
+    } finally {
+      state.loading -= 1;
+      const missed = Array.from(state.missed);
+      if (!state.loading) state.missed.clear();
+      // refetch() looks, when it runs, whether the job is on screen.
+      for (const id of missed) refetch(id);
+    }
   }
 
   function phaseNamed(job, name) {
@@ -413,7 +461,7 @@
       const generation = (generations.get(id) || 0) + 1;
       generations.set(id, generation);
       try {
-        const job = await api("GET", `jobs/${encodeURIComponent(id)}`);
+        const job = fresh(await api("GET", `jobs/${encodeURIComponent(id)}`));
         if (generations.get(id) !== generation || !state.jobs.has(id)) return;
         state.jobs.set(id, job);
         jobChanged(job);
@@ -620,7 +668,7 @@
     const have = Array.from(select.options).slice(1).map((o) => o.value);
     if (have.join("\n") !== names.join("\n")) {
       select.replaceChildren(h("option", { value: "" }, "every pipeline"),
-        names.map((n) => h("option", { value: n }, n)));
+        ...names.map((n) => h("option", { value: n }, n)));
       select.value = r.pipeline;
     }
   }
@@ -682,7 +730,7 @@
     const request = list.request;
     let page;
     try {
-      page = await api("GET", `jobs?${params}`);
+      page = await reading(() => api("GET", `jobs?${params}`));
     } catch (e) {
       if (!handled(e) && state.list === list) showAlert(list.alert, e);
       return;
@@ -694,7 +742,7 @@
       list.newer = 0;
       list.banner.hidden = true;
     }
-    state.jobs = new Map(page.jobs.map((job) => [job.id, job]));
+    state.jobs = new Map(page.jobs.map((job) => [job.id, fresh(job)]));
     list.rows = new Map(page.jobs.map((job) => [job.id, jobRow(job)]));
     list.tbody.replaceChildren(...(list.rows.size
       ? list.rows.values()
@@ -764,7 +812,7 @@
 
   async function loadJob(view) {
     try {
-      const job = await api("GET", `jobs/${encodeURIComponent(view.id)}`);
+      const job = fresh(await reading(() => api("GET", `jobs/${encodeURIComponent(view.id)}`)));
       if (state.view !== view) return;
       state.jobs = new Map([[job.id, job]]);
       renderJob(view, job);
@@ -801,7 +849,7 @@
     view.head.replaceChildren(
       h("h1", {}, `${job.pipeline} `, h("span", { class: "mono", id: "job-id" }, job.id)),
       badge(job.status, "job-status"),
-      job.cancel_requested ? h("span", { class: "muted" }, "stopping…") : null,
+      job.cancel_requested ? h("span", { class: "muted" }, "stopping…") : "",
       h("span", { class: "actions" }, cancel, retry, del));
 
     const fact = (label, value) => h("div", {}, h("dt", {}, label), h("dd", {}, value));
