@@ -165,6 +165,17 @@ impl Browser {
         .await;
     }
 
+    /// Waits until the count of `status` at the top of the jobs says `n`.
+    async fn until_count(&self, status: &str, n: u64) {
+        self.until(
+            &format!("{n} {status} in the counts"),
+            "const n = document.querySelector(`#status-counts [data-status=\"${arguments[0]}\"] .n`); \
+             return n && n.textContent === arguments[1];",
+            vec![json!(status), json!(n.to_string())],
+        )
+        .await;
+    }
+
     /// Clicks the element that `css` selects.
     async fn click(&self, css: &str) {
         self.client
@@ -264,13 +275,7 @@ async fn the_dashboard_follows_jobs_live_in_a_browser() {
     b.until_status(&row(&flaky), "failed").await;
     open_gate(dir.path(), &steps, STEPS[0]);
     wait_bar(&row(&steps), "fetch", STEPS[1]).await;
-    b.until(
-        "the counts",
-        "const n = document.querySelector('#status-counts [data-status=\"failed\"] .n'); \
-         return n && n.textContent === '1';",
-        vec![],
-    )
-    .await;
+    b.until_count("failed", 1).await;
     b.screenshot("jobs.png").await;
 
     // The filters: every pipeline is offered; a status keeps its jobs only.
@@ -404,7 +409,19 @@ async fn the_dashboard_follows_jobs_live_in_a_browser() {
 
     // The server restarts: the page reconnects and carries on.
     b.js("location.hash = '#/'; return null;", vec![]).await;
-    let served = served.restart().await;
+    let conn = "return document.getElementById('conn').dataset.state === arguments[0];";
+    let served = served
+        .restart(async || {
+            b.until(
+                "the page sees the server go",
+                conn,
+                vec![json!("reconnecting")],
+            )
+            .await;
+        })
+        .await;
+    b.until("the page back on the stream", conn, vec![json!("live")])
+        .await;
     let after = served
         .enqueue("steps", json!({"ref": "after restart"}))
         .await;
@@ -413,6 +430,7 @@ async fn the_dashboard_follows_jobs_live_in_a_browser() {
         open_gate(dir.path(), &after, step);
     }
     b.until_status(&row(&after), "completed").await;
+    b.until_count("completed", 4).await;
     assert_eq!(b.js("return window.__loaded;", vec![]).await, "once");
 
     browser.client.close().await.unwrap();

@@ -149,10 +149,12 @@ impl Served {
         assert!(status.success(), "{status}: {}", self.log.lock().unwrap());
     }
 
-    /// Stops it and starts it again on the same address and database.
-    pub(crate) async fn restart(self) -> Self {
+    /// Stops it, runs `while_down`, and starts it again on the same address
+    /// and database.
+    pub(crate) async fn restart(self, while_down: impl AsyncFnOnce()) -> Self {
         let (config, addr, token) = (self.config.clone(), self.addr.clone(), self.token.clone());
         self.stop().await;
+        while_down().await;
         Self::spawn(config, &addr, token).await
     }
 
