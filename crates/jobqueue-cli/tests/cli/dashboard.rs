@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 use crate::served::{STEPS, Served, eventually, open_gate, pipelines};
-use crate::support::BIN;
+use crate::support::{BIN, DEADLINE};
 
 const TOKEN: &str = "dash-s3cret";
 
@@ -176,10 +176,12 @@ impl Browser {
         .await;
     }
 
-    /// Clicks the element that `css` selects.
+    /// Clicks the element that `css` selects, once there is one.
     async fn click(&self, css: &str) {
         self.client
-            .find(Locator::Css(css))
+            .wait()
+            .at_most(DEADLINE)
+            .for_element(Locator::Css(css))
             .await
             .unwrap_or_else(|e| panic!("no {css}: {e}"))
             .click()
