@@ -169,7 +169,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Command::CheckConfig { file } => check_config(&file),
         command => {
-            let mut stdout = std::io::stdout().lock();
+            // Not locked for the whole command: `tail`'s progress bars are
+            // redrawn on stdout from their own ticker threads.
+            let mut stdout = std::io::stdout();
             let terminal = std::io::stdout().is_terminal();
             match client_command(command, terminal, &mut stdout).await {
                 Ok(()) => ExitCode::SUCCESS,

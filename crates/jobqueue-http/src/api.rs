@@ -65,7 +65,7 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> ApiBody {
 ///   [`close_event_streams`](Self::close_event_streams) first, or waits for
 ///   ever.
 /// - A response is only as fast as the store: every route but `/health`,
-///   `/` and `/openapi.json` reads or writes it.
+///   the dashboard's page and assets and `/openapi.json` reads or writes it.
 #[derive(Clone)]
 pub struct Api {
     inner: Arc<Inner>,

@@ -10,10 +10,11 @@ pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 /// fields added later.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiConfig {
-    /// When set, every route but `GET /health` needs this token, as
-    /// `Authorization: Bearer <token>` or as `?token=<token>` (for clients
-    /// such as `EventSource` that cannot set headers). An empty token
-    /// matches no request: set `None` for an open API.
+    /// When set, every route but `GET /health` and the dashboard's static
+    /// shell (`GET /` and `GET /assets/...`, which hold no data) needs this
+    /// token, as `Authorization: Bearer <token>` or as `?token=<token>` (for
+    /// clients such as `EventSource` that cannot set headers). An empty
+    /// token matches no request: set `None` for an open API.
     pub token: Option<String>,
     /// The largest request body in bytes; a larger one is refused with
     /// 413 `payload_too_large` before it is parsed. Default 1 MiB.

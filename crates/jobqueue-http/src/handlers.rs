@@ -1,6 +1,7 @@
 //! One function per route. Each reads and checks everything it needs before
 //! the one queue call that may write, so a refusal changes nothing.
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use futures_util::StreamExt as _;
@@ -10,7 +11,7 @@ use jobqueue::core::{
     CancelOutcome, DeliveryFilter, DeliveryStatus, EventFilter, EventType, Health, JobFilter,
     JobId, JobStatus,
 };
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::api::{Api, ApiBody, BoxError, clip, full, read_body};
 use crate::error::{ApiError, Code, json_response};
@@ -43,7 +44,9 @@ where
     B::Error: Into<BoxError>,
 {
     match endpoint {
-        Endpoint::Index => Ok(index()),
+        Endpoint::Index => Ok(crate::dashboard::index(req.headers())),
+        Endpoint::Asset => crate::dashboard::asset(id.unwrap_or_default(), req.headers()),
+        Endpoint::Stats => stats(api).await,
         Endpoint::Health => Ok(health(&api.queue().health())),
         Endpoint::Metrics => metrics(api, req.headers()).await,
         Endpoint::OpenApi => Ok(openapi()),
@@ -205,6 +208,66 @@ async fn deliveries(api: &Api, query: &Query) -> Answer {
     Ok(json_response(StatusCode::OK, &body))
 }
 
+/// How many jobs there are by status and by pipeline, and the last event's
+/// sequence number (where a client that has just read the jobs starts
+/// following events).
+async fn stats(api: &Api) -> Answer {
+    // The sequence number first: a client that follows events after it
+    // sees every change made after the counts, perhaps some twice, never
+    // none.
+    let last_event_seq = api.queue().store().last_seq().await?;
+    let counts = api.queue().store().counts().await?;
+    let statuses = || -> Map<String, Value> {
+        JobStatus::ALL
+            .iter()
+            .filter(|s| **s != JobStatus::Deleted)
+            .map(|s| (s.as_str().to_owned(), json!(0)))
+            .collect()
+    };
+    // Every pipeline the queue runs, with or without jobs, and any other
+    // that still has jobs (its config entry was removed).
+    let mut pipelines: BTreeMap<String, (u64, Map<String, Value>)> = api
+        .queue()
+        .runtime()
+        .pipelines()
+        .iter()
+        .map(|p| (p.name().to_owned(), (0, statuses())))
+        .collect();
+    let mut total: u64 = 0;
+    let mut by_status = statuses();
+    for c in &counts {
+        if c.status == JobStatus::Deleted {
+            continue;
+        }
+        total = total.saturating_add(c.count);
+        add(&mut by_status, c.status.as_str(), c.count);
+        let (n, by) = pipelines
+            .entry(c.pipeline.clone())
+            .or_insert_with(|| (0, statuses()));
+        *n = n.saturating_add(c.count);
+        add(by, c.status.as_str(), c.count);
+    }
+    let pipelines: Map<String, Value> = pipelines
+        .into_iter()
+        .map(|(name, (n, by))| (name, json!({"total": n, "statuses": by})))
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"total": total, "statuses": by_status, "pipelines": pipelines,
+                "last_event_seq": last_event_seq}),
+    ))
+}
+
+/// Adds `n` to the count at `key`.
+fn add(counts: &mut Map<String, Value>, key: &str, n: u64) {
+    let sum = counts
+        .get(key)
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+        .saturating_add(n);
+    counts.insert(key.to_owned(), json!(sum));
+}
+
 /// `{"status": "ok"}`, or 503 naming the tasks that are down.
 pub(crate) fn health(health: &Health) -> Response<ApiBody> {
     if health.is_healthy() {
@@ -261,16 +324,6 @@ fn openapi() -> Response<ApiBody> {
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// The page at `/` until the dashboard comes: what this is, and links.
-fn index() -> Response<ApiBody> {
-    let mut response = Response::new(full(include_str!("index.html")));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
     );
     response
 }

@@ -2,9 +2,11 @@
 //!
 //! Where it sits: on top of the façade `jobqueue`, below the `jobqueue`
 //! binary. It turns HTTP requests into calls on a running [`JobQueue`]
-//! (enqueue, list, cancel, retry, delete, event streams, webhook deliveries,
-//! health, metrics) and encodes the answers as the JSON that clients of the
-//! server rely on. The core types stay free of wire formats: this crate is
+//! (enqueue, list, counts, cancel, retry, delete, event streams, webhook
+//! deliveries, health, metrics) and encodes the answers as the JSON that
+//! clients of the server rely on. It also serves the dashboard at `GET /`:
+//! a live page of plain HTML, CSS and JavaScript embedded in the binary,
+//! which uses the same API. The core types stay free of wire formats: this crate is
 //! where a job becomes JSON ([`wire`]).
 //!
 //! [`Api`] is the whole API as one value. It is a
@@ -48,6 +50,7 @@
 
 mod api;
 mod config;
+mod dashboard;
 mod error;
 mod handlers;
 pub mod metrics;

@@ -261,16 +261,42 @@ fn operation(endpoint: Endpoint) -> Value {
             }}),
             &[],
         ),
+        Endpoint::Stats => (
+            "stats",
+            "How many jobs there are by status and pipeline, and the last event's sequence number",
+            vec![],
+            None,
+            json!({"200": json_body("The counts.", "Stats")}),
+            &[Unavailable],
+        ),
         Endpoint::Index => (
-            "index",
-            "A page that links the API (the dashboard will live here)",
+            "dashboard",
+            "The dashboard: a live page of the jobs (no token needed for the page; it asks for one)",
             vec![],
             None,
             json!({"200": {
-                "description": "An HTML page.",
+                "description": "The dashboard's HTML page. It holds no data: the page asks for the token and sends it with every API request.",
                 "content": {"text/html": {"schema": {"type": "string"}}},
             }}),
             &[],
+        ),
+        Endpoint::Asset => (
+            "dashboard_asset",
+            "A script, style sheet or icon of the dashboard (no token needed)",
+            vec![param_ref("AssetName")],
+            None,
+            json!({
+                "200": {
+                    "description": "The file (`ETag`, `Cache-Control: no-cache`).",
+                    "content": {
+                        "text/javascript": {"schema": {"type": "string"}},
+                        "text/css": {"schema": {"type": "string"}},
+                        "image/svg+xml": {"schema": {"type": "string"}},
+                    },
+                },
+                "304": {"description": "The client's copy (`If-None-Match`) is this version."},
+            }),
+            &[NotFound],
         ),
     };
     let mut op = json!({
@@ -347,6 +373,9 @@ fn parameters() -> Value {
     json!({
         "JobId": {"name": "id", "in": "path", "required": true, "description": "The job's id.",
                   "schema": {"type": "string", "format": "uuid"}},
+        "AssetName": {"name": "name", "in": "path", "required": true,
+                      "description": "The file's name: `app.js`, `app.css` or `favicon.svg`.",
+                      "schema": {"type": "string"}},
         "Status": query("status", &format!("Only jobs in these statuses, comma-separated: {}.", statuses.join(", ")),
                         json!({"type": "string"})),
         "Pipeline": query("pipeline", "Only jobs of this pipeline.", json!({"type": "string"})),
@@ -401,6 +430,11 @@ fn schemas() -> Value {
     let delivery_statuses: Vec<&str> = DeliveryStatus::ALL.iter().map(|s| s.as_str()).collect();
     let types: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
     let codes: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).collect();
+    let status_counts: Value = job_statuses
+        .iter()
+        .map(|s| ((*s).to_owned(), json!({"type": "integer", "minimum": 0})))
+        .collect::<Map<String, Value>>()
+        .into();
     let uuid = json!({"type": "string", "format": "uuid"});
     let count = json!({"type": "integer", "minimum": 0});
     let name = json!({"type": "string"});
@@ -512,6 +546,21 @@ fn schemas() -> Value {
             "created_at": time(),
         })),
         "DeliveryList": object(json!({"deliveries": {"type": "array", "items": schema_ref("Delivery")}})),
+        "StatusCounts": object(status_counts),
+        "Stats": object(json!({
+            "total": {"type": "integer", "minimum": 0, "description": "Jobs in the store."},
+            "statuses": schema_ref("StatusCounts"),
+            "pipelines": {
+                "type": "object",
+                "description": "By pipeline: every pipeline the server runs (with zeros), and any other that still has jobs.",
+                "additionalProperties": object(json!({
+                    "total": {"type": "integer", "minimum": 0},
+                    "statuses": schema_ref("StatusCounts"),
+                })),
+            },
+            "last_event_seq": {"type": "integer", "minimum": 0,
+                               "description": "The last event committed when the counts were read: follow `/events?after=` it."},
+        })),
         "Health": object(json!({"status": {"const": "ok"}})),
         "Unhealthy": object(json!({
             "status": {"const": "unhealthy"},

@@ -7,6 +7,8 @@ use http::Method;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Endpoint {
     Index,
+    Asset,
+    Stats,
     Health,
     Metrics,
     OpenApi,
@@ -24,7 +26,7 @@ pub(crate) enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint, in the order the docs list them.
-    pub(crate) const ALL: [Endpoint; 14] = [
+    pub(crate) const ALL: [Endpoint; 16] = [
         Endpoint::Enqueue,
         Endpoint::EnqueueBatch,
         Endpoint::ListJobs,
@@ -35,10 +37,12 @@ impl Endpoint {
         Endpoint::JobEvents,
         Endpoint::Events,
         Endpoint::Deliveries,
+        Endpoint::Stats,
         Endpoint::Health,
         Endpoint::Metrics,
         Endpoint::OpenApi,
         Endpoint::Index,
+        Endpoint::Asset,
     ];
 
     /// Its method.
@@ -62,10 +66,12 @@ impl Endpoint {
         }
     }
 
-    /// Its path template; `{id}` stands for one path segment.
+    /// Its path template; `{id}` (or `{name}`) stands for one path segment.
     pub(crate) const fn path(self) -> &'static str {
         match self {
             Endpoint::Index => "/",
+            Endpoint::Asset => "/assets/{name}",
+            Endpoint::Stats => "/stats",
             Endpoint::Health => "/health",
             Endpoint::Metrics => "/metrics",
             Endpoint::OpenApi => "/openapi.json",
@@ -80,16 +86,19 @@ impl Endpoint {
         }
     }
 
-    /// Whether it answers without a token.
+    /// Whether it answers without a token: the health check, and the
+    /// dashboard's static shell (its page and assets hold no data; every
+    /// request the page makes for data carries the token).
     pub(crate) fn is_public(self) -> bool {
-        self == Endpoint::Health
+        matches!(self, Endpoint::Health | Endpoint::Asset)
     }
 }
 
 /// What a method and path come to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Resolved<'p> {
-    /// This endpoint, with the `{id}` segment when its path has one.
+    /// This endpoint, with the `{id}` (or `{name}`) segment when its path
+    /// has one.
     Found(Endpoint, Option<&'p str>),
     /// The path exists with other methods (they are listed).
     MethodNotAllowed(Vec<&'static str>),
@@ -152,7 +161,7 @@ fn matches<'p>(template: &str, path: &'p str) -> Option<Option<&'p str>> {
     let mut parts = path.split('/');
     for want in template.split('/') {
         let got = parts.next()?;
-        if want == "{id}" {
+        if want.starts_with('{') {
             if got.is_empty() {
                 return None;
             }
@@ -201,6 +210,15 @@ mod tests {
         assert_eq!(
             resolve(&Method::GET, "/"),
             Resolved::Found(Endpoint::Index, None)
+        );
+        assert_eq!(
+            resolve(&Method::GET, "/assets/app.js"),
+            Resolved::Found(Endpoint::Asset, Some("app.js"))
+        );
+        assert_eq!(resolve(&Method::GET, "/assets/"), Resolved::NotFound);
+        assert_eq!(
+            resolve(&Method::GET, "/stats"),
+            Resolved::Found(Endpoint::Stats, None)
         );
     }
 

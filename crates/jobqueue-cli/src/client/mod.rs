@@ -1,11 +1,12 @@
 //! The client commands: `enqueue`, `jobs`, `show`, `cancel`, `retry` and
 //! `tail`, over the server's HTTP API.
 //!
-//! Each prints for people by default (tables, details, event lines with
-//! progress bars) and the server's JSON with `--json` (one document per
-//! line; `tail --json` prints one event per line), for scripts. An error
+//! Each prints for people by default (tables, details, event lines, and on
+//! a terminal live progress bars) and the server's JSON with `--json` (one
+//! document per line; `tail --json` prints one event per line), for scripts. An error
 //! answer of the server is a [`ClientError::Api`] with its code and message.
 
+pub mod bars;
 pub mod http;
 pub mod render;
 pub mod sse;
@@ -16,10 +17,10 @@ use std::ops::ControlFlow;
 use hyper::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
+use self::bars::Bars;
 use self::http::encode;
 pub use self::http::{Answer, Client, ClientError};
-use self::render::EventPrinter;
-use self::sse::{FollowError, follow};
+use self::sse::{FollowError, Followed, SseEvent, follow};
 
 /// Why a client command failed.
 #[derive(Debug, thiserror::Error)]
@@ -272,10 +273,14 @@ impl TailQuery {
 }
 
 /// `jobqueue tail`: follows the event stream of one job or of every job
-/// (replayed as the server replays it, then live), printing each event as
-/// it comes, until interrupted (Ctrl-C ends it cleanly). A dropped
-/// connection is resumed after the last event printed. `terminal` redraws
-/// progress in place.
+/// (replayed as the server replays it, then live), showing each event as it
+/// comes, until interrupted (Ctrl-C ends it cleanly). A dropped connection
+/// is resumed after the last event shown.
+///
+/// On a `terminal` (and without `json`) each running phase is a live
+/// progress bar drawn on stdout, with the other events as lines above the
+/// bars; otherwise every event is a plain line on `out`, progress included,
+/// with no escape codes.
 pub async fn tail(
     client: &Client,
     query: &TailQuery,
@@ -284,22 +289,30 @@ pub async fn tail(
     out: &mut dyn Write,
 ) -> Result<(), CommandError> {
     let path = query.to_path();
-    let id = query.job.as_deref();
-    let mut printer = EventPrinter::new(terminal, id.is_none());
+    let show_job = query.job.is_none();
+    let mut bars =
+        (terminal && !json).then(|| Bars::new(indicatif::ProgressDrawTarget::stdout(), show_job));
     let followed = {
-        let printer = &mut printer;
+        let bars = &mut bars;
         let out = &mut *out;
-        let run = follow(client, &path, query.after, |event| {
-            if json {
-                writeln!(out, "{}", event.data)?;
-                out.flush()?;
-            } else {
-                match serde_json::from_str::<Value>(&event.data) {
-                    Ok(value) => printer.print(out, &value)?,
-                    Err(_) => {
-                        printer.finish(out)?;
-                        writeln!(out, "{}", event.data)?;
+        let run = follow(client, &path, query.after, |followed| {
+            match (followed, bars.as_mut()) {
+                (Followed::Notice(notice), Some(bars)) => bars.line(notice)?,
+                (Followed::Notice(notice), None) => eprintln!("{notice}"),
+                (Followed::Event(event), _) if json => {
+                    writeln!(out, "{}", event.data)?;
+                    out.flush()?;
+                }
+                (Followed::Event(event), Some(bars)) => match parse(event) {
+                    Some(value) => bars.event(&value)?,
+                    None => bars.line(&event.data)?,
+                },
+                (Followed::Event(event), None) => {
+                    match parse(event) {
+                        Some(value) => writeln!(out, "{}", render::event_line(&value, show_job))?,
+                        None => writeln!(out, "{}", event.data)?,
                     }
+                    out.flush()?;
                 }
             }
             Ok(ControlFlow::Continue(()))
@@ -309,6 +322,14 @@ pub async fn tail(
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     };
-    printer.finish(out)?;
+    if let Some(bars) = bars.as_mut() {
+        bars.finish()?;
+    }
+    out.flush()?;
     Ok(followed?)
+}
+
+/// An event's JSON, or `None` if it is not JSON (shown as it came).
+fn parse(event: &SseEvent) -> Option<Value> {
+    serde_json::from_str(&event.data).ok()
 }

@@ -7,7 +7,6 @@
 //! more fields still shows well.
 
 use std::fmt::Write as _;
-use std::io::{self, Write};
 
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -43,7 +42,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// The text of a string field, or `-`.
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".to_owned(),
@@ -319,62 +318,6 @@ pub fn event_line(event: &Value, show_job: bool) -> String {
     line.trim_end().to_owned()
 }
 
-/// Prints events for `jobqueue tail`. On a terminal, successive progress
-/// events of one phase redraw one line, so a running phase shows as a bar
-/// that fills; elsewhere every event is a line.
-#[derive(Debug)]
-pub struct EventPrinter {
-    terminal: bool,
-    show_job: bool,
-    /// The (job, phase) whose progress line is open (not yet ended by a
-    /// newline) on the terminal.
-    open: Option<(String, String)>,
-}
-
-impl EventPrinter {
-    /// A printer; `terminal` redraws progress in place, `show_job` adds the
-    /// job id to each line (for the stream of every job).
-    pub fn new(terminal: bool, show_job: bool) -> Self {
-        Self {
-            terminal,
-            show_job,
-            open: None,
-        }
-    }
-
-    /// Prints `event`.
-    pub fn print(&mut self, out: &mut (impl Write + ?Sized), event: &Value) -> io::Result<()> {
-        let line = event_line(event, self.show_job);
-        let progress = event["type"] == "job.phase.progress";
-        let key = (text(&event["job_id"]), text(&event["data"]["phase"]));
-        if self.terminal && progress {
-            if self.open.as_ref() == Some(&key) {
-                write!(out, "\r\x1b[2K{line}")?;
-            } else {
-                if self.open.is_some() {
-                    writeln!(out)?;
-                }
-                write!(out, "{line}")?;
-            }
-            self.open = Some(key);
-        } else {
-            if self.open.take().is_some() {
-                writeln!(out)?;
-            }
-            writeln!(out, "{line}")?;
-        }
-        out.flush()
-    }
-
-    /// Ends an open progress line.
-    pub fn finish(&mut self, out: &mut (impl Write + ?Sized)) -> io::Result<()> {
-        if self.open.take().is_some() {
-            writeln!(out)?;
-        }
-        out.flush()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -423,34 +366,19 @@ mod tests {
     }
 
     #[test]
-    fn event_lines_and_progress_redrawn_on_a_terminal() {
-        let progress = |p: u64| {
-            json!({"seq": p, "type": "job.phase.progress", "job_id": "j", "pipeline": "build",
-                   "at": "2024-05-01T12:00:03Z", "data": {"phase": "fetch", "percent": p, "message": "m"}})
-        };
+    fn event_lines() {
+        let progress = json!({"seq": 4, "type": "job.phase.progress", "job_id": "j", "pipeline": "build",
+                              "at": "2024-05-01T12:00:03Z", "data": {"phase": "fetch", "percent": 40, "message": "m"}});
         assert_eq!(
-            event_line(&progress(40), false),
+            event_line(&progress, false),
             "12:00:03  build     job.phase.progress    fetch [########------------]  40% m"
         );
         let done = json!({"seq": 9, "type": "job.completed", "job_id": "j", "pipeline": "build",
                           "at": "2024-05-01T12:00:04Z", "data": {"results": {"fetch": 1}}});
-        let mut tty = Vec::new();
-        let mut printer = EventPrinter::new(true, false);
-        for e in [progress(10), progress(20), done.clone()] {
-            printer.print(&mut tty, &e).unwrap_or_default();
-        }
-        let tty = String::from_utf8_lossy(&tty);
-        assert_eq!(tty.matches("\r\x1b[2K").count(), 1, "{tty:?}");
-        assert!(
-            tty.ends_with("job.completed         results {\"fetch\":1}\n"),
-            "{tty:?}"
+        assert_eq!(
+            event_line(&done, true),
+            "12:00:04  j  build     job.completed         results {\"fetch\":1}"
         );
-        let mut plain = Vec::new();
-        let mut printer = EventPrinter::new(false, true);
-        for e in [progress(10), progress(20), done] {
-            printer.print(&mut plain, &e).unwrap_or_default();
-        }
-        assert_eq!(String::from_utf8_lossy(&plain).lines().count(), 3);
     }
 
     #[test]

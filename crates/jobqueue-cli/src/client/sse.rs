@@ -126,6 +126,16 @@ impl SseParser {
     }
 }
 
+/// What [`follow`] hands its caller.
+#[derive(Debug, Clone, Copy)]
+pub enum Followed<'a> {
+    /// An event of the stream.
+    Event(&'a SseEvent),
+    /// A note for people about the connection (lost, trying again, back),
+    /// for the caller to show where it does not disturb its output.
+    Notice(&'a str),
+}
+
 /// Why following a stream stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum FollowError {
@@ -141,15 +151,16 @@ pub enum FollowError {
 }
 
 /// Follows the stream at `path` from after sequence number `after` (from
-/// the server's start without one), handing each event to `on_event` until
-/// it says stop. A connection that drops is opened again after a delay,
-/// with `Last-Event-ID` set to the last event's id; an error answer (401,
-/// 404) or a server that cannot be reached on the first try ends it.
+/// the server's start without one), handing each event (and each notice
+/// about the connection) to `on` until it says stop. A connection that
+/// drops is opened again after a delay, with `Last-Event-ID` set to the
+/// last event's id; an error answer (401, 404) or a server that cannot be
+/// reached on the first try ends it.
 pub async fn follow(
     client: &Client,
     path: &str,
     after: Option<u64>,
-    mut on_event: impl FnMut(&SseEvent) -> std::io::Result<ControlFlow<()>>,
+    mut on: impl FnMut(Followed<'_>) -> std::io::Result<ControlFlow<()>>,
 ) -> Result<(), FollowError> {
     let mut last: Option<u64> = after;
     let mut connected = false;
@@ -159,7 +170,10 @@ pub async fn follow(
         match client.events(path, last).await {
             Ok(mut body) => {
                 if connected {
-                    eprintln!("jobqueue: reconnected to {}", client.base());
+                    let notice = format!("jobqueue: reconnected to {}", client.base());
+                    if on(Followed::Notice(&notice))?.is_break() {
+                        return Ok(());
+                    }
                 }
                 connected = true;
                 failures = 0;
@@ -178,16 +192,19 @@ pub async fn follow(
                         if let Some(seq) = event.id.as_deref().and_then(|id| id.parse().ok()) {
                             last = Some(seq);
                         }
-                        if on_event(&event)?.is_break() {
+                        if on(Followed::Event(&event))?.is_break() {
                             return Ok(());
                         }
                     }
                 };
                 retry = parser.retry().unwrap_or(retry);
-                eprintln!(
+                let notice = format!(
                     "jobqueue: connection lost ({why}); reconnecting in {}",
                     humantime::format_duration(retry)
                 );
+                if on(Followed::Notice(&notice))?.is_break() {
+                    return Ok(());
+                }
             }
             Err(
                 e @ (ClientError::Api { .. }
@@ -199,10 +216,13 @@ pub async fn follow(
             Err(e) if !connected => return Err(e.into()),
             Err(e) => {
                 failures = failures.saturating_add(1);
-                eprintln!(
+                let notice = format!(
                     "jobqueue: {e}; trying again in {}",
                     humantime::format_duration(backoff(retry, failures))
                 );
+                if on(Followed::Notice(&notice))?.is_break() {
+                    return Ok(());
+                }
             }
         }
         tokio::time::sleep(backoff(retry, failures)).await;

@@ -1,5 +1,6 @@
-//! The token: needed on every route but `GET /health`, as a bearer header
-//! or `?token=`.
+//! The token: needed on every route but `GET /health` and the dashboard's
+//! static shell (`GET /`, `GET /assets/...`), as a bearer header or
+//! `?token=`.
 
 use bytes::Bytes;
 use http::{Method, Request};
@@ -11,8 +12,10 @@ use crate::{Backend, Options, Reply, Server, TOKEN};
 /// Every route, with a job id where it needs one.
 fn routes(id: &str) -> Vec<(Method, String)> {
     vec![
+        // The dashboard's page too: every route but /health needs the token.
         (Method::GET, "/".into()),
         (Method::GET, "/openapi.json".into()),
+        (Method::GET, "/stats".into()),
         (Method::GET, "/metrics".into()),
         (Method::POST, "/jobs".into()),
         (Method::POST, "/jobs/batch".into()),
@@ -86,9 +89,18 @@ both! {
             let query = format!("{path}?token=wrong");
             send(&server, &method, &query, None).await.expect(401, Some("unauthorized"));
         }
-        // Health answers anyone.
+        // Health answers anyone, and so do the page's static files, which
+        // hold no data (a browser cannot send a header when it loads them).
         send(&server, &Method::GET, "/health", None).await.expect(200, None);
         send(&server, &Method::GET, "/health", Some("Bearer wrong")).await.expect(200, None);
+        for path in ["/assets/app.js", "/assets/app.css", "/assets/favicon.svg"] {
+            for auth in [None, Some("Bearer wrong")] {
+                let reply = send(&server, &Method::GET, path, auth).await;
+                assert_eq!(reply.status, 200, "{path}");
+                assert!(!reply.text().contains(id), "{path} shows no data");
+            }
+        }
+        send(&server, &Method::GET, "/assets/nope.js", None).await.expect(404, Some("not_found"));
         // None of it touched the queue.
         assert_eq!(server.queue.store().last_seq().await.unwrap(), seq);
         let after = server.get(&format!("/jobs/{id}")).await.expect(200, None);

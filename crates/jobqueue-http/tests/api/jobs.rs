@@ -185,7 +185,7 @@ both! {
         let index = server.get("/").await;
         assert_eq!(index.status, 200);
         assert_eq!(index.headers["content-type"], "text/html; charset=utf-8");
-        assert!(index.text().contains("openapi.json"));
+        assert!(index.text().contains("assets/app.js"));
         let doc = server.get("/openapi.json").await.expect(200, None);
         assert_eq!(doc, jobqueue_http::openapi::document());
         // HEAD answers the headers of GET.

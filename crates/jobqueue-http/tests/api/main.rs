@@ -57,6 +57,7 @@ macro_rules! both {
 
 mod auth;
 mod axum_mount;
+mod dashboard;
 mod errors;
 mod fuzz;
 mod jobs;
