@@ -42,10 +42,10 @@ const NEW_TOKEN_SQL: &str = "lower(printf('%s-%s-4%s-%s%s-%s', hex(randomblob(4)
 /// by its SQL text, which changes only with the number of excluded
 /// pipelines.
 struct ClaimQuery<'a> {
-    to: &'a str,
+    to: &'static str,
     now: i64,
     until: i64,
-    from: &'a str,
+    from: &'static str,
     excluded: &'a [String],
     only: Option<&'a [String]>,
     limit: i64,
@@ -53,8 +53,9 @@ struct ClaimQuery<'a> {
 
 impl QueryFragment<Sqlite> for ClaimQuery<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        // The statuses are constants of the store, written as literals.
         out.push_sql("UPDATE jobs SET status = ");
-        out.push_bind_param::<Text, _>(self.to)?;
+        push_literal(&mut out, self.to);
         out.push_sql(", attempt = attempt + 1, started_at = ");
         out.push_bind_param::<BigInt, _>(&self.now)?;
         out.push_sql(", lease_expires_at = ");
@@ -62,7 +63,7 @@ impl QueryFragment<Sqlite> for ClaimQuery<'_> {
         out.push_sql(", cancel_requested = 0, lease = ");
         out.push_sql(NEW_TOKEN_SQL);
         out.push_sql(" WHERE id IN (SELECT id FROM jobs WHERE status = ");
-        out.push_bind_param::<Text, _>(self.from)?;
+        push_literal(&mut out, self.from);
         out.push_sql(" AND run_at <= ");
         out.push_bind_param::<BigInt, _>(&self.now)?;
         out.push_sql(" AND pipeline NOT IN (");
@@ -73,11 +74,22 @@ impl QueryFragment<Sqlite> for ClaimQuery<'_> {
             push_list(&mut out, only)?;
             out.push_sql(")");
         }
-        out.push_sql(" ORDER BY priority DESC, run_at, created_at, id LIMIT ");
+        // `LIMIT ?` alone would make SQLite re-prepare the statement every
+        // time the limit changes (it looks at a bound LIMIT to plan); the
+        // CAST hides the parameter from that, so one plan serves every size.
+        out.push_sql(" ORDER BY priority DESC, run_at, created_at, id LIMIT CAST(");
         out.push_bind_param::<BigInt, _>(&self.limit)?;
-        out.push_sql(") RETURNING *");
+        out.push_sql(" AS INTEGER)) RETURNING *");
         Ok(())
     }
+}
+
+/// `'text'`, for constants of the store's own (statuses), which have no quote.
+fn push_literal(out: &mut AstPass<'_, '_, Sqlite>, text: &'static str) {
+    debug_assert!(!text.contains('\''));
+    out.push_sql("'");
+    out.push_sql(text);
+    out.push_sql("'");
 }
 
 /// `?, ?, ...`, one bound text per item.
