@@ -204,23 +204,14 @@ impl Job {
     /// record (a completed one its result: it never runs again), a new one
     /// is `pending`, and a completed phase the pipeline no longer has keeps
     /// its result after the others; one that had not completed is dropped.
-    /// Only for a running job between phases (its worker does it right
-    /// after the claim). No event: the job's state does not change.
+    /// Only for a running job, right after its claim: a phase the claim
+    /// started goes back to `pending` (the worker starts the right one in
+    /// the new list). No event: the job's state does not change.
     pub fn reshape_phases(&mut self, names: &[String]) -> Result<(), StoreError> {
         if self.status != JobStatus::Running {
             return Err(StoreError::Conflict(format!(
                 "job {} is {}: only a running job's phases can be changed",
                 self.id, self.status
-            )));
-        }
-        if let Some(p) = self
-            .phases
-            .iter()
-            .find(|p| p.status == PhaseStatus::Running)
-        {
-            return Err(StoreError::Conflict(format!(
-                "job {}: phase {:?} is running; its phases cannot change now",
-                self.id, p.name
             )));
         }
         for (i, name) in names.iter().enumerate() {
@@ -230,6 +221,13 @@ impl Job {
                     "phase name {name:?} appears twice"
                 )));
             }
+        }
+        if let Some(i) = self
+            .phases
+            .iter()
+            .position(|p| p.status == PhaseStatus::Running)
+        {
+            self.step_phase(i, PhaseAction::Interrupt)?;
         }
         let mut old = std::mem::take(&mut self.phases);
         let mut phases = Vec::with_capacity(names.len());
@@ -315,6 +313,44 @@ impl Job {
             index,
             result,
         })
+    }
+
+    /// Phase `index` completed at `now` with `result`, and the job goes on
+    /// as `next` says (the next phase starts in `attempt`, or the job
+    /// completes). All or nothing: if the second step is refused, the job
+    /// is left as it was. Returns the events of both steps, in order.
+    pub fn advance(
+        &mut self,
+        index: usize,
+        result: serde_json::Value,
+        next: crate::store::Next,
+        attempt: u32,
+        now: OffsetDateTime,
+    ) -> Result<Vec<EventData>, StoreError> {
+        let mut after = self.clone();
+        let completed = after.complete_phase(index, result, now)?;
+        let then = match next {
+            crate::store::Next::Phase(n) => after.start_phase(n, attempt, now)?,
+            crate::store::Next::Complete => after.complete(now)?,
+        };
+        *self = after;
+        Ok(vec![completed, then])
+    }
+
+    /// Claims the job like [`claim`](Self::claim) and, if it has one, also
+    /// starts its first phase not completed (`start`). Returns the events.
+    pub fn claim_and_start(
+        &mut self,
+        token: LeaseToken,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+        start: bool,
+    ) -> Result<Vec<EventData>, StoreError> {
+        let mut events = vec![self.claim(token, until, now)?];
+        if let Some(i) = self.first_incomplete_phase().filter(|_| start) {
+            events.push(self.start_phase(i, self.attempt, now)?);
+        }
+        Ok(events)
     }
 
     /// Phase `index` failed at `now` with `error`; the job is queued again

@@ -26,7 +26,7 @@ use crate::outbox::{
 };
 use crate::store::{
     CancelOutcome, ClaimRequest, Claimed, EventFilter, EventSink, FailureOutcome, JobCount,
-    JobFilter, JobPage, JobStore, Lease, Pruned, RecoverScope,
+    JobFilter, JobPage, JobStore, Lease, Next, Pruned, RecoverScope,
 };
 
 /// The page size of [`JobStore::list`] when the filter gives none.
@@ -270,8 +270,9 @@ impl JobStore for MemoryStore {
         for id in ids {
             let mut job = st.job(id)?;
             let token = LeaseToken::new();
-            let data = job.claim(token, until, now)?;
-            staged.push(Staged::new(&job, data));
+            for data in job.claim_and_start(token, until, now, req.start_phase)? {
+                staged.push(Staged::new(&job, data));
+            }
             let lease = Lease {
                 job_id: id,
                 token,
@@ -362,6 +363,23 @@ impl JobStore for MemoryStore {
         st.jobs.insert(job.id, job.clone());
         st.commit(now, staged);
         Ok(job)
+    }
+
+    async fn advance(
+        &self,
+        lease: &Lease,
+        index: usize,
+        result: Value,
+        next: Next,
+    ) -> Result<(), StoreError> {
+        let now = self.now();
+        let mut st = self.lock();
+        let mut job = st.leased(lease)?;
+        let events = job.advance(index, result, next, lease.attempt, now)?;
+        let staged = events.into_iter().map(|d| Staged::new(&job, d)).collect();
+        st.jobs.insert(job.id, job);
+        st.commit(now, staged);
+        Ok(())
     }
 
     async fn complete_job(&self, lease: &Lease) -> Result<Job, StoreError> {

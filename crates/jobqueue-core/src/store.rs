@@ -73,6 +73,11 @@ pub struct ClaimRequest {
     /// run); `None` claims any. A job of a pipeline no process defines then
     /// stays queued instead of being claimed and failed.
     pub pipelines: Option<Vec<String>>,
+    /// Also start each claimed job's first phase not completed, in the same
+    /// step (event `job.phase.started` after `job.started`), so the worker
+    /// does not come back for it. A store may ignore this: the worker starts
+    /// a phase the claimed job does not show as running.
+    pub start_phase: bool,
 }
 
 impl ClaimRequest {
@@ -83,7 +88,15 @@ impl ClaimRequest {
             lease_for: Duration::from_secs(30),
             exclude_pipelines: Vec::new(),
             pipelines: None,
+            start_phase: false,
         }
+    }
+
+    /// Starts each claimed job's first phase not completed with the claim
+    /// (see [`ClaimRequest::start_phase`]).
+    pub fn start_phase(mut self) -> Self {
+        self.start_phase = true;
+        self
     }
 
     /// Leases last `lease_for` unless a heartbeat renews them.
@@ -103,6 +116,16 @@ impl ClaimRequest {
         self.pipelines = Some(pipelines);
         self
     }
+}
+
+/// What [`JobStore::advance`] does after it completes a phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Start this phase (event `job.phase.started`).
+    Phase(usize),
+    /// Complete the job (event `job.completed`); every phase must then be
+    /// completed.
+    Complete,
 }
 
 /// How a phase failure ends.
@@ -275,6 +298,28 @@ pub trait JobStore: Send + Sync + 'static {
         error: String,
         outcome: FailureOutcome,
     ) -> Result<Job, StoreError>;
+
+    /// Phase `index` completed with `result` and the job goes on, in one
+    /// atomic step: the next phase starts, or the job completes (see
+    /// [`Next`]). The same events, in the same order, as
+    /// [`phase_completed`](Self::phase_completed) followed by
+    /// [`phase_started`](Self::phase_started) or
+    /// [`complete_job`](Self::complete_job); if the second step is refused,
+    /// nothing is written. The default makes the two calls, which is correct
+    /// but not atomic; stores override it to save a round trip per phase.
+    async fn advance(
+        &self,
+        lease: &Lease,
+        index: usize,
+        result: Value,
+        next: Next,
+    ) -> Result<(), StoreError> {
+        self.phase_completed(lease, index, result).await?;
+        match next {
+            Next::Phase(n) => self.phase_started(lease, n).await,
+            Next::Complete => self.complete_job(lease).await.map(drop),
+        }
+    }
 
     /// Every phase completed: the job completes (event `job.completed` with
     /// all results). Refused while a phase is not completed.

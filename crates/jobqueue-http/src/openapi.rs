@@ -271,11 +271,11 @@ fn operation(endpoint: Endpoint) -> Value {
         ),
         Endpoint::Index => (
             "dashboard",
-            "The dashboard: a live page of the jobs (no token needed for the page; it asks for one)",
+            "The dashboard: a live page of the jobs (with a token configured, open `/?token=...`)",
             vec![],
             None,
             json!({"200": {
-                "description": "The dashboard's HTML page. It holds no data: the page asks for the token and sends it with every API request.",
+                "description": "The dashboard's HTML page. It holds no data: the page reads the API with the token it was opened with.",
                 "content": {"text/html": {"schema": {"type": "string"}}},
             }}),
             &[],

@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use jobqueue_core::health::panic_message;
 use jobqueue_core::{
-    Claimed, ErrorKind, FailureOutcome, Job, JobError, JobStore, Lease, PhaseStatus, RetryPolicy,
-    StoreError, timefmt,
+    Claimed, ErrorKind, FailureOutcome, Job, JobError, JobStore, Lease, Next, PhaseStatus,
+    RetryPolicy, StoreError, timefmt,
 };
 use serde_json::{Map, Value};
 use tokio::sync::watch;
@@ -140,55 +140,122 @@ impl JobRun<'_> {
             .attempt_timeout
             .and_then(|t| Deadline::after(t, "attempt"));
         let mut results = job.results();
-        let first = job.first_incomplete_phase().unwrap_or(names.len());
-        for (index, spec) in pipeline.phases.iter().enumerate().skip(first) {
-            // After a reordering a later phase may have completed already.
-            if job
-                .phases
-                .get(index)
-                .is_some_and(|p| p.status == PhaseStatus::Completed)
-            {
-                continue;
-            }
-            if self.cancel.is_cancelled() {
-                self.end_cancelled().await;
-                return;
-            }
-            if self.inner.stop_phases.is_cancelled() {
-                self.end_interrupted().await;
-                return;
+        // Phases left to run, in pipeline order; a phase that completed
+        // already (after a reordering, a later one may have) is skipped.
+        let todo: Vec<usize> = (0..pipeline.phases.len())
+            .filter(|i| {
+                job.phases
+                    .get(*i)
+                    .is_none_or(|p| p.status != PhaseStatus::Completed)
+            })
+            .collect();
+        // The claim may have started the first of them already.
+        let mut started = todo.first().copied().filter(|i| {
+            job.phases
+                .get(*i)
+                .is_some_and(|p| p.status == PhaseStatus::Running)
+        });
+        for (pos, &index) in todo.iter().enumerate() {
+            let spec = &pipeline.phases[index];
+            if started != Some(index) {
+                if self.cancel.is_cancelled() {
+                    self.end_cancelled().await;
+                    return;
+                }
+                if self.inner.stop_phases.is_cancelled() {
+                    self.end_interrupted().await;
+                    return;
+                }
+                if let Err(e) = self.store().phase_started(&self.lease, index).await {
+                    self.store_failed("start phase", &e);
+                    return;
+                }
             }
             let span = info_span!("phase", phase = %names[index], index);
-            let go_on = self
-                .run_phase(&job, &pipeline, index, spec, &mut results, deadline.clone())
+            let Some(value) = self
+                .run_phase(&job, &pipeline, index, spec, &results, deadline.clone())
                 .instrument(span)
-                .await;
-            if !go_on {
+                .await
+            else {
                 return;
+            };
+            // The phase's completion and what follows, in one write: the
+            // next phase starts (unless the job was told to stop
+            // meanwhile), or the job completes.
+            let stopping = self.cancel.is_cancelled() || self.inner.stop_phases.is_cancelled();
+            let next = match todo.get(pos.saturating_add(1)) {
+                Some(n) if !stopping => Some(Next::Phase(*n)),
+                Some(_) => None,
+                None => Some(Next::Complete),
+            };
+            let written = match next {
+                Some(next) => {
+                    self.store()
+                        .advance(&self.lease, index, value.clone(), next)
+                        .await
+                }
+                None => {
+                    self.store()
+                        .phase_completed(&self.lease, index, value.clone())
+                        .await
+                }
+            };
+            match written {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Invalid => {
+                    // A result the store refuses (nested too deep, too
+                    // large) would be refused on every run: the phase
+                    // fails for good rather than leave the job running
+                    // until recovery runs it again, forever.
+                    let err =
+                        PhaseError::permanent(format!("the store refused the phase's result: {e}"));
+                    self.phase_failed(&job, &pipeline, index, err).await;
+                    return;
+                }
+                Err(e) => {
+                    self.store_failed("complete phase", &e);
+                    return;
+                }
+            }
+            debug!("phase completed");
+            results.insert(names[index].clone(), value);
+            match next {
+                Some(Next::Phase(n)) => started = Some(n),
+                Some(Next::Complete) => {
+                    info!("job completed");
+                    return;
+                }
+                None if self.cancel.is_cancelled() => {
+                    self.end_cancelled().await;
+                    return;
+                }
+                None => {
+                    self.end_interrupted().await;
+                    return;
+                }
             }
         }
+        // Nothing was left to run (every phase had completed).
         match self.store().complete_job(&self.lease).await {
             Ok(_) => info!("job completed"),
             Err(e) => self.store_failed("complete job", &e),
         }
     }
 
-    /// Runs one phase and persists how it ended. Returns whether the job
-    /// goes on to its next phase.
+    /// Runs one phase, started already, to its end. Returns its result when
+    /// it completed and the job goes on; otherwise persists how the run
+    /// ended (a failure, a cancel, a shutdown; nothing when the lease was
+    /// lost) and returns `None`.
     async fn run_phase(
         &self,
         job: &Job,
         pipeline: &Pipeline,
         index: usize,
         spec: &PhaseSpec,
-        results: &mut Map<String, Value>,
+        results: &Map<String, Value>,
         attempt_deadline: Option<Deadline>,
-    ) -> bool {
+    ) -> Option<Value> {
         let name = spec.phase.name().to_owned();
-        if let Err(e) = self.store().phase_started(&self.lease, index).await {
-            self.store_failed("start phase", &e);
-            return false;
-        }
         debug!("phase started");
         let (reporter, progress_rx) = ProgressReporter::new();
         let ctx = PhaseContext {
@@ -215,68 +282,33 @@ impl JobRun<'_> {
                 warn!(
                     "lease lost: another worker owns the job now; this run stops without writing"
                 );
-                false
+                None
             }
+            // Completed; a stop that came meanwhile is the caller's to see.
             Ended {
                 result: Some(Ok(value)),
-                stop,
-            } => {
-                match self
-                    .store()
-                    .phase_completed(&self.lease, index, value.clone())
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == ErrorKind::Invalid => {
-                        // A result the store refuses (nested too deep, too
-                        // large) would be refused on every run: the phase
-                        // fails for good rather than leave the job running
-                        // until recovery runs it again, forever.
-                        let err = PhaseError::permanent(format!(
-                            "the store refused the phase's result: {e}"
-                        ));
-                        self.phase_failed(job, pipeline, index, err).await;
-                        return false;
-                    }
-                    Err(e) => {
-                        self.store_failed("complete phase", &e);
-                        return false;
-                    }
-                }
-                debug!("phase completed");
-                results.insert(name, value);
-                match stop {
-                    Some(Stop::Cancel) => {
-                        self.end_cancelled().await;
-                        false
-                    }
-                    Some(Stop::Shutdown) => {
-                        self.end_interrupted().await;
-                        false
-                    }
-                    _ => true,
-                }
-            }
+                ..
+            } => Some(value),
             Ended {
                 stop: Some(Stop::Cancel),
                 ..
             } => {
                 self.end_cancelled().await;
-                false
+                None
             }
             Ended {
                 stop: Some(Stop::Shutdown),
                 ..
             } => {
                 self.end_interrupted().await;
-                false
+                None
             }
             Ended {
                 result: Some(Err(err)),
                 stop: None,
             } => {
                 self.phase_failed(job, pipeline, index, err).await;
-                false
+                None
             }
             Ended {
                 result: None,
@@ -290,7 +322,7 @@ impl JobRun<'_> {
                     PhaseError::retryable("phase ended without a result"),
                 )
                 .await;
-                false
+                None
             }
         }
     }

@@ -468,10 +468,13 @@ async fn claim_round(inner: &Arc<Inner>) {
         }
         // Only the pipelines this process runs: a job of another pipeline
         // stays queued for a process that defines it (see `Runtime::stranded`).
+        // The claim also starts each job's first phase: one write fewer a
+        // job (the runner starts a phase the claim did not).
         let req = ClaimRequest::new(limit)
             .lease_for(inner.config.lease)
             .exclude_pipelines(exclude)
-            .pipelines(inner.pipelines.names());
+            .pipelines(inner.pipelines.names())
+            .start_phase();
         let claimed = match inner.store.claim(req).await {
             Ok(c) => c,
             Err(e) => {

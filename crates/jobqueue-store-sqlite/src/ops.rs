@@ -17,8 +17,8 @@ use jobqueue_core::apply::lease_until;
 use jobqueue_core::machine::job_transition;
 use jobqueue_core::{
     AttemptOutcome, CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryId, DeliveryStatus,
-    EventData, FailureOutcome, Job, JobAction, JobError, JobId, JobStatus, Lease, NewJob, Progress,
-    Pruned, RecoverScope, StoreError,
+    EventData, FailureOutcome, Job, JobAction, JobError, JobId, JobStatus, Lease, NewJob, Next,
+    Progress, Pruned, RecoverScope, StoreError,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -263,7 +263,7 @@ pub(crate) fn claim(tx: &mut Tx<'_>, req: ClaimRequest) -> Result<Vec<Claimed>, 
     fail_unreadable(tx, loaded.unreadable)?;
     let jobs = loaded.jobs;
     let mut claimed = Vec::with_capacity(jobs.len());
-    for job in jobs {
+    for mut job in jobs {
         let token = job
             .lease
             .ok_or_else(|| crate::error::corrupt("claimed job without a lease"))?;
@@ -274,7 +274,15 @@ pub(crate) fn claim(tx: &mut Tx<'_>, req: ClaimRequest) -> Result<Vec<Claimed>, 
                 attempt: job.attempt,
             },
         )?;
-        tx.cache.put(&job);
+        match job.first_incomplete_phase().filter(|_| req.start_phase) {
+            Some(i) => {
+                let before = job.clone();
+                let started = job.start_phase(i, job.attempt, now)?;
+                save(tx, &before, &job)?;
+                emit(tx, &job, started)?;
+            }
+            None => tx.cache.put(&job),
+        }
         let lease = Lease {
             job_id: job.id,
             token,
@@ -426,6 +434,19 @@ pub(crate) fn phase_failed(
     change_leased(tx, lease, |job, now| {
         job.fail_phase(index, error, outcome, now)
     })
+}
+
+pub(crate) fn advance(
+    tx: &mut Tx<'_>,
+    lease: &Lease,
+    index: usize,
+    result: Value,
+    next: Next,
+) -> Result<(), StoreError> {
+    change_leased(tx, lease, |job, now| {
+        job.advance(index, result, next, lease.attempt, now)
+    })
+    .map(drop)
 }
 
 pub(crate) fn complete_job(tx: &mut Tx<'_>, lease: &Lease) -> Result<Job, StoreError> {

@@ -12,7 +12,8 @@ use futures_channel::oneshot;
 use jobqueue_core::{
     AttemptOutcome, CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId,
     Event, EventFilter, EventSink, FailureOutcome, Job, JobCount, JobError, JobFilter, JobId,
-    JobPage, JobStore, Lease, NewJob, Progress, Pruned, RecoverScope, StoreError, WebhookRoute,
+    JobPage, JobStore, Lease, NewJob, Next, Progress, Pruned, RecoverScope, StoreError,
+    WebhookRoute,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -324,6 +325,18 @@ impl JobStore for SqliteStore {
     ) -> Result<Job, StoreError> {
         let lease = *lease;
         self.write(move |tx| ops::phase_failed(tx, &lease, index, error.clone(), outcome.clone()))
+            .await
+    }
+
+    async fn advance(
+        &self,
+        lease: &Lease,
+        index: usize,
+        result: Value,
+        next: Next,
+    ) -> Result<(), StoreError> {
+        let lease = *lease;
+        self.write(move |tx| ops::advance(tx, &lease, index, result.clone(), next))
             .await
     }
 

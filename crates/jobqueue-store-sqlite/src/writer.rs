@@ -87,6 +87,7 @@ impl MergedClaims {
                     c.req.lease_for == first.lease_for
                         && c.req.exclude_pipelines == first.exclude_pipelines
                         && c.req.pipelines == first.pipelines
+                        && c.req.start_phase == first.start_phase
                 })
                 .count();
             let total = self.claims[i..i + run]
@@ -96,6 +97,7 @@ impl MergedClaims {
                 .lease_for(first.lease_for)
                 .exclude_pipelines(first.exclude_pipelines.clone());
             merged.pipelines.clone_from(&first.pipelines);
+            merged.start_phase = first.start_phase;
             let mut claimed = crate::ops::claim(tx, merged)?.into_iter();
             for c in &self.claims[i..i + run] {
                 answers.push(claimed.by_ref().take(c.req.limit).collect());

@@ -163,7 +163,9 @@ async fn a_lease_rescue_panic_is_counted_and_rescue_goes_on() {
 #[tokio::test(start_paused = true)]
 async fn a_worker_panic_outside_its_phase_queues_the_job_again() {
     let world = World::new();
-    let (rt, job) = one_job_with_a_panic_in(&world, "phase_started", world.config(), 3).await;
+    // The claim starts the phase; the worker's own first write is the
+    // phase's completion, and it panics there.
+    let (rt, job) = one_job_with_a_panic_in(&world, "phase_completed", world.config(), 3).await;
 
     world.events.wait_for(job.id, EventType::JobCompleted).await;
     let types = world.events.types_of(job.id);
@@ -172,6 +174,7 @@ async fn a_worker_panic_outside_its_phase_queues_the_job_again() {
         [
             EventType::JobCreated,
             EventType::JobStarted,
+            EventType::PhaseStarted,
             EventType::JobInterrupted,
             EventType::JobStarted,
             EventType::PhaseStarted,
@@ -179,7 +182,7 @@ async fn a_worker_panic_outside_its_phase_queues_the_job_again() {
             EventType::JobCompleted,
         ]
     );
-    panicked_once_and_runs(&rt.health(), "workers", "phase_started");
+    panicked_once_and_runs(&rt.health(), "workers", "phase_completed");
     rt.shutdown(Duration::from_secs(1)).await;
 }
 
