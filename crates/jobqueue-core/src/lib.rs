@@ -24,6 +24,7 @@ pub mod event;
 pub mod health;
 pub mod id;
 pub mod job;
+pub mod listen;
 pub mod machine;
 pub mod memory;
 #[cfg(test)]
@@ -42,6 +43,7 @@ pub use event::{Event, EventData};
 pub use health::{Health, TaskHealth, TaskState};
 pub use id::{DeliveryId, JobId, LeaseToken};
 pub use job::{Interrupted, Job, JobError, NewJob, Phase, Progress};
+pub use listen::{Capabilities, Listeners, Notice, StoreListener};
 pub use machine::{EventType, JobAction, JobStatus, PhaseAction, PhaseStatus, TransitionError};
 pub use memory::MemoryStore;
 pub use names::UnknownName;

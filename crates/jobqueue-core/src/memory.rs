@@ -20,6 +20,7 @@ use crate::error::StoreError;
 use crate::event::{Event, EventData};
 use crate::id::{DeliveryId, JobId, LeaseToken};
 use crate::job::{Job, JobError, NewJob, Progress};
+use crate::listen::{Capabilities, Listeners, StoreListener};
 use crate::machine::{JobAction, JobStatus, job_transition};
 use crate::outbox::{
     AttemptOutcome, Delivery, DeliveryFilter, DeliveryStatus, WebhookRoute, deliveries_for,
@@ -59,6 +60,7 @@ struct State {
     deliveries: BTreeMap<DeliveryId, Delivery>,
     routes: Vec<WebhookRoute>,
     sink: Option<Arc<dyn EventSink>>,
+    listeners: Arc<Listeners>,
 }
 
 impl State {
@@ -116,6 +118,7 @@ impl State {
                 // Subscribers resync from the store; nothing is lost.
             }
         }
+        self.listeners.notify_for(&published);
     }
 
     /// Removes a job and its events, keeping the `job.deleted` tombstone
@@ -191,6 +194,15 @@ impl JobStore for MemoryStore {
 
     fn set_webhook_routes(&self, routes: Vec<WebhookRoute>) {
         self.lock().routes = routes;
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::single_process()
+    }
+
+    fn listen(&self, listener: Arc<dyn StoreListener>) -> bool {
+        self.lock().listeners.add(listener);
+        true
     }
 
     async fn enqueue(&self, spec: NewJob) -> Result<Job, StoreError> {
@@ -728,5 +740,13 @@ mod conformance {
 
     crate::conformance_tests!(|clock| {
         Box::pin(async move { Arc::new(MemoryStore::with_clock(clock)) as Arc<dyn JobStore> })
+    });
+
+    // One process's store, handed out twice: the races against itself.
+    crate::shared_conformance_tests!(|clock| {
+        Box::pin(async move {
+            let store = Arc::new(MemoryStore::with_clock(clock)) as Arc<dyn JobStore>;
+            (store.clone(), store)
+        })
     });
 }

@@ -36,6 +36,7 @@ use crate::error::StoreError;
 use crate::event::Event;
 use crate::id::{DeliveryId, JobId, LeaseToken};
 use crate::job::{Job, JobError, NewJob, Progress};
+use crate::listen::{Capabilities, StoreListener};
 use crate::machine::{EventType, JobStatus};
 use crate::outbox::{AttemptOutcome, Delivery, DeliveryFilter, WebhookRoute};
 
@@ -239,6 +240,48 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Sets the configured webhook endpoints that future events route to.
     fn set_webhook_routes(&self, routes: Vec<WebhookRoute>);
+
+    /// What this store supports (see [`Capabilities`]). The default: a
+    /// store one process owns, without a listener.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
+    /// Adds a listener for [`Notice`](crate::Notice)s: runnable work and
+    /// committed events, of every process sharing the store (see
+    /// [`crate::listen`]). Returns whether the store will send any; the
+    /// default sends none (`false`), and its users poll.
+    fn listen(&self, listener: Arc<dyn StoreListener>) -> bool {
+        let _ = listener;
+        false
+    }
+
+    /// Takes or keeps the leadership of `role` (say `"retention"`) for
+    /// `holder` until `now + ttl`, and returns whether `holder` leads. A
+    /// holder that leads stays leader while it calls this again before its
+    /// term ends; once a term ended without renewal, the next caller takes
+    /// over. Singleton work (retention, lease rescue) runs only on the
+    /// leader of a shared store. The default, for a store one process
+    /// owns, always answers `true`: a shared store must override it.
+    async fn try_lead(&self, role: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let _ = (role, holder, ttl);
+        Ok(true)
+    }
+
+    /// Claims up to `limit` due deliveries for `lease_for`: no other call
+    /// returns them again before that time has passed, unless
+    /// [`record_attempt`](Self::record_attempt) recorded an attempt that
+    /// made them due again. So two dispatchers sharing a store never post
+    /// one delivery at the same time. The default, for a store one process
+    /// (and one dispatcher) owns, is [`due_deliveries`](Self::due_deliveries).
+    async fn claim_deliveries(
+        &self,
+        limit: usize,
+        lease_for: Duration,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let _ = lease_for;
+        self.due_deliveries(limit).await
+    }
 
     /// Stops the store: the writes already sent still commit, later calls
     /// fail with [`ErrorKind::Closed`](crate::ErrorKind::Closed), and once

@@ -27,11 +27,13 @@
 
 pub mod bus;
 pub mod sse;
+pub mod tail;
 pub mod webhook;
 pub mod wire;
 
 pub use bus::{EventBus, Subscription};
 pub use sse::{SseOptions, after_from_request, sse_body, sse_stream};
+pub use tail::Tail;
 pub use webhook::{
     Dispatcher, DispatcherHandle, Endpoint, WebhookConfig, WebhookError, check_webhook_url,
     check_webhook_url_resolved,

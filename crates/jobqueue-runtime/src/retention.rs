@@ -129,18 +129,37 @@ pub async fn run_retention_pass(
 }
 
 /// The scheduler loop; ends when `stop` fires.
+/// The leader role of retention in a shared store.
+pub(crate) const RETENTION_ROLE: &str = "retention";
+
 pub(crate) async fn retention_loop(
     store: Arc<dyn JobStore>,
     clock: Arc<dyn Clock>,
     config: RetentionConfig,
     stop: CancellationToken,
+    holder: String,
 ) {
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The leader renews its term every interval; a term of three intervals
+    // survives a slow pass, and a dead leader is replaced within about
+    // three intervals.
+    let term = crate::runtime::leader_term(config.interval);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             () = stop.cancelled() => break,
+        }
+        match store.try_lead(RETENTION_ROLE, &holder, term).await {
+            Ok(true) => {}
+            Ok(false) => {
+                debug!("retention: another process leads");
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "retention: could not take the lead; trying again next interval");
+                continue;
+            }
         }
         match run_retention_pass(&*store, &*clock, &config).await {
             Ok(p) if p != RetentionPass::default() => {

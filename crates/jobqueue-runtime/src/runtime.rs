@@ -11,7 +11,8 @@ use futures_util::FutureExt;
 use jobqueue_core::apply::lease_until;
 use jobqueue_core::{
     CancelOutcome, ClaimRequest, Claimed, Clock, Health, JobCount, JobId, JobStatus, JobStore,
-    RecoverScope, RetryPolicy, SeededJitter, StoreError, SystemClock, TaskState, timefmt,
+    LeaseToken, Notice, RecoverScope, RetryPolicy, SeededJitter, StoreError, StoreListener,
+    SystemClock, TaskState, timefmt,
 };
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -156,7 +157,35 @@ pub(crate) struct Inner {
     tracker: TaskTracker,
     /// The health of the background tasks.
     pub(crate) tasks: Tasks,
+    /// This runtime's name as a leader of singleton work (retention, lease
+    /// rescue) in a shared store: unique per process and start.
+    pub(crate) holder: String,
 }
+
+/// Wakes the pump on the store's notices of new work, and after its
+/// listener came back (work may have been missed meanwhile).
+struct PumpWaker(std::sync::Weak<Inner>);
+
+impl StoreListener for PumpWaker {
+    fn notice(&self, notice: Notice) {
+        if matches!(notice, Notice::JobsAvailable | Notice::Resumed)
+            && let Some(inner) = self.0.upgrade()
+        {
+            inner.wake.notify_one();
+        }
+    }
+}
+
+/// How long a leader's term lasts when it renews it every `period`:
+/// three periods, at most a day.
+pub(crate) fn leader_term(period: Duration) -> Duration {
+    period
+        .saturating_mul(3)
+        .min(Duration::from_secs(24 * 60 * 60))
+}
+
+/// The leader role of lease rescue in a shared store.
+pub(crate) const LEASE_RESCUE_ROLE: &str = "lease-rescue";
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded data are counters and maps updated in single statements;
@@ -260,7 +289,15 @@ impl Runtime {
             jitter: Mutex::new(seed.map_or_else(SeededJitter::from_entropy, SeededJitter::new)),
             tracker: TaskTracker::new(),
             tasks: Tasks::default(),
+            holder: format!("pid{}-{}", std::process::id(), LeaseToken::new()),
         });
+        // Work enqueued by another process (or retried, rescued) wakes the
+        // pump at once; without a listener, or while it is lost, the pump
+        // polls every `poll_interval`.
+        let listening = inner
+            .store
+            .listen(Arc::new(PumpWaker(Arc::downgrade(&inner))));
+        debug!(listening, "store listener");
         inner.tasks.add(PUMP);
         inner.tasks.add(WORKERS);
         if let Some(retention) = inner.config.retention {
@@ -269,7 +306,8 @@ impl Runtime {
                 .tracker
                 .spawn(supervise(inner.clone(), RETENTION, move |inner| {
                     let (store, clock) = (inner.store.clone(), inner.config.clock.clone());
-                    retention_loop(store, clock, retention, inner.stop_claiming.clone())
+                    let holder = inner.holder.clone();
+                    retention_loop(store, clock, retention, inner.stop_claiming.clone(), holder)
                 }));
         }
         if inner.config.recover == RecoverScope::ExpiredLeases {
@@ -425,10 +463,24 @@ async fn pump(inner: Arc<Inner>) {
 async fn rescue_loop(inner: Arc<Inner>) {
     let mut ticker = tokio::time::interval(inner.config.lease);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let term = leader_term(inner.config.lease);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             () = inner.stop_claiming.cancelled() => break,
+        }
+        // One process rescues for all: the leader (see `JobStore::try_lead`).
+        match inner
+            .store
+            .try_lead(LEASE_RESCUE_ROLE, &inner.holder, term)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                warn!(error = %e, "lease rescue: could not take the lead; trying again next period");
+                continue;
+            }
         }
         match inner.store.recover(RecoverScope::ExpiredLeases).await {
             Ok(jobs) if !jobs.is_empty() => {

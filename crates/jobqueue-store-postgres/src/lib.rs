@@ -77,6 +77,7 @@
 
 pub mod codegen;
 mod error;
+mod listen;
 mod migrate;
 mod ops;
 mod options;
@@ -84,6 +85,7 @@ mod read;
 mod rows;
 mod schema;
 mod seq;
+mod singleton;
 mod store;
 #[cfg(test)]
 mod tests;

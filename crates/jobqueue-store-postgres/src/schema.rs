@@ -44,6 +44,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    leaders (role) {
+        role -> Text,
+        holder -> Text,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     phases (job_id, idx) {
         job_id -> Uuid,
         idx -> Integer,
@@ -99,6 +107,7 @@ diesel::joinable!(phases -> jobs (job_id));
 diesel::allow_tables_to_appear_in_same_query!(
     events,
     jobs,
+    leaders,
     phases,
     seq_reservations,
     store_state,

@@ -13,7 +13,7 @@ use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
-use jobqueue_core::{AttemptOutcome, ErrorKind};
+use jobqueue_core::{AttemptOutcome, Capabilities, ErrorKind, StoreListener};
 use jobqueue_core::{
     CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId, Event, EventFilter,
     EventSink, FailureOutcome, Job, JobCount, JobError, JobFilter, JobId, JobPage, JobStore, Lease,
@@ -25,11 +25,12 @@ use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
 use crate::error::{conn_err, internal};
+use crate::listen::Listener;
 use crate::migrate::{SyncConn, migrate};
 use crate::options::PostgresOptions;
 use crate::seq::Sequencer;
 use crate::tx::Inner;
-use crate::{ops, read};
+use crate::{ops, read, singleton};
 
 /// The [`JobStore`] on PostgreSQL, for one process or many sharing a
 /// database. Cheap to clone: clones share the pool.
@@ -78,6 +79,7 @@ impl PostgresStore {
         .map_err(|e| internal(format!("migrating the postgres schema panicked: {e}")))??;
         let setup = session_setup(&options);
         let pool = pool(url, &options, &setup)?;
+        let channel = crate::listen::channel(options.schema.as_deref());
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
@@ -85,6 +87,8 @@ impl PostgresStore {
                 sink: RwLock::new(None),
                 routes: RwLock::new(Arc::from(Vec::new())),
                 sequencer: Sequencer::new(url, &setup, options.connect_timeout),
+                listener: Listener::new(url, &setup, channel.clone(), options.connect_timeout),
+                channel,
                 closed: AtomicBool::new(false),
                 tasks: TaskTracker::new(),
                 runtime,
@@ -174,8 +178,18 @@ impl JobStore for PostgresStore {
         *self.inner.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(routes);
     }
 
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::shared()
+    }
+
+    fn listen(&self, listener: Arc<dyn StoreListener>) -> bool {
+        self.inner.listener.add(listener, &self.inner.runtime);
+        true
+    }
+
     async fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
+        self.inner.listener.close();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
         self.inner.pool.close();
@@ -397,6 +411,28 @@ impl JobStore for PostgresStore {
         let now = self.inner.now()?;
         self.inner
             .run(move |conn| Box::pin(async move { read::due_deliveries(conn, now, limit).await }))
+            .await
+    }
+
+    async fn try_lead(&self, role: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = self.inner.now()?;
+        let (role, holder) = (role.to_owned(), holder.to_owned());
+        self.inner
+            .run(move |conn| {
+                Box::pin(async move { singleton::try_lead(conn, now, &role, &holder, ttl).await })
+            })
+            .await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        limit: usize,
+        lease_for: Duration,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.inner
+            .write(move |tx| {
+                Box::pin(async move { singleton::claim_deliveries(tx, limit, lease_for).await })
+            })
             .await
     }
 

@@ -35,6 +35,7 @@ use diesel_async::{
     TransactionManager,
 };
 use jobqueue_core::clock::truncate_to_micros;
+use jobqueue_core::listen::makes_work;
 use jobqueue_core::outbox::deliveries_for;
 use jobqueue_core::{
     Clock, ErrorKind, Event, EventData, EventSink, Job, JobId, StoreError, WebhookRoute,
@@ -44,6 +45,7 @@ use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
 use crate::error::{closed, db_err, internal, pool_err};
+use crate::listen::{EVENTS, Listener, WORK};
 use crate::rows::{DeliveryRow, EventRow, columns, sql_count, sql_seq};
 use crate::seq::{Number, OWNER_SQL, Sequencer};
 
@@ -128,6 +130,10 @@ pub(crate) struct Inner {
     pub(crate) routes: RwLock<Arc<[WebhookRoute]>>,
     /// Sequence numbers and the publishing queue (see [`crate::seq`]).
     pub(crate) sequencer: Sequencer,
+    /// The notification channel commits notify (see [`crate::listen`]).
+    pub(crate) channel: String,
+    /// This process's listener connection, opened with the first listener.
+    pub(crate) listener: Listener,
     pub(crate) closed: AtomicBool,
     pub(crate) tasks: TaskTracker,
     pub(crate) runtime: Handle,
@@ -210,7 +216,7 @@ impl Inner {
             settled: false,
         };
         let routes = Arc::clone(&*self.routes.read().unwrap_or_else(|e| e.into_inner()));
-        let events = match append(&mut tx, &routes, base).await {
+        let events = match append(&mut tx, &routes, base, &self.channel).await {
             Ok(events) => events,
             Err(e) => {
                 let e = rollback(&mut tx, e).await;
@@ -343,8 +349,9 @@ fn connection_gone(e: StoreError) -> StoreError {
 
 /// Inserts the staged events with their reserved numbers (those after
 /// `$1`) and their webhook deliveries (the event snapshot copied from the
-/// event row), and deletes the reservation, in one statement; returns how
-/// many events it inserted.
+/// event row), deletes the reservation, and notifies the store's channel
+/// `$18` with `$19` at the commit (see [`crate::listen`]), in one
+/// statement; returns how many events it inserted.
 const APPEND_SQL: &str = "\
 WITH e AS (
     INSERT INTO events (seq, job_id, pipeline, event_type, at, data)
@@ -365,12 +372,19 @@ WITH e AS (
     JOIN e ON e.seq = u.event_seq
 ), r AS (
     DELETE FROM seq_reservations WHERE first_seq = $1 + 1
+), nt AS (
+    SELECT pg_notify($18, $19)
 )
-SELECT count(*) AS n FROM e";
+SELECT (SELECT count(*) FROM e) AS n FROM nt";
 
 /// Appends the transaction's staged events with the numbers after `base`,
 /// and the deliveries `routes` give them; returns the events as numbered.
-async fn append(tx: &mut Tx, routes: &[WebhookRoute], base: u64) -> Result<Vec<Event>, StoreError> {
+async fn append(
+    tx: &mut Tx,
+    routes: &[WebhookRoute],
+    base: u64,
+    channel: &str,
+) -> Result<Vec<Event>, StoreError> {
     let now = tx.now;
     let staged = std::mem::take(&mut tx.staged);
     let mut events = Vec::with_capacity(staged.len());
@@ -392,6 +406,7 @@ async fn append(tx: &mut Tx, routes: &[WebhookRoute], base: u64) -> Result<Vec<E
         events.push(event);
     }
     let n = events.len();
+    let payload = if makes_work(&events) { WORK } else { EVENTS };
     let rows = events.iter().map(|e| EventRow {
         seq: sql_seq(e.seq),
         job_id: *e.job_id.as_uuid(),
@@ -423,6 +438,8 @@ async fn append(tx: &mut Tx, routes: &[WebhookRoute], base: u64) -> Result<Vec<E
         .bind::<Array<Nullable<Text>>, _>(last_error)
         .bind::<Array<Nullable<Timestamptz>>, _>(next_attempt_at)
         .bind::<Array<Timestamptz>, _>(created_at)
+        .bind::<Text, _>(channel)
+        .bind::<Text, _>(payload)
         .get_result(tx.conn())
         .await
         .map_err(db_err)?;

@@ -127,6 +127,7 @@ impl SqliteStore {
             clock: Arc::clone(&options.clock),
             routes: Mutex::new(Arc::new(Vec::new())),
             sink: Mutex::new(None),
+            listeners: jobqueue_core::Listeners::default(),
             reruns: AtomicU64::new(0),
         });
         let (readers, reader_threads) = match location {
@@ -230,6 +231,15 @@ impl JobStore for SqliteStore {
             .sink
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(sink);
+    }
+
+    fn capabilities(&self) -> jobqueue_core::Capabilities {
+        jobqueue_core::Capabilities::single_process()
+    }
+
+    fn listen(&self, listener: Arc<dyn jobqueue_core::StoreListener>) -> bool {
+        self.inner.shared.listeners.add(listener);
+        true
     }
 
     fn set_webhook_routes(&self, routes: Vec<WebhookRoute>) {

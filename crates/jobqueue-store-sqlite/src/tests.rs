@@ -669,6 +669,15 @@ mod conformance {
 
     mod in_memory {
         jobqueue_core::conformance_tests!(super::on_a_new_memory_database);
+
+        // One process per database: the one store, handed out twice.
+        jobqueue_core::shared_conformance_tests!(|clock| {
+            let store = super::on_a_new_memory_database(clock);
+            Box::pin(async move {
+                let store = store.await;
+                (store.clone(), store)
+            }) as jobqueue_core::testing::BoxFuture<'static, _>
+        });
     }
 }
 

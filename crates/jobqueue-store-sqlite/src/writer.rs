@@ -148,6 +148,9 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) routes: Mutex<Arc<Vec<WebhookRoute>>>,
     pub(crate) sink: Mutex<Option<Arc<dyn EventSink>>>,
+    /// The store's listeners, told after each commit in process (one
+    /// process owns the file, so no other process has anything to tell).
+    pub(crate) listeners: jobqueue_core::Listeners,
     /// How many groups were run again with savepoints.
     pub(crate) reruns: AtomicU64,
 }
@@ -164,6 +167,21 @@ impl Shared {
     fn sink(&self) -> Option<Arc<dyn EventSink>> {
         self.sink.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+}
+
+/// Tells the listeners what the group's commit did: one notice of each
+/// kind at most, however many operations the group held.
+fn notify_listeners(listeners: &jobqueue_core::Listeners, published: &[Vec<Event>]) {
+    if listeners.is_empty() || published.iter().all(Vec::is_empty) {
+        return;
+    }
+    if published
+        .iter()
+        .any(|e| jobqueue_core::listen::makes_work(e))
+    {
+        listeners.notify(jobqueue_core::Notice::JobsAvailable);
+    }
+    listeners.notify(jobqueue_core::Notice::EventsCommitted);
 }
 
 /// The running jobs as the writer last wrote them, so the operations of a
@@ -521,14 +539,17 @@ impl Writer {
             let _ = self.conn.batch_execute("ROLLBACK");
             self.last_seq = start_seq;
             self.cache.clear();
-        } else if let Some(sink) = self.shared.sink() {
-            for events in published.iter().filter(|e| !e.is_empty()) {
-                // The sink is someone else's code on the writer's thread:
-                // if it panics, that batch of events is not delivered to
-                // it (they are committed and can be read back), and the
-                // writer lives on.
-                let _ = catch_unwind(AssertUnwindSafe(|| sink.publish(events)));
+        } else {
+            if let Some(sink) = self.shared.sink() {
+                for events in published.iter().filter(|e| !e.is_empty()) {
+                    // The sink is someone else's code on the writer's thread:
+                    // if it panics, that batch of events is not delivered to
+                    // it (they are committed and can be read back), and the
+                    // writer lives on.
+                    let _ = catch_unwind(AssertUnwindSafe(|| sink.publish(events)));
+                }
             }
+            notify_listeners(&self.shared.listeners, &published);
         }
         for op in ops.drain(..) {
             op.finish(failure.as_ref());

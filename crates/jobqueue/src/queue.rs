@@ -11,7 +11,7 @@ use jobqueue_core::{
     CancelOutcome, Clock, Delivery, EventFilter, Health, Job, JobFilter, JobId, JobPage, JobStore,
     MemoryStore, NewJob, RecoverScope, RetryPolicy,
 };
-use jobqueue_events::{Dispatcher, DispatcherHandle, EventBus, Subscription, WebhookConfig};
+use jobqueue_events::{Dispatcher, DispatcherHandle, EventBus, Subscription, Tail, WebhookConfig};
 use jobqueue_runtime::{Pipeline, Pipelines, RetentionConfig, Runtime, RuntimeConfig, StartError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -224,11 +224,27 @@ impl JobQueueBuilder {
         // The bus is the store's sink before anything runs, so subscribers
         // see recovery's events too.
         let bus = EventBus::new(self.event_buffer);
-        store.set_event_sink(Arc::new(bus.clone()));
+        // On a store other processes write too, the bus follows the store
+        // (every process's events, in order) instead of taking this
+        // process's commits straight from the store.
+        let tail = if store.capabilities().shared {
+            let after = match store.last_seq().await {
+                Ok(seq) => seq,
+                Err(e) => {
+                    store.close().await;
+                    return Err(e.into());
+                }
+            };
+            Some(Arc::new(Tail::start(store.clone(), bus.clone(), after)))
+        } else {
+            store.set_event_sink(Arc::new(bus.clone()));
+            None
+        };
         store.set_webhook_routes(webhooks.routes());
         let started = Started {
             store,
             bus,
+            tail,
             config: self.config,
             webhooks,
             shutdown_timeout: self.shutdown_timeout,
@@ -249,6 +265,7 @@ impl JobQueueBuilder {
 struct Started {
     store: Arc<dyn JobStore>,
     bus: EventBus,
+    tail: Option<Arc<Tail>>,
     config: RuntimeConfig,
     webhooks: WebhookConfig,
     shutdown_timeout: Duration,
@@ -259,6 +276,7 @@ impl Started {
         let Self {
             store,
             bus,
+            tail,
             config,
             webhooks,
             shutdown_timeout,
@@ -283,6 +301,9 @@ impl Started {
                 if let Some(d) = &dispatcher {
                     d.shutdown().await;
                 }
+                if let Some(t) = &tail {
+                    t.shutdown().await;
+                }
                 return Err(e.into());
             }
         };
@@ -290,6 +311,7 @@ impl Started {
             store,
             runtime: Arc::new(runtime),
             bus,
+            tail,
             dispatcher,
             allow_private_webhooks: webhooks.allow_private,
             job_webhooks: webhooks.default_secret.is_some(),
@@ -322,6 +344,8 @@ pub struct JobQueue {
     store: Arc<dyn JobStore>,
     runtime: Arc<Runtime>,
     bus: EventBus,
+    /// Feeds the bus from a store other processes share; `None` otherwise.
+    tail: Option<Arc<Tail>>,
     /// `None` when there is nothing to send (no endpoint, no default secret).
     dispatcher: Option<Arc<DispatcherHandle>>,
     allow_private_webhooks: bool,
@@ -505,6 +529,9 @@ impl JobQueue {
         self.runtime.shutdown(self.shutdown_timeout).await;
         if let Some(d) = &self.dispatcher {
             d.shutdown().await;
+        }
+        if let Some(t) = &self.tail {
+            t.shutdown().await;
         }
         self.store.close().await;
     }

@@ -67,6 +67,7 @@ mod list_events;
 mod phases;
 mod recover;
 mod retention;
+pub mod shared;
 mod webhooks;
 
 use std::future::Future;

@@ -87,6 +87,9 @@ fn connector<R>(resolver: R) -> Result<Connector<R>, WebhookError> {
     Ok(HttpConnector::new_with_resolver(resolver))
 }
 
+/// How much longer than the longest attempt a claim on a delivery lasts.
+const CLAIM_MARGIN: Duration = Duration::from_secs(30);
+
 /// How deliveries to one kind of target are signed, retried and timed out.
 struct Route {
     key: SigningKey,
@@ -97,6 +100,10 @@ struct Route {
 /// What every attempt task shares.
 struct Shared {
     store: Arc<dyn JobStore>,
+    /// On a store several processes share: how long a claim on a delivery
+    /// lasts (see [`JobStore::claim_deliveries`]). `None`: this is the
+    /// only dispatcher, and it reads due deliveries without claiming them.
+    claim_for: Option<Duration>,
     clock: Arc<dyn Clock>,
     /// Configured endpoints by URL.
     endpoints: HashMap<String, Route>,
@@ -164,9 +171,24 @@ impl Dispatcher {
         let trusted = client_builder().build(connector(GaiResolver::new())?);
         let public = client_builder().build(connector(PublicResolver)?);
         let (attempts, _) = broadcast::channel(256);
+        // On a shared store, deliveries are claimed for longer than any
+        // attempt can take (its timeout, bounded by `validate`), so another
+        // process's dispatcher does not post one that is in flight here; a
+        // dispatcher that dies mid-attempt leaves its claims to expire.
+        let longest = endpoints
+            .values()
+            .chain(job_route.as_ref())
+            .map(|r| r.timeout)
+            .max()
+            .unwrap_or_default();
+        let claim_for = store
+            .capabilities()
+            .shared
+            .then(|| longest.saturating_add(CLAIM_MARGIN));
         Ok(Self {
             shared: Shared {
                 store,
+                claim_for,
                 clock: Arc::new(SystemClock),
                 endpoints,
                 job_route,
@@ -231,7 +253,7 @@ impl Dispatcher {
         let shared = &self.shared;
         let mut attempted: HashSet<DeliveryId> = HashSet::new();
         loop {
-            let due = shared.store.due_deliveries(self.concurrency).await?;
+            let due = shared.due(self.concurrency, 0).await?;
             let mut attempts: futures::stream::FuturesUnordered<_> = due
                 .into_iter()
                 .filter(|d| attempted.insert(d.id))
@@ -478,6 +500,21 @@ fn client_builder() -> hyper_util::client::legacy::Builder {
 }
 
 impl Shared {
+    /// Up to `free` due deliveries to start, besides the `in_flight` ones:
+    /// claimed on a shared store (in-flight ones are claimed already, so
+    /// they are not returned), read otherwise (in-flight ones are still
+    /// due, so they are asked for too and filtered out by the caller).
+    async fn due(&self, free: usize, in_flight: usize) -> Result<Vec<Delivery>, StoreError> {
+        match self.claim_for {
+            Some(lease) => self.store.claim_deliveries(free, lease).await,
+            None => {
+                self.store
+                    .due_deliveries(free.saturating_add(in_flight))
+                    .await
+            }
+        }
+    }
+
     /// Starts up to `free` due deliveries that are not in flight yet, and
     /// says how long until the next one is due (`None`: wait for an attempt
     /// to finish or a wake-up).
@@ -490,10 +527,7 @@ impl Shared {
         // Due deliveries include those in flight (they are pending until
         // recorded), so ask for enough to find `free` new ones: at most
         // `concurrency` rows, which `WebhookConfig::validate` bounds.
-        let due = self
-            .store
-            .due_deliveries(free.saturating_add(in_flight.len()))
-            .await?;
+        let due = self.due(free, in_flight.len()).await?;
         let busy: HashSet<DeliveryId> = in_flight.values().copied().collect();
         for (started, d) in due
             .into_iter()

@@ -34,3 +34,25 @@ jobqueue_core::conformance_tests!(
     },
     block_on = run,
 );
+
+/// Two stores in one schema, as two processes have them.
+mod two_handles {
+    use std::sync::Arc;
+
+    use jobqueue_core::JobStore;
+
+    use super::{SCRATCH, run};
+
+    jobqueue_core::shared_conformance_tests!(
+        |clock| {
+            let scratch = SCRATCH.with_borrow(Clone::clone);
+            Box::pin(async move {
+                let scratch = scratch.expect("the case runs inside `run`");
+                let a = Arc::new(scratch.store(clock.clone()).await) as Arc<dyn JobStore>;
+                let b = Arc::new(scratch.store(clock).await) as Arc<dyn JobStore>;
+                (a, b)
+            })
+        },
+        block_on = run,
+    );
+}
