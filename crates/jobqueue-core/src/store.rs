@@ -79,6 +79,15 @@ pub struct ClaimRequest {
     /// does not come back for it. A store may ignore this: the worker starts
     /// a phase the claimed job does not show as running.
     pub start_phase: bool,
+    /// Caps on running jobs per pipeline that hold across every process
+    /// sharing the store: a job of a listed pipeline is claimed only while
+    /// fewer than its cap of that pipeline's jobs are running, counted in
+    /// the store. A store one process owns may ignore this (the runtime's
+    /// own count is then the whole count).
+    pub pipeline_caps: Vec<(String, usize)>,
+    /// Who claims (a process or worker name), recorded on each attempt it
+    /// starts, for operators; `None` records nothing.
+    pub worker: Option<String>,
 }
 
 impl ClaimRequest {
@@ -90,7 +99,22 @@ impl ClaimRequest {
             exclude_pipelines: Vec::new(),
             pipelines: None,
             start_phase: false,
+            pipeline_caps: Vec::new(),
+            worker: None,
         }
+    }
+
+    /// Caps running jobs per pipeline across every process (see
+    /// [`ClaimRequest::pipeline_caps`]).
+    pub fn pipeline_caps(mut self, caps: Vec<(String, usize)>) -> Self {
+        self.pipeline_caps = caps;
+        self
+    }
+
+    /// Records `worker` on each attempt this claim starts.
+    pub fn worker(mut self, worker: impl Into<String>) -> Self {
+        self.worker = Some(worker.into());
+        self
     }
 
     /// Starts each claimed job's first phase not completed with the claim

@@ -496,15 +496,17 @@ async fn rescue_loop(inner: Arc<Inner>) {
 /// Claims while there are free slots and jobs to claim.
 async fn claim_round(inner: &Arc<Inner>) {
     loop {
-        let (limit, exclude) = {
+        let (limit, exclude, caps) = {
             let running = inner.running();
             let free = inner.config.concurrency.saturating_sub(running.total);
             let mut exclude = Vec::new();
             // A batch may hold jobs of any pipeline, so it is no larger than
             // the room left under the tightest pipeline cap it could hit.
             let mut room = usize::MAX;
+            let mut caps = Vec::new();
             for p in inner.pipelines.iter() {
                 if let Some(cap) = p.concurrency {
+                    caps.push((p.name().to_owned(), cap));
                     let used = running.per_pipeline.get(p.name()).copied().unwrap_or(0);
                     if used >= cap {
                         exclude.push(p.name().to_owned());
@@ -513,7 +515,7 @@ async fn claim_round(inner: &Arc<Inner>) {
                     }
                 }
             }
-            (free.min(room), exclude)
+            (free.min(room), exclude, caps)
         };
         if limit == 0 {
             return;
@@ -522,10 +524,14 @@ async fn claim_round(inner: &Arc<Inner>) {
         // stays queued for a process that defines it (see `Runtime::stranded`).
         // The claim also starts each job's first phase: one write fewer a
         // job (the runner starts a phase the claim did not).
+        // The caps also go to the store, which holds them across every
+        // process sharing it (a store one process owns may ignore them).
         let req = ClaimRequest::new(limit)
             .lease_for(inner.config.lease)
             .exclude_pipelines(exclude)
             .pipelines(inner.pipelines.names())
+            .pipeline_caps(caps)
+            .worker(inner.holder.clone())
             .start_phase();
         let claimed = match inner.store.claim(req).await {
             Ok(c) => c,

@@ -507,17 +507,83 @@ pub(crate) static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Running jobs of the capped pipelines `$1`, counted by pipeline.
+const RUNNING_SQL: &str = "\
+SELECT pipeline, count(*) AS n FROM jobs \
+WHERE status = 'running' AND pipeline = ANY($1) GROUP BY pipeline";
+
+#[derive(QueryableByName)]
+struct Running {
+    #[diesel(sql_type = Text)]
+    pipeline: String,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// The claim's limit and excluded pipelines under the request's caps that
+/// hold across processes. The capped pipelines' advisory locks (one per
+/// pipeline, held to the commit, taken in name order so two claims never
+/// wait on each other crosswise) serialise the claims that may take their
+/// jobs, so each counts the running jobs the others committed. As in the
+/// runtime, a batch may hold jobs of any pipeline, so its size is at most
+/// the room left under the tightest cap it could reach.
+async fn within_caps(tx: &mut Tx, req: &ClaimRequest) -> Result<(usize, Vec<String>), StoreError> {
+    let mut exclude = req.exclude_pipelines.clone();
+    let mut caps: Vec<&(String, usize)> = req
+        .pipeline_caps
+        .iter()
+        .filter(|(p, _)| !exclude.contains(p))
+        .filter(|(p, _)| req.pipelines.as_ref().is_none_or(|ps| ps.contains(p)))
+        .collect();
+    if caps.is_empty() {
+        return Ok((req.limit, exclude));
+    }
+    caps.sort();
+    for (pipeline, _) in &caps {
+        diesel::sql_query(
+            "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.cap.' || $1))",
+        )
+        .bind::<Text, _>(pipeline)
+        .execute(tx.conn())
+        .await
+        .map_err(db_err)?;
+    }
+    let names: Vec<&str> = caps.iter().map(|(p, _)| p.as_str()).collect();
+    let running: Vec<Running> = diesel::sql_query(RUNNING_SQL)
+        .bind::<Array<Text>, _>(&names)
+        .load(tx.conn())
+        .await
+        .map_err(db_err)?;
+    let mut limit = req.limit;
+    for (pipeline, cap) in caps {
+        let used = running
+            .iter()
+            .find(|r| &r.pipeline == pipeline)
+            .map_or(0, |r| usize::try_from(r.n).unwrap_or(usize::MAX));
+        if used >= *cap {
+            exclude.push(pipeline.clone());
+        } else {
+            limit = limit.min(cap.saturating_sub(used));
+        }
+    }
+    Ok((limit, exclude))
+}
+
 pub(crate) async fn claim(tx: &mut Tx, req: ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
     let now = tx.now;
     let until = lease_until(now, req.lease_for)?;
     if req.limit == 0 {
         return Ok(Vec::new());
     }
+    let (limit, exclude) = within_caps(tx, &req).await?;
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
     let rows: Vec<JobRow> = diesel::sql_query(CLAIM_SQL.as_str())
         .bind::<Timestamptz, _>(now)
-        .bind::<Array<Text>, _>(&req.exclude_pipelines)
+        .bind::<Array<Text>, _>(&exclude)
         .bind::<Nullable<Array<Text>>, _>(req.pipelines.as_ref())
-        .bind::<BigInt, _>(sql_count(req.limit))
+        .bind::<BigInt, _>(sql_count(limit))
         .load(tx.conn())
         .await
         .map_err(db_err)?;
@@ -528,6 +594,15 @@ pub(crate) async fn claim(tx: &mut Tx, req: ClaimRequest) -> Result<Vec<Claimed>
         events.push(job.claim(LeaseToken::new(), until, now)?);
     }
     save(tx, &before, &after).await?;
+    if let Some(worker) = &req.worker {
+        let ids: Vec<Uuid> = after.iter().map(|j| *j.id.as_uuid()).collect();
+        diesel::sql_query("UPDATE jobs SET worker = $1 WHERE id = ANY($2)")
+            .bind::<Text, _>(worker)
+            .bind::<Array<diesel::sql_types::Uuid>, _>(&ids)
+            .execute(tx.conn())
+            .await
+            .map_err(db_err)?;
+    }
     let mut claimed = Vec::with_capacity(after.len());
     for (job, data) in after.into_iter().zip(events) {
         tx.emit(&job, data);

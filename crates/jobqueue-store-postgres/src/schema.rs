@@ -40,6 +40,7 @@ diesel::table! {
         cancel_requested -> Bool,
         lease -> Nullable<Uuid>,
         lease_expires_at -> Nullable<Timestamptz>,
+        worker -> Nullable<Text>,
     }
 }
 

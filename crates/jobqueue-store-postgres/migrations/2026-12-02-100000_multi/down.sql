@@ -1,1 +1,2 @@
+ALTER TABLE jobs DROP COLUMN worker;
 DROP TABLE leaders;

@@ -8,3 +8,7 @@ CREATE TABLE leaders (
     holder TEXT NOT NULL,
     expires_at TIMESTAMPTZ NOT NULL
 );
+
+-- Who runs the current attempt (the claiming process's name), for
+-- operators; NULL before the first claim.
+ALTER TABLE jobs ADD COLUMN worker TEXT;

@@ -449,6 +449,65 @@ fn stores_sharing_a_schema_fence_each_other() {
     });
 }
 
+/// A pipeline's cap holds across stores (processes): racing claims of two
+/// stores never run more of its jobs at once than the cap, and each claim
+/// records its worker on the job.
+#[test]
+fn pipeline_caps_hold_across_stores_and_workers_are_recorded() {
+    in_schema(|scratch| async move {
+        let clock = manual();
+        let a = scratch.store(clock.clone()).await;
+        let b = scratch.store(clock.clone()).await;
+        for _ in 0..6 {
+            a.enqueue(NewJob::new("capped").phases(["x"]))
+                .await
+                .unwrap();
+        }
+        let caps = vec![("capped".to_owned(), 2)];
+        let req = |w: &str| ClaimRequest::new(10).pipeline_caps(caps.clone()).worker(w);
+        let (one, two) = tokio::join!(a.claim(req("node-a")), b.claim(req("node-b")));
+        let (one, two) = (one.unwrap(), two.unwrap());
+        assert_eq!(
+            one.len() + two.len(),
+            2,
+            "two of the cap, across both stores"
+        );
+        assert!(b.claim(req("node-b")).await.unwrap().is_empty());
+        // One ends: one more may run, on either store.
+        let done = <[_]>::first(&one).or(<[_]>::first(&two)).unwrap();
+        b.fail_job(
+            &done.lease,
+            jobqueue_core::JobError {
+                phase: None,
+                message: "done".into(),
+                attempt: done.lease.attempt,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(a.claim(req("node-a")).await.unwrap().len(), 1);
+        assert!(b.claim(req("node-b")).await.unwrap().is_empty());
+        let mut conn = scratch.connection().await;
+        #[derive(diesel::QueryableByName)]
+        struct Worker {
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+            worker: Option<String>,
+        }
+        let workers: Vec<Worker> = diesel_async::RunQueryDsl::load(
+            diesel::sql_query("SELECT worker FROM jobs WHERE status <> 'queued' ORDER BY worker"),
+            &mut conn,
+        )
+        .await
+        .unwrap();
+        assert_eq!(workers.len(), 3);
+        assert!(
+            workers
+                .iter()
+                .all(|w| w.worker.as_deref().is_some_and(|w| w.starts_with("node-")))
+        );
+    });
+}
+
 /// A caller that stops waiting does not stop the call: it commits and
 /// publishes its events (no half-done transaction), and `close` waits for it.
 #[test]
