@@ -24,8 +24,9 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use jobqueue::postgres::{PostgresOptions, PostgresStore};
 use jobqueue::sqlite::{SqliteOptions, SqliteStore};
-use jobqueue::{JobQueue, Pipeline};
+use jobqueue::{JobQueue, JobStore, Pipeline, RecoverScope};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -65,11 +66,6 @@ pub enum ServeError {
     /// A command-line flag is wrong.
     #[error("{0}")]
     Flag(String),
-    /// PostgreSQL was chosen.
-    #[error(
-        "the PostgreSQL store is not built yet; use an SQLite file (`[store] sqlite = \"FILE\"` or `--db FILE`)"
-    )]
-    Postgres,
     /// The address cannot be listened on.
     #[error("cannot listen on {addr}: {message}")]
     Listen {
@@ -81,7 +77,7 @@ pub enum ServeError {
     /// The database cannot be opened.
     #[error("cannot open the database {path}: {message}")]
     Store {
-        /// The file.
+        /// The file, or the PostgreSQL URL without its password.
         path: String,
         /// Why.
         message: String,
@@ -183,10 +179,6 @@ impl Server {
     /// `launcher`'s program.
     pub async fn start(settings: Settings, launcher: Launcher) -> Result<Self, ServeError> {
         let config = &settings.config;
-        let path = match &config.store {
-            Store::Sqlite(path) => path.clone(),
-            Store::Postgres(_) => return Err(ServeError::Postgres),
-        };
         // Bound first: a port in use is reported before the database is
         // touched and any interrupted job is recovered.
         let listener = TcpListener::bind(&config.listen)
@@ -195,33 +187,49 @@ impl Server {
                 addr: config.listen.clone(),
                 message: e.to_string(),
             })?;
-        let store_error = |message: String| ServeError::Store {
-            path: path.display().to_string(),
-            message,
-        };
-        let opening = path.clone();
-        let store = tokio::task::spawn_blocking(move || {
-            SqliteStore::open(opening, SqliteOptions::default())
-        })
-        .await
-        .map_err(|e| store_error(e.to_string()))?
-        .map_err(|e| store_error(e.to_string()))?;
-        // The store holds the database's lock now: no live server owns the
-        // records beside it, and no job has been recovered yet.
-        let records = Records::beside(&path);
-        let swept = records.sweep().map_err(|e| ServeError::System {
-            what: "cannot sweep the process records",
-            message: format!("{}: {e}", records.dir().display()),
-        })?;
-        if swept > 0 {
-            tracing::warn!(
-                groups = swept,
-                "killed commands left running by a server that crashed"
-            );
-        }
-        let launcher = Arc::new(launcher.record_in(records));
+        let (store, database, launcher, recover): (Arc<dyn JobStore>, String, _, _) =
+            match &config.store {
+                Store::Sqlite(path) => {
+                    let store = open_sqlite(path).await?;
+                    // The store holds the database's lock now: no live
+                    // server owns the records beside it, and no job has
+                    // been recovered yet.
+                    let records = Records::beside(path);
+                    let swept = records.sweep().map_err(|e| ServeError::System {
+                        what: "cannot sweep the process records",
+                        message: format!("{}: {e}", records.dir().display()),
+                    })?;
+                    if swept > 0 {
+                        tracing::warn!(
+                            groups = swept,
+                            "killed commands left running by a server that crashed"
+                        );
+                    }
+                    let launcher = Arc::new(launcher.record_in(records));
+                    (
+                        store,
+                        path.display().to_string(),
+                        launcher,
+                        RecoverScope::All,
+                    )
+                }
+                Store::Postgres(url) => {
+                    // Other servers may share the database, and this
+                    // machine: no records to sweep (their commands are not
+                    // ours), and running jobs are recovered only when their
+                    // lease expired (their server is gone).
+                    let store = open_postgres(url).await?;
+                    (
+                        store,
+                        redact(url),
+                        Arc::new(launcher),
+                        RecoverScope::ExpiredLeases,
+                    )
+                }
+            };
         let mut builder = JobQueue::builder()
-            .store(Arc::new(store))
+            .store(store)
+            .recover(recover)
             .concurrency(config.concurrency)
             .shutdown_timeout(config.shutdown_timeout)
             .lease(config.lease)
@@ -240,7 +248,7 @@ impl Server {
             tracing::warn!("the config defines no pipelines: every enqueue will be refused");
         }
         tracing::info!(
-            database = %path.display(),
+            %database,
             pipelines = ?settings.config.pipelines.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
             demo = settings.demo,
             "queue started"
@@ -316,14 +324,53 @@ impl Server {
     }
 }
 
+/// Opens the SQLite store at `path`, off the async threads (it checks the
+/// file and applies migrations).
+async fn open_sqlite(path: &std::path::Path) -> Result<Arc<dyn JobStore>, ServeError> {
+    let store_error = |message: String| ServeError::Store {
+        path: path.display().to_string(),
+        message,
+    };
+    let opening = path.to_path_buf();
+    let store =
+        tokio::task::spawn_blocking(move || SqliteStore::open(opening, SqliteOptions::default()))
+            .await
+            .map_err(|e| store_error(e.to_string()))?
+            .map_err(|e| store_error(e.to_string()))?;
+    Ok(Arc::new(store))
+}
+
+/// Connects to the PostgreSQL database at `url` (and migrates its schema).
+async fn open_postgres(url: &str) -> Result<Arc<dyn JobStore>, ServeError> {
+    let store = PostgresStore::connect(url, PostgresOptions::default())
+        .await
+        .map_err(|e| ServeError::Store {
+            path: redact(url),
+            message: e.to_string(),
+        })?;
+    Ok(Arc::new(store))
+}
+
+/// `url` without the password it may carry, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
 /// `jobqueue serve`: runs until SIGINT or SIGTERM, then shuts down in order
 /// and returns `Ok`. A second signal during the shutdown exits at once
 /// (status 130); the jobs still running then resume at the next start.
 pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let settings = Settings::resolve(&opts)?;
-    if let Store::Postgres(_) = settings.config.store {
-        return Err(ServeError::Postgres);
-    }
     let launcher = Launcher::current_exe().map_err(|e| ServeError::System {
         what: "cannot find the jobqueue executable",
         message: e.to_string(),
