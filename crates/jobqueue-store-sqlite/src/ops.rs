@@ -553,6 +553,9 @@ fn remove_job(tx: &mut Tx<'_>, id: &str, keep_from: u64) -> Result<(), StoreErro
     if let Ok(job_id) = id.parse() {
         tx.cache.forget(job_id);
     }
+    // The job's events of this group go in first, to be deleted with the
+    // others.
+    tx.flush_events()?;
     diesel::delete(jobs::table.find(id))
         .execute(tx.write_conn())
         .map_err(db_err)?;
@@ -689,6 +692,7 @@ pub(crate) fn prune(
         .load(tx.conn())
         .map_err(db_err)?;
     if !old.is_empty() {
+        tx.flush_events()?;
         diesel::delete(events::table.filter(events::seq.eq_any(&old)))
             .execute(tx.write_conn())
             .map_err(db_err)?;
