@@ -10,7 +10,7 @@ use diesel::sqlite::{Sqlite, SqliteConnection};
 use jobqueue_core::{ErrorKind, Job, JobId, StoreError};
 
 use crate::error::db_err;
-use crate::rows::{EventRow, JobPatch, JobRow, PhasePatch, PhaseRow};
+use crate::rows::{EventRow, JobPatch, JobRow, PhaseRow};
 use crate::schema::{jobs, phases};
 
 /// The row of job `id`, without its phases.
@@ -123,8 +123,8 @@ pub(crate) fn insert_job(conn: &mut SqliteConnection, job: &Job) -> Result<(), S
     Ok(())
 }
 
-/// Writes what changed from `before` to `after` (the same job): only the
-/// changed columns of the job row and of each changed phase.
+/// Writes what changed from `before` to `after` (the same job): the changed
+/// columns of the job row, and each changed phase's row.
 pub(crate) fn save_job(
     conn: &mut SqliteConnection,
     before: &Job,
@@ -137,22 +137,28 @@ pub(crate) fn save_job(
         old.input = before.input.to_string();
         row.input = after.input.to_string();
     }
-    if let Some(patch) = JobPatch::between(&old, &row) {
-        Update::new("jobs", patch.as_changeset(), jobs::id.eq(&row.id))
-            .execute(conn)
-            .map_err(db_err)?;
+    if let Some((patch, shape)) = JobPatch::between(&old, &row) {
+        let update = Update::new("jobs", patch.as_changeset(), jobs::id.eq(&row.id));
+        // The SQL depends only on the set of changed columns: the frequent
+        // sets are kept prepared under a type, the others by their text.
+        match shape {
+            JobPatch::COMPLETE => Fixed::<kind::CompleteJob, _>::new(update).execute(conn),
+            JobPatch::HEARTBEAT => Fixed::<kind::Heartbeat, _>::new(update).execute(conn),
+            _ => update.execute(conn),
+        }
+        .map_err(db_err)?;
     }
     for (i, p) in after.phases.iter().enumerate() {
-        let Some(old) = before.phases.get(i).filter(|old| *old != p) else {
+        if before.phases.get(i).is_none_or(|old| old == p) {
             continue;
-        };
-        let new = PhaseRow::of(&row.id, i, p);
-        if let Some(patch) = PhasePatch::between(&PhaseRow::of(&row.id, i, old), &new) {
-            let key = phases::job_id.eq(&row.id).and(phases::idx.eq(new.idx));
-            Update::new("phases", patch.as_changeset(), key)
-                .execute(conn)
-                .map_err(db_err)?;
         }
+        // A phase row has no index but its key, so it is written whole:
+        // one statement shape, kept prepared, and no diff to build.
+        let new = PhaseRow::of(&row.id, i, p);
+        let key = phases::job_id.eq(&row.id).and(phases::idx.eq(new.idx));
+        Fixed::<kind::SavePhase, _>::new(Update::new("phases", new.as_changeset(), key))
+            .execute(conn)
+            .map_err(db_err)?;
     }
     Ok(())
 }
@@ -240,6 +246,13 @@ pub(crate) mod kind {
     pub(crate) struct PhasesOfJobs;
     /// `UPDATE store_state SET last_seq = ?`.
     pub(crate) struct SaveLastSeq;
+    /// `UPDATE jobs` of the columns a completion changes.
+    pub(crate) struct CompleteJob;
+    /// `UPDATE jobs` of the lease's expiry.
+    pub(crate) struct Heartbeat;
+    /// `UPDATE phases` of every column of a [`crate::rows::PhaseRow`] but
+    /// its key.
+    pub(crate) struct SavePhase;
 }
 
 impl<K, Q: Query> Query for Fixed<K, Q> {
