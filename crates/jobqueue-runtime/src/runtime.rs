@@ -461,9 +461,18 @@ async fn pump(inner: Arc<Inner>) {
 /// its lease. Fencing keeps a worker that was only slow from writing after
 /// that.
 async fn rescue_loop(inner: Arc<Inner>) {
-    let mut ticker = tokio::time::interval(inner.config.lease);
+    // Every half lease, with a term of one lease: a job of a dead process
+    // is rescued within about one and a half leases of its last heartbeat,
+    // and a dead leader is replaced within about one lease and a half too.
+    let period = inner
+        .config
+        .lease
+        .checked_div(2)
+        .unwrap_or_default()
+        .max(Duration::from_millis(1));
+    let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let term = leader_term(inner.config.lease);
+    let term = inner.config.lease;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}

@@ -19,12 +19,14 @@
 //!   `webhooks.rs` (and retention), `restart.rs` (SIGKILL and SIGTERM of
 //!   the server), `errors.rs` (every error of the API, the token, listing),
 //!   `client.rs` (the client commands against the real server, and `serve`
-//!   without a config).
+//!   without a config), `multi.rs` (three servers on one PostgreSQL
+//!   database, one of them killed).
 
 mod cancel;
 mod client;
 mod errors;
 mod events;
+mod multi;
 mod phases;
 mod receiver;
 mod restart;
