@@ -200,17 +200,21 @@ pub(crate) struct Options {
     pub(crate) quick: bool,
     pub(crate) rounds: usize,
     pub(crate) profile: String,
+    /// `--postgres`: the PostgreSQL runs only, on this database.
+    pub(crate) postgres: Option<String>,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
-    const USAGE: &str = "usage: cargo xtask bench [store] [--quick] [--rounds N] [--profile NAME]";
+    const USAGE: &str = "usage: cargo xtask bench [store] [--quick] [--rounds N] [--profile NAME] \
+                         [--postgres [URL]] (URL default: $JOBQUEUE_TEST_POSTGRES_URL)";
     let mut options = Options {
         store_only: false,
         quick: false,
         rounds: 0,
         profile: "release".into(),
+        postgres: None,
     };
-    let mut it = args.iter();
+    let mut it = args.iter().peekable();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "store" => options.store_only = true,
@@ -223,6 +227,16 @@ fn parse(args: &[String]) -> Result<Options> {
                     .context(USAGE)?;
             }
             "--profile" => options.profile = it.next().context(USAGE)?.clone(),
+            "--postgres" => {
+                let url = match it.next_if(|a| a.contains("://")) {
+                    Some(url) => url.clone(),
+                    None => std::env::var("JOBQUEUE_TEST_POSTGRES_URL")
+                        .ok()
+                        .filter(|u| !u.trim().is_empty())
+                        .context("--postgres needs a URL or JOBQUEUE_TEST_POSTGRES_URL")?,
+                };
+                options.postgres = Some(url);
+            }
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
@@ -255,6 +269,9 @@ struct Binaries {
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let options = parse(args)?;
+    if let Some(url) = &options.postgres {
+        return postgres(&options, url);
+    }
     let workloads = if options.store_only {
         STORE_WORKLOADS
     } else {
@@ -319,6 +336,62 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         .with_context(|| format!("could not write {}", md_path.display()))?;
     eprintln!("\n{markdown}");
     eprintln!("bench: wrote {} and {}", rel(&json_path), rel(&md_path));
+    Ok(())
+}
+
+/// `--postgres`: `noop_1phase` on PostgreSQL through one process and
+/// through three sharing the queue (the driver's `pg_noop_1phase`, which
+/// starts the other nodes itself), each round; writes
+/// `target/bench/postgres.json` and prints a table.
+fn postgres(options: &Options, url: &str) -> Result<()> {
+    let bins = build(&options.profile, false)?;
+    let dir = project_root().join("target/bench");
+    std::fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
+    let jobs = if options.quick { 1_000 } else { 10_000 };
+    let mut runs = Vec::new();
+    for round in 1..=options.rounds {
+        for nodes in [1, 3] {
+            let mut cmd = Command::new(&bins.driver);
+            cmd.args(["pg_noop_1phase", "--db", "-", "--postgres", url])
+                .args(["--nodes", &nodes.to_string()])
+                .args(["--jobs", &jobs.to_string()])
+                .args(["--batch", &BATCH.to_string()])
+                .args(["--concurrency", &TASKS.to_string()]);
+            let out = dir.join(format!("postgres-{nodes}-{round}.out"));
+            let report = child(&mut cmd, &out)?;
+            let rate = report["jobs_per_second"].as_f64().unwrap_or(0.0);
+            eprintln!(
+                "bench: postgres noop_1phase, {nodes} process(es), round {round}: {rate:.0} jobs/s"
+            );
+            runs.push(report);
+        }
+    }
+    let median = |nodes: u64| -> f64 {
+        let mut rates: Vec<f64> = runs
+            .iter()
+            .filter(|r| r["nodes"].as_u64() == Some(nodes))
+            .filter_map(|r| r["jobs_per_second"].as_f64())
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        rates.get(rates.len() / 2).copied().unwrap_or(0.0)
+    };
+    let (one, three) = (median(1), median(3));
+    let summary = serde_json::json!({
+        "workload": "noop_1phase",
+        "store": "postgres",
+        "jobs": jobs,
+        "rounds": options.rounds,
+        "jobs_per_second": {"1_process": one, "3_processes": three},
+        "runs": runs,
+    });
+    let path = dir.join("postgres.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&summary)? + "\n")
+        .with_context(|| format!("could not write {}", path.display()))?;
+    eprintln!(
+        "\n| noop_1phase on PostgreSQL | jobs/s (median of {}) |\n|---|---|\n| 1 process | {one:.0} |\n| 3 processes | {three:.0} |\n",
+        options.rounds
+    );
+    eprintln!("bench: wrote {}", rel(&path));
     Ok(())
 }
 

@@ -11,15 +11,18 @@
 //! ```text
 //! jobqueue-bench WORKLOAD --db PATH [--jobs N] [--batch N] [--concurrency N]
 //!                [--tasks N] [--samples N] [--sync normal|full]
+//!                [--postgres URL] [--nodes N] [--schema NAME]
 //! {"workload":"noop_1phase","jobs":100000,"seconds":6.1,"peak_rss_mb":48.2}
 //! ```
 //!
 //! The workloads and what each report holds are in [`queue`] (through the
-//! `jobqueue` façade) and [`lifecycle`] (the store alone, and the plain
-//! diesel loop). Run with:
+//! `jobqueue` façade), [`lifecycle`] (the store alone, and the plain
+//! diesel loop) and [`postgres`] (`noop_1phase` on PostgreSQL with one or
+//! several processes; `--db` is unused there). Run with:
 //! `cargo run --release -p jobqueue-bench -- noop_1phase --db /tmp/b.db --jobs 10000`.
 
 mod lifecycle;
+mod postgres;
 mod queue;
 
 use std::path::PathBuf;
@@ -44,6 +47,12 @@ pub(crate) struct Args {
     /// Latency samples.
     pub(crate) samples: usize,
     pub(crate) synchronous: Synchronous,
+    /// The PostgreSQL database of the `pg_` workloads.
+    pub(crate) postgres: Option<String>,
+    /// The schema a `pg_node` joins.
+    pub(crate) schema: Option<String>,
+    /// Processes sharing the queue in `pg_noop_1phase`.
+    pub(crate) nodes: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -60,6 +69,9 @@ fn parse_args() -> Result<Args> {
         tasks: 64,
         samples: 1_000,
         synchronous: Synchronous::Normal,
+        postgres: None,
+        schema: None,
+        nodes: 1,
     };
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -75,6 +87,9 @@ fn parse_args() -> Result<Args> {
             "--concurrency" => args.concurrency = number()?,
             "--tasks" => args.tasks = number()?.max(1),
             "--samples" => args.samples = number()?,
+            "--postgres" => args.postgres = Some(value),
+            "--schema" => args.schema = Some(value),
+            "--nodes" => args.nodes = number()?.max(1),
             "--sync" => {
                 args.synchronous = match value.as_str() {
                     "normal" => Synchronous::Normal,
@@ -120,7 +135,11 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()
                 .context("could not start tokio")?;
-            rt.block_on(queue::run(&args))?
+            match args.workload.as_str() {
+                "pg_noop_1phase" => rt.block_on(postgres::run(&args))?,
+                "pg_node" => return rt.block_on(postgres::run_node(&args)).map(drop),
+                _ => rt.block_on(queue::run(&args))?,
+            }
         }
     };
     report["workload"] = json!(args.workload);
