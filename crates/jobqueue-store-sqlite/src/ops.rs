@@ -24,7 +24,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::error::db_err;
-use crate::query::{Unreadable, insert_job, job_row, load_job, save_job, with_phases};
+use crate::query::{Unreadable, insert_job, insert_jobs, job_row, load_job, save_job, with_phases};
 use crate::rows::{DeliveryRow, JobRow, PhaseRow, job_status, micros, sql_count};
 use crate::schema::{events, jobs, phases, tombstones, webhook_deliveries};
 use crate::writer::Tx;
@@ -240,9 +240,7 @@ pub(crate) fn enqueue_batch(tx: &mut Tx<'_>, specs: Vec<NewJob>) -> Result<Vec<J
             }
         }
     }
-    for job in &jobs {
-        insert_job(tx.write_conn(), job)?;
-    }
+    insert_jobs(tx.write_conn(), &jobs)?;
     for job in &jobs {
         emit(tx, job, job.created_event())?;
     }

@@ -95,6 +95,12 @@ pub(crate) struct JobRow {
     pub(crate) lease_expires_at: Option<i64>,
 }
 
+crate::query::row_insert!(JobRow, jobs;
+    id, pipeline, status, input, priority, unique_key, attempt, max_attempts, created_at,
+    run_at, started_at, finished_at, stale_at, error_phase, error_message, error_attempt,
+    interrupted_phase, interrupted_at, interrupted_percent, interrupted_message, webhook_url,
+    cancel_requested, lease, lease_expires_at);
+
 /// One row of `phases`.
 #[derive(
     Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Insertable, AsChangeset,
@@ -120,6 +126,10 @@ pub(crate) struct PhaseRow {
     pub(crate) finished_at: Option<i64>,
 }
 
+crate::query::row_insert!(PhaseRow, phases;
+    job_id, idx, name, status, attempts, progress_percent, progress_message, result, error,
+    started_at, finished_at);
+
 /// One row of `events`.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = events, check_for_backend(Sqlite))]
@@ -131,6 +141,8 @@ pub(crate) struct EventRow {
     pub(crate) at: i64,
     pub(crate) data: String,
 }
+
+crate::query::row_insert!(EventRow, events; seq, job_id, pipeline, event_type, at, data);
 
 /// One row of `webhook_deliveries`.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
