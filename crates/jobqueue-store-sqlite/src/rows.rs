@@ -338,7 +338,7 @@ impl EventRow {
             pipeline: event.pipeline.clone(),
             event_type: event.event_type().as_str().to_owned(),
             at: micros(event.at),
-            data: event.data.to_json().to_string(),
+            data: event.data.to_json_string(),
         }
     }
 
@@ -385,7 +385,7 @@ impl DeliveryRow {
             event_pipeline: d.event.pipeline.clone(),
             event_type: d.event.event_type().as_str().to_owned(),
             event_at: micros(d.event.at),
-            event_data: d.event.data.to_json().to_string(),
+            event_data: d.event.data.to_json_string(),
             status: d.status.as_str().to_owned(),
             attempts: i64::from(d.attempts),
             last_status: d.last_status.map(i64::from),
