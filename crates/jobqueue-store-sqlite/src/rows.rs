@@ -223,7 +223,8 @@ impl JobRow {
             interrupted_message,
             webhook_url: job.webhook_url.clone(),
             cancel_requested: job.cancel_requested,
-            lease: job.lease.map(|l| l.to_string()),
+            // The UUID's 32 hex digits, like the tokens the claim makes.
+            lease: job.lease.map(|l| l.as_uuid().simple().to_string()),
             lease_expires_at: job.lease_expires_at.map(micros),
         }
     }
