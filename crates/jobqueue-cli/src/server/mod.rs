@@ -218,7 +218,7 @@ impl Server {
                     // machine: no records to sweep (their commands are not
                     // ours), and running jobs are recovered only when their
                     // lease expired (their server is gone).
-                    let store = open_postgres(url).await?;
+                    let store = open_postgres(url, config.concurrency).await?;
                     (
                         store,
                         redact(url),
@@ -340,9 +340,14 @@ async fn open_sqlite(path: &std::path::Path) -> Result<Arc<dyn JobStore>, ServeE
     Ok(Arc::new(store))
 }
 
-/// Connects to the PostgreSQL database at `url` (and migrates its schema).
-async fn open_postgres(url: &str) -> Result<Arc<dyn JobStore>, ServeError> {
-    let store = PostgresStore::connect(url, PostgresOptions::default())
+/// Connects to the PostgreSQL database at `url` (and migrates its schema),
+/// with a pool sized for `concurrency` running jobs: each writes its phases
+/// and renews its lease, and a heartbeat that waits for a connection behind
+/// other writes can let a live worker's lease expire. Capped, so that a few
+/// servers stay well within PostgreSQL's default of 100 connections.
+async fn open_postgres(url: &str, concurrency: usize) -> Result<Arc<dyn JobStore>, ServeError> {
+    let pool = concurrency.saturating_add(4).clamp(4, 24);
+    let store = PostgresStore::connect(url, PostgresOptions::default().max_connections(pool))
         .await
         .map_err(|e| ServeError::Store {
             path: redact(url),
