@@ -27,7 +27,9 @@ mod pipeline;
 mod retention;
 mod runner;
 mod runtime;
+mod state;
 mod supervise;
+pub mod testing;
 mod wake;
 
 pub use clock::TokioClock;
@@ -37,3 +39,4 @@ pub use phase::{
 pub use pipeline::{PhaseSpec, Pipeline, Pipelines};
 pub use retention::{RetentionConfig, RetentionPass, run_retention_pass};
 pub use runtime::{Runtime, RuntimeConfig, StartError};
+pub use state::StateMap;

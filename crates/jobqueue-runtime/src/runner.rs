@@ -269,6 +269,7 @@ impl JobRun<'_> {
             interrupted: job.interrupted.clone(),
             progress: reporter,
             cancel: CancellationToken::new(),
+            state: self.inner.config.state.clone(),
         };
         let phase_deadline = spec.timeout.and_then(|t| Deadline::after(t, "phase"));
         let deadline = Deadline::earlier(phase_deadline, attempt_deadline);
