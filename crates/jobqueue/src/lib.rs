@@ -34,7 +34,9 @@
 //! `postgres` feature, `postgres`).
 
 mod error;
+mod observe;
 mod queue;
+pub mod testing;
 
 // The README's quick start compiles as a doctest, so it stays true.
 #[cfg(doctest)]
@@ -53,11 +55,12 @@ pub use jobqueue_events as events;
 pub use jobqueue_events::{Endpoint, EventBus, Subscription, WebhookConfig};
 pub use jobqueue_runtime as runtime;
 pub use jobqueue_runtime::{
-    FailureKind, Phase, PhaseContext, PhaseError, Pipeline, ProgressReporter, TokioClock, phase_fn,
-    to_result,
+    FailureKind, Phase, PhaseContext, PhaseError, Pipeline, ProgressReporter, StateMap, TokioClock,
+    phase_fn, to_result,
 };
 #[cfg(feature = "postgres")]
 pub use jobqueue_store_postgres as postgres;
 #[cfg(feature = "sqlite")]
 pub use jobqueue_store_sqlite as sqlite;
+pub use observe::{DrainSummary, JobCounts};
 pub use queue::{JobQueue, JobQueueBuilder, JobResults};

@@ -3,6 +3,7 @@
 #[cfg(feature = "sqlite")]
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -105,6 +106,38 @@ impl JobQueueBuilder {
     /// Use this store.
     pub fn store(mut self, store: Arc<dyn JobStore>) -> Self {
         self.store = StoreChoice::Custom(store);
+        self
+    }
+
+    /// Gives the phases a value of type `T` (a connection pool, an HTTP
+    /// client, settings), which they read with
+    /// [`ctx.state::<T>()`](jobqueue_runtime::PhaseContext::state). One
+    /// value per type: call it once for each type; a second value of a type
+    /// replaces the first. Store an `Arc<T>` to share something that is not
+    /// cheap to clone.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use jobqueue::{JobQueue, PhaseError, Pipeline, phase_fn};
+    ///
+    /// struct Db { url: String }
+    ///
+    /// # async fn demo() -> Result<(), jobqueue::Error> {
+    /// let queue = JobQueue::builder()
+    ///     .state(Arc::new(Db { url: "postgres://...".into() }))
+    ///     .state(String::from("eu-west-1"))
+    ///     .pipeline(Pipeline::new("report").phase(phase_fn("query", |ctx| async move {
+    ///         let db = ctx.state::<Arc<Db>>()?;
+    ///         let region = ctx.state::<String>()?;
+    ///         Ok::<_, PhaseError>(serde_json::json!({ "db": db.url, "region": region }))
+    ///     })))
+    ///     .start()
+    ///     .await?;
+    /// # queue.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        Arc::make_mut(&mut self.config.state).insert(value);
         self
     }
 
@@ -294,6 +327,7 @@ impl Started {
             allow_private_webhooks: webhooks.allow_private,
             job_webhooks: webhooks.default_secret.is_some(),
             start_seq,
+            drained: Arc::new(AtomicU64::new(start_seq)),
             shutdown_timeout,
         })
     }
@@ -330,6 +364,9 @@ pub struct JobQueue {
     /// The store's last sequence number when the queue started: the bus has
     /// published nothing before it.
     start_seq: u64,
+    /// The last sequence number [`drain`](Self::drain) counted up to: the
+    /// next drain counts the jobs that ended after it.
+    pub(crate) drained: Arc<AtomicU64>,
     shutdown_timeout: Duration,
 }
 
@@ -436,7 +473,38 @@ impl JobQueue {
         Ok(job)
     }
 
-    /// Enqueues all the jobs or none.
+    /// Enqueues a job of `pipeline` for each of `inputs`, all or none: a
+    /// batch of inputs is as easy as one ([`enqueue`](Self::enqueue) for
+    /// each, in one transaction). The jobs come back in the inputs' order.
+    ///
+    /// ```no_run
+    /// # async fn demo(queue: jobqueue::JobQueue) -> Result<(), jobqueue::Error> {
+    /// #[derive(serde::Serialize)]
+    /// struct Resize { url: String, width: u32 }
+    ///
+    /// let inputs = ["a.png", "b.png"].map(|f| Resize { url: f.into(), width: 64 });
+    /// let jobs = queue.enqueue_many("resize", &inputs).await?;
+    /// assert_eq!(jobs.len(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue_many<'a, T, I>(&self, pipeline: &str, inputs: I) -> Result<Vec<Job>, Error>
+    where
+        T: Serialize + 'a,
+        I: IntoIterator<Item = &'a T>,
+    {
+        let jobs = inputs
+            .into_iter()
+            .map(|input| {
+                let input = serde_json::to_value(input).map_err(Error::Json)?;
+                Ok(NewJob::new(pipeline).input(input))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        self.enqueue_batch(jobs).await
+    }
+
+    /// Enqueues all the jobs or none, each with every option of [`NewJob`]
+    /// (as [`enqueue_job`](Self::enqueue_job) does one). The jobs come back
+    /// in the given order.
     pub async fn enqueue_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>, Error> {
         let jobs = jobs
             .into_iter()

@@ -1,0 +1,225 @@
+//! The everyday API through the façade, on every store (and on PostgreSQL
+//! when `JOBQUEUE_TEST_POSTGRES_URL` is set): application state in phases,
+//! `wait`, `drain`, `counts` and `enqueue_many`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobqueue::{
+    ErrorKind, JobId, JobQueue, JobQueueBuilder, JobStatus, NewJob, PhaseError, Pipeline, phase_fn,
+};
+use jobqueue_tests::{DEADLINE, StoreKind};
+use serde_json::json;
+
+use crate::Env;
+
+/// `fut`, or a failure naming `what` after the tests' deadline.
+async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(DEADLINE, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out: {what}"),
+    }
+}
+
+/// Application state a phase reads.
+struct Greeter {
+    greeting: String,
+}
+
+/// `greet` says hello with the `Greeter` and the `u32` of the state;
+/// `flaky` fails for good when its input says so, else completes.
+fn pipelines() -> Vec<Pipeline> {
+    vec![
+        Pipeline::new("greet").phase(phase_fn("hello", |ctx| async move {
+            let greeter = ctx.state::<Arc<Greeter>>()?;
+            let times = ctx.state::<u32>()?;
+            let name = ctx.input()["name"].as_str().unwrap_or("nobody").to_owned();
+            Ok::<_, PhaseError>(json!(format!("{} {name} x{times}", greeter.greeting)))
+        })),
+        Pipeline::new("flaky").phase(phase_fn("maybe", |ctx| async move {
+            if ctx.input()["fail"] == json!(true) {
+                return Err(PhaseError::permanent("told to fail"));
+            }
+            Ok::<_, PhaseError>(json!("ok"))
+        })),
+    ]
+}
+
+async fn start(builder: JobQueueBuilder) -> JobQueue {
+    let mut b = builder
+        .state(Arc::new(Greeter {
+            greeting: "hello".into(),
+        }))
+        .state(3u32);
+    for p in pipelines() {
+        b = b.pipeline(p);
+    }
+    b.start().await.unwrap()
+}
+
+/// A job of `flaky` due in an hour.
+async fn enqueue_for_later(queue: &JobQueue) -> jobqueue::Job {
+    let in_an_hour = time::OffsetDateTime::now_utc() + Duration::from_secs(3600);
+    queue
+        .enqueue_job(NewJob::new("flaky").run_at(in_an_hour))
+        .await
+        .unwrap()
+}
+
+async fn state_reaches_phases(builder: JobQueueBuilder) {
+    let queue = start(builder).await;
+    let job = queue
+        .enqueue("greet", &json!({"name": "Ada"}))
+        .await
+        .unwrap();
+    let done = within("the greet job", queue.wait(job.id)).await.unwrap();
+    assert_eq!(done.status, JobStatus::Completed);
+    assert_eq!(
+        done.phase("hello").and_then(|p| p.result.clone()),
+        Some(json!("hello Ada x3"))
+    );
+    queue.shutdown().await;
+}
+
+async fn wait_resolves_with_the_finished_job(builder: JobQueueBuilder) {
+    let queue = start(builder).await;
+    let failing = queue
+        .enqueue("flaky", &json!({"fail": true}))
+        .await
+        .unwrap();
+    let failed = within("the failing job", queue.wait(failing.id))
+        .await
+        .unwrap();
+    assert_eq!(failed.status, JobStatus::Failed);
+    assert_eq!(
+        failed.error.as_ref().map(|e| e.message.as_str()),
+        Some("told to fail")
+    );
+    // Finished already: at once.
+    let again = within("a finished job", queue.wait(failing.id))
+        .await
+        .unwrap();
+    assert_eq!(again.status, JobStatus::Failed);
+    // Cancelled while queued (for later): `wait` sees the cancel.
+    let later = enqueue_for_later(&queue).await;
+    let waiter = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.wait(later.id).await }
+    });
+    queue.cancel(later.id).await.unwrap();
+    let cancelled = within("the cancelled job", waiter).await.unwrap().unwrap();
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
+    let unknown = queue.wait(JobId::new()).await.unwrap_err();
+    match unknown {
+        jobqueue::Error::Store(e) => assert_eq!(e.kind(), ErrorKind::NotFound),
+        other => panic!("expected not found, got {other:?}"),
+    }
+    queue.shutdown().await;
+}
+
+async fn drain_runs_every_runnable_job(builder: JobQueueBuilder) {
+    let queue = start(builder).await;
+    let names = [json!({"name": "Ada"}), json!({"name": "Grace"})];
+    let jobs = queue.enqueue_many("greet", &names).await.unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert_eq!(
+        jobs[1].input,
+        json!({"name": "Grace"}),
+        "in the inputs' order"
+    );
+    queue
+        .enqueue("flaky", &json!({"fail": true}))
+        .await
+        .unwrap();
+    let later = enqueue_for_later(&queue).await;
+    let summary = within("drain", queue.drain()).await.unwrap();
+    assert_eq!(
+        (
+            summary.completed,
+            summary.failed,
+            summary.cancelled,
+            summary.scheduled
+        ),
+        (2, 1, 0, 1),
+        "{summary:?}"
+    );
+    for job in &jobs {
+        let job = queue.get(job.id).await.unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Completed);
+    }
+    assert_eq!(
+        queue.get(later.id).await.unwrap().unwrap().status,
+        JobStatus::Queued
+    );
+    // Nothing left to run: at once, and nothing counted.
+    let again = within("a second drain", queue.drain()).await.unwrap();
+    assert_eq!((again.completed, again.failed, again.scheduled), (0, 0, 1));
+
+    let counts = queue.counts().await.unwrap();
+    assert_eq!(counts.of("greet", JobStatus::Completed), 2);
+    assert_eq!(counts.of("flaky", JobStatus::Failed), 1);
+    assert_eq!(counts.status(JobStatus::Queued), 1);
+    assert_eq!(counts.pipeline("flaky"), 2);
+    assert_eq!(counts.total(), 4);
+    queue.shutdown().await;
+}
+
+async fn enqueue_many_is_all_or_nothing(builder: JobQueueBuilder) {
+    let queue = start(builder).await;
+    let err = queue
+        .enqueue_many("nope", &[json!(1), json!(2)])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+    let none: [serde_json::Value; 0] = [];
+    assert!(queue.enqueue_many("greet", &none).await.unwrap().is_empty());
+    assert_eq!(queue.counts().await.unwrap().total(), 0);
+    queue.shutdown().await;
+}
+
+/// Runs each test on the memory and SQLite stores.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod stores {
+            $(
+                mod $name {
+                    use super::super::*;
+
+                    #[tokio::test(start_paused = true)]
+                    async fn memory() {
+                        let env = Env::new(StoreKind::Memory);
+                        $name(env.builder().await).await;
+                    }
+
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn sqlite() {
+                        let env = Env::new(StoreKind::Sqlite);
+                        $name(env.builder().await).await;
+                    }
+
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn postgres() {
+                        crate::postgres::in_schema("jq_everyday", |url| async move {
+                            let builder = JobQueue::builder()
+                                .postgres(url)
+                                .retry_policy(crate::fast_retry(3))
+                                .stop_grace(Duration::from_millis(200))
+                                .shutdown_timeout(Duration::from_millis(200))
+                                .poll_interval(Duration::from_millis(100));
+                            $name(builder).await;
+                        })
+                        .await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_every_store!(
+    state_reaches_phases,
+    wait_resolves_with_the_finished_job,
+    drain_runs_every_runnable_job,
+    enqueue_many_is_all_or_nothing,
+);
