@@ -43,6 +43,11 @@ pub mod testing;
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
 
+// So does the testing guide.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/testing.md")]
+struct TestingGuideDoctests;
+
 pub use error::Error;
 pub use jobqueue_core as core;
 pub use jobqueue_core::{
