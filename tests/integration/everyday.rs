@@ -1,13 +1,14 @@
 //! The everyday API through the façade, on every store (and on PostgreSQL
 //! when `JOBQUEUE_TEST_POSTGRES_URL` is set): application state in phases,
-//! `wait`, `drain`, `counts` and `enqueue_many`.
+//! `wait`, `drain`, `counts`, `enqueue_many` and typed pipelines.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use jobqueue::{
-    ErrorKind, JobId, JobQueue, JobQueueBuilder, JobStatus, NewJob, PhaseError, Pipeline, phase_fn,
+    ErrorKind, JobId, JobInput, JobQueue, JobQueueBuilder, JobResults, JobStatus, NewJob,
+    PhaseError, Pipeline, phase_fn,
 };
 use jobqueue_tests::{DEADLINE, StoreKind};
 use serde_json::json;
@@ -178,7 +179,83 @@ async fn enqueue_many_is_all_or_nothing(builder: JobQueueBuilder) {
     queue.shutdown().await;
 }
 
-/// Runs each test on the memory and SQLite stores.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Order {
+    items: u32,
+}
+impl JobInput for Order {
+    const PIPELINE: &'static str = "orders";
+}
+
+/// Claims to be an order's input, but is not the type the pipeline declared.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct NotAnOrder {
+    items: u32,
+}
+impl JobInput for NotAnOrder {
+    const PIPELINE: &'static str = "orders";
+}
+
+async fn typed_pipelines_check_their_input(builder: JobQueueBuilder) {
+    let orders = Pipeline::typed::<Order>()
+        .step("count", |_ctx, order: Order| async move {
+            Ok::<_, PhaseError>(order.items * 2)
+        })
+        .step("label", |ctx, n: u32| async move {
+            let region = ctx.state::<String>()?.clone();
+            Ok::<_, PhaseError>(format!("{n} parts to {region}"))
+        })
+        .build();
+    let queue = builder
+        .state(String::from("eu"))
+        .pipeline(orders)
+        .start()
+        .await
+        .unwrap();
+    let job = queue.enqueue_typed(&Order { items: 3 }).await.unwrap();
+    let done = within("the order", queue.wait(job.id)).await.unwrap();
+    assert_eq!(done.status, JobStatus::Completed);
+    assert_eq!(done.result_of::<u32>("count").unwrap(), Some(6));
+    assert_eq!(
+        done.result_of::<String>("label").unwrap().as_deref(),
+        Some("6 parts to eu")
+    );
+    let many = queue
+        .enqueue_many_typed(&[Order { items: 1 }, Order { items: 2 }])
+        .await
+        .unwrap();
+    assert_eq!(many.len(), 2);
+
+    // Plain JSON that does not fit the input type: refused, nothing written.
+    let before = queue.counts().await.unwrap().total();
+    let err = queue
+        .enqueue("orders", &json!({"items": "three"}))
+        .await
+        .unwrap_err();
+    match &err {
+        jobqueue::Error::Store(e) => assert_eq!(e.kind(), ErrorKind::Invalid, "{err}"),
+        other => panic!("expected invalid, got {other:?}"),
+    }
+    assert!(err.to_string().contains("Order"), "{err}");
+    let err = queue
+        .enqueue_batch(vec![
+            NewJob::new("orders").input(json!({"items": 1})),
+            NewJob::new("orders").input(json!(null)),
+        ])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("1"), "names the bad job: {err}");
+    // The other type that names the pipeline is refused before any write.
+    let err = queue
+        .enqueue_typed(&NotAnOrder { items: 1 })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("NotAnOrder"), "{err}");
+    assert_eq!(queue.counts().await.unwrap().total(), before);
+    queue.shutdown().await;
+}
+
+/// Runs each test on the memory, SQLite and PostgreSQL stores.
 macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {
         mod stores {
@@ -222,4 +299,5 @@ on_every_store!(
     wait_resolves_with_the_finished_job,
     drain_runs_every_runnable_job,
     enqueue_many_is_all_or_nothing,
+    typed_pipelines_check_their_input,
 );

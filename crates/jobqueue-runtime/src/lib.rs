@@ -30,6 +30,7 @@ mod runtime;
 mod state;
 mod supervise;
 pub mod testing;
+pub mod typed;
 mod wake;
 
 pub use clock::TokioClock;
@@ -40,3 +41,4 @@ pub use pipeline::{PhaseSpec, Pipeline, Pipelines};
 pub use retention::{RetentionConfig, RetentionPass, run_retention_pass};
 pub use runtime::{Runtime, RuntimeConfig, StartError};
 pub use state::StateMap;
+pub use typed::{InputType, JobInput, TypedPipeline};

@@ -9,6 +9,7 @@ use jobqueue_core::RetryPolicy;
 use jobqueue_core::job::check_name;
 
 use crate::phase::Phase;
+use crate::typed::InputType;
 
 /// One phase of a pipeline with its limits.
 #[derive(Clone)]
@@ -36,6 +37,8 @@ pub struct Pipeline {
     pub(crate) retry: Option<RetryPolicy>,
     pub(crate) attempt_timeout: Option<Duration>,
     pub(crate) concurrency: Option<usize>,
+    /// The input type a typed pipeline declared ([`Pipeline::typed`]).
+    pub(crate) input_type: Option<InputType>,
 }
 
 impl Pipeline {
@@ -47,6 +50,7 @@ impl Pipeline {
             retry: None,
             attempt_timeout: None,
             concurrency: None,
+            input_type: None,
         }
     }
 
@@ -97,6 +101,25 @@ impl Pipeline {
             .iter()
             .map(|p| p.phase.name().to_owned())
             .collect()
+    }
+
+    /// The input type it declared, if it is typed ([`Pipeline::typed`]).
+    pub fn input_type(&self) -> Option<&InputType> {
+        self.input_type.as_ref()
+    }
+
+    /// Refuses an input that does not deserialize into the pipeline's
+    /// declared input type (a pipeline without one takes any JSON).
+    pub fn check_input(&self, input: &serde_json::Value) -> Result<(), String> {
+        match &self.input_type {
+            Some(t) => t.check(input).map_err(|e| {
+                format!(
+                    "the input of pipeline {:?} does not fit {}: {e}",
+                    self.name, t.name
+                )
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Its retry policy, if it has its own.

@@ -13,7 +13,9 @@ use jobqueue_core::{
     MemoryStore, NewJob, RecoverScope, RetryPolicy,
 };
 use jobqueue_events::{Dispatcher, DispatcherHandle, EventBus, Subscription, WebhookConfig};
-use jobqueue_runtime::{Pipeline, Pipelines, RetentionConfig, Runtime, RuntimeConfig, StartError};
+use jobqueue_runtime::{
+    JobInput, Pipeline, Pipelines, RetentionConfig, Runtime, RuntimeConfig, StartError,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -410,13 +412,19 @@ impl JobQueue {
     /// Fills in what the queue knows about the job's pipeline: its phase
     /// names, and its attempt budget when the job does not set one. One
     /// rule for [`enqueue`](Self::enqueue), [`enqueue_job`](Self::enqueue_job)
-    /// and [`enqueue_batch`](Self::enqueue_batch).
+    /// and [`enqueue_batch`](Self::enqueue_batch). An input that does not
+    /// fit a typed pipeline's input type is refused here, with
+    /// [`ErrorKind::Invalid`](jobqueue_core::ErrorKind::Invalid), before
+    /// anything is written.
     fn prepare(&self, mut job: NewJob) -> Result<NewJob, Error> {
         let pipeline = self
             .runtime
             .pipelines()
             .get(&job.pipeline)
             .ok_or_else(|| Error::UnknownPipeline(job.pipeline.clone()))?;
+        pipeline
+            .check_input(&job.input)
+            .map_err(|m| Error::Store(jobqueue_core::StoreError::Invalid(m)))?;
         job.phases = pipeline.phase_names();
         if job.max_attempts.is_none() {
             let policy = pipeline
@@ -438,6 +446,73 @@ impl JobQueue {
         let input = serde_json::to_value(input).map_err(Error::Json)?;
         let job = self.prepare(NewJob::new(pipeline).input(input))?;
         self.enqueue_prepared(job).await
+    }
+
+    /// Enqueues a job of a typed pipeline (see [`jobqueue_runtime::typed`]):
+    /// the pipeline is [`I::PIPELINE`](JobInput::PIPELINE), and it must have
+    /// been built with [`Pipeline::typed::<I>()`](Pipeline::typed), so that
+    /// its steps read what this writes.
+    ///
+    /// ```no_run
+    /// use jobqueue::{JobInput, JobQueue, PhaseError, Pipeline};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Resize { url: String, width: u32 }
+    /// impl JobInput for Resize { const PIPELINE: &'static str = "resize"; }
+    ///
+    /// # async fn demo() -> Result<(), jobqueue::Error> {
+    /// let queue = JobQueue::builder()
+    ///     .pipeline(
+    ///         Pipeline::typed::<Resize>()
+    ///             .step("resize", |_ctx, job: Resize| async move {
+    ///                 Ok::<_, PhaseError>(format!("{}@{}", job.url, job.width))
+    ///             })
+    ///             .build(),
+    ///     )
+    ///     .start()
+    ///     .await?;
+    /// let job = queue.enqueue_typed(&Resize { url: "cat.png".into(), width: 64 }).await?;
+    /// # let _ = job;
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue_typed<I: JobInput>(&self, input: &I) -> Result<Job, Error> {
+        self.check_typed::<I>()?;
+        self.enqueue(I::PIPELINE, input).await
+    }
+
+    /// Enqueues a job of a typed pipeline for each of `inputs`, all or none
+    /// (as [`enqueue_typed`](Self::enqueue_typed) does one).
+    pub async fn enqueue_many_typed<'a, I, It>(&self, inputs: It) -> Result<Vec<Job>, Error>
+    where
+        I: JobInput,
+        It: IntoIterator<Item = &'a I>,
+    {
+        self.check_typed::<I>()?;
+        self.enqueue_many(I::PIPELINE, inputs).await
+    }
+
+    /// The pipeline of `I` is registered and declared `I` as its input.
+    fn check_typed<I: JobInput>(&self) -> Result<(), Error> {
+        let pipeline = self
+            .runtime
+            .pipelines()
+            .get(I::PIPELINE)
+            .ok_or_else(|| Error::UnknownPipeline(I::PIPELINE.to_owned()))?;
+        match pipeline.input_type() {
+            Some(t) if t.id == std::any::TypeId::of::<I>() => Ok(()),
+            Some(t) => Err(Error::Config(format!(
+                "pipeline {:?} takes {}, not {}",
+                I::PIPELINE,
+                t.name,
+                std::any::type_name::<I>()
+            ))),
+            None => Err(Error::Config(format!(
+                "pipeline {:?} is not typed (build it with Pipeline::typed::<{}>())",
+                I::PIPELINE,
+                std::any::type_name::<I>()
+            ))),
+        }
     }
 
     /// Enqueues a job with every option of [`NewJob`] (priority, `run_at`,
@@ -516,6 +591,10 @@ impl JobQueue {
                         error: Box::new(jobqueue_core::StoreError::Invalid(format!(
                             "unknown pipeline {p:?}"
                         ))),
+                    }),
+                    Error::Store(e) => Error::Store(jobqueue_core::StoreError::Batch {
+                        index,
+                        error: Box::new(e),
                     }),
                     other => other,
                 })
