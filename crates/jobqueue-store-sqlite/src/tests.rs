@@ -489,16 +489,16 @@ fn hot_queries_use_indexes() {
     let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
     let queries = [
         // claim (the subquery of the claim UPDATE)
-        "SELECT id FROM jobs WHERE status = ?1 AND run_at <= ?2 AND pipeline NOT IN (?3) \
+        "SELECT id FROM jobs WHERE status = 'queued' AND run_at <= ?2 AND pipeline NOT IN (?3) \
          ORDER BY priority DESC, run_at, created_at, id LIMIT ?4",
         // list, unfiltered, by status, by pipeline, next page
         "SELECT * FROM jobs ORDER BY id DESC LIMIT ?1",
         "SELECT * FROM jobs WHERE status IN (?1, ?2) ORDER BY id DESC LIMIT ?3",
         "SELECT * FROM jobs WHERE pipeline = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
         // retention
-        "SELECT * FROM jobs WHERE finished_at < ?1 AND status IN (?2, ?3, ?4) \
-         ORDER BY finished_at, id LIMIT ?5",
-        "SELECT * FROM jobs WHERE stale_at < ?1 AND status = ?2 ORDER BY stale_at, id LIMIT ?3",
+        "SELECT * FROM jobs WHERE finished_at < ?1 AND +status IN ('completed', 'failed', \
+         'cancelled') ORDER BY finished_at, id LIMIT ?5",
+        "SELECT * FROM jobs WHERE stale_at < ?1 AND +status = 'stale' ORDER BY stale_at, id LIMIT ?3",
         // recovery, unique keys
         "SELECT * FROM jobs WHERE status = ?1 ORDER BY id",
         "SELECT id FROM jobs WHERE unique_key = ?1 AND status IN (?2, ?3)",
@@ -507,11 +507,27 @@ fn hot_queries_use_indexes() {
          ORDER BY next_attempt_at, event_seq, id LIMIT ?3",
         "SELECT * FROM events WHERE seq > ?1 AND job_id = ?2 ORDER BY seq LIMIT ?3",
     ];
-    for q in queries {
+    let mut plan_of = |q: &str| -> Vec<String> {
         let plan: Vec<Plan> = diesel::sql_query(format!("EXPLAIN QUERY PLAN {q}"))
             .load(&mut conn)
             .unwrap();
-        let plan: Vec<String> = plan.into_iter().map(|p| p.detail).collect();
+        plan.into_iter().map(|p| p.detail).collect()
+    };
+    // The partial indexes serve the queries they were made for.
+    for (q, index) in [
+        (queries[0], "jobs_claim"),
+        (queries[4], "jobs_finished"),
+        (queries[5], "jobs_stale"),
+        (queries[7], "jobs_unique_key"),
+    ] {
+        let plan = plan_of(q);
+        assert!(
+            plan.iter().any(|s| s.contains(&format!("INDEX {index}"))),
+            "{q}: {plan:?}"
+        );
+    }
+    for q in queries {
+        let plan = plan_of(q);
         for step in &plan {
             let full_scan = step.starts_with("SCAN jobs") && !step.contains("USING")
                 || step.starts_with("SCAN webhook_deliveries") && !step.contains("USING")
