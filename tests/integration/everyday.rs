@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use jobqueue::{
     ErrorKind, JobId, JobInput, JobQueue, JobQueueBuilder, JobResults, JobStatus, NewJob,
-    PhaseError, Pipeline, phase_fn,
+    PhaseError, PhaseOptions, Pipeline, RetryPolicy, phase_fn,
 };
 use jobqueue_tests::{DEADLINE, StoreKind};
 use serde_json::json;
@@ -255,6 +255,84 @@ async fn typed_pipelines_check_their_input(builder: JobQueueBuilder) {
     queue.shutdown().await;
 }
 
+fn policy(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        initial: Duration::ZERO,
+        ..crate::fast_retry(max_attempts)
+    }
+}
+
+async fn phase_options_override_the_pipeline(builder: JobQueueBuilder) {
+    // The pipeline allows no retry; its upload phase allows three runs.
+    let upload = Pipeline::new("upload").retry(policy(1)).phase_with(
+        phase_fn("upload", |ctx| async move {
+            if ctx.attempt() < 3 {
+                return Err(PhaseError::retryable("flaky network"));
+            }
+            Ok::<_, PhaseError>(json!("uploaded"))
+        }),
+        PhaseOptions::new().retry(policy(3)),
+    );
+    // The pipeline allows five attempts; its phase only two runs.
+    let capped = Pipeline::new("capped").retry(policy(5)).phase_with(
+        phase_fn("always", |_| async move {
+            Err::<serde_json::Value, _>(PhaseError::retryable("still broken"))
+        }),
+        PhaseOptions::new().retry(policy(2)),
+    );
+    // A phase's own timeout.
+    let slow = Pipeline::new("slow").retry(policy(1)).phase_with(
+        phase_fn("sleep", |_| async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, PhaseError>(json!("woke"))
+        }),
+        PhaseOptions::new().timeout(Duration::from_millis(50)),
+    );
+    let queue = builder
+        .pipeline(upload)
+        .pipeline(capped)
+        .pipeline(slow)
+        .start()
+        .await
+        .unwrap();
+
+    let job = queue.enqueue("upload", &json!(null)).await.unwrap();
+    assert_eq!(job.max_attempts, 3, "the budget covers the phase's policy");
+    let done = within("upload", queue.wait(job.id)).await.unwrap();
+    assert_eq!(done.status, JobStatus::Completed, "{done:?}");
+    assert_eq!(done.attempt, 3);
+
+    let job = queue.enqueue("capped", &json!(null)).await.unwrap();
+    let done = within("capped", queue.wait(job.id)).await.unwrap();
+    assert_eq!(done.status, JobStatus::Failed);
+    assert_eq!(
+        done.attempt, 2,
+        "the phase's policy stops it before the job's budget"
+    );
+    assert_eq!(done.phases[0].attempts, 2);
+
+    let job = queue.enqueue("slow", &json!(null)).await.unwrap();
+    let done = within("slow", queue.wait(job.id)).await.unwrap();
+    assert_eq!(done.status, JobStatus::Failed);
+    let message = done.error.map(|e| e.message).unwrap_or_default();
+    assert!(message.contains("timed out"), "{message}");
+    queue.shutdown().await;
+}
+
+#[test]
+fn a_bad_phase_policy_is_refused_at_build() {
+    let bad = Pipeline::new("bad").phase_with(
+        phase_fn("a", |_| async move { Ok::<_, PhaseError>(json!(null)) }),
+        PhaseOptions::new().retry(RetryPolicy {
+            max_attempts: 0,
+            ..RetryPolicy::default()
+        }),
+    );
+    let err = jobqueue::runtime::Pipelines::new([bad]).unwrap_err();
+    assert!(err.contains("phase \"a\": retry: max_attempts"), "{err}");
+}
+
 /// Runs each test on the memory, SQLite and PostgreSQL stores.
 macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {
@@ -300,4 +378,5 @@ on_every_store!(
     drain_runs_every_runnable_job,
     enqueue_many_is_all_or_nothing,
     typed_pipelines_check_their_input,
+    phase_options_override_the_pipeline,
 );

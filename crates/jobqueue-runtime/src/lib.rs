@@ -37,7 +37,7 @@ pub use clock::TokioClock;
 pub use phase::{
     FailureKind, FnPhase, Phase, PhaseContext, PhaseError, ProgressReporter, phase_fn, to_result,
 };
-pub use pipeline::{PhaseSpec, Pipeline, Pipelines};
+pub use pipeline::{PhaseOptions, PhaseSpec, Pipeline, Pipelines};
 pub use retention::{RetentionConfig, RetentionPass, run_retention_pass};
 pub use runtime::{Runtime, RuntimeConfig, StartError};
 pub use state::StateMap;

@@ -427,17 +427,14 @@ impl JobQueue {
             .map_err(|m| Error::Store(jobqueue_core::StoreError::Invalid(m)))?;
         job.phases = pipeline.phase_names();
         if job.max_attempts.is_none() {
-            let policy = pipeline
-                .retry_policy()
-                .copied()
-                .unwrap_or(self.runtime.config().retry);
-            job.max_attempts = Some(policy.max_attempts);
+            job.max_attempts = Some(pipeline.default_max_attempts(&self.runtime.config().retry));
         }
         Ok(job)
     }
 
     /// Enqueues a job of `pipeline` with `input`; it is durable when this
-    /// returns. The attempt budget is the pipeline's retry policy's.
+    /// returns. The attempt budget is the pipeline's retry policy's (or the
+    /// largest of its phases' own policies, if one allows more).
     pub async fn enqueue<T: Serialize + ?Sized>(
         &self,
         pipeline: &str,
