@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use jobqueue::{
     ErrorKind, JobId, JobInput, JobQueue, JobQueueBuilder, JobResults, JobStatus, NewJob,
-    PhaseError, PhaseOptions, Pipeline, RetryPolicy, phase_fn,
+    PhaseError, PhaseOptions, PhaseStatus, Pipeline, RetryPolicy, phase_fn,
 };
 use jobqueue_tests::{DEADLINE, StoreKind};
 use serde_json::json;
@@ -320,6 +320,47 @@ async fn phase_options_override_the_pipeline(builder: JobQueueBuilder) {
     queue.shutdown().await;
 }
 
+async fn a_phase_can_cancel_its_job(builder: JobQueueBuilder) {
+    let ship = Pipeline::new("ship")
+        .phase(phase_fn("check", |_| async move {
+            Ok::<_, PhaseError>(json!("checked"))
+        }))
+        .phase(phase_fn("ship", |ctx| async move {
+            if ctx.input()["withdrawn"] == json!(true) {
+                return Err(PhaseError::cancel_job("the order was withdrawn"));
+            }
+            Ok(json!("shipped"))
+        }))
+        .phase(phase_fn("never", |_| async move {
+            Ok::<_, PhaseError>(json!("ran"))
+        }));
+    let queue = builder.pipeline(ship).start().await.unwrap();
+    let job = queue
+        .enqueue("ship", &json!({"withdrawn": true}))
+        .await
+        .unwrap();
+    let done = within("the withdrawn order", queue.wait(job.id))
+        .await
+        .unwrap();
+    assert_eq!(done.status, JobStatus::Cancelled);
+    assert_eq!(done.attempt, 1, "not retried");
+    assert_eq!(done.error, None, "not a failure");
+    let statuses: Vec<PhaseStatus> = done.phases.iter().map(|p| p.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            PhaseStatus::Completed,
+            PhaseStatus::Cancelled,
+            PhaseStatus::Pending
+        ]
+    );
+    assert_eq!(
+        done.result_of::<String>("check").unwrap().as_deref(),
+        Some("checked")
+    );
+    queue.shutdown().await;
+}
+
 #[test]
 fn a_bad_phase_policy_is_refused_at_build() {
     let bad = Pipeline::new("bad").phase_with(
@@ -379,4 +420,5 @@ on_every_store!(
     enqueue_many_is_all_or_nothing,
     typed_pipelines_check_their_input,
     phase_options_override_the_pipeline,
+    a_phase_can_cancel_its_job,
 );

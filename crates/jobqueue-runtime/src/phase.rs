@@ -57,6 +57,11 @@ pub enum FailureKind {
     Retryable,
     /// Do not retry: the job fails now (bad input, missing file).
     Permanent,
+    /// Not a failure: the phase decided its job should not go on (the
+    /// order was withdrawn, the file is gone for good on purpose). The job
+    /// ends `cancelled`, as if a user had cancelled it; see
+    /// [`PhaseError::cancel_job`].
+    CancelJob,
 }
 
 /// Why a phase failed.
@@ -82,6 +87,28 @@ impl PhaseError {
     pub fn permanent(message: impl fmt::Display) -> Self {
         Self {
             kind: FailureKind::Permanent,
+            message: message.to_string(),
+        }
+    }
+
+    /// Ends the job `cancelled` from inside its phase: no retry, no
+    /// failure; the phase is recorded cancelled, earlier results are kept,
+    /// and the event is `job.cancelled` (whose data is empty: the message
+    /// goes to the log, not the store). A user may still retry the job.
+    ///
+    /// ```
+    /// use jobqueue_runtime::{PhaseError, phase_fn};
+    /// let ship = phase_fn("ship", |ctx| async move {
+    ///     if ctx.input()["withdrawn"] == serde_json::json!(true) {
+    ///         return Err(PhaseError::cancel_job("the order was withdrawn"));
+    ///     }
+    ///     Ok(serde_json::json!("shipped"))
+    /// });
+    /// # let _ = ship;
+    /// ```
+    pub fn cancel_job(message: impl fmt::Display) -> Self {
+        Self {
+            kind: FailureKind::CancelJob,
             message: message.to_string(),
         }
     }

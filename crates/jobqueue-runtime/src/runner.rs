@@ -307,6 +307,14 @@ impl JobRun<'_> {
             Ended {
                 result: Some(Err(err)),
                 stop: None,
+            } if err.kind == FailureKind::CancelJob => {
+                info!(reason = %err.message, "the phase cancelled its job");
+                self.end_cancelled().await;
+                None
+            }
+            Ended {
+                result: Some(Err(err)),
+                stop: None,
             } => {
                 self.phase_failed(job, pipeline, index, err).await;
                 None
