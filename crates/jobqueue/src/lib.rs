@@ -43,7 +43,11 @@ pub mod testing;
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
 
-// So does the testing guide.
+// So do the user guide and the testing guide.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/guide.md")]
+struct GuideDoctests;
+
 #[cfg(doctest)]
 #[doc = include_str!("../../../docs/testing.md")]
 struct TestingGuideDoctests;
