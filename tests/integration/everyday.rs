@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobqueue::{
-    ErrorKind, JobId, JobInput, JobQueue, JobQueueBuilder, JobResults, JobStatus, NewJob,
+    Enqueued, ErrorKind, JobId, JobInput, JobQueue, JobQueueBuilder, JobResults, JobStatus, NewJob,
     PhaseError, PhaseOptions, PhaseStatus, Pipeline, RetryPolicy, phase_fn,
 };
 use jobqueue_tests::{DEADLINE, StoreKind};
@@ -361,6 +361,46 @@ async fn a_phase_can_cancel_its_job(builder: JobQueueBuilder) {
     queue.shutdown().await;
 }
 
+async fn enqueue_unique_returns_the_existing_job(builder: JobQueueBuilder) {
+    let queue = start(builder).await;
+    let in_an_hour = time::OffsetDateTime::now_utc() + Duration::from_secs(3600);
+    let job = NewJob::new("flaky")
+        .unique_key("nightly:2026-12-02")
+        .run_at(in_an_hour);
+    let first = queue.enqueue_unique(job.clone()).await.unwrap();
+    assert!(first.is_created());
+    let second = queue
+        .enqueue_unique(job.clone().input(json!({"other": "input"})))
+        .await
+        .unwrap();
+    match &second {
+        Enqueued::Existing(existing) => {
+            assert_eq!(existing.id, first.job().id);
+            assert_eq!(existing.input, json!(null), "the existing job, unchanged");
+        }
+        Enqueued::Created(j) => panic!("enqueued a second job {j:?}"),
+    }
+    // `enqueue_job` still says Duplicate.
+    let err = queue.enqueue_job(job.clone()).await.unwrap_err();
+    match err {
+        jobqueue::Error::Store(e) => assert_eq!(e.kind(), ErrorKind::Duplicate),
+        other => panic!("expected duplicate, got {other:?}"),
+    }
+    // Once the holder has finished, the key is free again.
+    queue.cancel(first.job().id).await.unwrap();
+    let third = queue.enqueue_unique(job).await.unwrap();
+    assert!(third.is_created());
+    assert_ne!(third.job().id, first.job().id);
+    // Without a key: always created.
+    let plain = queue
+        .enqueue_unique(NewJob::new("flaky").run_at(in_an_hour))
+        .await
+        .unwrap();
+    assert!(plain.is_created());
+    assert_eq!(queue.counts().await.unwrap().total(), 3);
+    queue.shutdown().await;
+}
+
 #[test]
 fn a_bad_phase_policy_is_refused_at_build() {
     let bad = Pipeline::new("bad").phase_with(
@@ -421,4 +461,5 @@ on_every_store!(
     typed_pipelines_check_their_input,
     phase_options_override_the_pipeline,
     a_phase_can_cancel_its_job,
+    enqueue_unique_returns_the_existing_job,
 );

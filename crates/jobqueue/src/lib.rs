@@ -72,4 +72,4 @@ pub use jobqueue_store_postgres as postgres;
 #[cfg(feature = "sqlite")]
 pub use jobqueue_store_sqlite as sqlite;
 pub use observe::{DrainSummary, JobCounts};
-pub use queue::{JobQueue, JobQueueBuilder, JobResults};
+pub use queue::{Enqueued, JobQueue, JobQueueBuilder, JobResults};

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_core::Stream;
 use jobqueue_core::{
     CancelOutcome, Clock, Delivery, EventFilter, Health, Job, JobFilter, JobId, JobPage, JobStore,
-    MemoryStore, NewJob, RecoverScope, RetryPolicy,
+    MemoryStore, NewJob, RecoverScope, RetryPolicy, StoreError,
 };
 use jobqueue_events::{Dispatcher, DispatcherHandle, EventBus, Subscription, WebhookConfig};
 use jobqueue_runtime::{
@@ -520,6 +520,47 @@ impl JobQueue {
         self.enqueue_prepared(job).await
     }
 
+    /// Enqueues `job` unless a queued or running job holds its unique key,
+    /// and then returns that job instead of a `Duplicate` error (Oban's
+    /// unique jobs, River's `UniqueOpts`): [`Enqueued::Existing`]. A job
+    /// without a unique key is always [`Enqueued::Created`].
+    ///
+    /// Uniqueness is by key, while the holder is queued or running; the
+    /// key can be made from the input (`format!("resize:{url}")`) for
+    /// uniqueness by input. The existing job is read after the refusal: if
+    /// it was deleted meanwhile, the enqueue is tried again.
+    ///
+    /// ```no_run
+    /// # async fn demo(queue: jobqueue::JobQueue) -> Result<(), jobqueue::Error> {
+    /// use jobqueue::{Enqueued, NewJob};
+    /// let job = NewJob::new("resize").unique_key("resize:cat.png");
+    /// let first = queue.enqueue_unique(job.clone()).await?;
+    /// let second = queue.enqueue_unique(job).await?;
+    /// assert!(matches!(second, Enqueued::Existing(_)));
+    /// assert_eq!(first.job().id, second.job().id);
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue_unique(&self, job: NewJob) -> Result<Enqueued, Error> {
+        // A holder deleted between the refusal and the read frees its key;
+        // a few tries cover that race without looping forever.
+        let mut last = None;
+        for _ in 0..3 {
+            match self.enqueue_job(job.clone()).await {
+                Ok(created) => return Ok(Enqueued::Created(created)),
+                Err(Error::Store(StoreError::Duplicate { existing, key })) => {
+                    if let Some(found) = self.get(existing).await? {
+                        return Ok(Enqueued::Existing(found));
+                    }
+                    last = Some(StoreError::Duplicate { existing, key });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Store(last.unwrap_or_else(|| {
+            StoreError::Conflict("the unique key's holder kept changing".into())
+        })))
+    }
+
     /// A job's own `webhook_url` comes from API callers: it must be http(s)
     /// and, unless private targets are allowed, resolve to public addresses
     /// only (checked again at delivery time, against DNS rebinding).
@@ -725,6 +766,36 @@ impl JobQueue {
         job.validate()
             .map_err(|m| Error::Store(jobqueue_core::StoreError::Invalid(m)))?;
         self.check_webhook_url(&job).await
+    }
+}
+
+/// What [`JobQueue::enqueue_unique`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Enqueued {
+    /// The job was enqueued.
+    Created(Job),
+    /// A queued or running job held the unique key: this one, unchanged.
+    Existing(Job),
+}
+
+impl Enqueued {
+    /// The job, created or existing.
+    pub fn job(&self) -> &Job {
+        match self {
+            Self::Created(job) | Self::Existing(job) => job,
+        }
+    }
+
+    /// The job, created or existing.
+    pub fn into_job(self) -> Job {
+        match self {
+            Self::Created(job) | Self::Existing(job) => job,
+        }
+    }
+
+    /// Whether this call enqueued it.
+    pub fn is_created(&self) -> bool {
+        matches!(self, Self::Created(_))
     }
 }
 
