@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{BigInt, Text, Untyped};
+use diesel::sql_types::{BigInt, Text};
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use jobqueue_core::apply::lease_until;
 use jobqueue_core::machine::job_transition;
@@ -37,11 +37,12 @@ const NEW_TOKEN_SQL: &str = "lower(printf('%s-%s-4%s-%s%s-%s', hex(randomblob(4)
      hex(randomblob(6))))";
 
 /// The claim: `UPDATE jobs ... WHERE id IN (SELECT ... ORDER BY ... LIMIT ?)
-/// RETURNING *`. Written as SQL (diesel's DSL has no UPDATE whose target is
+/// RETURNING <the columns of a JobRow>`. Written as SQL (diesel's DSL has no UPDATE whose target is
 /// a subquery with ORDER BY and LIMIT), as a fragment diesel keeps prepared
 /// by its SQL text, which changes only with the number of excluded
 /// pipelines.
 struct ClaimQuery<'a> {
+    columns: diesel::dsl::AsSelect<JobRow, Sqlite>,
     to: &'static str,
     now: i64,
     until: i64,
@@ -79,7 +80,10 @@ impl QueryFragment<Sqlite> for ClaimQuery<'_> {
         // CAST hides the parameter from that, so one plan serves every size.
         out.push_sql(" ORDER BY priority DESC, run_at, created_at, id LIMIT CAST(");
         out.push_bind_param::<BigInt, _>(&self.limit)?;
-        out.push_sql(" AS INTEGER)) RETURNING *");
+        // The columns by position, in the row's order: read by index, not
+        // looked up by name for every column of every row.
+        out.push_sql(" AS INTEGER)) RETURNING ");
+        self.columns.walk_ast(out.reborrow())?;
         Ok(())
     }
 }
@@ -109,7 +113,7 @@ impl QueryId for ClaimQuery<'_> {
 }
 
 impl Query for ClaimQuery<'_> {
-    type SqlType = Untyped;
+    type SqlType = <diesel::dsl::AsSelect<JobRow, Sqlite> as Expression>::SqlType;
 }
 
 impl RunQueryDsl<SqliteConnection> for ClaimQuery<'_> {}
@@ -255,6 +259,7 @@ pub(crate) fn claim(tx: &mut Tx<'_>, req: ClaimRequest) -> Result<Vec<Claimed>, 
     let now_us = micros(now);
     // One statement claims the whole batch.
     let q = ClaimQuery {
+        columns: JobRow::as_select(),
         to: rule.to.as_str(),
         now: now_us,
         until,
@@ -553,6 +558,9 @@ fn remove_job(tx: &mut Tx<'_>, id: &str, keep_from: u64) -> Result<(), StoreErro
     if let Ok(job_id) = id.parse() {
         tx.cache.forget(job_id);
     }
+    // The job's events of this group go in first, to be deleted with the
+    // others.
+    tx.flush_events()?;
     diesel::delete(jobs::table.find(id))
         .execute(tx.write_conn())
         .map_err(db_err)?;
@@ -689,6 +697,7 @@ pub(crate) fn prune(
         .load(tx.conn())
         .map_err(db_err)?;
     if !old.is_empty() {
+        tx.flush_events()?;
         diesel::delete(events::table.filter(events::seq.eq_any(&old)))
             .execute(tx.write_conn())
             .map_err(db_err)?;

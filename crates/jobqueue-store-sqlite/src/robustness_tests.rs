@@ -223,8 +223,31 @@ fn a_busy_writer_pushes_back() {
 
 /// Size of the database file. (Its WAL is bounded on its own: the writer
 /// checkpoints it every few thousand pages and then reuses it.)
-fn footprint(dir: &std::path::Path) -> u64 {
-    std::fs::metadata(dir.join("jobs.db")).map_or(0, |m| m.len())
+/// The size of the database as of its last commit, in bytes: its pages,
+/// wherever they are (the file, or the WAL until the next checkpoint). The
+/// file's own length would move only at checkpoints, which come when the
+/// WAL fills, so it would say more about the checkpoint's timing.
+async fn footprint(store: &SqliteStore) -> u64 {
+    use diesel::RunQueryDsl as _;
+    #[derive(diesel::QueryableByName)]
+    struct Pages {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    store
+        .write_op(|tx| {
+            let page = |sql: &str, tx: &mut crate::writer::Tx<'_>| {
+                diesel::sql_query(sql)
+                    .load::<Pages>(tx.conn())
+                    .map_err(crate::error::db_err)
+                    .map(|p| p.first().map_or(0, |p| p.n))
+            };
+            let count = page("SELECT page_count AS n FROM pragma_page_count()", tx)?;
+            let size = page("SELECT page_size AS n FROM pragma_page_size()", tx)?;
+            Ok(u64::try_from(count * size).unwrap_or(0))
+        })
+        .await
+        .unwrap()
 }
 
 /// Runs `rounds` rounds of 200 one-phase jobs through the store, each
@@ -287,7 +310,7 @@ async fn churn(dir: &std::path::Path, rounds: usize, prune: bool) -> Vec<u64> {
             {}
             while store.prune(now - 2 * hour, 500).await.unwrap() != Default::default() {}
         }
-        sizes.push(footprint(dir));
+        sizes.push(footprint(&store).await);
     }
     store.close().await;
     sizes

@@ -161,6 +161,15 @@ pub(crate) struct DeliveryRow {
 impl JobRow {
     /// The row of `job` (its phases go to [`PhaseRow`]s).
     pub(crate) fn of(job: &Job) -> Self {
+        let mut row = Self::of_state(job);
+        row.input = job.input.to_string();
+        row
+    }
+
+    /// The row of `job` with an empty `input`: what an update compares
+    /// (a job's input never changes after it is enqueued, and writing it as
+    /// text is the dearest part of the row).
+    pub(crate) fn of_state(job: &Job) -> Self {
         let (error_phase, error_message, error_attempt) = match &job.error {
             Some(e) => (
                 e.phase.clone(),
@@ -183,7 +192,7 @@ impl JobRow {
             id: job.id.to_string(),
             pipeline: job.pipeline.clone(),
             status: job.status.as_str().to_owned(),
-            input: job.input.to_string(),
+            input: String::new(),
             priority: i64::from(job.priority),
             unique_key: job.unique_key.clone(),
             attempt: i64::from(job.attempt),
@@ -413,13 +422,16 @@ pub(crate) fn job_status(s: &str) -> Result<JobStatus, StoreError> {
 /// says whether any did.
 macro_rules! diff_rows {
     ($patch:ident, $before:ident, $after:ident; $($f:ident),* $(,)?) => {{
-        let mut changed = false;
+        let mut changed = 0u32;
+        let mut bit = 1u32;
         $(
             if $before.$f != $after.$f {
                 $patch.$f = Some($after.$f.clone());
-                changed = true;
+                changed |= bit;
             }
+            bit <<= 1;
         )*
+        let _ = bit;
         changed
     }};
 }
@@ -455,40 +467,22 @@ pub(crate) struct JobPatch {
 }
 
 impl JobPatch {
-    /// What changed from `before` to `after`, or `None` if nothing did.
-    pub(crate) fn between(before: &JobRow, after: &JobRow) -> Option<Self> {
+    /// The columns a job's completion changes: status, finished_at, lease
+    /// and lease_expires_at.
+    pub(crate) const COMPLETE: u32 = 1 | 1 << 8 | 1 << 19 | 1 << 20;
+    /// The column a heartbeat changes: lease_expires_at.
+    pub(crate) const HEARTBEAT: u32 = 1 << 20;
+
+    /// What changed from `before` to `after`, or `None` if nothing did,
+    /// with the set of changed columns as bits in the order of the fields
+    /// (see the `JobPatch::*` shape constants).
+    pub(crate) fn between(before: &JobRow, after: &JobRow) -> Option<(Self, u32)> {
         let mut p = Self::default();
         let changed = diff_rows!(p, before, after;
             status, input, priority, unique_key, attempt, max_attempts, run_at, started_at,
             finished_at, stale_at, error_phase, error_message, error_attempt,
             interrupted_phase, interrupted_at, interrupted_percent, interrupted_message,
             webhook_url, cancel_requested, lease, lease_expires_at);
-        changed.then_some(p)
-    }
-}
-
-/// The columns of a `phases` row that changed.
-#[derive(Debug, Default, AsChangeset)]
-#[diesel(table_name = phases, check_for_backend(Sqlite))]
-pub(crate) struct PhasePatch {
-    name: Option<String>,
-    status: Option<String>,
-    attempts: Option<i64>,
-    progress_percent: Option<Option<i64>>,
-    progress_message: Option<Option<String>>,
-    result: Option<Option<String>>,
-    error: Option<Option<String>>,
-    started_at: Option<Option<i64>>,
-    finished_at: Option<Option<i64>>,
-}
-
-impl PhasePatch {
-    /// What changed from `before` to `after`, or `None` if nothing did.
-    pub(crate) fn between(before: &PhaseRow, after: &PhaseRow) -> Option<Self> {
-        let mut p = Self::default();
-        let changed = diff_rows!(p, before, after;
-            name, status, attempts, progress_percent, progress_message, result, error,
-            started_at, finished_at);
-        changed.then_some(p)
+        (changed != 0).then_some((p, changed))
     }
 }

@@ -1024,3 +1024,24 @@ fn fixed_inserts_do_not_change_shape() {
     );
     assert!(!delivery_sql.contains("DEFAULT"), "{delivery_sql}");
 }
+
+/// The column sets kept prepared under a type are the ones a completion and
+/// a heartbeat change.
+#[test]
+fn frequent_update_shapes_match_their_operations() {
+    use crate::rows::{JobPatch, JobRow};
+    use jobqueue_core::{Job, LeaseToken};
+    let t0 = time::OffsetDateTime::UNIX_EPOCH;
+    let t1 = t0 + Duration::from_secs(60);
+    let mut job = Job::queued(NewJob::new("p"), t0);
+    job.claim(LeaseToken::new(), t1, t0).unwrap();
+    let running = job.clone();
+    job.lease_expires_at = Some(t1 + Duration::from_secs(60));
+    let shape = |a: &Job, b: &Job| {
+        JobPatch::between(&JobRow::of_state(a), &JobRow::of_state(b)).map(|(_, s)| s)
+    };
+    assert_eq!(shape(&running, &job), Some(JobPatch::HEARTBEAT));
+    let mut done = running.clone();
+    done.complete(t1).unwrap();
+    assert_eq!(shape(&running, &done), Some(JobPatch::COMPLETE));
+}

@@ -17,6 +17,12 @@
 //! own `SAVEPOINT`, so that one is rolled back alone. No caller is answered
 //! before the commit, so the first run is never seen.
 //!
+//! Events are not inserted one by one: their rows wait in the group and go
+//! in with as few multi-row `INSERT`s as their count allows before the
+//! commit (before each savepoint in a rerun, and before an operation reads
+//! or deletes rows of `events`). A failed operation's waiting rows are
+//! dropped with it.
+//!
 //! The event sequence counter lives here: only the writer appends events,
 //! so it hands out numbers without asking the database, and takes them back
 //! when an operation or a batch is rolled back.
@@ -42,9 +48,9 @@ use time::OffsetDateTime;
 use crate::error::db_err;
 use crate::guard::FileGuard;
 use crate::lock::FileLock;
-use crate::query::{Fixed, kind};
+use crate::query::{Fixed, insert_events, kind};
 use crate::rows::{DeliveryRow, EventRow};
-use crate::schema::{events, store_state, webhook_deliveries};
+use crate::schema::{store_state, webhook_deliveries};
 
 /// A read, run on some connection; it sends its own answer.
 pub(crate) type ReadJob = Box<dyn FnOnce(&mut SqliteConnection) + Send>;
@@ -237,6 +243,8 @@ pub(crate) struct Tx<'a> {
     routes: &'a [WebhookRoute],
     last_seq: &'a mut u64,
     events: Vec<Event>,
+    /// The rows of the events appended in this group and not inserted yet.
+    pending: &'a mut Vec<EventRow>,
 }
 
 impl Tx<'_> {
@@ -250,6 +258,18 @@ impl Tx<'_> {
     pub(crate) fn write_conn(&mut self) -> &mut SqliteConnection {
         self.wrote = true;
         self.db
+    }
+
+    /// Inserts the events appended so far in this group, for an operation
+    /// about to read or delete rows of `events`.
+    pub(crate) fn flush_events(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.wrote = true;
+        insert_events(self.db, self.pending).map_err(db_err)?;
+        self.pending.clear();
+        Ok(())
     }
 
     /// The last sequence number handed out so far.
@@ -274,10 +294,9 @@ impl Tx<'_> {
             at: self.now,
             data,
         };
-        let row = EventRow::of(&event);
-        Fixed::<kind::InsertEvent, _>::new(diesel::insert_into(events::table).values(&row))
-            .execute(self.write_conn())
-            .map_err(db_err)?;
+        // Inserted with the group's other events when it ends (or before a
+        // statement of the operation that reads or deletes events).
+        self.pending.push(EventRow::of(&event));
         for d in deliveries_for(&event, self.routes, webhook_url, self.now) {
             let row = DeliveryRow::of(&d);
             let insert = diesel::insert_into(webhook_deliveries::table).values(&row);
@@ -413,6 +432,7 @@ pub(crate) fn spawn(
                 last_seq,
                 max_batch: max_batch.max(1),
                 guard,
+                pending: Vec::new(),
             };
             writer.run(&rx);
             for reader in readers {
@@ -439,6 +459,8 @@ struct Writer {
     max_batch: usize,
     /// Watches the database file (none for an in-memory database).
     guard: Option<FileGuard>,
+    /// The rows of the events of the running group, inserted at its end.
+    pending: Vec<EventRow>,
 }
 
 /// Why a group ended before its commit: every caller of the group gets a
@@ -552,8 +574,15 @@ impl Writer {
             .batch_execute("BEGIN IMMEDIATE")
             .map_err(|e| fail(e, "BEGIN IMMEDIATE"))?;
         let mut any_ok = false;
+        self.pending.clear();
         for op in ops.iter_mut() {
             if savepoints {
+                // The events of the operations before go in outside this
+                // one's savepoint: should this one flush them and then be
+                // rolled back, they must stay.
+                insert_events(&mut self.conn, &self.pending)
+                    .map_err(|e| fail(e, "inserting the events"))?;
+                self.pending.clear();
                 self.conn
                     .batch_execute("SAVEPOINT op")
                     .map_err(|e| fail(e, "SAVEPOINT"))?;
@@ -561,6 +590,7 @@ impl Writer {
             #[cfg(debug_assertions)]
             let changes_before = total_changes(&mut self.conn);
             let before = self.last_seq;
+            let pending_before = self.pending.len();
             self.cache.begin();
             let mut tx = Tx {
                 db: &mut self.conn,
@@ -570,6 +600,7 @@ impl Writer {
                 routes: &routes,
                 last_seq: &mut self.last_seq,
                 events: Vec::new(),
+                pending: &mut self.pending,
             };
             let applied = op.apply(&mut tx);
             let (events, wrote) = (tx.events, tx.wrote);
@@ -589,6 +620,10 @@ impl Writer {
                 continue;
             };
             self.last_seq = before;
+            // Its events not inserted yet go with it. (An operation that
+            // flushed them did so after writing: it is rolled back below.)
+            self.pending
+                .truncate(pending_before.min(self.pending.len()));
             self.cache.rollback();
             published.push(Vec::new());
             if single {
@@ -621,6 +656,9 @@ impl Writer {
                 })?;
         }
         if any_ok {
+            insert_events(&mut self.conn, &self.pending)
+                .map_err(|e| fail(e, "inserting the events"))?;
+            self.pending.clear();
             if self.last_seq != first_seq {
                 // The counter only goes up, in the same commit as the
                 // events, so pruned events never give their numbers back.
