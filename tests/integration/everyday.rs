@@ -111,12 +111,20 @@ async fn wait_resolves_with_the_finished_job(builder: JobQueueBuilder) {
     queue.cancel(later.id).await.unwrap();
     let cancelled = within("the cancelled job", waiter).await.unwrap().unwrap();
     assert_eq!(cancelled.status, JobStatus::Cancelled);
+    // A waiter is not left hanging by a shutdown.
+    let parked = enqueue_for_later(&queue).await;
+    let waiter = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.wait(parked.id).await }
+    });
     let unknown = queue.wait(JobId::new()).await.unwrap_err();
     match unknown {
         jobqueue::Error::Store(e) => assert_eq!(e.kind(), ErrorKind::NotFound),
         other => panic!("expected not found, got {other:?}"),
     }
     queue.shutdown().await;
+    let ended = within("the waiter after shutdown", waiter).await.unwrap();
+    assert!(matches!(ended, Err(jobqueue::Error::ShutDown)), "{ended:?}");
 }
 
 async fn drain_runs_every_runnable_job(builder: JobQueueBuilder) {

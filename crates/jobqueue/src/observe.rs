@@ -89,7 +89,9 @@ impl JobQueue {
     /// [`NotFound`](jobqueue_core::ErrorKind::NotFound).
     ///
     /// It waits as long as the job takes: wrap it in a timeout
-    /// (`tokio::time::timeout`) where that matters. A job that fails and is
+    /// (`tokio::time::timeout`) where that matters. Once the queue has
+    /// shut down it ends with [`Error::ShutDown`] (a job still queued then
+    /// runs after the next start). A job that fails and is
     /// retried automatically is not finished yet; this resolves after its
     /// last attempt.
     ///
@@ -108,18 +110,23 @@ impl JobQueue {
             types: ending_events(),
         });
         loop {
-            let job = self.get(id).await?.ok_or(StoreError::JobNotFound(id))?;
+            let job = match self.get(id).await {
+                // A store closed by the shutdown says so in its own words;
+                // the waiter hears why.
+                Err(_) if *self.shut_down.borrow() => return Err(Error::ShutDown),
+                read => read?.ok_or(StoreError::JobNotFound(id))?,
+            };
             if job.status.is_finished() || job.status == JobStatus::Stale {
                 return Ok(job);
             }
-            match events.next().await {
+            let next = tokio::select! {
+                next = events.next() => next,
+                () = self.shut_down() => return Err(Error::ShutDown),
+            };
+            match next {
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e.into()),
-                None => {
-                    return Err(Error::Config(
-                        "the queue's event bus closed while waiting for a job".into(),
-                    ));
-                }
+                None => return Err(Error::ShutDown),
             }
         }
     }
@@ -172,18 +179,21 @@ impl JobQueue {
         self.runtime()
             .notify_enqueued(self.runtime().config().clock.now());
         let scheduled = loop {
-            let (busy, scheduled) = self.drain_state().await?;
+            let (busy, scheduled) = match self.drain_state().await {
+                Err(_) if *self.shut_down.borrow() => return Err(Error::ShutDown),
+                state => state?,
+            };
             if !busy {
                 break scheduled;
             }
-            match tokio::time::timeout(poll, events.next()).await {
+            let next = tokio::select! {
+                next = tokio::time::timeout(poll, events.next()) => next,
+                () = self.shut_down() => return Err(Error::ShutDown),
+            };
+            match next {
                 Ok(Some(Ok(_))) | Err(_) => {}
                 Ok(Some(Err(e))) => return Err(e.into()),
-                Ok(None) => {
-                    return Err(Error::Config(
-                        "the queue's event bus closed while draining".into(),
-                    ));
-                }
+                Ok(None) => return Err(Error::ShutDown),
             }
         };
         let mut summary = self.ended_since_last_drain().await?;

@@ -330,6 +330,7 @@ impl Started {
             job_webhooks: webhooks.default_secret.is_some(),
             start_seq,
             drained: Arc::new(AtomicU64::new(start_seq)),
+            shut_down: Arc::new(tokio::sync::watch::Sender::new(false)),
             shutdown_timeout,
         })
     }
@@ -369,6 +370,8 @@ pub struct JobQueue {
     /// The last sequence number [`drain`](Self::drain) counted up to: the
     /// next drain counts the jobs that ended after it.
     pub(crate) drained: Arc<AtomicU64>,
+    /// Set once [`shutdown`](Self::shutdown) has returned: waiters stop.
+    pub(crate) shut_down: Arc<tokio::sync::watch::Sender<bool>>,
     shutdown_timeout: Duration,
 }
 
@@ -692,6 +695,14 @@ impl JobQueue {
             d.shutdown().await;
         }
         self.store.close().await;
+        self.shut_down.send_replace(true);
+    }
+
+    /// Resolves once [`shutdown`](Self::shutdown) has returned.
+    pub(crate) async fn shut_down(&self) {
+        let mut rx = self.shut_down.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = rx.wait_for(|done| *done).await;
     }
 
     /// Every event committed from now on that passes `filter`, typed, in
