@@ -72,7 +72,7 @@
 //! does not deserialize into it, before anything is written.
 //!
 //! Pipelines of plain JSON phases ([`Pipeline::new`] with
-//! [`phase_fn`](crate::phase_fn)) keep working as before, and a typed chain
+//! [`phase_fn`]) keep working as before, and a typed chain
 //! is a pipeline like any other (retry policy, timeouts, concurrency).
 
 use std::any::{TypeId, type_name};
