@@ -176,6 +176,11 @@ impl Pipeline {
             .collect()
     }
 
+    /// Its phases with their options, in order.
+    pub fn phases(&self) -> &[PhaseSpec] {
+        &self.phases
+    }
+
     /// The input type it declared, if it is typed ([`Pipeline::typed`]).
     pub fn input_type(&self) -> Option<&InputType> {
         self.input_type.as_ref()

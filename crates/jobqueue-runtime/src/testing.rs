@@ -37,6 +37,7 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::phase::{Phase, PhaseContext, PhaseError, ProgressReporter};
+use crate::pipeline::Pipeline;
 use crate::runtime::lock;
 use crate::state::StateMap;
 
@@ -185,6 +186,53 @@ impl PhaseHarness {
     }
 }
 
+impl PhaseHarness {
+    /// Runs the harness's phase of `pipeline` (found by name, its index set
+    /// from its position): the way to test one step of a typed pipeline,
+    /// which reads the previous step's result from
+    /// [`result`](Self::result). A name the pipeline does not have is a
+    /// permanent failure of the run.
+    ///
+    /// ```
+    /// use jobqueue_runtime::testing::PhaseHarness;
+    /// use jobqueue_runtime::{JobInput, PhaseError, Pipeline};
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Order { items: u32 }
+    /// impl JobInput for Order { const PIPELINE: &'static str = "orders"; }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let pipeline = Pipeline::typed::<Order>()
+    ///     .step("count", |_ctx, o: Order| async move { Ok::<_, PhaseError>(o.items) })
+    ///     .step("label", |_ctx, n: u32| async move { Ok::<_, PhaseError>(format!("{n} items")) })
+    ///     .build();
+    /// let run = PhaseHarness::new("orders", "label")
+    ///     .result("count", &3)
+    ///     .run_in(&pipeline)
+    ///     .await;
+    /// assert_eq!(run.output::<String>(), Ok("3 items".to_owned()));
+    /// # }
+    /// ```
+    pub async fn run_in(&self, pipeline: &Pipeline) -> PhaseRun {
+        let found = pipeline
+            .phases()
+            .iter()
+            .enumerate()
+            .find(|(_, spec)| spec.phase.name() == self.phase);
+        match found {
+            Some((index, spec)) => self.clone().index(index).run(&*spec.phase).await,
+            None => PhaseRun {
+                result: Err(PhaseError::permanent(format!(
+                    "pipeline {:?} has no phase {:?}",
+                    pipeline.name(),
+                    self.phase
+                ))),
+                reports: Vec::new(),
+            },
+        }
+    }
+}
+
 /// What a phase did in a [`PhaseHarness`] run.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -278,5 +326,17 @@ mod tests {
         let run = PhaseHarness::new("p", "a").run(&phase).await;
         assert_eq!(run.output::<u32>(), Ok(3));
         assert!(run.output::<String>().is_err());
+    }
+
+    #[tokio::test]
+    async fn run_in_finds_the_phase_and_its_index() {
+        let pipeline = Pipeline::new("p")
+            .phase(phase_fn("a", |_| async { Ok(json!("a")) }))
+            .phase(phase_fn("b", |ctx| async move { Ok(json!(ctx.index())) }));
+        let run = PhaseHarness::new("p", "b").run_in(&pipeline).await;
+        assert_eq!(run.result, Ok(json!(1)));
+        let run = PhaseHarness::new("p", "zzz").run_in(&pipeline).await;
+        let err = run.result.expect_err("no such phase");
+        assert!(err.message.contains("no phase \"zzz\""), "{err}");
     }
 }
