@@ -127,6 +127,17 @@ impl EventData {
         }
     }
 
+    /// [`EventData::to_json`] as JSON text, written straight from the data
+    /// (no `Value` tree in between: this runs for every stored event). The
+    /// same object, though its keys may come in another order.
+    pub fn to_json_string(&self) -> String {
+        // The derived `Serialize` writes the catalogue's shape (a test
+        // compares it with `to_json` for every type); it cannot fail, as
+        // every map key is text and times format infallibly, but should it,
+        // the value-built form is the answer.
+        serde_json::to_string(self).unwrap_or_else(|_| self.to_json().to_string())
+    }
+
     /// The `data` object of the event catalogue (`docs/events.md`). Built
     /// value by value, so it cannot fail: times are RFC 3339 text (see
     /// [`crate::timefmt`]), never `null` in place of a value.
@@ -432,6 +443,8 @@ mod tests {
     fn to_json_agrees_with_serialize() {
         for d in samples() {
             assert_eq!(d.to_json(), serde_json::to_value(&d).unwrap(), "{d:?}");
+            let text: serde_json::Value = serde_json::from_str(&d.to_json_string()).unwrap();
+            assert_eq!(d.to_json(), text, "{d:?}");
         }
     }
 
@@ -443,6 +456,8 @@ mod tests {
         };
         let json = d.to_json();
         assert_eq!(json["run_at"], "-0001-01-01T00:00:00Z");
+        let text: serde_json::Value = serde_json::from_str(&d.to_json_string()).unwrap();
+        assert_eq!(text, json);
         assert_eq!(
             EventData::from_json(EventType::JobCreated, json).unwrap(),
             d

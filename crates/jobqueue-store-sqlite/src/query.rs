@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{BigInt, Text, Untyped};
+use diesel::sql_types::{Text, Untyped};
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use jobqueue_core::{ErrorKind, Job, JobId, StoreError};
 
@@ -110,18 +110,143 @@ pub(crate) fn with_phases(
 
 /// Inserts a new job and its phases.
 pub(crate) fn insert_job(conn: &mut SqliteConnection, job: &Job) -> Result<(), StoreError> {
-    let row = JobRow::of(job);
-    Fixed::<kind::InsertJob, _>::new(diesel::insert_into(jobs::table).values(&row))
-        .execute(conn)
-        .map_err(db_err)?;
-    for (i, p) in job.phases.iter().enumerate() {
-        diesel::insert_into(phases::table)
-            .values(PhaseRow::of(&row.id, i, p))
-            .execute(conn)
-            .map_err(db_err)?;
+    insert_jobs(conn, std::slice::from_ref(job))
+}
+
+/// Inserts new jobs and their phases, many rows to a statement (see
+/// [`insert_rows`]).
+pub(crate) fn insert_jobs(conn: &mut SqliteConnection, jobs: &[Job]) -> Result<(), StoreError> {
+    let rows: Vec<JobRow> = jobs.iter().map(JobRow::of).collect();
+    let phases: Vec<PhaseRow> = jobs
+        .iter()
+        .zip(&rows)
+        .flat_map(|(job, row)| {
+            job.phases
+                .iter()
+                .enumerate()
+                .map(|(i, p)| PhaseRow::of(&row.id, i, p))
+        })
+        .collect();
+    insert_rows::<kind::InsertJobs, _>(conn, &rows).map_err(db_err)?;
+    insert_rows::<kind::InsertPhases, _>(conn, &phases).map_err(db_err)?;
+    Ok(())
+}
+
+/// Inserts `rows` with as few statements as their count allows: chunks of
+/// 64, 16, 4 and 1 rows, each chunk size one statement that diesel keeps
+/// prepared under `K`. A statement costs about as much again as a small
+/// row it inserts (diesel's cache lookup and binding, SQLite's setup), so
+/// one statement a row was a large part of the writer's time.
+pub(crate) fn insert_rows<K: 'static, R: RowInsert>(
+    conn: &mut SqliteConnection,
+    rows: &[R],
+) -> QueryResult<()> {
+    let mut rest = rows;
+    while !rest.is_empty() {
+        rest = match rest.len() {
+            64.. => insert_chunk::<K, R, 64>(conn, rest)?,
+            16.. => insert_chunk::<K, R, 16>(conn, rest)?,
+            4.. => insert_chunk::<K, R, 4>(conn, rest)?,
+            _ => insert_chunk::<K, R, 1>(conn, rest)?,
+        };
     }
     Ok(())
 }
+
+/// Inserts the first `N` of `rows` and returns the others.
+fn insert_chunk<'r, K: 'static, R: RowInsert, const N: usize>(
+    conn: &mut SqliteConnection,
+    rows: &'r [R],
+) -> QueryResult<&'r [R]> {
+    let (chunk, rest) = rows.split_at(N.min(rows.len()));
+    MultiInsert::<K, R, N> {
+        rows: chunk,
+        kind: PhantomData,
+    }
+    .execute(conn)?;
+    Ok(rest)
+}
+
+/// A row type that can be inserted many to a statement: its table, its
+/// columns and their bound values, in one order.
+pub(crate) trait RowInsert {
+    /// The table.
+    const TABLE: &'static str;
+    /// The columns, in the order [`RowInsert::walk_binds`] binds them.
+    const COLUMNS: &'static [&'static str];
+    /// Binds every column's value: `?, ?, ...`.
+    fn walk_binds<'b>(&'b self, out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()>;
+}
+
+/// Implements [`RowInsert`] for a row struct from its table's columns.
+/// Every field must be named (the struct is destructured), so a column
+/// added to the row and not here does not compile.
+macro_rules! row_insert {
+    ($row:ty, $table:ident; $($col:ident),+ $(,)?) => {
+        impl $crate::query::RowInsert for $row {
+            const TABLE: &'static str = stringify!($table);
+            const COLUMNS: &'static [&'static str] =
+                &[$(<$crate::schema::$table::$col as diesel::Column>::NAME),+];
+            fn walk_binds<'b>(
+                &'b self,
+                mut out: diesel::query_builder::AstPass<'_, 'b, diesel::sqlite::Sqlite>,
+            ) -> diesel::QueryResult<()> {
+                let Self { $($col),+ } = self;
+                let mut sep = "";
+                $(
+                    out.push_sql(sep);
+                    sep = ", ";
+                    out.push_bind_param::<
+                        <$crate::schema::$table::$col as diesel::Expression>::SqlType,
+                        _,
+                    >($col)?;
+                )+
+                let _ = sep;
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use row_insert;
+
+/// `INSERT INTO table (columns) VALUES (...), ...` of exactly `N` rows, so
+/// its SQL is fixed by `N` and diesel keeps it prepared under `(K, N)`.
+struct MultiInsert<'a, K, R, const N: usize> {
+    rows: &'a [R],
+    kind: PhantomData<K>,
+}
+
+impl<K, R: RowInsert, const N: usize> QueryFragment<Sqlite> for MultiInsert<'_, K, R, N> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        debug_assert_eq!(self.rows.len(), N);
+        out.push_sql("INSERT INTO ");
+        out.push_identifier(R::TABLE)?;
+        out.push_sql(" (");
+        for (i, column) in R::COLUMNS.iter().enumerate() {
+            if i > 0 {
+                out.push_sql(", ");
+            }
+            out.push_identifier(column)?;
+        }
+        out.push_sql(") VALUES ");
+        for (i, row) in self.rows.iter().enumerate() {
+            out.push_sql(if i == 0 { "(" } else { ", (" });
+            row.walk_binds(out.reborrow())?;
+            out.push_sql(")");
+        }
+        Ok(())
+    }
+}
+
+/// The type diesel keys the prepared statement of a [`MultiInsert`] by.
+struct MultiInsertKind<K, const N: usize>(PhantomData<K>);
+
+impl<K: 'static, R, const N: usize> QueryId for MultiInsert<'_, K, R, N> {
+    type QueryId = MultiInsertKind<K, N>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl<K, R, const N: usize> RunQueryDsl<SqliteConnection> for MultiInsert<'_, K, R, N> {}
 
 /// Writes what changed from `before` to `after` (the same job): the changed
 /// columns of the job row, and each changed phase's row.
@@ -238,8 +363,12 @@ impl<K, Q> RunQueryDsl<SqliteConnection> for Fixed<K, Q> {}
 
 /// Kinds of [`Fixed`] statements.
 pub(crate) mod kind {
-    /// `INSERT INTO jobs` of a whole [`crate::rows::JobRow`].
-    pub(crate) struct InsertJob;
+    /// `INSERT INTO jobs` of whole [`crate::rows::JobRow`]s.
+    pub(crate) struct InsertJobs;
+    /// `INSERT INTO phases` of whole [`crate::rows::PhaseRow`]s.
+    pub(crate) struct InsertPhases;
+    /// `INSERT INTO events` of [`crate::rows::EventRow`]s.
+    pub(crate) struct InsertEvents;
     /// `INSERT INTO webhook_deliveries` of a [`crate::rows::DeliveryRow`].
     pub(crate) struct InsertDelivery;
     /// [`super::PhasesOfJobs`].
@@ -281,71 +410,7 @@ impl Query for PhasesOfJobs<'_> {
     type SqlType = Untyped;
 }
 
-/// Inserts `rows` into `events` with as few statements as their count
-/// allows: chunks of 64, 16, 4 and 1 rows, each chunk size one statement
-/// that diesel keeps prepared. A statement costs about as much again as the
-/// rows it inserts (diesel's binding, SQLite's setup), so an event a
-/// statement was a third of the writer's time.
+/// Inserts event rows, many to a statement.
 pub(crate) fn insert_events(conn: &mut SqliteConnection, rows: &[EventRow]) -> QueryResult<()> {
-    let mut rest = rows;
-    while !rest.is_empty() {
-        rest = match rest.len() {
-            64.. => insert_chunk::<64>(conn, rest)?,
-            16.. => insert_chunk::<16>(conn, rest)?,
-            4.. => insert_chunk::<4>(conn, rest)?,
-            _ => insert_chunk::<1>(conn, rest)?,
-        };
-    }
-    Ok(())
+    insert_rows::<kind::InsertEvents, _>(conn, rows)
 }
-
-/// Inserts the first `N` of `rows` and returns the others.
-fn insert_chunk<'r, const N: usize>(
-    conn: &mut SqliteConnection,
-    rows: &'r [EventRow],
-) -> QueryResult<&'r [EventRow]> {
-    let (chunk, rest) = rows.split_at(N.min(rows.len()));
-    InsertEvents::<N> { rows: chunk }.execute(conn)?;
-    Ok(rest)
-}
-
-/// `INSERT INTO events (...) VALUES (...), ...` of exactly `N` rows, so its
-/// SQL is fixed by `N` and diesel keeps it prepared under its type.
-struct InsertEvents<'a, const N: usize> {
-    rows: &'a [EventRow],
-}
-
-impl<const N: usize> QueryFragment<Sqlite> for InsertEvents<'_, N> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        debug_assert_eq!(self.rows.len(), N);
-        out.push_sql(
-            "INSERT INTO `events` (`seq`, `job_id`, `pipeline`, `event_type`, `at`, `data`) VALUES ",
-        );
-        for (i, row) in self.rows.iter().enumerate() {
-            out.push_sql(if i == 0 { "(" } else { ", (" });
-            out.push_bind_param::<BigInt, _>(&row.seq)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&row.job_id)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&row.pipeline)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&row.event_type)?;
-            out.push_sql(", ");
-            out.push_bind_param::<BigInt, _>(&row.at)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&row.data)?;
-            out.push_sql(")");
-        }
-        Ok(())
-    }
-}
-
-/// The type diesel keys the prepared statement of an [`InsertEvents`] by.
-struct InsertEventsKind<const N: usize>;
-
-impl<const N: usize> QueryId for InsertEvents<'_, N> {
-    type QueryId = InsertEventsKind<N>;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl<const N: usize> RunQueryDsl<SqliteConnection> for InsertEvents<'_, N> {}

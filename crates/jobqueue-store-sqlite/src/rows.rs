@@ -95,6 +95,12 @@ pub(crate) struct JobRow {
     pub(crate) lease_expires_at: Option<i64>,
 }
 
+crate::query::row_insert!(JobRow, jobs;
+    id, pipeline, status, input, priority, unique_key, attempt, max_attempts, created_at,
+    run_at, started_at, finished_at, stale_at, error_phase, error_message, error_attempt,
+    interrupted_phase, interrupted_at, interrupted_percent, interrupted_message, webhook_url,
+    cancel_requested, lease, lease_expires_at);
+
 /// One row of `phases`.
 #[derive(
     Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Insertable, AsChangeset,
@@ -120,6 +126,10 @@ pub(crate) struct PhaseRow {
     pub(crate) finished_at: Option<i64>,
 }
 
+crate::query::row_insert!(PhaseRow, phases;
+    job_id, idx, name, status, attempts, progress_percent, progress_message, result, error,
+    started_at, finished_at);
+
 /// One row of `events`.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = events, check_for_backend(Sqlite))]
@@ -131,6 +141,8 @@ pub(crate) struct EventRow {
     pub(crate) at: i64,
     pub(crate) data: String,
 }
+
+crate::query::row_insert!(EventRow, events; seq, job_id, pipeline, event_type, at, data);
 
 /// One row of `webhook_deliveries`.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
@@ -211,7 +223,8 @@ impl JobRow {
             interrupted_message,
             webhook_url: job.webhook_url.clone(),
             cancel_requested: job.cancel_requested,
-            lease: job.lease.map(|l| l.to_string()),
+            // The UUID's 32 hex digits, like the tokens the claim makes.
+            lease: job.lease.map(|l| l.as_uuid().simple().to_string()),
             lease_expires_at: job.lease_expires_at.map(micros),
         }
     }
@@ -326,7 +339,7 @@ impl EventRow {
             pipeline: event.pipeline.clone(),
             event_type: event.event_type().as_str().to_owned(),
             at: micros(event.at),
-            data: event.data.to_json().to_string(),
+            data: event.data.to_json_string(),
         }
     }
 
@@ -373,7 +386,7 @@ impl DeliveryRow {
             event_pipeline: d.event.pipeline.clone(),
             event_type: d.event.event_type().as_str().to_owned(),
             event_at: micros(d.event.at),
-            event_data: d.event.data.to_json().to_string(),
+            event_data: d.event.data.to_json_string(),
             status: d.status.as_str().to_owned(),
             attempts: i64::from(d.attempts),
             last_status: d.last_status.map(i64::from),

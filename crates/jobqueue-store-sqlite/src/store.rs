@@ -166,8 +166,18 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         // `FnMut`: the writer may run an operation again (see `writer`), so
         // the closures clone what they pass on.
+        self.write_weighted(1, f).await
+    }
+
+    /// [`Self::write`] of an operation about `weight` jobs: one of many
+    /// jobs runs in a group of its own (see `writer`).
+    async fn write_weighted<T: Send + 'static>(
+        &self,
+        weight: usize,
+        f: impl for<'a> FnMut(&mut Tx<'a>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let op = Box::new(FnOp::new(f, reply));
+        let op = Box::new(FnOp::new(f, reply).weight(weight));
         self.send(Msg::Write(op)).await?;
         answer.await.map_err(|_| closed())?
     }
@@ -260,7 +270,7 @@ impl JobStore for SqliteStore {
                 error: Box::new(StoreError::Invalid(m)),
             })?;
         }
-        self.write(move |tx| ops::enqueue_batch(tx, jobs.clone()))
+        self.write_weighted(jobs.len(), move |tx| ops::enqueue_batch(tx, jobs.clone()))
             .await
     }
 

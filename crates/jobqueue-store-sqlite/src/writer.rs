@@ -17,6 +17,10 @@
 //! own `SAVEPOINT`, so that one is rolled back alone. No caller is answered
 //! before the commit, so the first run is never seen.
 //!
+//! An operation on many jobs (an `enqueue_batch` of more than
+//! [`LARGE_OP`]) runs in a group of its own, so the claims and small writes
+//! that arrive with it are not answered only after it.
+//!
 //! Events are not inserted one by one: their rows wait in the group and go
 //! in with as few multi-row `INSERT`s as their count allows before the
 //! commit (before each savepoint in a rerun, and before an operation reads
@@ -319,7 +323,19 @@ pub(crate) trait WriteOp: Send {
     /// Answers the caller: with the operation's own result, or with the
     /// failure that ended the whole group.
     fn finish(self: Box<Self>, group_failure: Option<&StoreError>);
+    /// About how many jobs the operation writes: one past [`LARGE_OP`]
+    /// runs in a group of its own.
+    fn weight(&self) -> usize {
+        1
+    }
 }
+
+/// The weight from which an operation runs in a group of its own. A group
+/// answers its callers only when it commits, so a claim or a single
+/// enqueue in the same group as a batch of a thousand jobs would wait for
+/// the whole batch; alone, the batch delays only what arrives while it
+/// runs.
+pub(crate) const LARGE_OP: usize = 64;
 
 /// Why an operation failed.
 pub(crate) struct OpFailure {
@@ -343,6 +359,7 @@ type OpFn<T> = Box<dyn for<'a> FnMut(&mut Tx<'a>) -> Result<T, StoreError> + Sen
 /// A [`WriteOp`] made of a closure and the channel of its answer.
 pub(crate) struct FnOp<T> {
     f: OpFn<T>,
+    weight: usize,
     out: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
 }
@@ -354,9 +371,16 @@ impl<T: Send + 'static> FnOp<T> {
     ) -> Self {
         Self {
             f: Box::new(f),
+            weight: 1,
             out: None,
             reply,
         }
+    }
+
+    /// Sets the operation's weight (see [`WriteOp::weight`]).
+    pub(crate) fn weight(mut self, weight: usize) -> Self {
+        self.weight = weight;
+        self
     }
 }
 
@@ -388,6 +412,10 @@ impl<T: Send + 'static> WriteOp for FnOp<T> {
         };
         // The caller may have stopped waiting; the write stands regardless.
         let _ = self.reply.send(answer);
+    }
+
+    fn weight(&self) -> usize {
+        self.weight
     }
 }
 
@@ -482,15 +510,23 @@ impl Writer {
         let mut writes: Vec<Box<dyn WriteOp>> = Vec::new();
         let mut reads: Vec<ReadJob> = Vec::new();
         let mut claims: Vec<ClaimMsg> = Vec::new();
-        while let Ok(first) = rx.recv_blocking() {
+        // A large operation that came after a group had begun: it starts
+        // the next group.
+        let mut held: Option<Msg> = None;
+        while let Some(first) = held.take().or_else(|| rx.recv_blocking().ok()) {
             let mut next = Some(first);
             while let Some(msg) = next {
+                let large = matches!(&msg, Msg::Write(op) if op.weight() > LARGE_OP);
+                if large && !(writes.is_empty() && claims.is_empty()) {
+                    held = Some(msg);
+                    break;
+                }
                 match msg {
                     Msg::Write(op) => writes.push(op),
                     Msg::Claim(c) => claims.push(c),
                     Msg::Read(job) => reads.push(job),
                 }
-                next = if writes.len() + claims.len() < self.max_batch {
+                next = if !large && writes.len() + claims.len() < self.max_batch {
                     rx.try_recv().ok()
                 } else {
                     None
