@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{Text, Untyped};
+use diesel::sql_types::Text;
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use jobqueue_core::{ErrorKind, Job, JobId, StoreError};
 
@@ -407,7 +407,9 @@ impl QueryFragment<Sqlite> for PhasesOfJobs<'_> {
 }
 
 impl Query for PhasesOfJobs<'_> {
-    type SqlType = Untyped;
+    // Typed by the row's columns, so diesel reads them by position rather
+    // than looking each one up by name in every row.
+    type SqlType = <diesel::dsl::AsSelect<PhaseRow, Sqlite> as Expression>::SqlType;
 }
 
 /// Inserts event rows, many to a statement.
