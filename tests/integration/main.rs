@@ -44,6 +44,7 @@ macro_rules! store_tests {
 }
 
 mod events;
+mod everyday;
 mod hardening;
 mod kill;
 mod poison;

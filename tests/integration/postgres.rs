@@ -44,14 +44,25 @@ async fn sql(url: &str, statement: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_job_through_a_pipeline() {
+    in_schema("jq_facade", run).await;
+}
+
+/// Runs `test` with the URL of a new schema named after `prefix` in the
+/// test database, and drops the schema afterwards (also when `test`
+/// panics); skips when there is no test database.
+pub(crate) async fn in_schema<F, Fut>(prefix: &str, test: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let Some(url) = database() else {
         return;
     };
-    let schema = format!("jq_facade_{}", uuid::Uuid::now_v7().simple());
+    let schema = format!("{prefix}_{}", uuid::Uuid::now_v7().simple());
     sql(&url, &format!("CREATE SCHEMA {schema}")).await;
     let sep = if url.contains('?') { '&' } else { '?' };
     let in_schema = format!("{url}{sep}options=-c%20search_path%3D{schema}");
-    let outcome = AssertUnwindSafe(run(in_schema)).catch_unwind().await;
+    let outcome = AssertUnwindSafe(test(in_schema)).catch_unwind().await;
     sql(&url, &format!("DROP SCHEMA {schema} CASCADE")).await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);

@@ -27,13 +27,18 @@ mod pipeline;
 mod retention;
 mod runner;
 mod runtime;
+mod state;
 mod supervise;
+pub mod testing;
+pub mod typed;
 mod wake;
 
 pub use clock::TokioClock;
 pub use phase::{
     FailureKind, FnPhase, Phase, PhaseContext, PhaseError, ProgressReporter, phase_fn, to_result,
 };
-pub use pipeline::{PhaseSpec, Pipeline, Pipelines};
+pub use pipeline::{PhaseOptions, PhaseSpec, Pipeline, Pipelines};
 pub use retention::{RetentionConfig, RetentionPass, run_retention_pass};
 pub use runtime::{Runtime, RuntimeConfig, StartError};
+pub use state::StateMap;
+pub use typed::{InputType, JobInput, TypedPipeline};

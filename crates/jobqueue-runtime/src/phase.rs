@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use jobqueue_core::{Interrupted, JobId, Progress};
@@ -15,6 +15,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::state::StateMap;
 
 /// One step of a pipeline.
 ///
@@ -55,6 +57,11 @@ pub enum FailureKind {
     Retryable,
     /// Do not retry: the job fails now (bad input, missing file).
     Permanent,
+    /// Not a failure: the phase decided its job should not go on (the
+    /// order was withdrawn, the file is gone for good on purpose). The job
+    /// ends `cancelled`, as if a user had cancelled it; see
+    /// [`PhaseError::cancel_job`].
+    CancelJob,
 }
 
 /// Why a phase failed.
@@ -83,6 +90,28 @@ impl PhaseError {
             message: message.to_string(),
         }
     }
+
+    /// Ends the job `cancelled` from inside its phase: no retry, no
+    /// failure; the phase is recorded cancelled, earlier results are kept,
+    /// and the event is `job.cancelled` (whose data is empty: the message
+    /// goes to the log, not the store). A user may still retry the job.
+    ///
+    /// ```
+    /// use jobqueue_runtime::{PhaseError, phase_fn};
+    /// let ship = phase_fn("ship", |ctx| async move {
+    ///     if ctx.input()["withdrawn"] == serde_json::json!(true) {
+    ///         return Err(PhaseError::cancel_job("the order was withdrawn"));
+    ///     }
+    ///     Ok(serde_json::json!("shipped"))
+    /// });
+    /// # let _ = ship;
+    /// ```
+    pub fn cancel_job(message: impl fmt::Display) -> Self {
+        Self {
+            kind: FailureKind::CancelJob,
+            message: message.to_string(),
+        }
+    }
 }
 
 /// Reports a phase's progress. Cheap to clone; the runner persists the
@@ -93,6 +122,9 @@ impl PhaseError {
 #[derive(Debug, Clone)]
 pub struct ProgressReporter {
     tx: Arc<watch::Sender<Reported>>,
+    /// Every report, in order, when a test harness watches the phase
+    /// (the runner keeps only the latest).
+    log: Option<Arc<Mutex<Vec<Progress>>>>,
 }
 
 /// What a phase reported, as the runner's companion task reads it.
@@ -107,7 +139,20 @@ pub(crate) struct Reported {
 impl ProgressReporter {
     pub(crate) fn new() -> (Self, watch::Receiver<Reported>) {
         let (tx, rx) = watch::channel(Reported::default());
-        (Self { tx: Arc::new(tx) }, rx)
+        (
+            Self {
+                tx: Arc::new(tx),
+                log: None,
+            },
+            rx,
+        )
+    }
+
+    /// A reporter that also keeps every report in `log`.
+    pub(crate) fn recording(log: Arc<Mutex<Vec<Progress>>>) -> Self {
+        let (mut reporter, _rx) = Self::new();
+        reporter.log = Some(log);
+        reporter
     }
 
     /// Freezes the latest report: what the phase reports from now on is
@@ -125,6 +170,9 @@ impl ProgressReporter {
         self.tx.send_if_modified(|r| {
             if r.sealed {
                 return false;
+            }
+            if let Some(log) = &self.log {
+                crate::runtime::lock(log).push(progress.clone());
             }
             r.latest = Some(progress);
             true
@@ -156,6 +204,8 @@ pub struct PhaseContext {
     pub(crate) interrupted: Option<Interrupted>,
     pub(crate) progress: ProgressReporter,
     pub(crate) cancel: CancellationToken,
+    /// The application state given to the queue's builder.
+    pub(crate) state: Arc<StateMap>,
 }
 
 impl PhaseContext {
@@ -215,6 +265,38 @@ impl PhaseContext {
     /// Where a crash or shutdown cut this job short before, if it did.
     pub fn interrupted(&self) -> Option<&Interrupted> {
         self.interrupted.as_ref()
+    }
+
+    /// The application state of type `T` given to the queue (its builder's
+    /// `.state(value)`), such as a connection pool or a client. A type that
+    /// was never given is a permanent failure naming it: a program error
+    /// that no retry fixes.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use jobqueue_runtime::{PhaseError, phase_fn};
+    ///
+    /// struct Mailer { from: String }
+    ///
+    /// let send = phase_fn("send", |ctx| async move {
+    ///     let mailer = ctx.state::<Arc<Mailer>>()?;
+    ///     Ok::<_, PhaseError>(serde_json::json!({ "from": mailer.from }))
+    /// });
+    /// # let _ = send;
+    /// ```
+    pub fn state<T: Send + Sync + 'static>(&self) -> Result<&T, PhaseError> {
+        self.state.get::<T>().ok_or_else(|| {
+            PhaseError::permanent(format!(
+                "no application state of type {} was given to the queue (it has: {:?})",
+                std::any::type_name::<T>(),
+                self.state.type_names()
+            ))
+        })
+    }
+
+    /// All the application state.
+    pub fn state_map(&self) -> &StateMap {
+        &self.state
     }
 
     /// The progress reporter.

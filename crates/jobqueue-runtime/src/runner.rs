@@ -269,6 +269,7 @@ impl JobRun<'_> {
             interrupted: job.interrupted.clone(),
             progress: reporter,
             cancel: CancellationToken::new(),
+            state: self.inner.config.state.clone(),
         };
         let phase_deadline = spec.timeout.and_then(|t| Deadline::after(t, "phase"));
         let deadline = Deadline::earlier(phase_deadline, attempt_deadline);
@@ -301,6 +302,14 @@ impl JobRun<'_> {
                 ..
             } => {
                 self.end_interrupted().await;
+                None
+            }
+            Ended {
+                result: Some(Err(err)),
+                stop: None,
+            } if err.kind == FailureKind::CancelJob => {
+                info!(reason = %err.message, "the phase cancelled its job");
+                self.end_cancelled().await;
                 None
             }
             Ended {
@@ -417,11 +426,33 @@ impl JobRun<'_> {
     }
 
     async fn phase_failed(&self, job: &Job, pipeline: &Pipeline, index: usize, err: PhaseError) {
-        let policy = pipeline.retry.unwrap_or(self.inner.config.retry);
-        let retry = err.kind == FailureKind::Retryable && self.lease.attempt < job.max_attempts;
+        let own = pipeline.phases.get(index).and_then(|spec| spec.retry);
+        let policy = own.or(pipeline.retry).unwrap_or(self.inner.config.retry);
+        // A phase with its own policy is retried while it has run fewer
+        // times than that policy allows (within the job's budget). The
+        // claimed job counts this run already if the claim started the
+        // phase; a phase started since then is one run more.
+        let runs = job.phases.get(index).map_or(1, |p| {
+            if p.status == PhaseStatus::Running {
+                p.attempts
+            } else {
+                p.attempts.saturating_add(1)
+            }
+        });
+        let phase_allows = own.is_none_or(|own| runs < own.max_attempts);
+        // The backoff grows with the phase's own runs under its own policy,
+        // with the job's attempts under the pipeline's.
+        let failed_run = if own.is_some() {
+            runs
+        } else {
+            self.lease.attempt
+        };
+        let retry = err.kind == FailureKind::Retryable
+            && self.lease.attempt < job.max_attempts
+            && phase_allows;
         let mut message = err.message;
         let outcome = if retry {
-            let delay = self.inner.backoff(&policy, self.lease.attempt);
+            let delay = self.inner.backoff(&policy, failed_run);
             // A retry time no store can hold (after the year 9999) means the
             // policy's backoff is effectively "never": the job fails now,
             // saying why, rather than wait queued until the end of time.

@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use crate::pipeline::Pipelines;
 use crate::retention::{RetentionConfig, retention_loop};
 use crate::runner;
+use crate::state::StateMap;
 use crate::supervise::{LEASE_RESCUE, PUMP, RETENTION, Tasks, WORKERS, supervise};
 use crate::wake::WakeTimes;
 
@@ -60,6 +61,9 @@ pub struct RuntimeConfig {
     pub jitter_seed: Option<u64>,
     /// The retention scheduler's settings; `None` keeps every job forever.
     pub retention: Option<RetentionConfig>,
+    /// Application state every phase reads with
+    /// [`PhaseContext::state`](crate::PhaseContext::state).
+    pub state: Arc<StateMap>,
 }
 
 impl Default for RuntimeConfig {
@@ -76,6 +80,7 @@ impl Default for RuntimeConfig {
             clock: Arc::new(SystemClock),
             jitter_seed: None,
             retention: None,
+            state: Arc::default(),
         }
     }
 }

@@ -25,6 +25,10 @@ pub enum Error {
     /// A job's `webhook_url` is not allowed.
     #[error("invalid webhook_url: {0}")]
     WebhookUrl(String),
+    /// The queue was shut down while [`wait`](crate::JobQueue::wait) or
+    /// [`drain`](crate::JobQueue::drain) waited.
+    #[error("the queue was shut down")]
+    ShutDown,
     /// A value could not be converted to or from JSON.
     /// (The serde error is part of the message, so it is not also the
     /// `source()`: a chain would print it twice.)

@@ -34,12 +34,23 @@
 //! `postgres` feature, `postgres`).
 
 mod error;
+mod observe;
 mod queue;
+pub mod testing;
 
 // The README's quick start compiles as a doctest, so it stays true.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
+
+// So do the user guide and the testing guide.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/guide.md")]
+struct GuideDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/testing.md")]
+struct TestingGuideDoctests;
 
 pub use error::Error;
 pub use jobqueue_core as core;
@@ -53,11 +64,12 @@ pub use jobqueue_events as events;
 pub use jobqueue_events::{Endpoint, EventBus, Subscription, WebhookConfig};
 pub use jobqueue_runtime as runtime;
 pub use jobqueue_runtime::{
-    FailureKind, Phase, PhaseContext, PhaseError, Pipeline, ProgressReporter, TokioClock, phase_fn,
-    to_result,
+    FailureKind, JobInput, Phase, PhaseContext, PhaseError, PhaseOptions, Pipeline,
+    ProgressReporter, StateMap, TokioClock, TypedPipeline, phase_fn, to_result,
 };
 #[cfg(feature = "postgres")]
 pub use jobqueue_store_postgres as postgres;
 #[cfg(feature = "sqlite")]
 pub use jobqueue_store_sqlite as sqlite;
-pub use queue::{JobQueue, JobQueueBuilder, JobResults};
+pub use observe::{DrainSummary, JobCounts};
+pub use queue::{Enqueued, JobQueue, JobQueueBuilder, JobResults};

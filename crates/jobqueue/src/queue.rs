@@ -3,16 +3,19 @@
 #[cfg(feature = "sqlite")]
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_core::Stream;
 use jobqueue_core::{
     CancelOutcome, Clock, Delivery, EventFilter, Health, Job, JobFilter, JobId, JobPage, JobStore,
-    MemoryStore, NewJob, RecoverScope, RetryPolicy,
+    MemoryStore, NewJob, RecoverScope, RetryPolicy, StoreError,
 };
 use jobqueue_events::{Dispatcher, DispatcherHandle, EventBus, Subscription, Tail, WebhookConfig};
-use jobqueue_runtime::{Pipeline, Pipelines, RetentionConfig, Runtime, RuntimeConfig, StartError};
+use jobqueue_runtime::{
+    JobInput, Pipeline, Pipelines, RetentionConfig, Runtime, RuntimeConfig, StartError,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -105,6 +108,38 @@ impl JobQueueBuilder {
     /// Use this store.
     pub fn store(mut self, store: Arc<dyn JobStore>) -> Self {
         self.store = StoreChoice::Custom(store);
+        self
+    }
+
+    /// Gives the phases a value of type `T` (a connection pool, an HTTP
+    /// client, settings), which they read with
+    /// [`ctx.state::<T>()`](jobqueue_runtime::PhaseContext::state). One
+    /// value per type: call it once for each type; a second value of a type
+    /// replaces the first. Store an `Arc<T>` to share something that is not
+    /// cheap to clone.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use jobqueue::{JobQueue, PhaseError, Pipeline, phase_fn};
+    ///
+    /// struct Db { url: String }
+    ///
+    /// # async fn demo() -> Result<(), jobqueue::Error> {
+    /// let queue = JobQueue::builder()
+    ///     .state(Arc::new(Db { url: "postgres://...".into() }))
+    ///     .state(String::from("eu-west-1"))
+    ///     .pipeline(Pipeline::new("report").phase(phase_fn("query", |ctx| async move {
+    ///         let db = ctx.state::<Arc<Db>>()?;
+    ///         let region = ctx.state::<String>()?;
+    ///         Ok::<_, PhaseError>(serde_json::json!({ "db": db.url, "region": region }))
+    ///     })))
+    ///     .start()
+    ///     .await?;
+    /// # queue.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        Arc::make_mut(&mut self.config.state).insert(value);
         self
     }
 
@@ -316,6 +351,8 @@ impl Started {
             allow_private_webhooks: webhooks.allow_private,
             job_webhooks: webhooks.default_secret.is_some(),
             start_seq,
+            drained: Arc::new(AtomicU64::new(start_seq)),
+            shut_down: Arc::new(tokio::sync::watch::Sender::new(false)),
             shutdown_timeout,
         })
     }
@@ -354,6 +391,11 @@ pub struct JobQueue {
     /// The store's last sequence number when the queue started: the bus has
     /// published nothing before it.
     start_seq: u64,
+    /// The last sequence number [`drain`](Self::drain) counted up to: the
+    /// next drain counts the jobs that ended after it.
+    pub(crate) drained: Arc<AtomicU64>,
+    /// Set once [`shutdown`](Self::shutdown) has returned: waiters stop.
+    pub(crate) shut_down: Arc<tokio::sync::watch::Sender<bool>>,
     shutdown_timeout: Duration,
 }
 
@@ -397,26 +439,29 @@ impl JobQueue {
     /// Fills in what the queue knows about the job's pipeline: its phase
     /// names, and its attempt budget when the job does not set one. One
     /// rule for [`enqueue`](Self::enqueue), [`enqueue_job`](Self::enqueue_job)
-    /// and [`enqueue_batch`](Self::enqueue_batch).
+    /// and [`enqueue_batch`](Self::enqueue_batch). An input that does not
+    /// fit a typed pipeline's input type is refused here, with
+    /// [`ErrorKind::Invalid`](jobqueue_core::ErrorKind::Invalid), before
+    /// anything is written.
     fn prepare(&self, mut job: NewJob) -> Result<NewJob, Error> {
         let pipeline = self
             .runtime
             .pipelines()
             .get(&job.pipeline)
             .ok_or_else(|| Error::UnknownPipeline(job.pipeline.clone()))?;
+        pipeline
+            .check_input(&job.input)
+            .map_err(|m| Error::Store(jobqueue_core::StoreError::Invalid(m)))?;
         job.phases = pipeline.phase_names();
         if job.max_attempts.is_none() {
-            let policy = pipeline
-                .retry_policy()
-                .copied()
-                .unwrap_or(self.runtime.config().retry);
-            job.max_attempts = Some(policy.max_attempts);
+            job.max_attempts = Some(pipeline.default_max_attempts(&self.runtime.config().retry));
         }
         Ok(job)
     }
 
     /// Enqueues a job of `pipeline` with `input`; it is durable when this
-    /// returns. The attempt budget is the pipeline's retry policy's.
+    /// returns. The attempt budget is the pipeline's retry policy's (or the
+    /// largest of its phases' own policies, if one allows more).
     pub async fn enqueue<T: Serialize + ?Sized>(
         &self,
         pipeline: &str,
@@ -427,12 +472,120 @@ impl JobQueue {
         self.enqueue_prepared(job).await
     }
 
+    /// Enqueues a job of a typed pipeline (see [`jobqueue_runtime::typed`]):
+    /// the pipeline is [`I::PIPELINE`](JobInput::PIPELINE), and it must have
+    /// been built with [`Pipeline::typed::<I>()`](Pipeline::typed), so that
+    /// its steps read what this writes.
+    ///
+    /// ```no_run
+    /// use jobqueue::{JobInput, JobQueue, PhaseError, Pipeline};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Resize { url: String, width: u32 }
+    /// impl JobInput for Resize { const PIPELINE: &'static str = "resize"; }
+    ///
+    /// # async fn demo() -> Result<(), jobqueue::Error> {
+    /// let queue = JobQueue::builder()
+    ///     .pipeline(
+    ///         Pipeline::typed::<Resize>()
+    ///             .step("resize", |_ctx, job: Resize| async move {
+    ///                 Ok::<_, PhaseError>(format!("{}@{}", job.url, job.width))
+    ///             })
+    ///             .build(),
+    ///     )
+    ///     .start()
+    ///     .await?;
+    /// let job = queue.enqueue_typed(&Resize { url: "cat.png".into(), width: 64 }).await?;
+    /// # let _ = job;
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue_typed<I: JobInput>(&self, input: &I) -> Result<Job, Error> {
+        self.check_typed::<I>()?;
+        self.enqueue(I::PIPELINE, input).await
+    }
+
+    /// Enqueues a job of a typed pipeline for each of `inputs`, all or none
+    /// (as [`enqueue_typed`](Self::enqueue_typed) does one).
+    pub async fn enqueue_many_typed<'a, I, It>(&self, inputs: It) -> Result<Vec<Job>, Error>
+    where
+        I: JobInput,
+        It: IntoIterator<Item = &'a I>,
+    {
+        self.check_typed::<I>()?;
+        self.enqueue_many(I::PIPELINE, inputs).await
+    }
+
+    /// The pipeline of `I` is registered and declared `I` as its input.
+    fn check_typed<I: JobInput>(&self) -> Result<(), Error> {
+        let pipeline = self
+            .runtime
+            .pipelines()
+            .get(I::PIPELINE)
+            .ok_or_else(|| Error::UnknownPipeline(I::PIPELINE.to_owned()))?;
+        match pipeline.input_type() {
+            Some(t) if t.id == std::any::TypeId::of::<I>() => Ok(()),
+            Some(t) => Err(Error::Config(format!(
+                "pipeline {:?} takes {}, not {}",
+                I::PIPELINE,
+                t.name,
+                std::any::type_name::<I>()
+            ))),
+            None => Err(Error::Config(format!(
+                "pipeline {:?} is not typed (build it with Pipeline::typed::<{}>())",
+                I::PIPELINE,
+                std::any::type_name::<I>()
+            ))),
+        }
+    }
+
     /// Enqueues a job with every option of [`NewJob`] (priority, `run_at`,
     /// unique key, attempts, webhook URL). Its phases come from the
     /// pipeline, and so does its attempt budget unless it sets one.
     pub async fn enqueue_job(&self, job: NewJob) -> Result<Job, Error> {
         let job = self.prepare(job)?;
         self.enqueue_prepared(job).await
+    }
+
+    /// Enqueues `job` unless a queued or running job holds its unique key,
+    /// and then returns that job instead of a `Duplicate` error (Oban's
+    /// unique jobs, River's `UniqueOpts`): [`Enqueued::Existing`]. A job
+    /// without a unique key is always [`Enqueued::Created`].
+    ///
+    /// Uniqueness is by key, while the holder is queued or running; the
+    /// key can be made from the input (`format!("resize:{url}")`) for
+    /// uniqueness by input. The existing job is read after the refusal: if
+    /// it was deleted meanwhile, the enqueue is tried again.
+    ///
+    /// ```no_run
+    /// # async fn demo(queue: jobqueue::JobQueue) -> Result<(), jobqueue::Error> {
+    /// use jobqueue::{Enqueued, NewJob};
+    /// let job = NewJob::new("resize").unique_key("resize:cat.png");
+    /// let first = queue.enqueue_unique(job.clone()).await?;
+    /// let second = queue.enqueue_unique(job).await?;
+    /// assert!(matches!(second, Enqueued::Existing(_)));
+    /// assert_eq!(first.job().id, second.job().id);
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue_unique(&self, job: NewJob) -> Result<Enqueued, Error> {
+        // A holder deleted between the refusal and the read frees its key;
+        // a few tries cover that race without looping forever.
+        let mut last = None;
+        for _ in 0..3 {
+            match self.enqueue_job(job.clone()).await {
+                Ok(created) => return Ok(Enqueued::Created(created)),
+                Err(Error::Store(StoreError::Duplicate { existing, key })) => {
+                    if let Some(found) = self.get(existing).await? {
+                        return Ok(Enqueued::Existing(found));
+                    }
+                    last = Some(StoreError::Duplicate { existing, key });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Store(last.unwrap_or_else(|| {
+            StoreError::Conflict("the unique key's holder kept changing".into())
+        })))
     }
 
     /// A job's own `webhook_url` comes from API callers: it must be http(s)
@@ -460,7 +613,38 @@ impl JobQueue {
         Ok(job)
     }
 
-    /// Enqueues all the jobs or none.
+    /// Enqueues a job of `pipeline` for each of `inputs`, all or none: a
+    /// batch of inputs is as easy as one ([`enqueue`](Self::enqueue) for
+    /// each, in one transaction). The jobs come back in the inputs' order.
+    ///
+    /// ```no_run
+    /// # async fn demo(queue: jobqueue::JobQueue) -> Result<(), jobqueue::Error> {
+    /// #[derive(serde::Serialize)]
+    /// struct Resize { url: String, width: u32 }
+    ///
+    /// let inputs = ["a.png", "b.png"].map(|f| Resize { url: f.into(), width: 64 });
+    /// let jobs = queue.enqueue_many("resize", &inputs).await?;
+    /// assert_eq!(jobs.len(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue_many<'a, T, I>(&self, pipeline: &str, inputs: I) -> Result<Vec<Job>, Error>
+    where
+        T: Serialize + 'a,
+        I: IntoIterator<Item = &'a T>,
+    {
+        let jobs = inputs
+            .into_iter()
+            .map(|input| {
+                let input = serde_json::to_value(input).map_err(Error::Json)?;
+                Ok(NewJob::new(pipeline).input(input))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        self.enqueue_batch(jobs).await
+    }
+
+    /// Enqueues all the jobs or none, each with every option of [`NewJob`]
+    /// (as [`enqueue_job`](Self::enqueue_job) does one). The jobs come back
+    /// in the given order.
     pub async fn enqueue_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>, Error> {
         let jobs = jobs
             .into_iter()
@@ -472,6 +656,10 @@ impl JobQueue {
                         error: Box::new(jobqueue_core::StoreError::Invalid(format!(
                             "unknown pipeline {p:?}"
                         ))),
+                    }),
+                    Error::Store(e) => Error::Store(jobqueue_core::StoreError::Batch {
+                        index,
+                        error: Box::new(e),
                     }),
                     other => other,
                 })
@@ -534,6 +722,14 @@ impl JobQueue {
             t.shutdown().await;
         }
         self.store.close().await;
+        self.shut_down.send_replace(true);
+    }
+
+    /// Resolves once [`shutdown`](Self::shutdown) has returned.
+    pub(crate) async fn shut_down(&self) {
+        let mut rx = self.shut_down.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = rx.wait_for(|done| *done).await;
     }
 
     /// Every event committed from now on that passes `filter`, typed, in
@@ -608,6 +804,36 @@ impl JobQueue {
         job.validate()
             .map_err(|m| Error::Store(jobqueue_core::StoreError::Invalid(m)))?;
         self.check_webhook_url(&job).await
+    }
+}
+
+/// What [`JobQueue::enqueue_unique`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Enqueued {
+    /// The job was enqueued.
+    Created(Job),
+    /// A queued or running job held the unique key: this one, unchanged.
+    Existing(Job),
+}
+
+impl Enqueued {
+    /// The job, created or existing.
+    pub fn job(&self) -> &Job {
+        match self {
+            Self::Created(job) | Self::Existing(job) => job,
+        }
+    }
+
+    /// The job, created or existing.
+    pub fn into_job(self) -> Job {
+        match self {
+            Self::Created(job) | Self::Existing(job) => job,
+        }
+    }
+
+    /// Whether this call enqueued it.
+    pub fn is_created(&self) -> bool {
+        matches!(self, Self::Created(_))
     }
 }
 

@@ -72,7 +72,7 @@ both! {
         assert_eq!(empty["statuses"]["failed"], 0);
         // Every pipeline the server runs is listed, with zeros.
         let names: Vec<&String> = empty["pipelines"].as_object().unwrap().keys().collect();
-        assert_eq!(names, ["fail", "flaky", "quick", "slow"]);
+        assert_eq!(names, ["fail", "flaky", "order", "quick", "slow"]);
         assert_eq!(empty["pipelines"]["quick"]["statuses"]["queued"], 0);
 
         let failed = server.enqueue(json!({"pipeline": "fail"})).await;

@@ -47,6 +47,9 @@ both! {
             // No webhook secret is configured, so no per-job URL can be signed.
             (json!({"pipeline": "quick", "webhook_url": "https://example.com/h"}), "webhook"),
             (json!({"pipeline": "quick", "colour": "red"}), "colour"),
+            // A typed pipeline's input type is checked at enqueue.
+            (json!({"pipeline": "order", "input": {"items": "two"}}), "Order"),
+            (json!({"pipeline": "order"}), "expected struct Order"),
             (json!({"input": {}}), "pipeline"),
             (json!({"pipeline": ["quick"]}), "pipeline"),
             (json!(["quick"]), "object"),
@@ -76,6 +79,7 @@ both! {
             (json!({"jobs": [{"pipeline": "quick", "unique_key": "k"}, {"pipeline": "quick", "unique_key": "k"}]}), 1, 422, "invalid"),
             (json!({"jobs": [ok, {"pipeline": "quick", "unique_key": "held"}]}), 1, 409, "duplicate"),
             (json!({"jobs": [7]}), 0, 422, "invalid"),
+            (json!({"jobs": [{"pipeline": "order", "input": {"items": 1}}, {"pipeline": "order", "input": []}]}), 1, 422, "invalid"),
         ];
         for (body, index, status, code) in cases {
             let error = server.post("/jobs/batch", &body).await.expect(status, Some(code));

@@ -84,6 +84,7 @@ pub(crate) enum Backend {
 /// - `flaky`: phase `once` fails permanently the first time it runs in this
 ///   server, then succeeds.
 /// - `fail`: phase `boom` always fails permanently.
+/// - `order`: typed (input `{"items": <u32>}`), phase `count`.
 fn pipelines(builder: JobQueueBuilder, flaky_runs: Arc<AtomicUsize>) -> JobQueueBuilder {
     builder
         .pipeline(
@@ -116,6 +117,24 @@ fn pipelines(builder: JobQueueBuilder, flaky_runs: Arc<AtomicUsize>) -> JobQueue
                 Err::<Value, _>(PhaseError::permanent("boom"))
             })),
         )
+        .pipeline(
+            Pipeline::typed::<Order>()
+                .step("count", |_ctx, order: Order| async move {
+                    Ok::<_, PhaseError>(order.items)
+                })
+                .build(),
+        )
+}
+
+/// The input of the typed pipeline `order`: the API refuses inputs that do
+/// not fit it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Order {
+    items: u32,
+}
+
+impl jobqueue::JobInput for Order {
+    const PIPELINE: &'static str = "order";
 }
 
 /// A queue served on a free loopback port.
