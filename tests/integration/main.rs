@@ -51,6 +51,7 @@ mod poison;
 mod postgres;
 mod retention;
 mod runtime;
+mod schedules;
 
 /// A test's world: a store (that survives "restarts"), a clock, a temp dir.
 struct Env {

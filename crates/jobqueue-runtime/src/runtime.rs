@@ -23,8 +23,9 @@ use tracing::{debug, info, warn};
 use crate::pipeline::Pipelines;
 use crate::retention::{RetentionConfig, retention_loop};
 use crate::runner;
+use crate::schedule::{Schedule, Ticks, check_schedules, schedule_pass, scheduler_loop};
 use crate::state::StateMap;
-use crate::supervise::{LEASE_RESCUE, PUMP, RETENTION, Tasks, WORKERS, supervise};
+use crate::supervise::{LEASE_RESCUE, PUMP, RETENTION, SCHEDULER, Tasks, WORKERS, supervise};
 use crate::wake::WakeTimes;
 
 /// How the runtime behaves. `Default` gives sensible values for one process
@@ -63,6 +64,8 @@ pub struct RuntimeConfig {
     /// Application state every phase reads with
     /// [`PhaseContext::state`](crate::PhaseContext::state).
     pub state: Arc<StateMap>,
+    /// Periodic jobs (see [`Schedule`]); empty runs no scheduler.
+    pub schedules: Vec<Schedule>,
 }
 
 impl Default for RuntimeConfig {
@@ -80,6 +83,7 @@ impl Default for RuntimeConfig {
             jitter_seed: None,
             retention: None,
             state: Arc::default(),
+            schedules: Vec::new(),
         }
     }
 }
@@ -92,7 +96,9 @@ impl RuntimeConfig {
     /// the year 10000); `poll_interval` and `progress_interval` longer than
     /// zero (both are periods something wakes up at); `retry` and
     /// `retention` valid ([`RetryPolicy::validate`],
-    /// [`RetentionConfig::validate`]). Durations too long to count
+    /// [`RetentionConfig::validate`]); each schedule valid alone
+    /// ([`Schedule::validate`]; that its pipeline exists is checked at
+    /// start). Durations too long to count
     /// (`progress_interval`, `stop_grace`) simply never pass.
     pub fn validate(&self) -> Result<(), String> {
         if self.concurrency == 0 {
@@ -131,6 +137,10 @@ impl RuntimeConfig {
             retention
                 .validate()
                 .map_err(|e| format!("retention: {e}"))?;
+        }
+        for s in &self.schedules {
+            s.validate()
+                .map_err(|e| format!("schedule {:?}: {e}", s.name()))?;
         }
         Ok(())
     }
@@ -237,6 +247,7 @@ impl Runtime {
         config: RuntimeConfig,
     ) -> Result<Self, StartError> {
         config.validate().map_err(StartError::Config)?;
+        check_schedules(&config.schedules, &pipelines).map_err(StartError::Config)?;
         let recovered = store
             .recover(config.recover)
             .await
@@ -283,6 +294,15 @@ impl Runtime {
                 .tracker
                 .spawn(supervise(inner.clone(), LEASE_RESCUE, rescue_loop));
         }
+        if !inner.config.schedules.is_empty() {
+            // The first pass runs before `start` returns, so each
+            // schedule's next tick is enqueued once the queue is up.
+            schedule_pass(&inner, &mut Ticks::default()).await;
+            inner.tasks.add(SCHEDULER);
+            inner
+                .tracker
+                .spawn(supervise(inner.clone(), SCHEDULER, scheduler_loop));
+        }
         let pump = tokio::spawn(supervise(inner.clone(), PUMP, pump));
         Ok(Self {
             inner,
@@ -292,7 +312,8 @@ impl Runtime {
 
     /// How the background tasks are doing: one entry each for `"pump"`,
     /// `"workers"` (the worker tasks together: panics outside a phase),
-    /// `"retention"` when it is configured and `"lease-rescue"` when
+    /// `"retention"` when it is configured, `"scheduler"` when there are
+    /// schedules, and `"lease-rescue"` when
     /// expired leases are rescued ([`RecoverScope::ExpiredLeases`]). A task
     /// that panicked was restarted and counts the panic; after
     /// [`shutdown`](Self::shutdown) every task is
