@@ -47,6 +47,7 @@ mod events;
 mod everyday;
 mod hardening;
 mod kill;
+mod metrics;
 mod poison;
 mod postgres;
 mod retention;

@@ -15,6 +15,10 @@
 //! [`Runtime::health`] and the task restarted, and a worker that panics
 //! outside its phase never leaves its job `running`.
 //!
+//! The runtime records its figures through the `metrics` facade (see
+//! [`metrics`] for the names), so any exporter the program installs sees
+//! them.
+//!
 //! See `docs/runtime-lifecycle.md` for the walk from startup to shutdown.
 
 // The runtime runs unattended in background tasks, where an overflow panic
@@ -24,6 +28,7 @@
 
 mod clock;
 mod keeper;
+pub mod metrics;
 mod phase;
 mod pipeline;
 mod retention;

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::metrics;
 use crate::pipeline::Pipelines;
 use crate::retention::{RetentionConfig, retention_loop};
 use crate::runner;
@@ -426,11 +427,16 @@ impl Drop for Runtime {
 }
 
 async fn pump(inner: Arc<Inner>) {
+    let mut sampled: Option<tokio::time::Instant> = None;
     loop {
         if inner.stop_claiming.is_cancelled() {
             break;
         }
         claim_round(&inner).await;
+        if sampled.is_none_or(|at| at.elapsed() >= inner.config.poll_interval) {
+            sample_queue_depth(&inner).await;
+            sampled = Some(tokio::time::Instant::now());
+        }
         let wait = inner.next_wait();
         tokio::select! {
             () = inner.wake.notified() => {}
@@ -464,6 +470,30 @@ async fn rescue_loop(inner: Arc<Inner>) {
             Ok(_) => {}
             Err(e) => warn!(error = %e, "rescuing expired leases failed; trying again next period"),
         }
+    }
+}
+
+/// Records the queued jobs of each pipeline (this process's, and any other
+/// with queued jobs) as the queue-depth gauge.
+async fn sample_queue_depth(inner: &Inner) {
+    let counts = match inner.store.counts().await {
+        Ok(counts) => counts,
+        Err(e) => {
+            debug!(error = %e, "could not count queued jobs for the queue-depth metric");
+            return;
+        }
+    };
+    let mut depth: HashMap<String, u64> = inner
+        .pipelines
+        .names()
+        .into_iter()
+        .map(|p| (p, 0))
+        .collect();
+    for c in counts.into_iter().filter(|c| c.status == JobStatus::Queued) {
+        *depth.entry(c.pipeline).or_default() = c.count;
+    }
+    for (pipeline, queued) in depth {
+        metrics::queue_depth(&pipeline, queued);
     }
 }
 
@@ -509,7 +539,16 @@ async fn claim_round(inner: &Arc<Inner>) {
             }
         };
         let n = claimed.len();
+        let now = inner.config.clock.now();
         for c in claimed {
+            #[expect(
+                clippy::arithmetic_side_effects,
+                reason = "the difference of two OffsetDateTimes always fits a time::Duration"
+            )]
+            let waited = (now - c.job.run_at)
+                .max(time::Duration::ZERO)
+                .unsigned_abs();
+            metrics::claimed(&c.job.pipeline, waited);
             spawn_worker(inner, c);
         }
         if n < limit {
@@ -524,6 +563,7 @@ fn spawn_worker(inner: &Arc<Inner>, claimed: Claimed) {
         let mut running = inner.running();
         running.total = running.total.saturating_add(1);
         running.peak = running.peak.max(running.total);
+        metrics::running(running.total);
         let of_pipeline = running
             .per_pipeline
             .entry(claimed.job.pipeline.clone())
@@ -561,6 +601,7 @@ impl Drop for SlotGuard {
         {
             let mut running = self.inner.running();
             running.total = running.total.saturating_sub(1);
+            metrics::running(running.total);
             if let Some(n) = running.per_pipeline.get_mut(&self.pipeline) {
                 *n = n.saturating_sub(1);
             }
