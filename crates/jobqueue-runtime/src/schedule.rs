@@ -124,7 +124,8 @@ impl Schedule {
     }
 
     /// Checks what it can alone: the name, the cron expression, the
-    /// interval, and that its unique keys are ones a store accepts. That
+    /// interval, and that its jobs are ones a store accepts (unique keys
+    /// not too long, an input within the limits of JSON depth and size). That
     /// its pipeline exists is checked when the queue starts.
     pub fn validate(&self) -> Result<(), String> {
         check_name("schedule name", &self.name)?;
@@ -138,11 +139,12 @@ impl Schedule {
             }
             Every::Interval(_) => {}
         }
-        check_name("pipeline", &self.pipeline)?;
-        check_name(
-            "the unique key of a tick",
-            &tick_key(&self.name, timefmt::MAX),
-        )
+        // Its jobs as a store will see them: the pipeline's name, the
+        // longest key a tick can have, an input within the limits.
+        NewJob::new(self.pipeline.clone())
+            .input(self.input.clone())
+            .unique_key(tick_key(&self.name, timefmt::MAX))
+            .validate()
     }
 
     /// The first tick strictly after `now`; `None` when there is none (a
@@ -363,6 +365,19 @@ mod tests {
                 .validate()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn an_input_no_store_accepts_is_refused() {
+        let mut deep = serde_json::json!(1);
+        for _ in 0..100 {
+            deep = serde_json::json!([deep]);
+        }
+        let err = Schedule::every("s", Duration::from_secs(1), "p")
+            .input(deep)
+            .validate()
+            .unwrap_err();
+        assert!(err.contains("nested deeper"), "{err}");
     }
 
     #[test]
