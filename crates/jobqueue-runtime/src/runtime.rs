@@ -297,9 +297,17 @@ impl Runtime {
         }
         if !inner.config.schedules.is_empty() {
             // The first pass runs before `start` returns, so each
-            // schedule's next tick is enqueued once the queue is up.
-            schedule_pass(&inner, &mut Ticks::default()).await;
+            // schedule's next tick is enqueued once the queue is up. A
+            // panic in it (a store bug) is the scheduler's, counted as
+            // under `supervise`; the loop's first pass tries again.
             inner.tasks.add(SCHEDULER);
+            let mut ticks = Ticks::default();
+            let first = AssertUnwindSafe(schedule_pass(&inner, &mut ticks));
+            if let Err(panic) = first.catch_unwind().await {
+                let message = jobqueue_core::health::panic_message(&*panic);
+                tracing::error!(task = SCHEDULER, panic = %message, "the scheduler's first pass panicked; its loop tries again");
+                inner.tasks.panicked(SCHEDULER, message);
+            }
             inner
                 .tracker
                 .spawn(supervise(inner.clone(), SCHEDULER, scheduler_loop));
