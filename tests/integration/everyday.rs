@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::Env;
 
 /// `fut`, or a failure naming `what` after the tests' deadline.
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+pub(crate) async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(DEADLINE, fut).await {
         Ok(v) => v,
         Err(_) => panic!("timed out: {what}"),

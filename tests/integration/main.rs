@@ -47,10 +47,12 @@ mod events;
 mod everyday;
 mod hardening;
 mod kill;
+mod metrics;
 mod poison;
 mod postgres;
 mod retention;
 mod runtime;
+mod schedules;
 
 /// A test's world: a store (that survives "restarts"), a clock, a temp dir.
 struct Env {

@@ -202,9 +202,15 @@ fn check_config(file: &std::path::Path) -> ExitCode {
         Ok(config) => {
             let pipelines: Vec<&str> = config.pipelines.iter().map(|p| p.name.as_str()).collect();
             let mut stdout = std::io::stdout().lock();
+            // Schedules are an addition: named only when there are any.
+            let schedules = match config.schedules.len() {
+                0 => String::new(),
+                1 => ", 1 schedule".to_owned(),
+                n => format!(", {n} schedules"),
+            };
             let _ = writeln!(
                 stdout,
-                "{}: ok ({} pipeline{}{}, {} webhook endpoint{})",
+                "{}: ok ({} pipeline{}{}, {} webhook endpoint{}{schedules})",
                 file.display(),
                 pipelines.len(),
                 if pipelines.len() == 1 { "" } else { "s" },

@@ -8,10 +8,16 @@
 //! every transition with the claim's fencing token. Retries resume at the
 //! failed phase; completed phases never run again. Shutdown stops claiming,
 //! lets phases finish within a deadline and records the rest as interrupted.
-//! The retention scheduler marks old finished jobs stale and deletes them.
+//! The retention scheduler marks old finished jobs stale and deletes them,
+//! and the scheduler enqueues periodic jobs ([`Schedule`]), once per tick
+//! even when several processes share a store.
 //! Every background task is supervised: a panic is logged, counted in
 //! [`Runtime::health`] and the task restarted, and a worker that panics
 //! outside its phase never leaves its job `running`.
+//!
+//! The runtime records its figures through the `metrics` facade (see
+//! [`metrics`] for the names), so any exporter the program installs sees
+//! them.
 //!
 //! See `docs/runtime-lifecycle.md` for the walk from startup to shutdown.
 
@@ -22,11 +28,13 @@
 
 mod clock;
 mod keeper;
+pub mod metrics;
 mod phase;
 mod pipeline;
 mod retention;
 mod runner;
 mod runtime;
+mod schedule;
 mod state;
 mod supervise;
 pub mod testing;
@@ -40,5 +48,6 @@ pub use phase::{
 pub use pipeline::{PhaseOptions, PhaseSpec, Pipeline, Pipelines};
 pub use retention::{RetentionConfig, RetentionPass, run_retention_pass};
 pub use runtime::{Runtime, RuntimeConfig, StartError};
+pub use schedule::{MIN_INTERVAL, Schedule, check_schedules};
 pub use state::StateMap;
 pub use typed::{InputType, JobInput, TypedPipeline};

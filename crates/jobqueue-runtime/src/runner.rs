@@ -21,6 +21,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::clock::{add, instant_in, sleep_until_some};
 use crate::keeper::{Keeper, KeeperEnd};
+use crate::metrics::{self, JobOutcome};
 use crate::phase::{FailureKind, PhaseContext, PhaseError, ProgressReporter, Reported};
 use crate::pipeline::{PhaseSpec, Pipeline};
 use crate::runtime::Inner;
@@ -71,6 +72,21 @@ struct Ended {
     stop: Option<Stop>,
 }
 
+impl Ended {
+    /// The run's `outcome` label in the metrics, in the order
+    /// [`JobRun::run_phase`] judges it.
+    fn outcome(&self) -> &'static str {
+        match (&self.result, self.stop) {
+            (_, Some(Stop::LeaseLost)) => "lease_lost",
+            (Some(Ok(_)), _) => "completed",
+            (_, Some(Stop::Cancel)) => "cancelled",
+            (_, Some(Stop::Shutdown)) => "interrupted",
+            (Some(Err(e)), None) if e.kind == FailureKind::CancelJob => "cancelled",
+            _ => "failed",
+        }
+    }
+}
+
 pub(crate) async fn run_job(inner: &Arc<Inner>, claimed: Claimed, cancel: CancellationToken) {
     let Claimed { lease, mut job } = claimed;
     // Every phase of this run shares the input; nothing else reads it.
@@ -79,6 +95,7 @@ pub(crate) async fn run_job(inner: &Arc<Inner>, claimed: Claimed, cancel: Cancel
         info_span!("job", job_id = %job.id, pipeline = %job.pipeline, attempt = lease.attempt);
     JobRun {
         inner,
+        pipeline: Arc::from(job.pipeline.as_str()),
         lease,
         cancel,
         input,
@@ -90,6 +107,8 @@ pub(crate) async fn run_job(inner: &Arc<Inner>, claimed: Claimed, cancel: Cancel
 
 struct JobRun<'a> {
     inner: &'a Arc<Inner>,
+    /// The job's pipeline, for the metrics' labels.
+    pipeline: Arc<str>,
     lease: Lease,
     cancel: CancellationToken,
     input: Arc<Value>,
@@ -223,6 +242,7 @@ impl JobRun<'_> {
                 Some(Next::Phase(n)) => started = Some(n),
                 Some(Next::Complete) => {
                     info!("job completed");
+                    metrics::job_finished(&self.pipeline, JobOutcome::Completed);
                     return;
                 }
                 None if self.cancel.is_cancelled() => {
@@ -237,7 +257,10 @@ impl JobRun<'_> {
         }
         // Nothing was left to run (every phase had completed).
         match self.store().complete_job(&self.lease).await {
-            Ok(_) => info!("job completed"),
+            Ok(_) => {
+                info!("job completed");
+                metrics::job_finished(&self.pipeline, JobOutcome::Completed);
+            }
             Err(e) => self.store_failed("complete job", &e),
         }
     }
@@ -273,7 +296,9 @@ impl JobRun<'_> {
         };
         let phase_deadline = spec.timeout.and_then(|t| Deadline::after(t, "phase"));
         let deadline = Deadline::earlier(phase_deadline, attempt_deadline);
+        let began = Instant::now();
         let ended = self.drive(spec, ctx, index, progress_rx, deadline).await;
+        metrics::phase_ran(&self.pipeline, &name, ended.outcome(), began.elapsed());
 
         match ended {
             Ended {
@@ -475,18 +500,20 @@ impl JobRun<'_> {
             .phase_failed(&self.lease, index, message, outcome.clone())
             .await
         {
-            Ok(_) => {
-                if let FailureOutcome::RetryAt(at) = outcome {
-                    self.inner.wake_at(at);
-                }
-            }
+            Ok(_) => match outcome {
+                FailureOutcome::RetryAt(at) => self.inner.wake_at(at),
+                FailureOutcome::Fail => metrics::job_finished(&self.pipeline, JobOutcome::Failed),
+            },
             Err(e) => self.store_failed("fail phase", &e),
         }
     }
 
     async fn end_cancelled(&self) {
         match self.store().cancel_running(&self.lease).await {
-            Ok(_) => info!("job cancelled"),
+            Ok(_) => {
+                info!("job cancelled");
+                metrics::job_finished(&self.pipeline, JobOutcome::Cancelled);
+            }
             Err(e) => self.store_failed("cancel job", &e),
         }
     }

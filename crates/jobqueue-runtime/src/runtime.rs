@@ -21,11 +21,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::metrics;
 use crate::pipeline::Pipelines;
 use crate::retention::{RetentionConfig, retention_loop};
 use crate::runner;
+use crate::schedule::{Schedule, Ticks, check_schedules, schedule_pass, scheduler_loop};
 use crate::state::StateMap;
-use crate::supervise::{LEASE_RESCUE, PUMP, RETENTION, Tasks, WORKERS, supervise};
+use crate::supervise::{LEASE_RESCUE, PUMP, RETENTION, SCHEDULER, Tasks, WORKERS, supervise};
 use crate::wake::WakeTimes;
 
 /// How the runtime behaves. `Default` gives sensible values for one process
@@ -64,6 +66,8 @@ pub struct RuntimeConfig {
     /// Application state every phase reads with
     /// [`PhaseContext::state`](crate::PhaseContext::state).
     pub state: Arc<StateMap>,
+    /// Periodic jobs (see [`Schedule`]); empty runs no scheduler.
+    pub schedules: Vec<Schedule>,
 }
 
 impl Default for RuntimeConfig {
@@ -81,6 +85,7 @@ impl Default for RuntimeConfig {
             jitter_seed: None,
             retention: None,
             state: Arc::default(),
+            schedules: Vec::new(),
         }
     }
 }
@@ -93,7 +98,9 @@ impl RuntimeConfig {
     /// the year 10000); `poll_interval` and `progress_interval` longer than
     /// zero (both are periods something wakes up at); `retry` and
     /// `retention` valid ([`RetryPolicy::validate`],
-    /// [`RetentionConfig::validate`]). Durations too long to count
+    /// [`RetentionConfig::validate`]); each schedule valid alone
+    /// ([`Schedule::validate`]; that its pipeline exists is checked at
+    /// start). Durations too long to count
     /// (`progress_interval`, `stop_grace`) simply never pass.
     pub fn validate(&self) -> Result<(), String> {
         if self.concurrency == 0 {
@@ -132,6 +139,10 @@ impl RuntimeConfig {
             retention
                 .validate()
                 .map_err(|e| format!("retention: {e}"))?;
+        }
+        for s in &self.schedules {
+            s.validate()
+                .map_err(|e| format!("schedule {:?}: {e}", s.name()))?;
         }
         Ok(())
     }
@@ -266,6 +277,7 @@ impl Runtime {
         config: RuntimeConfig,
     ) -> Result<Self, StartError> {
         config.validate().map_err(StartError::Config)?;
+        check_schedules(&config.schedules, &pipelines).map_err(StartError::Config)?;
         let recovered = store
             .recover(config.recover)
             .await
@@ -321,6 +333,23 @@ impl Runtime {
                 .tracker
                 .spawn(supervise(inner.clone(), LEASE_RESCUE, rescue_loop));
         }
+        if !inner.config.schedules.is_empty() {
+            // The first pass runs before `start` returns, so each
+            // schedule's next tick is enqueued once the queue is up. A
+            // panic in it (a store bug) is the scheduler's, counted as
+            // under `supervise`; the loop's first pass tries again.
+            inner.tasks.add(SCHEDULER);
+            let mut ticks = Ticks::default();
+            let first = AssertUnwindSafe(schedule_pass(&inner, &mut ticks));
+            if let Err(panic) = first.catch_unwind().await {
+                let message = jobqueue_core::health::panic_message(&*panic);
+                tracing::error!(task = SCHEDULER, panic = %message, "the scheduler's first pass panicked; its loop tries again");
+                inner.tasks.panicked(SCHEDULER, message);
+            }
+            inner
+                .tracker
+                .spawn(supervise(inner.clone(), SCHEDULER, scheduler_loop));
+        }
         let pump = tokio::spawn(supervise(inner.clone(), PUMP, pump));
         Ok(Self {
             inner,
@@ -330,7 +359,8 @@ impl Runtime {
 
     /// How the background tasks are doing: one entry each for `"pump"`,
     /// `"workers"` (the worker tasks together: panics outside a phase),
-    /// `"retention"` when it is configured and `"lease-rescue"` when
+    /// `"retention"` when it is configured, `"scheduler"` when there are
+    /// schedules, and `"lease-rescue"` when
     /// expired leases are rescued ([`RecoverScope::ExpiredLeases`]). A task
     /// that panicked was restarted and counts the panic; after
     /// [`shutdown`](Self::shutdown) every task is
@@ -443,11 +473,16 @@ impl Drop for Runtime {
 }
 
 async fn pump(inner: Arc<Inner>) {
+    let mut sampled: Option<tokio::time::Instant> = None;
     loop {
         if inner.stop_claiming.is_cancelled() {
             break;
         }
         claim_round(&inner).await;
+        if sampled.is_none_or(|at| at.elapsed() >= inner.config.poll_interval) {
+            sample_queue_depth(&inner).await;
+            sampled = Some(tokio::time::Instant::now());
+        }
         let wait = inner.next_wait();
         tokio::select! {
             () = inner.wake.notified() => {}
@@ -507,6 +542,30 @@ async fn rescue_loop(inner: Arc<Inner>) {
     }
 }
 
+/// Records the queued jobs of each pipeline (this process's, and any other
+/// with queued jobs) as the queue-depth gauge.
+async fn sample_queue_depth(inner: &Inner) {
+    let counts = match inner.store.counts().await {
+        Ok(counts) => counts,
+        Err(e) => {
+            debug!(error = %e, "could not count queued jobs for the queue-depth metric");
+            return;
+        }
+    };
+    let mut depth: HashMap<String, u64> = inner
+        .pipelines
+        .names()
+        .into_iter()
+        .map(|p| (p, 0))
+        .collect();
+    for c in counts.into_iter().filter(|c| c.status == JobStatus::Queued) {
+        *depth.entry(c.pipeline).or_default() = c.count;
+    }
+    for (pipeline, queued) in depth {
+        metrics::queue_depth(&pipeline, queued);
+    }
+}
+
 /// Claims while there are free slots and jobs to claim.
 async fn claim_round(inner: &Arc<Inner>) {
     loop {
@@ -555,7 +614,16 @@ async fn claim_round(inner: &Arc<Inner>) {
             }
         };
         let n = claimed.len();
+        let now = inner.config.clock.now();
         for c in claimed {
+            #[expect(
+                clippy::arithmetic_side_effects,
+                reason = "the difference of two OffsetDateTimes always fits a time::Duration"
+            )]
+            let waited = (now - c.job.run_at)
+                .max(time::Duration::ZERO)
+                .unsigned_abs();
+            metrics::claimed(&c.job.pipeline, waited);
             spawn_worker(inner, c);
         }
         if n < limit {
@@ -570,6 +638,7 @@ fn spawn_worker(inner: &Arc<Inner>, claimed: Claimed) {
         let mut running = inner.running();
         running.total = running.total.saturating_add(1);
         running.peak = running.peak.max(running.total);
+        metrics::running(running.total);
         let of_pipeline = running
             .per_pipeline
             .entry(claimed.job.pipeline.clone())
@@ -607,6 +676,7 @@ impl Drop for SlotGuard {
         {
             let mut running = self.inner.running();
             running.total = running.total.saturating_sub(1);
+            metrics::running(running.total);
             if let Some(n) = running.per_pipeline.get_mut(&self.pipeline) {
                 *n = n.saturating_sub(1);
             }

@@ -1,6 +1,7 @@
 //! Supervision of the runtime's background tasks, and their health.
 //!
-//! The pump, the retention scheduler and the lease rescuer each run under
+//! The pump, the retention scheduler, the scheduler of periodic jobs and
+//! the lease rescuer each run under
 //! [`supervise`]: a panic is logged with `tracing::error!`, counted in the
 //! task's [`TaskHealth`], and the task starts again after a short backoff,
 //! so a panic (a store bug, a bad row) is visible and never silently ends
@@ -27,6 +28,8 @@ pub(crate) const PUMP: &str = "pump";
 pub(crate) const WORKERS: &str = "workers";
 /// The retention scheduler, when configured.
 pub(crate) const RETENTION: &str = "retention";
+/// The scheduler of periodic jobs, when there are schedules.
+pub(crate) const SCHEDULER: &str = "scheduler";
 /// The lease rescuer, with [`RecoverScope::ExpiredLeases`](jobqueue_core::RecoverScope).
 pub(crate) const LEASE_RESCUE: &str = "lease-rescue";
 

@@ -65,7 +65,7 @@ pub use jobqueue_events::{Endpoint, EventBus, Subscription, WebhookConfig};
 pub use jobqueue_runtime as runtime;
 pub use jobqueue_runtime::{
     FailureKind, JobInput, Phase, PhaseContext, PhaseError, PhaseOptions, Pipeline,
-    ProgressReporter, StateMap, TokioClock, TypedPipeline, phase_fn, to_result,
+    ProgressReporter, Schedule, StateMap, TokioClock, TypedPipeline, phase_fn, to_result,
 };
 #[cfg(feature = "postgres")]
 pub use jobqueue_store_postgres as postgres;

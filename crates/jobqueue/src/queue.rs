@@ -14,7 +14,7 @@ use jobqueue_core::{
 };
 use jobqueue_events::{Dispatcher, DispatcherHandle, EventBus, Subscription, Tail, WebhookConfig};
 use jobqueue_runtime::{
-    JobInput, Pipeline, Pipelines, RetentionConfig, Runtime, RuntimeConfig, StartError,
+    JobInput, Pipeline, Pipelines, RetentionConfig, Runtime, RuntimeConfig, Schedule, StartError,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -149,6 +149,35 @@ impl JobQueueBuilder {
         self
     }
 
+    /// Enqueues a job of the schedule's pipeline at each of its ticks (a
+    /// cron expression in UTC, or a fixed interval). Each tick is one job
+    /// with the unique key `schedule:<name>:<tick>`, enqueued with `run_at`
+    /// at its tick before that tick comes, so several processes that run
+    /// the same schedule on one store enqueue each tick once. After
+    /// downtime, the one tick enqueued before the stop runs late and the
+    /// other missed ticks are skipped. A bad expression, a name used twice
+    /// or an unknown pipeline is refused by [`start`](Self::start).
+    ///
+    /// ```no_run
+    /// use jobqueue::{JobQueue, PhaseError, Pipeline, Schedule, phase_fn};
+    /// use serde_json::json;
+    ///
+    /// # async fn demo() -> Result<(), jobqueue::Error> {
+    /// let queue = JobQueue::builder()
+    ///     .pipeline(Pipeline::new("report").phase(phase_fn("build", |ctx| async move {
+    ///         Ok::<_, PhaseError>(json!({ "scope": ctx.input()["scope"] }))
+    ///     })))
+    ///     .schedule(Schedule::cron("nightly", "0 3 * * *", "report").input(json!({"scope": "all"})))
+    ///     .start()
+    ///     .await?;
+    /// # queue.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn schedule(mut self, schedule: Schedule) -> Self {
+        self.config.schedules.push(schedule);
+        self
+    }
+
     /// At most `n` jobs run at once (default 8).
     pub fn concurrency(mut self, n: usize) -> Self {
         self.config.concurrency = n;
@@ -236,6 +265,8 @@ impl JobQueueBuilder {
     pub async fn start(self) -> Result<JobQueue, Error> {
         // Every setting is checked before the store is opened (and locked).
         let pipelines = Pipelines::new(self.pipelines).map_err(Error::Config)?;
+        jobqueue_runtime::check_schedules(&self.config.schedules, &pipelines)
+            .map_err(Error::Config)?;
         self.config
             .validate()
             .map_err(|e| Error::Start(StartError::Config(e)))?;

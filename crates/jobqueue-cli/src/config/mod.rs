@@ -36,9 +36,9 @@ use std::time::Duration;
 
 use jobqueue::events::webhook::{DEFAULT_RETRY_SCHEDULE, DEFAULT_TIMEOUT};
 use jobqueue::runtime::RetentionConfig;
-use jobqueue::{Endpoint, RetryPolicy, WebhookConfig};
+use jobqueue::{Endpoint, RetryPolicy, Schedule, WebhookConfig};
 
-use self::raw::{RawConfig, RawPipeline, RawStore, RawWebhook};
+use self::raw::{RawConfig, RawPipeline, RawSchedule, RawStore, RawWebhook};
 use self::recover::{Damage, Located, read_all};
 pub(crate) use self::values::check_listen;
 
@@ -89,6 +89,8 @@ pub struct Config {
     pub webhooks: WebhookConfig,
     /// The pipelines, in name order.
     pub pipelines: Vec<PipelineConfig>,
+    /// Periodic jobs of those pipelines, in the file's order.
+    pub schedules: Vec<Schedule>,
 }
 
 /// Where jobs are kept.
@@ -150,6 +152,7 @@ impl Default for Config {
             retention: Some(RetentionConfig::default()),
             webhooks: WebhookConfig::default(),
             pipelines: Vec::new(),
+            schedules: Vec::new(),
         }
     }
 }
@@ -300,6 +303,12 @@ impl<'t> LineIndex<'t> {
 
 /// The checks across values, and the turn from what was written into
 /// [`Config`].
+/// When a schedule of the file ticks.
+enum Ticks {
+    Cron(String),
+    Every(Duration),
+}
+
 struct Checker<'a> {
     dir: &'a Path,
     damage: &'a Damage,
@@ -355,11 +364,12 @@ impl<'a> Checker<'a> {
             allow_private: raw.allow_private_webhook_urls.unwrap_or(false),
             ..WebhookConfig::default()
         };
-        let pipelines = raw
+        let pipelines: Vec<PipelineConfig> = raw
             .pipelines
             .into_iter()
             .map(|(name, pipeline)| self.pipeline(name, pipeline))
             .collect();
+        let schedules = self.schedules(raw.schedules, &pipelines);
         Config {
             listen: raw
                 .listen
@@ -375,7 +385,94 @@ impl<'a> Checker<'a> {
             retention,
             webhooks,
             pipelines,
+            schedules,
         }
+    }
+
+    fn schedules(
+        &mut self,
+        raw: Vec<toml::Spanned<RawSchedule>>,
+        pipelines: &[PipelineConfig],
+    ) -> Vec<Schedule> {
+        let mut seen: BTreeMap<String, Range<usize>> = BTreeMap::new();
+        let mut schedules = Vec::new();
+        for entry in raw {
+            let span = entry.span();
+            let entry = entry.into_inner();
+            let name = match entry.name {
+                Some(name) => {
+                    let (name_span, name) = (name.span(), name.into_inner().0);
+                    if seen.insert(name.clone(), name_span.clone()).is_some() {
+                        self.error(name_span, format!("schedule {name:?} is declared twice"));
+                    }
+                    Some(name)
+                }
+                None => {
+                    self.missing(&span, "name");
+                    None
+                }
+            };
+            let pipeline = match entry.pipeline {
+                Some(p) => {
+                    let (p_span, p) = (p.span(), p.into_inner());
+                    if !pipelines.iter().any(|known| known.name == p) {
+                        self.error(p_span, format!("unknown pipeline {p:?}"));
+                    }
+                    Some(p)
+                }
+                None => {
+                    self.missing(&span, "pipeline");
+                    None
+                }
+            };
+            // A table that lost a key to an error of its own (a misspelt
+            // `every`) is not also short of one.
+            let ticks_cut = self.damage.touches(&span);
+            let ticks = match (entry.cron, entry.every) {
+                (Some(cron), None) => {
+                    let (cron_span, cron) = (cron.span(), cron.into_inner());
+                    // The expression alone, at its own place.
+                    match Schedule::cron("-", &cron, "-").validate() {
+                        Ok(()) => Some(Ticks::Cron(cron)),
+                        Err(e) => {
+                            self.error(cron_span, e);
+                            None
+                        }
+                    }
+                }
+                (None, Some(every)) => Some(Ticks::Every(every.into_inner().0)),
+                (cron, every) => {
+                    if !ticks_cut {
+                        let message = if cron.is_some() && every.is_some() {
+                            "a schedule takes one of `cron` and `every`, not both"
+                        } else {
+                            "a schedule needs `cron = \"EXPRESSION\"` or `every = \"DURATION\"`"
+                        };
+                        self.error(span.clone(), message);
+                    }
+                    None
+                }
+            };
+            let (Some(name), Some(pipeline), Some(ticks)) = (name, pipeline, ticks) else {
+                continue;
+            };
+            let mut schedule = match ticks {
+                Ticks::Cron(cron) => Schedule::cron(name.clone(), &cron, pipeline),
+                Ticks::Every(period) => Schedule::every(name.clone(), period, pipeline),
+            }
+            .priority(entry.priority.unwrap_or(0));
+            if let Some(input) = entry.input {
+                match serde_json::to_value(input) {
+                    Ok(input) => schedule = schedule.input(input),
+                    Err(e) => self.error(span.clone(), format!("schedule {name:?}: input: {e}")),
+                }
+            }
+            if let Err(e) = schedule.validate() {
+                self.error(span, format!("schedule {name:?}: {e}"));
+            }
+            schedules.push(schedule);
+        }
+        schedules
     }
 
     fn store(&mut self, store: toml::Spanned<RawStore>) -> (Store, Duration) {

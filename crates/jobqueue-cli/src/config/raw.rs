@@ -34,6 +34,9 @@ pub(crate) struct RawConfig {
     pub(crate) webhooks: Vec<Spanned<RawWebhook>>,
     #[serde(default)]
     pub(crate) pipelines: BTreeMap<Spanned<String>, Spanned<RawPipeline>>,
+    /// An addition to the documented keys: periodic jobs.
+    #[serde(default)]
+    pub(crate) schedules: Vec<Spanned<RawSchedule>>,
 }
 
 /// `[store]`.
@@ -89,4 +92,17 @@ pub(crate) struct RawPhase {
     #[serde(default)]
     pub(crate) env: BTreeMap<Spanned<String>, String>,
     pub(crate) workdir: Option<Spanned<PathBuf>>,
+}
+
+/// One `[[schedules]]` entry: a job of `pipeline` at each tick of `cron`
+/// or of `every`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSchedule {
+    pub(crate) name: Option<Spanned<Name>>,
+    pub(crate) pipeline: Option<Spanned<String>>,
+    pub(crate) cron: Option<Spanned<String>>,
+    pub(crate) every: Option<Spanned<PositiveDur>>,
+    pub(crate) input: Option<toml::Value>,
+    pub(crate) priority: Option<i32>,
 }

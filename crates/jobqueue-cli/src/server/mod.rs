@@ -237,6 +237,9 @@ impl Server {
         if let Some(retention) = config.retention {
             builder = builder.retention(retention);
         }
+        for schedule in &config.schedules {
+            builder = builder.schedule(schedule.clone());
+        }
         for p in pipelines(&settings, &launcher) {
             builder = builder.pipeline(p);
         }

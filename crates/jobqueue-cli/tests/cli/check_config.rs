@@ -13,23 +13,34 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-#[test]
-fn a_good_file_exits_0_with_a_summary() {
+/// `check-config` on a good file with `config`: its summary, with the
+/// file's path replaced by `FILE`.
+fn summary_of(config: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("jobs.toml");
-    std::fs::write(
-        &file,
-        "[pipelines.build]\n[[pipelines.build.phases]]\nname = \"a\"\ncommand = [\"true\"]\n[pipelines.deploy]\n[[pipelines.deploy.phases]]\nname = \"b\"\ncommand = [\"true\"]\n",
-    )
-    .unwrap();
+    std::fs::write(&file, config).unwrap();
     let out = jobqueue(&["check-config", file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).replace(&file.display().to_string(), "FILE")
+}
+
+#[test]
+fn a_good_file_exits_0_with_a_summary() {
     assert_eq!(
-        text(&out.stdout),
-        format!(
-            "{}: ok (2 pipelines: build, deploy, 0 webhook endpoints)\n",
-            file.display()
-        )
+        summary_of(
+            "[pipelines.build]\n[[pipelines.build.phases]]\nname = \"a\"\ncommand = [\"true\"]\n[pipelines.deploy]\n[[pipelines.deploy.phases]]\nname = \"b\"\ncommand = [\"true\"]\n"
+        ),
+        "FILE: ok (2 pipelines: build, deploy, 0 webhook endpoints)\n"
+    );
+}
+
+#[test]
+fn the_summary_counts_schedules() {
+    assert_eq!(
+        summary_of(
+            "[pipelines.build]\n[[pipelines.build.phases]]\nname = \"a\"\ncommand = [\"true\"]\n[[schedules]]\nname = \"nightly\"\npipeline = \"build\"\ncron = \"0 3 * * *\"\n"
+        ),
+        "FILE: ok (1 pipeline: build, 0 webhook endpoints, 1 schedule)\n"
     );
 }
 

@@ -195,7 +195,7 @@ fn unknown_keys_are_errors_at_their_place() {
     assert_eq!(
         errors(&text),
         [
-            "c.toml:1:1: unknown field `listne`, expected one of `listen`, `token`, `concurrency`, `shutdown_timeout`, `max_body`, `webhook_secret`, `allow_private_webhook_urls`, `store`, `retention`, `webhooks`, `pipelines`",
+            "c.toml:1:1: unknown field `listne`, expected one of `listen`, `token`, `concurrency`, `shutdown_timeout`, `max_body`, `webhook_secret`, `allow_private_webhook_urls`, `store`, `retention`, `webhooks`, `pipelines`, `schedules`",
             "c.toml:6:1: unknown field `timout`, expected one of `name`, `command`, `timeout`, `env`, `workdir`",
             "c.toml:9:1: unknown field `leese`, expected one of `sqlite`, `postgres`, `lease`",
         ]
@@ -360,5 +360,49 @@ fn checks_across_values_still_run_next_to_other_errors() {
             "c.toml:10:1: [store] takes one of `sqlite` and `postgres`, not both",
             "c.toml:12:9: must be longer than zero",
         ]
+    );
+}
+
+#[test]
+fn schedules_read_with_their_pipeline_input_and_priority() {
+    let text = format!(
+        "{PIPELINE}[[schedules]]\nname = \"nightly\"\npipeline = \"build\"\ncron = \"0 3 * * *\"\ninput = {{ ref = \"main\", full = true }}\npriority = 5\n\n[[schedules]]\nname = \"poll\"\npipeline = \"build\"\nevery = \"5m\"\n"
+    );
+    let config = parse(&text, Path::new("/srv"));
+    let names: Vec<(&str, &str)> = config
+        .schedules
+        .iter()
+        .map(|s| (s.name(), s.pipeline()))
+        .collect();
+    assert_eq!(names, [("nightly", "build"), ("poll", "build")]);
+    assert_eq!(config.schedules[0].describe(), "cron \"0 3 * * *\"");
+    assert_eq!(config.schedules[1].describe(), "every 300s");
+    let at = time::macros::datetime!(2026-01-01 10:02 UTC);
+    assert_eq!(
+        config.schedules[1].next_after(at),
+        Some(time::macros::datetime!(2026-01-01 10:05 UTC))
+    );
+}
+
+#[test]
+fn bad_schedules_have_their_place() {
+    let text = format!(
+        "{PIPELINE}[[schedules]]\nname = \"a\"\npipeline = \"build\"\ncron = \"61 * * * *\"\n[[schedules]]\nname = \"b\"\npipeline = \"nope\"\nevery = \"1m\"\n[[schedules]]\nname = \"a\"\npipeline = \"build\"\nevery = \"1m\"\ncron = \"* * * * *\"\n[[schedules]]\nname = \"c\"\npipeline = \"build\"\nevry = \"1m\"\n"
+    );
+    let lines = errors(&text);
+    assert_eq!(lines.len(), 5, "{lines:#?}");
+    assert!(
+        lines[0].starts_with("c.toml:8:8: bad cron expression \"61 * * * *\""),
+        "{lines:#?}"
+    );
+    assert_eq!(lines[1], "c.toml:11:12: unknown pipeline \"nope\"");
+    assert_eq!(
+        lines[2],
+        "c.toml:13:1: a schedule takes one of `cron` and `every`, not both"
+    );
+    assert_eq!(lines[3], "c.toml:14:8: schedule \"a\" is declared twice");
+    assert!(
+        lines[4].starts_with("c.toml:21:1: unknown field `evry`, expected one of `name`, `pipeline`, `cron`, `every`, `input`, `priority`"),
+        "{lines:#?}"
     );
 }

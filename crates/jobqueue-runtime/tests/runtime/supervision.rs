@@ -7,7 +7,9 @@ use jobqueue_core::{
     ClaimRequest, EventType, Health, Job, JobStatus, JobStore, NewJob, RecoverScope, TaskHealth,
     TaskState,
 };
-use jobqueue_runtime::{PhaseError, Pipeline, RetentionConfig, Runtime, RuntimeConfig, phase_fn};
+use jobqueue_runtime::{
+    PhaseError, Pipeline, RetentionConfig, Runtime, RuntimeConfig, Schedule, phase_fn,
+};
 use serde_json::json;
 
 use crate::support::World;
@@ -230,4 +232,31 @@ async fn a_worker_panic_on_the_last_attempt_fails_the_job_clearly() {
     );
     panicked_once_and_runs(&rt.health(), "workers", "complete_job");
     rt.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_in_the_scheduler_is_counted_and_the_tick_enqueued_after_all() {
+    let world = World::new();
+    // The scheduler's first pass, inside `start`, panics in its enqueue.
+    world.store.panic_once("enqueue", 1);
+    let config = RuntimeConfig {
+        schedules: vec![Schedule::every("s", Duration::from_secs(3600), "p")],
+        ..world.config()
+    };
+    let rt = world
+        .start(vec![Pipeline::new("p").phase(work(1))], config)
+        .await;
+    panicked_once_and_runs(&rt.health(), "scheduler", "enqueue");
+    // The loop's first pass enqueues the tick after all.
+    let created = world.events.wait_for_any(EventType::JobCreated).await;
+    let job = world.job(created.job_id).await;
+    assert!(
+        job.unique_key
+            .as_deref()
+            .is_some_and(|k| k.starts_with("schedule:s:")),
+        "{job:?}"
+    );
+    assert_eq!(job.status, JobStatus::Queued);
+    rt.shutdown(Duration::from_secs(1)).await;
+    assert!(all_stopped(&rt.health()), "{:?}", rt.health());
 }

@@ -192,6 +192,27 @@ impl Recorder {
         .await
     }
 
+    /// The first `ty` event of any job, waiting for it until the deadline.
+    pub(crate) async fn wait_for_any(&self, ty: EventType) -> Event {
+        within_deadline(&format!("{ty} of any job"), async {
+            loop {
+                let changed = self.changed.notified();
+                let found = self
+                    .events
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|e| e.event_type() == ty)
+                    .cloned();
+                if let Some(e) = found {
+                    return e;
+                }
+                changed.await;
+            }
+        })
+        .await
+    }
+
     fn find(&self, job: JobId, ty: EventType) -> Option<Event> {
         self.events
             .lock()
