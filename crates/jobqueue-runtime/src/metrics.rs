@@ -17,7 +17,7 @@ pub const JOBS_FINISHED: &str = "jobqueue_runtime_jobs_finished_total";
 /// `lease_lost`).
 pub const PHASE_DURATION: &str = "jobqueue_runtime_phase_duration_seconds";
 /// Gauge: queued jobs by `pipeline`, including those due later or waiting
-/// for a retry; sampled by the pump at most once per poll interval.
+/// for a retry; sampled by the pump at most once per ten seconds (or poll interval, if longer).
 pub const QUEUE_DEPTH: &str = "jobqueue_runtime_queue_depth";
 /// Histogram, in seconds: how long a job was due (its `run_at` passed)
 /// before this process claimed it, by `pipeline`.

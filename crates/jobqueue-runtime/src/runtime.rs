@@ -472,15 +472,31 @@ impl Drop for Runtime {
     }
 }
 
+/// The least time between two samples of the queue-depth gauge. A sample
+/// counts the store's jobs by status and pipeline, which reads the whole
+/// jobs table: once a second it cost a busy queue of a million jobs a
+/// tenth of a core and a large sort in memory.
+const QUEUE_DEPTH_EVERY: Duration = Duration::from_secs(10);
+
 async fn pump(inner: Arc<Inner>) {
     let mut sampled: Option<tokio::time::Instant> = None;
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let every = inner.config.poll_interval.max(QUEUE_DEPTH_EVERY);
     loop {
         if inner.stop_claiming.is_cancelled() {
             break;
         }
         claim_round(&inner).await;
-        if sampled.is_none_or(|at| at.elapsed() >= inner.config.poll_interval) {
-            sample_queue_depth(&inner).await;
+        if sampled.is_none_or(|at| at.elapsed() >= every)
+            && !sampling.swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            // On a task of its own: the pump never waits for the count,
+            // and one sample at a time runs.
+            let (inner, sampling) = (Arc::clone(&inner), Arc::clone(&sampling));
+            tokio::spawn(async move {
+                sample_queue_depth(&inner).await;
+                sampling.store(false, std::sync::atomic::Ordering::Release);
+            });
             sampled = Some(tokio::time::Instant::now());
         }
         let wait = inner.next_wait();
