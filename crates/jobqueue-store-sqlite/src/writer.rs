@@ -614,6 +614,14 @@ impl Writer {
         }
     }
 
+    /// Inserts the group's waiting event rows.
+    fn insert_pending(&mut self) -> Result<(), GroupFailure> {
+        insert_events(&mut self.conn, &self.pending)
+            .map_err(|e| fail(e, "inserting the events"))?;
+        self.pending.clear();
+        Ok(())
+    }
+
     /// Runs the group in one transaction. Without `savepoints`, stops with
     /// [`Stop::NeedsSavepoints`] at the first operation whose failure may
     /// have left writes behind.
@@ -637,9 +645,7 @@ impl Writer {
                 // The events of the operations before go in outside this
                 // one's savepoint: should this one flush them and then be
                 // rolled back, they must stay.
-                insert_events(&mut self.conn, &self.pending)
-                    .map_err(|e| fail(e, "inserting the events"))?;
-                self.pending.clear();
+                self.insert_pending()?;
                 self.conn
                     .batch_execute("SAVEPOINT op")
                     .map_err(|e| fail(e, "SAVEPOINT"))?;
@@ -713,9 +719,7 @@ impl Writer {
                 })?;
         }
         if any_ok {
-            insert_events(&mut self.conn, &self.pending)
-                .map_err(|e| fail(e, "inserting the events"))?;
-            self.pending.clear();
+            self.insert_pending()?;
             if self.last_seq != first_seq {
                 // The counter only goes up, in the same commit as the
                 // events, so pruned events never give their numbers back.
