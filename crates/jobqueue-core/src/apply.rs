@@ -11,7 +11,7 @@ use crate::clock::truncate_to_micros;
 use crate::error::StoreError;
 use crate::event::EventData;
 use crate::id::{JobId, LeaseToken};
-use crate::job::{Interrupted, Job, JobError, NewJob, Phase, Progress};
+use crate::job::{DependencyFailure, Interrupted, Job, JobError, NewJob, Phase, Progress};
 use crate::machine::{
     JobAction, JobStatus, PhaseAction, PhaseStatus, job_transition, phase_transition,
 };
@@ -27,7 +27,74 @@ pub fn lease_until(now: OffsetDateTime, extend: Duration) -> Result<OffsetDateTi
         .ok_or_else(|| StoreError::Invalid(format!("lease duration {extend:?} is too long")))
 }
 
+/// Whether a job may depend on job `id`, found in status `status` (`None`:
+/// no such job) at enqueue: `Ok(true)` when the dependency is still to
+/// complete (queued or running), `Ok(false)` when it already completed,
+/// and `Invalid` when it does not exist or can never complete (failed,
+/// cancelled, or stale: retention no longer says how it ended).
+pub fn check_dependency(id: JobId, status: Option<JobStatus>) -> Result<bool, StoreError> {
+    match status {
+        None => Err(StoreError::Invalid(format!(
+            "depends_on: job {id} does not exist"
+        ))),
+        Some(JobStatus::Queued | JobStatus::Running) => Ok(true),
+        Some(JobStatus::Completed) => Ok(false),
+        Some(
+            s @ (JobStatus::Failed | JobStatus::Cancelled | JobStatus::Stale | JobStatus::Deleted),
+        ) => Err(StoreError::Invalid(format!(
+            "depends_on: job {id} is {s} and can never complete; \
+                 a job may depend only on queued, running or completed jobs"
+        ))),
+    }
+}
+
+/// Why a job waiting for `dependency` can no longer start, now that the
+/// dependency ended in `ended` (failed or cancelled): the `reason` of its
+/// `job.cancelled` event, or the message of its error.
+pub fn dependency_reason(dependency: JobId, ended: JobStatus) -> String {
+    match ended {
+        JobStatus::Cancelled => format!("dependency {dependency} was cancelled"),
+        other => format!("dependency {dependency} {other}"),
+    }
+}
+
 impl Job {
+    /// The queued job waited for `dependency`, which ended `ended` (failed
+    /// or cancelled) at `now`: it is cancelled or fails, as `policy` says,
+    /// with the reason naming the dependency. Returns `job.cancelled` (with
+    /// its `reason`) or `job.failed`.
+    pub fn dependency_ended(
+        &mut self,
+        dependency: JobId,
+        ended: JobStatus,
+        policy: DependencyFailure,
+        now: OffsetDateTime,
+    ) -> Result<EventData, StoreError> {
+        let reason = dependency_reason(dependency, ended);
+        match policy {
+            DependencyFailure::Cancel => {
+                self.step(JobAction::Cancel)?;
+                self.finished_at = Some(now);
+                self.release_lease();
+                Ok(EventData::Cancelled {
+                    reason: Some(reason),
+                })
+            }
+            DependencyFailure::Fail => {
+                let error = JobError {
+                    phase: None,
+                    message: reason,
+                    attempt: self.attempt,
+                };
+                self.step(JobAction::Fail)?;
+                self.error = Some(error.clone());
+                self.finished_at = Some(now);
+                self.release_lease();
+                Ok(EventData::Failed { error })
+            }
+        }
+    }
+
     /// A new job from `spec`, enqueued at `now`: `queued`, a fresh id, its
     /// phases `pending`, `run_at` now unless the spec says later. The spec
     /// must have passed [`NewJob::validate`].
@@ -443,7 +510,7 @@ impl Job {
         self.end_running_phases(PhaseAction::Cancel, None, now)?;
         self.finished_at = Some(now);
         self.release_lease();
-        Ok(EventData::Cancelled {})
+        Ok(EventData::Cancelled { reason: None })
     }
 
     fn end_running_phases(

@@ -81,8 +81,13 @@ pub enum EventData {
     Completed { results: Map<String, Value> },
     /// `job.failed`
     Failed { error: JobError },
-    /// `job.cancelled`
-    Cancelled {},
+    /// `job.cancelled`; `reason` is set only when the job was cancelled
+    /// because a dependency failed or was cancelled (a plain cancel's data
+    /// stays `{}`).
+    Cancelled {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     /// `job.retried` (a manual retry)
     Retried { from_phase: Option<String> },
     /// `job.interrupted`
@@ -119,7 +124,7 @@ impl EventData {
             Self::PhaseFailed { .. } => EventType::PhaseFailed,
             Self::Completed { .. } => EventType::JobCompleted,
             Self::Failed { .. } => EventType::JobFailed,
-            Self::Cancelled {} => EventType::JobCancelled,
+            Self::Cancelled { .. } => EventType::JobCancelled,
             Self::Retried { .. } => EventType::JobRetried,
             Self::Interrupted { .. } => EventType::JobInterrupted,
             Self::Stale {} => EventType::JobStale,
@@ -185,7 +190,10 @@ impl EventData {
                 "message": error.message,
                 "attempt": error.attempt,
             }}),
-            Self::Cancelled {} | Self::Stale {} | Self::Deleted {} => json!({}),
+            Self::Cancelled { reason: None } | Self::Stale {} | Self::Deleted {} => json!({}),
+            Self::Cancelled {
+                reason: Some(reason),
+            } => json!({"reason": reason}),
             Self::Retried { from_phase } => json!({"from_phase": from_phase}),
             Self::Interrupted { phase, progress: p } => {
                 json!({"phase": phase, "progress": progress(p)})
@@ -250,6 +258,11 @@ impl EventData {
         }
         #[derive(Deserialize)]
         struct EmptyD {}
+        #[derive(Deserialize)]
+        struct CancelledD {
+            #[serde(default)]
+            reason: Option<String>,
+        }
 
         let err = |error| MalformedEvent { ty, error };
         let d = data;
@@ -307,8 +320,8 @@ impl EventData {
                 Self::Failed { error: v.error }
             }
             EventType::JobCancelled => {
-                let _: EmptyD = serde_json::from_value(d).map_err(err)?;
-                Self::Cancelled {}
+                let v: CancelledD = serde_json::from_value(d).map_err(err)?;
+                Self::Cancelled { reason: v.reason }
             }
             EventType::JobRetried => {
                 let v: RetriedD = serde_json::from_value(d).map_err(err)?;
@@ -387,7 +400,10 @@ mod tests {
                     attempt: 1,
                 },
             },
-            EventData::Cancelled {},
+            EventData::Cancelled { reason: None },
+            EventData::Cancelled {
+                reason: Some("dependency x failed".into()),
+            },
             EventData::Retried {
                 from_phase: Some("b".into()),
             },
@@ -428,7 +444,14 @@ mod tests {
             .to_json(),
             json!({"phase": "a", "index": 1, "error": "e", "retry_at": "2030-01-02T03:04:05Z"})
         );
-        assert_eq!(EventData::Cancelled {}.to_json(), json!({}));
+        assert_eq!(EventData::Cancelled { reason: None }.to_json(), json!({}));
+        assert_eq!(
+            EventData::Cancelled {
+                reason: Some("dependency x failed".into())
+            }
+            .to_json(),
+            json!({"reason": "dependency x failed"})
+        );
         assert_eq!(
             EventData::Created {
                 run_at: at,

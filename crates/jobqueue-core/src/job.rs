@@ -16,6 +16,24 @@ pub const MAX_NAME_LEN: usize = 256;
 /// The longest per-job `webhook_url` a store accepts, in bytes.
 pub const MAX_URL_LEN: usize = 2048;
 
+/// The most jobs one job may depend on ([`NewJob::depends_on`]).
+pub const MAX_DEPENDENCIES: usize = 1024;
+
+crate::names::named_enum! {
+    /// What becomes of a job waiting for its dependencies
+    /// ([`NewJob::depends_on`]) when one of them ends `failed` or
+    /// `cancelled` instead of `completed`: it can then never start.
+    #[derive(Default)]
+    pub enum DependencyFailure ("dependency failure policy") {
+        /// The job is cancelled (`job.cancelled` with a `reason` naming the
+        /// dependency). The default.
+        #[default]
+        Cancel => "cancel",
+        /// The job fails (`job.failed`, its error naming the dependency).
+        Fail => "fail",
+    }
+}
+
 /// The deepest nesting of arrays and objects a job input or a phase result
 /// may have. Events wrap results a few levels deeper (`job.completed` holds
 /// every result, the wire envelope holds the event), and every JSON reader
@@ -100,6 +118,16 @@ pub struct NewJob {
     /// `pending` from the start and a store can check phase indexes. Empty
     /// only for a job whose pipeline the enqueuing process does not know.
     pub phases: Vec<String>,
+    /// Jobs that must complete before this one starts. Each must exist when
+    /// this job is enqueued and be queued, running or completed (a job that
+    /// failed, was cancelled or is stale is refused with `Invalid`); ids
+    /// given twice count once. The job stays `queued`, and is not claimed,
+    /// until every one of them has completed (or no longer exists).
+    #[serde(default)]
+    pub depends_on: Vec<JobId>,
+    /// What happens to this job if a dependency ends failed or cancelled.
+    #[serde(default)]
+    pub on_dependency_failure: DependencyFailure,
 }
 
 impl NewJob {
@@ -114,7 +142,31 @@ impl NewJob {
             max_attempts: None,
             webhook_url: None,
             phases: Vec::new(),
+            depends_on: Vec::new(),
+            on_dependency_failure: DependencyFailure::Cancel,
         }
+    }
+
+    /// Adds jobs that must complete before this one starts (see
+    /// [`NewJob::depends_on`]).
+    pub fn depends_on(mut self, ids: impl IntoIterator<Item = JobId>) -> Self {
+        self.depends_on.extend(ids);
+        self
+    }
+
+    /// Sets what happens to this job if a dependency fails or is cancelled
+    /// (see [`DependencyFailure`]; cancel by default).
+    pub fn on_dependency_failure(mut self, policy: DependencyFailure) -> Self {
+        self.on_dependency_failure = policy;
+        self
+    }
+
+    /// The distinct ids of [`NewJob::depends_on`], in order.
+    pub fn dependencies(&self) -> Vec<JobId> {
+        let mut ids = self.depends_on.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// Sets the input.
@@ -179,6 +231,11 @@ impl NewJob {
             }
         }
         check_json("job input", &self.input)?;
+        if self.depends_on.len() > MAX_DEPENDENCIES {
+            return Err(format!(
+                "depends_on names more than {MAX_DEPENDENCIES} jobs"
+            ));
+        }
         if let Some(at) = self.run_at {
             crate::timefmt::check("run_at", at)?;
         }

@@ -42,7 +42,7 @@ pub use error::{ErrorKind, StoreError};
 pub use event::{Event, EventData};
 pub use health::{Health, TaskHealth, TaskState};
 pub use id::{DeliveryId, JobId, LeaseToken};
-pub use job::{Interrupted, Job, JobError, NewJob, Phase, Progress};
+pub use job::{DependencyFailure, Interrupted, Job, JobError, NewJob, Phase, Progress};
 pub use listen::{Capabilities, Listeners, Notice, StoreListener};
 pub use machine::{EventType, JobAction, JobStatus, PhaseAction, PhaseStatus, TransitionError};
 pub use memory::MemoryStore;

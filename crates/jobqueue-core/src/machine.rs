@@ -21,9 +21,11 @@ named_enum! {
         Running => "running",
         /// Every phase completed.
         Completed => "completed",
-        /// A phase failed permanently or the attempts ran out.
+        /// A phase failed permanently or the attempts ran out (or, by its
+        /// option, a dependency failed or was cancelled).
         Failed => "failed",
-        /// Cancelled by a user.
+        /// Cancelled by a user or a phase (or because a dependency failed
+        /// or was cancelled).
         Cancelled => "cancelled",
         /// Finished long enough ago that retention marked it.
         Stale => "stale",
@@ -101,7 +103,8 @@ named_enum! {
         Claim => "claim",
         /// The last phase completed.
         Complete => "complete",
-        /// A permanent failure, or the attempts ran out.
+        /// A permanent failure, or the attempts ran out; or a queued job
+        /// whose dependency failed, by its option.
         Fail => "fail",
         /// A retryable failure with attempts left: queued again at `run_at`.
         ScheduleRetry => "schedule_retry",
@@ -202,6 +205,7 @@ pub const JOB_TRANSITIONS: &[JobRule] = {
         job(S::Queued, A::Claim, S::Running, Some(E::JobStarted)),
         job(S::Running, A::Complete, S::Completed, Some(E::JobCompleted)),
         job(S::Running, A::Fail, S::Failed, Some(E::JobFailed)),
+        job(S::Queued, A::Fail, S::Failed, Some(E::JobFailed)),
         job(S::Running, A::ScheduleRetry, S::Queued, None),
         job(S::Running, A::Interrupt, S::Queued, Some(E::JobInterrupted)),
         job(S::Queued, A::Cancel, S::Cancelled, Some(E::JobCancelled)),

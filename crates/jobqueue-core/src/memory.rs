@@ -5,7 +5,7 @@
 //! applies the change, its events and their webhook deliveries together, so
 //! a refused operation changes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -14,12 +14,12 @@ use async_trait::async_trait;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::apply::lease_until;
+use crate::apply::{check_dependency, lease_until};
 use crate::clock::{Clock, SystemClock, truncate_to_micros};
 use crate::error::StoreError;
 use crate::event::{Event, EventData};
 use crate::id::{DeliveryId, JobId, LeaseToken};
-use crate::job::{Job, JobError, NewJob, Progress};
+use crate::job::{DependencyFailure, Job, JobError, NewJob, Progress};
 use crate::listen::{Capabilities, Listeners, StoreListener};
 use crate::machine::{JobAction, JobStatus, job_transition};
 use crate::outbox::{
@@ -52,9 +52,20 @@ impl Staged {
     }
 }
 
+/// The dependencies a job still waits for, and what becomes of it if one
+/// of them fails.
+struct Waiting {
+    on: BTreeSet<JobId>,
+    policy: DependencyFailure,
+}
+
 #[derive(Default)]
 struct State {
     jobs: BTreeMap<JobId, Job>,
+    /// The jobs with dependencies not completed yet, by dependent. An entry
+    /// stays while its job is cancelled or failed, so that a manual retry
+    /// still waits.
+    waiting: BTreeMap<JobId, Waiting>,
     events: BTreeMap<u64, Event>,
     last_seq: u64,
     deliveries: BTreeMap<DeliveryId, Delivery>,
@@ -121,10 +132,103 @@ impl State {
         self.listeners.notify_for(&published);
     }
 
+    /// The dependencies of `spec` still to complete, or `Invalid` when one
+    /// does not exist or can never complete.
+    fn unmet_dependencies(&self, spec: &NewJob) -> Result<BTreeSet<JobId>, StoreError> {
+        let mut unmet = BTreeSet::new();
+        for id in spec.dependencies() {
+            if check_dependency(id, self.jobs.get(&id).map(|j| j.status))? {
+                unmet.insert(id);
+            }
+        }
+        Ok(unmet)
+    }
+
+    /// Records that `job` waits for `unmet`, if it waits for any.
+    fn wait_for(&mut self, job: &Job, unmet: BTreeSet<JobId>, policy: DependencyFailure) {
+        if !unmet.is_empty() {
+            self.waiting.insert(job.id, Waiting { on: unmet, policy });
+        }
+    }
+
+    /// Job `id` completed or is gone: no job waits for it any longer.
+    fn release(&mut self, id: JobId) {
+        self.waiting.retain(|_, w| {
+            w.on.remove(&id);
+            !w.on.is_empty()
+        });
+    }
+
+    /// Stores `job` as changed by an operation and stages `events` about it;
+    /// if it ended, its dependents are released (completed) or, transitively,
+    /// cancelled or failed (failed, cancelled), each with its own event.
+    fn put_job(
+        &mut self,
+        job: Job,
+        events: Vec<EventData>,
+        now: OffsetDateTime,
+        staged: &mut Vec<Staged>,
+    ) {
+        staged.extend(events.into_iter().map(|d| Staged::new(&job, d)));
+        let mut ended = vec![(job.id, job.status)];
+        self.jobs.insert(job.id, job);
+        while let Some((id, status)) = ended.pop() {
+            match status {
+                JobStatus::Completed => self.release(id),
+                JobStatus::Failed | JobStatus::Cancelled => {
+                    ended.extend(self.cascade(id, status, now, staged));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Stores `job` with `events` (see [`State::put_job`]) and commits.
+    fn commit_job(&mut self, now: OffsetDateTime, job: Job, events: Vec<EventData>) {
+        let mut staged = Vec::new();
+        self.put_job(job, events, now, &mut staged);
+        self.commit(now, staged);
+    }
+
+    /// Ends the queued jobs that wait for `id`, which ended in `status`.
+    /// Returns them with their new statuses.
+    fn cascade(
+        &mut self,
+        id: JobId,
+        status: JobStatus,
+        now: OffsetDateTime,
+        staged: &mut Vec<Staged>,
+    ) -> Vec<(JobId, JobStatus)> {
+        let dependents: Vec<(JobId, DependencyFailure)> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.on.contains(&id))
+            .map(|(d, w)| (*d, w.policy))
+            .collect();
+        let mut ended = Vec::new();
+        for (d, policy) in dependents {
+            let Some(job) = self
+                .jobs
+                .get_mut(&d)
+                .filter(|j| j.status == JobStatus::Queued)
+            else {
+                continue;
+            };
+            // A queued job may always be cancelled or failed.
+            if let Ok(data) = job.dependency_ended(id, status, policy, now) {
+                staged.push(Staged::new(job, data));
+                ended.push((d, job.status));
+            }
+        }
+        ended
+    }
+
     /// Removes a job and its events, keeping the `job.deleted` tombstone
     /// (sequence `keep_from` and later). Deliveries keep their own snapshots.
     fn remove_job(&mut self, id: JobId, keep_from: u64) {
         self.jobs.remove(&id);
+        self.waiting.remove(&id);
+        self.release(id);
         self.events
             .retain(|seq, e| e.job_id != id || *seq >= keep_from);
     }
@@ -180,12 +284,6 @@ fn created(job: &Job) -> Staged {
     Staged::new(job, job.created_event())
 }
 
-/// Recovers a running job whose process is gone, in place (see [`Job::recover`]).
-fn recover_job(job: &mut Job, now: OffsetDateTime) -> Result<Staged, StoreError> {
-    let data = job.recover(now)?;
-    Ok(Staged::new(job, data))
-}
-
 #[async_trait]
 impl JobStore for MemoryStore {
     fn set_event_sink(&self, sink: Arc<dyn EventSink>) {
@@ -217,7 +315,10 @@ impl JobStore for MemoryStore {
                 existing,
             });
         }
+        let unmet = st.unmet_dependencies(&spec)?;
+        let policy = spec.on_dependency_failure;
         let job = Job::queued(spec, now);
+        st.wait_for(&job, unmet, policy);
         st.jobs.insert(job.id, job.clone());
         st.commit(now, vec![created(&job)]);
         Ok(job)
@@ -234,6 +335,11 @@ impl JobStore for MemoryStore {
         }
         let now = self.now();
         let mut st = self.lock();
+        let mut waits = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            let unmet = st.unmet_dependencies(spec).map_err(|e| batch_err(i, e))?;
+            waits.push((unmet, spec.on_dependency_failure));
+        }
         let jobs: Vec<Job> = specs.into_iter().map(|s| Job::queued(s, now)).collect();
         for (i, job) in jobs.iter().enumerate() {
             if let Some(key) = &job.unique_key {
@@ -253,7 +359,8 @@ impl JobStore for MemoryStore {
             }
         }
         let staged = jobs.iter().map(created).collect();
-        for job in &jobs {
+        for (job, (unmet, policy)) in jobs.iter().zip(waits) {
+            st.wait_for(job, unmet, policy);
             st.jobs.insert(job.id, job.clone());
         }
         st.commit(now, staged);
@@ -268,6 +375,7 @@ impl JobStore for MemoryStore {
             .jobs
             .values()
             .filter(|j| j.status == JobStatus::Queued && j.run_at <= now)
+            .filter(|j| !st.waiting.contains_key(&j.id))
             .filter(|j| !req.exclude_pipelines.contains(&j.pipeline))
             .filter(|j| {
                 req.pipelines
@@ -322,9 +430,7 @@ impl JobStore for MemoryStore {
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
         let events = vec![job.start_phase(index, lease.attempt, now)?];
-        let staged = events.into_iter().map(|d| Staged::new(&job, d)).collect();
-        st.jobs.insert(job.id, job);
-        st.commit(now, staged);
+        st.commit_job(now, job, events);
         Ok(())
     }
 
@@ -338,9 +444,7 @@ impl JobStore for MemoryStore {
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
         let events = vec![job.report_progress(index, progress)?];
-        let staged = events.into_iter().map(|d| Staged::new(&job, d)).collect();
-        st.jobs.insert(job.id, job);
-        st.commit(now, staged);
+        st.commit_job(now, job, events);
         Ok(())
     }
 
@@ -354,9 +458,7 @@ impl JobStore for MemoryStore {
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
         let events = vec![job.complete_phase(index, result, now)?];
-        let staged = events.into_iter().map(|d| Staged::new(&job, d)).collect();
-        st.jobs.insert(job.id, job);
-        st.commit(now, staged);
+        st.commit_job(now, job, events);
         Ok(())
     }
 
@@ -371,9 +473,7 @@ impl JobStore for MemoryStore {
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
         let events = job.fail_phase(index, error, outcome, now)?;
-        let staged = events.into_iter().map(|d| Staged::new(&job, d)).collect();
-        st.jobs.insert(job.id, job.clone());
-        st.commit(now, staged);
+        st.commit_job(now, job.clone(), events);
         Ok(job)
     }
 
@@ -388,9 +488,7 @@ impl JobStore for MemoryStore {
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
         let events = job.advance(index, result, next, lease.attempt, now)?;
-        let staged = events.into_iter().map(|d| Staged::new(&job, d)).collect();
-        st.jobs.insert(job.id, job);
-        st.commit(now, staged);
+        st.commit_job(now, job, events);
         Ok(())
     }
 
@@ -399,9 +497,7 @@ impl JobStore for MemoryStore {
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
         let events = vec![job.complete(now)?];
-        let staged = events.into_iter().map(|d| Staged::new(&job, d)).collect();
-        st.jobs.insert(job.id, job.clone());
-        st.commit(now, staged);
+        st.commit_job(now, job.clone(), events);
         Ok(job)
     }
 
@@ -410,9 +506,7 @@ impl JobStore for MemoryStore {
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
         let events = vec![job.fail(error, now)?];
-        let staged = events.into_iter().map(|d| Staged::new(&job, d)).collect();
-        st.jobs.insert(job.id, job.clone());
-        st.commit(now, staged);
+        st.commit_job(now, job.clone(), events);
         Ok(job)
     }
 
@@ -421,9 +515,7 @@ impl JobStore for MemoryStore {
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
         let events = vec![job.cancel(now)?];
-        let staged = events.into_iter().map(|d| Staged::new(&job, d)).collect();
-        st.jobs.insert(job.id, job.clone());
-        st.commit(now, staged);
+        st.commit_job(now, job.clone(), events);
         Ok(job)
     }
 
@@ -432,9 +524,7 @@ impl JobStore for MemoryStore {
         let mut st = self.lock();
         let mut job = st.leased(lease)?;
         let events = vec![job.interrupt(now)?];
-        let staged = events.into_iter().map(|d| Staged::new(&job, d)).collect();
-        st.jobs.insert(job.id, job.clone());
-        st.commit(now, staged);
+        st.commit_job(now, job.clone(), events);
         Ok(job)
     }
 
@@ -449,14 +539,15 @@ impl JobStore for MemoryStore {
             .map(|j| j.id)
             .collect();
         let mut jobs = Vec::with_capacity(ids.len());
-        let mut staged = Vec::with_capacity(ids.len());
+        let mut events = Vec::with_capacity(ids.len());
         for id in ids {
             let mut job = st.job(id)?;
-            staged.push(recover_job(&mut job, now)?);
+            events.push(job.recover(now)?);
             jobs.push(job);
         }
-        for job in &jobs {
-            st.jobs.insert(job.id, job.clone());
+        let mut staged = Vec::with_capacity(jobs.len());
+        for (job, data) in jobs.iter().zip(events) {
+            st.put_job(job.clone(), vec![data], now, &mut staged);
         }
         st.commit(now, staged);
         Ok(jobs)
@@ -472,9 +563,7 @@ impl JobStore for MemoryStore {
             return Ok(CancelOutcome::Requested(job));
         }
         let data = job.cancel(now)?;
-        let staged = vec![Staged::new(&job, data)];
-        st.jobs.insert(id, job.clone());
-        st.commit(now, staged);
+        st.commit_job(now, job.clone(), vec![data]);
         Ok(CancelOutcome::Cancelled(job))
     }
 

@@ -40,7 +40,7 @@
 //!
 //! Each area of the contract has a file (`enqueue`, `claim`, `phases`,
 //! `fencing`, `cancel_retry`, `recover`, `list_events`, `retention`,
-//! `webhooks`, `concurrent`) whose module doc says which guarantees it checks.
+//! `webhooks`, `dependencies`, `concurrent`) whose module doc says which guarantees it checks.
 //! A case is an `async fn(&Ctx)` in its area's file, `pub(super)`, that
 //! panics on a failure. To add one, write it there and add its name under
 //! its area in the list at the top of `__conformance_suite!` in this file:
@@ -61,6 +61,7 @@
 mod cancel_retry;
 mod claim;
 mod concurrent;
+mod dependencies;
 mod enqueue;
 mod fencing;
 mod list_events;
@@ -140,6 +141,14 @@ macro_rules! __conformance_suite {
             }
             webhooks {
                 outbox,
+            }
+            dependencies {
+                waits_for_every_dependency,
+                refuses_unknown_and_ended_dependencies,
+                failure_cancels_dependents_transitively,
+                cancel_cascades_with_a_reason,
+                batch_waits_too,
+                manual_retry_waits_again,
             }
             concurrent {
                 racing_claims,
