@@ -28,6 +28,7 @@
 
 pub mod codegen;
 mod conn;
+mod deps;
 mod error;
 mod guard;
 mod lock;

@@ -23,6 +23,7 @@ use jobqueue_core::{
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use crate::deps;
 use crate::error::db_err;
 use crate::query::{Unreadable, insert_job, insert_jobs, job_row, load_job, save_job, with_phases};
 use crate::rows::{DeliveryRow, JobRow, PhaseRow, job_status, micros, sql_count};
@@ -67,6 +68,11 @@ impl QueryFragment<Sqlite> for ClaimQuery<'_> {
         push_literal(&mut out, self.from);
         out.push_sql(" AND run_at <= ");
         out.push_bind_param::<BigInt, _>(&self.now)?;
+        // Not while it waits for a dependency (see `crate::deps`).
+        out.push_sql(
+            " AND NOT EXISTS (SELECT 1 FROM job_dependencies \
+             WHERE job_dependencies.job_id = jobs.id)",
+        );
         out.push_sql(" AND pipeline NOT IN (");
         push_list(&mut out, self.excluded)?;
         out.push_sql(")");
@@ -192,7 +198,7 @@ fn leased(tx: &mut Tx<'_>, lease: &Lease) -> Result<Job, StoreError> {
 }
 
 /// Saves `after` and appends `events` about it.
-fn commit(
+pub(crate) fn save_and_emit(
     tx: &mut Tx<'_>,
     before: &Job,
     after: &Job,
@@ -205,6 +211,18 @@ fn commit(
     Ok(())
 }
 
+/// Saves `after` and appends `events` about it; if it ended, settles its
+/// dependents (see [`deps::settle`]).
+fn commit(
+    tx: &mut Tx<'_>,
+    before: &Job,
+    after: &Job,
+    events: Vec<EventData>,
+) -> Result<(), StoreError> {
+    save_and_emit(tx, before, after, events)?;
+    deps::settle(tx, after.id, after.status)
+}
+
 pub(crate) fn enqueue(tx: &mut Tx<'_>, spec: NewJob) -> Result<Job, StoreError> {
     if let Some(key) = &spec.unique_key
         && let Some(existing) = active_holder(tx, key)?
@@ -214,14 +232,25 @@ pub(crate) fn enqueue(tx: &mut Tx<'_>, spec: NewJob) -> Result<Job, StoreError> 
             existing,
         });
     }
+    let unmet = deps::unmet(tx, &spec)?;
+    let policy = spec.on_dependency_failure;
     let job = Job::queued(spec, tx.now);
     insert_job(tx.write_conn(), &job)?;
+    deps::insert(tx, &job, &unmet, policy)?;
     emit(tx, &job, job.created_event())?;
     Ok(job)
 }
 
 pub(crate) fn enqueue_batch(tx: &mut Tx<'_>, specs: Vec<NewJob>) -> Result<Vec<Job>, StoreError> {
     let now = tx.now;
+    let mut waits = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.iter().enumerate() {
+        let unmet = deps::unmet(tx, spec).map_err(|e| StoreError::Batch {
+            index: i,
+            error: Box::new(e),
+        })?;
+        waits.push((unmet, spec.on_dependency_failure));
+    }
     let jobs: Vec<Job> = specs.into_iter().map(|s| Job::queued(s, now)).collect();
     for (i, job) in jobs.iter().enumerate() {
         if let Some(key) = &job.unique_key {
@@ -241,6 +270,9 @@ pub(crate) fn enqueue_batch(tx: &mut Tx<'_>, specs: Vec<NewJob>) -> Result<Vec<J
         }
     }
     insert_jobs(tx.write_conn(), &jobs)?;
+    for (job, (unmet, policy)) in jobs.iter().zip(&waits) {
+        deps::insert(tx, job, unmet, *policy)?;
+    }
     for job in &jobs {
         emit(tx, job, job.created_event())?;
     }
@@ -352,6 +384,7 @@ fn fail_unreadable(tx: &mut Tx<'_>, jobs: Vec<Unreadable>) -> Result<(), StoreEr
                 bad.webhook_url.as_deref(),
                 EventData::Failed { error },
             )?;
+            deps::settle(tx, id, rule.to)?;
         }
     }
     Ok(())
@@ -514,6 +547,7 @@ pub(crate) fn recover(tx: &mut Tx<'_>, scope: RecoverScope) -> Result<Vec<Job>, 
     }
     for (_, job, data) in staged {
         emit(tx, &job, data)?;
+        deps::settle(tx, job.id, job.status)?;
     }
     Ok(out)
 }
@@ -562,6 +596,7 @@ fn remove_job(tx: &mut Tx<'_>, id: &str, keep_from: u64) -> Result<(), StoreErro
     diesel::delete(jobs::table.find(id))
         .execute(tx.write_conn())
         .map_err(db_err)?;
+    deps::release(tx, id)?;
     diesel::delete(
         events::table
             .filter(events::job_id.eq(id))

@@ -15,6 +15,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    job_dependencies (job_id, depends_on) {
+        job_id -> Text,
+        depends_on -> Text,
+        on_failure -> Text,
+    }
+}
+
+diesel::table! {
     jobs (id) {
         id -> Text,
         pipeline -> Text,
@@ -93,10 +101,12 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(job_dependencies -> jobs (job_id));
 diesel::joinable!(phases -> jobs (job_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     events,
+    job_dependencies,
     jobs,
     phases,
     store_state,

@@ -489,7 +489,9 @@ fn hot_queries_use_indexes() {
     let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
     let queries = [
         // claim (the subquery of the claim UPDATE)
-        "SELECT id FROM jobs WHERE status = 'queued' AND run_at <= ?2 AND pipeline NOT IN (?3) \
+        "SELECT id FROM jobs WHERE status = 'queued' AND run_at <= ?2 \
+         AND NOT EXISTS (SELECT 1 FROM job_dependencies WHERE job_dependencies.job_id = jobs.id) \
+         AND pipeline NOT IN (?3) \
          ORDER BY priority DESC, run_at, created_at, id LIMIT ?4",
         // list, unfiltered, by status, by pipeline, next page
         "SELECT * FROM jobs ORDER BY id DESC LIMIT ?1",
@@ -506,6 +508,8 @@ fn hot_queries_use_indexes() {
         "SELECT * FROM webhook_deliveries WHERE status = ?1 AND next_attempt_at <= ?2 \
          ORDER BY next_attempt_at, event_seq, id LIMIT ?3",
         "SELECT * FROM events WHERE seq > ?1 AND job_id = ?2 ORDER BY seq LIMIT ?3",
+        // the dependents of a job that ended
+        "SELECT job_id, on_failure FROM job_dependencies WHERE depends_on = ?1 ORDER BY job_id",
     ];
     let mut plan_of = |q: &str| -> Vec<String> {
         let plan: Vec<Plan> = diesel::sql_query(format!("EXPLAIN QUERY PLAN {q}"))
@@ -519,6 +523,7 @@ fn hot_queries_use_indexes() {
         (queries[4], "jobs_finished"),
         (queries[5], "jobs_stale"),
         (queries[7], "jobs_unique_key"),
+        (queries[10], "job_dependencies_depends_on"),
     ] {
         let plan = plan_of(q);
         assert!(
@@ -531,7 +536,8 @@ fn hot_queries_use_indexes() {
         for step in &plan {
             let full_scan = step.starts_with("SCAN jobs") && !step.contains("USING")
                 || step.starts_with("SCAN webhook_deliveries") && !step.contains("USING")
-                || step.starts_with("SCAN events") && !step.contains("USING");
+                || step.starts_with("SCAN events") && !step.contains("USING")
+                || step.starts_with("SCAN job_dependencies") && !step.contains("USING");
             assert!(!full_scan, "{q}\nscans a whole table: {plan:?}");
         }
         assert!(
@@ -540,6 +546,14 @@ fn hot_queries_use_indexes() {
             "{q}: {plan:?}"
         );
     }
+    // A claim looks a candidate's dependencies up by their key.
+    let claim = plan_of(queries[0]);
+    assert!(
+        claim
+            .iter()
+            .any(|s| s.contains("job_dependencies") && s.contains("PRIMARY KEY")),
+        "{claim:?}"
+    );
 }
 
 /// Many tasks enqueue and claim at once for a while: every job is claimed
