@@ -294,7 +294,7 @@ fn sample(ty: EventType) -> EventData {
                 attempt: 3,
             },
         },
-        EventType::JobCancelled => EventData::Cancelled {},
+        EventType::JobCancelled => EventData::Cancelled { reason: None },
         EventType::JobRetried => EventData::Retried {
             from_phase: Some("build".into()),
         },

@@ -315,13 +315,24 @@ pub trait JobStore: Send + Sync + 'static {
     async fn close(&self) {}
 
     /// Persists a job (event `job.created`). Fails with `Duplicate` when a
-    /// queued or running job holds its unique key.
+    /// queued or running job holds its unique key, and with `Invalid` when
+    /// one of its [`depends_on`](NewJob::depends_on) does not exist or
+    /// failed, was cancelled or is stale.
+    ///
+    /// Dependencies: a job waits while a dependency it named is not
+    /// completed (and still exists): [`claim`](Self::claim) skips it. The
+    /// write that completes or deletes a dependency releases its dependents;
+    /// every write that fails or cancels one ends its queued dependents in
+    /// the same atomic step, transitively, each as its
+    /// [`on_dependency_failure`](NewJob::on_dependency_failure) says (see
+    /// [`Job::dependency_ended`]), with its own event.
     async fn enqueue(&self, job: NewJob) -> Result<Job, StoreError>;
 
     /// Persists all the jobs or none (`Batch` names the bad one).
     async fn enqueue_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>, StoreError>;
 
-    /// Claims up to `limit` queued jobs whose `run_at` has come (of the
+    /// Claims up to `limit` queued jobs whose `run_at` has come and that
+    /// wait for no dependency (of the
     /// request's pipelines only, if it names them), highest priority first,
     /// then earliest `run_at`, then oldest. Each claim starts
     /// an attempt (event `job.started`) with a new fencing token.
