@@ -76,6 +76,7 @@
 //! naming the holder.
 
 pub mod codegen;
+mod deps;
 mod error;
 mod listen;
 mod migrate;

@@ -47,6 +47,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::deps;
 use crate::error::{db_err, internal, is_unique_key_violation};
 use crate::rows::{DeliveryRow, JobRow, PhaseRow, columns, jobs_of, sql_count};
 use crate::schema::{jobs, phases, webhook_deliveries};
@@ -133,7 +134,7 @@ async fn with_phases(
 }
 
 /// Job `id`, its row locked until the transaction ends.
-async fn lock_job(tx: &mut Tx, id: JobId) -> Result<Job, StoreError> {
+pub(crate) async fn lock_job(tx: &mut Tx, id: JobId) -> Result<Job, StoreError> {
     let rows: Vec<JobRow> = jobs::table
         .find(id.as_uuid())
         .select(JobRow::as_select())
@@ -338,7 +339,7 @@ async fn save_phases(tx: &mut Tx, before: &[Job], after: &[Job]) -> Result<(), S
 }
 
 /// Saves one job and stages its events.
-async fn commit(
+pub(crate) async fn save_and_emit(
     tx: &mut Tx,
     before: &Job,
     after: &Job,
@@ -354,6 +355,18 @@ async fn commit(
         tx.emit(after, data);
     }
     Ok(())
+}
+
+/// Saves one job and stages its events; if it ended, settles its
+/// dependents (see [`deps::settle`]).
+async fn commit(
+    tx: &mut Tx,
+    before: &Job,
+    after: &Job,
+    events: Vec<EventData>,
+) -> Result<(), StoreError> {
+    save_and_emit(tx, before, after, events).await?;
+    deps::settle(tx, after.id, after.status).await
 }
 
 // ------------------------------------------------------------------ enqueue
@@ -443,6 +456,16 @@ pub(crate) async fn enqueue(tx: &mut Tx, specs: Vec<NewJob>) -> Result<Vec<Job>,
             error: Box::new(e),
         })?;
     }
+    let mut waits = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.iter().enumerate() {
+        let unmet = deps::unmet(tx, spec)
+            .await
+            .map_err(|e| StoreError::Batch {
+                index: i,
+                error: Box::new(e),
+            })?;
+        waits.push((unmet, spec.on_dependency_failure));
+    }
     let now = tx.now;
     let jobs: Vec<Job> = specs.into_iter().map(|s| Job::queued(s, now)).collect();
     let keys: Vec<&str> = jobs
@@ -453,6 +476,9 @@ pub(crate) async fn enqueue(tx: &mut Tx, specs: Vec<NewJob>) -> Result<Vec<Job>,
         insert_jobs(tx.conn(), &jobs).await.map_err(db_err)?;
     } else {
         insert_keyed(tx, &jobs, &keys).await?;
+    }
+    for (job, (unmet, policy)) in jobs.iter().zip(&waits) {
+        deps::insert(tx, job, unmet, *policy).await?;
     }
     for job in &jobs {
         tx.emit(job, job.created_event());
@@ -498,6 +524,7 @@ pub(crate) static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT * FROM jobs \
          WHERE status = '{}' AND run_at <= $1 \
+           AND NOT EXISTS (SELECT 1 FROM job_dependencies d WHERE d.job_id = jobs.id) \
            AND NOT (pipeline = ANY($2)) \
            AND ($3::text[] IS NULL OR pipeline = ANY($3)) \
          ORDER BY priority DESC, run_at, created_at, id \
@@ -850,6 +877,7 @@ pub(crate) async fn recover(tx: &mut Tx, scope: RecoverScope) -> Result<Vec<Job>
     save(tx, &before, &after).await?;
     for (job, data) in after.iter().zip(events) {
         tx.emit(job, data);
+        deps::settle(tx, job.id, job.status).await?;
     }
     Ok(after)
 }
@@ -929,7 +957,7 @@ async fn remove_jobs(tx: &mut Tx, ids: &[Uuid]) -> Result<(), StoreError> {
         .execute(tx.conn())
         .await
         .map_err(db_err)?;
-    Ok(())
+    deps::release(tx, ids).await
 }
 
 pub(crate) async fn delete(tx: &mut Tx, id: JobId) -> Result<(), StoreError> {

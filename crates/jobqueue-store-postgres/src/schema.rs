@@ -15,6 +15,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    job_dependencies (job_id, depends_on) {
+        job_id -> Uuid,
+        depends_on -> Uuid,
+        on_failure -> Text,
+    }
+}
+
+diesel::table! {
     jobs (id) {
         id -> Uuid,
         pipeline -> Text,
@@ -103,10 +111,12 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(job_dependencies -> jobs (job_id));
 diesel::joinable!(phases -> jobs (job_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     events,
+    job_dependencies,
     jobs,
     leaders,
     phases,

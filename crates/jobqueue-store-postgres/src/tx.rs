@@ -70,12 +70,21 @@ pub(crate) struct Tx {
     /// The time of the whole transaction, read once from the store's clock.
     pub(crate) now: OffsetDateTime,
     staged: Vec<Staged>,
+    /// The commit makes jobs runnable that its events do not show (a
+    /// completion released waiting dependents): announce work.
+    work: bool,
 }
 
 impl Tx {
     /// The transaction's connection.
     pub(crate) fn conn(&mut self) -> &mut AsyncPgConnection {
         &mut self.conn
+    }
+
+    /// Announces work with the commit, whatever its events are (see
+    /// [`crate::listen`]).
+    pub(crate) fn announce_work(&mut self) {
+        self.work = true;
     }
 
     /// Appends an event about `job` when the transaction commits.
@@ -191,6 +200,7 @@ impl Inner {
             conn: self.conn().await?,
             now,
             staged: Vec::new(),
+            work: false,
         };
         AnsiTransactionManager::begin_transaction(tx.conn())
             .await
@@ -406,7 +416,11 @@ async fn append(
         events.push(event);
     }
     let n = events.len();
-    let payload = if makes_work(&events) { WORK } else { EVENTS };
+    let payload = if tx.work || makes_work(&events) {
+        WORK
+    } else {
+        EVENTS
+    };
     let rows = events.iter().map(|e| EventRow {
         seq: sql_seq(e.seq),
         job_id: *e.job_id.as_uuid(),
