@@ -461,6 +461,8 @@ macro_rules! on_every_store {
     };
 }
 
+pub(crate) use on_every_store;
+
 on_every_store!(
     state_reaches_phases,
     wait_resolves_with_the_finished_job,

@@ -43,6 +43,7 @@ macro_rules! store_tests {
     };
 }
 
+mod dependencies;
 mod events;
 mod everyday;
 mod hardening;

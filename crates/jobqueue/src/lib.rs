@@ -55,7 +55,7 @@ struct TestingGuideDoctests;
 pub use error::Error;
 pub use jobqueue_core as core;
 pub use jobqueue_core::{
-    CancelOutcome, Clock, ErrorKind, Event, EventData, EventFilter, EventType, Health, Interrupted,
+    CancelOutcome, Clock, DependencyFailure, ErrorKind, Event, EventData, EventFilter, EventType, Health, Interrupted,
     Job, JobError, JobFilter, JobId, JobPage, JobStatus, JobStore, ManualClock, MemoryStore,
     NewJob, Phase as PhaseRecord, PhaseStatus, Progress, RecoverScope, RetryPolicy, StoreError,
     SystemClock, TaskHealth, TaskState,
