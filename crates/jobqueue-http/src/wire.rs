@@ -6,7 +6,9 @@
 //! the one event JSON of `jobqueue-events` ([`jobqueue::events::event_json`]).
 
 use jobqueue::core::timefmt;
-use jobqueue::core::{Delivery, Interrupted, Job, JobError, NewJob, Phase, Progress};
+use jobqueue::core::{
+    Delivery, DependencyFailure, Interrupted, Job, JobError, JobId, NewJob, Phase, Progress,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -229,6 +231,13 @@ struct EnqueueRequest {
     max_attempts: Option<u32>,
     #[serde(default)]
     webhook_url: Option<String>,
+    /// Ids of jobs that must complete before this one starts.
+    #[serde(default)]
+    depends_on: Option<Vec<JobId>>,
+    /// `"cancel"` (the default) or `"fail"`: what becomes of the job if a
+    /// dependency fails or is cancelled.
+    #[serde(default)]
+    on_dependency_failure: Option<DependencyFailure>,
 }
 
 /// The body of `POST /jobs/batch`.
@@ -267,6 +276,8 @@ pub(crate) fn new_job(value: Value) -> Result<NewJob, ApiError> {
     job.unique_key = request.unique_key;
     job.max_attempts = request.max_attempts;
     job.webhook_url = request.webhook_url;
+    job.depends_on = request.depends_on.unwrap_or_default();
+    job.on_dependency_failure = request.on_dependency_failure.unwrap_or_default();
     job.validate().map_err(ApiError::invalid)?;
     Ok(job)
 }
@@ -360,6 +371,13 @@ mod tests {
         assert_eq!(job.run_at, Some(datetime!(2030-01-02 02:04:05 UTC)));
         assert_eq!(job.unique_key.as_deref(), Some("k"));
         assert_eq!(job.max_attempts, Some(5));
+        let id = JobId::new();
+        let waiting = new_job(json!({
+            "pipeline": "p", "depends_on": [id.to_string()], "on_dependency_failure": "fail"
+        }))
+        .unwrap();
+        assert_eq!(waiting.depends_on, [id]);
+        assert_eq!(waiting.on_dependency_failure, DependencyFailure::Fail);
         let minimal = new_job(json!({"pipeline": "p", "priority": null})).unwrap();
         assert_eq!((minimal.input, minimal.priority), (Value::Null, 0));
     }
@@ -382,6 +400,12 @@ mod tests {
             (json!({"pipeline": ""}), "pipeline"),
             (json!({}), "pipeline"),
             (json!({"pipeline": "p", "unique_key": 1}), "unique_key"),
+            (json!({"pipeline": "p", "depends_on": ["x"]}), "depends_on"),
+            (json!({"pipeline": "p", "depends_on": "x"}), "depends_on"),
+            (
+                json!({"pipeline": "p", "on_dependency_failure": "ignore"}),
+                "on_dependency_failure",
+            ),
             (
                 json!({"pipeline": "p", "webhook_url": "ftp://x"}),
                 "webhook_url",

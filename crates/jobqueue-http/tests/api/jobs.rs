@@ -154,6 +154,53 @@ both! {
         server.stop().await;
     }
 
+    async fn depends_on_waits_for_its_jobs_and_refuses_unknown_ids(b: Backend) {
+        let server = Server::start(b).await;
+        let first = server.enqueue(json!({"pipeline": "quick"})).await;
+        let then = server
+            .enqueue(json!({"pipeline": "quick", "depends_on": [id(&first)], "on_dependency_failure": null}))
+            .await;
+        assert_schema("Job", &then);
+        assert_eq!(then["status"], "queued");
+        let completed = server.wait_for(id(&first), EventType::JobCompleted).await;
+        let started = server.wait_for(id(&then), EventType::JobStarted).await;
+        assert!(completed < started, "the dependent started after its dependency completed");
+        server.wait_for(id(&then), EventType::JobCompleted).await;
+
+        // A dependency that is cancelled cancels the job waiting for it, and says why.
+        let later = server.enqueue(json!({"pipeline": "quick", "run_at": "2999-01-01T00:00:00Z"})).await;
+        let waiting = server.enqueue(json!({"pipeline": "quick", "depends_on": [id(&later)]})).await;
+        let failing = server
+            .enqueue(json!({"pipeline": "quick", "depends_on": [id(&later)], "on_dependency_failure": "fail"}))
+            .await;
+        server.send(Method::POST, &format!("/jobs/{}/cancel", id(&later)), None).await.expect(200, None);
+        let cancelled = server.get(&format!("/jobs/{}", id(&waiting))).await.expect(200, None);
+        assert_eq!(cancelled["status"], "cancelled");
+        let filter = jobqueue::core::EventFilter { job: Some(id(&waiting).parse().unwrap()), types: vec![EventType::JobCancelled] };
+        let events = server.queue.store().events_after(0, filter, 10).await.unwrap();
+        let why = jobqueue::events::event_json(&events[0]);
+        assert_eq!(why["data"], json!({"reason": format!("dependency {} was cancelled", id(&later))}));
+        let failed = server.get(&format!("/jobs/{}", id(&failing))).await.expect(200, None);
+        assert_eq!(failed["status"], "failed");
+        assert_eq!(failed["error"]["message"], format!("dependency {} was cancelled", id(&later)));
+
+        // An unknown id, or one of a job that can never complete, is refused and nothing is written.
+        let before = crate::snapshot(&server.queue).await;
+        let unknown = jobqueue::JobId::new().to_string();
+        for deps in [json!([unknown]), json!([id(&later)]), json!(["not-an-id"]), json!("x")] {
+            let body = json!({"pipeline": "quick", "depends_on": deps});
+            let refused = server.post("/jobs", &body).await.expect(422, Some("invalid"));
+            assert!(refused["error"]["message"].as_str().unwrap().contains("depends_on"), "{refused}");
+        }
+        let batch = json!({"jobs": [{"pipeline": "quick"}, {"pipeline": "quick", "depends_on": [unknown]}]});
+        let refused = server.post("/jobs/batch", &batch).await.expect(422, Some("invalid"));
+        assert_eq!(refused["error"]["index"], 1, "{refused}");
+        let bad_policy = json!({"pipeline": "quick", "on_dependency_failure": "ignore"});
+        server.post("/jobs", &bad_policy).await.expect(422, Some("invalid"));
+        assert_eq!(crate::snapshot(&server.queue).await, before);
+        server.stop().await;
+    }
+
     async fn batches_enqueue_every_job_in_order(b: Backend) {
         let server = Server::start(b).await;
         let body = json!({"jobs": [
