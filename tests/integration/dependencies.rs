@@ -19,15 +19,18 @@ use crate::everyday::{on_every_store, within};
 /// `verify` fails for good when its input says so; `publish` completes.
 fn pipelines(builder: JobQueueBuilder) -> JobQueueBuilder {
     builder
-        .pipeline(Pipeline::new("verify").phase(phase_fn("check", |ctx| async move {
-            if ctx.input()["fail"] == json!(true) {
-                return Err(PhaseError::permanent("checksum mismatch"));
-            }
-            Ok::<_, PhaseError>(json!("verified"))
-        })))
         .pipeline(
-            Pipeline::new("publish")
-                .phase(phase_fn("upload", |_| async { Ok::<_, PhaseError>(json!("up")) })),
+            Pipeline::new("verify").phase(phase_fn("check", |ctx| async move {
+                if ctx.input()["fail"] == json!(true) {
+                    return Err(PhaseError::permanent("checksum mismatch"));
+                }
+                Ok::<_, PhaseError>(json!("verified"))
+            })),
+        )
+        .pipeline(
+            Pipeline::new("publish").phase(phase_fn("upload", |_| async {
+                Ok::<_, PhaseError>(json!("up"))
+            })),
         )
 }
 
@@ -37,11 +40,7 @@ async fn events_of(queue: &JobQueue, id: JobId) -> Vec<jobqueue::Event> {
         job: Some(id),
         types: vec![],
     };
-    queue
-        .store()
-        .events_after(0, filter, 1000)
-        .await
-        .unwrap()
+    queue.store().events_after(0, filter, 1000).await.unwrap()
 }
 
 /// The sequence number of the first event of `ty` about job `id`.
@@ -94,15 +93,13 @@ async fn publish_runs_after_verify(builder: JobQueueBuilder) {
 }
 
 async fn a_failed_dependency_ends_its_dependents(builder: JobQueueBuilder) {
-    let queue = pipelines(builder)
-        .start()
-        .await
-        .unwrap();
+    let queue = pipelines(builder).start().await.unwrap();
     // Its dependents are enqueued while it waits for its own dependency.
     let gate = queue
-        .enqueue_job(NewJob::new("verify").run_at(
-            time::OffsetDateTime::now_utc() + Duration::from_secs(3600),
-        ))
+        .enqueue_job(
+            NewJob::new("verify")
+                .run_at(time::OffsetDateTime::now_utc() + Duration::from_secs(3600)),
+        )
         .await
         .unwrap();
     let verify = queue
@@ -158,12 +155,20 @@ async fn a_failed_dependency_ends_its_dependents(builder: JobQueueBuilder) {
             .iter()
             .map(jobqueue::Event::event_type)
             .collect();
-        assert!(!types.contains(&EventType::JobStarted), "{} never ran", job.id);
+        assert!(
+            !types.contains(&EventType::JobStarted),
+            "{} never ran",
+            job.id
+        );
     }
 
     // A dependency that runs and fails cancels its dependents the same way.
     let bad = queue
-        .enqueue_job(NewJob::new("verify").input(json!({"fail": true})).max_attempts(1))
+        .enqueue_job(
+            NewJob::new("verify")
+                .input(json!({"fail": true}))
+                .max_attempts(1),
+        )
         .await
         .unwrap();
     let after_bad = queue
@@ -196,7 +201,10 @@ async fn a_failed_dependency_ends_its_dependents(builder: JobQueueBuilder) {
     queue.shutdown().await;
 }
 
-on_every_store!(publish_runs_after_verify, a_failed_dependency_ends_its_dependents);
+on_every_store!(
+    publish_runs_after_verify,
+    a_failed_dependency_ends_its_dependents
+);
 
 /// On PostgreSQL the process that completes a dependency may not run its
 /// dependents: the commit notifies every process, and the one that runs
@@ -221,16 +229,20 @@ async fn postgres_wakes_the_process_that_runs_the_dependent() {
             .await
             .unwrap();
         let verify = verifier
-            .enqueue_job(NewJob::new("verify").run_at(
-                time::OffsetDateTime::now_utc() + Duration::from_secs(1),
-            ))
+            .enqueue_job(
+                NewJob::new("verify")
+                    .run_at(time::OffsetDateTime::now_utc() + Duration::from_secs(1)),
+            )
             .await
             .unwrap();
         let publish = publisher
             .enqueue_job(NewJob::new("publish").depends_on([verify.id]))
             .await
             .unwrap();
-        assert_eq!(wait(&publisher, &publish).await.status, JobStatus::Completed);
+        assert_eq!(
+            wait(&publisher, &publish).await.status,
+            JobStatus::Completed
+        );
         let completed = seq_of(&publisher, verify.id, EventType::JobCompleted).await;
         let started = seq_of(&publisher, publish.id, EventType::JobStarted).await;
         assert!(completed < started);

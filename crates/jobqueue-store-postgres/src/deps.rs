@@ -88,12 +88,11 @@ pub(crate) async fn insert(
 /// No job waits for the jobs `ids` any longer (they completed, or are
 /// gone); a commit that released a job announces work.
 pub(crate) async fn release(tx: &mut Tx, ids: &[Uuid]) -> Result<(), StoreError> {
-    let released = diesel::delete(
-        job_dependencies::table.filter(job_dependencies::depends_on.eq_any(ids)),
-    )
-    .execute(tx.conn())
-    .await
-    .map_err(db_err)?;
+    let released =
+        diesel::delete(job_dependencies::table.filter(job_dependencies::depends_on.eq_any(ids)))
+            .execute(tx.conn())
+            .await
+            .map_err(db_err)?;
     if released > 0 {
         tx.announce_work();
     }

@@ -458,12 +458,10 @@ pub(crate) async fn enqueue(tx: &mut Tx, specs: Vec<NewJob>) -> Result<Vec<Job>,
     }
     let mut waits = Vec::with_capacity(specs.len());
     for (i, spec) in specs.iter().enumerate() {
-        let unmet = deps::unmet(tx, spec)
-            .await
-            .map_err(|e| StoreError::Batch {
-                index: i,
-                error: Box::new(e),
-            })?;
+        let unmet = deps::unmet(tx, spec).await.map_err(|e| StoreError::Batch {
+            index: i,
+            error: Box::new(e),
+        })?;
         waits.push((unmet, spec.on_dependency_failure));
     }
     let now = tx.now;

@@ -113,8 +113,8 @@ fn cascade(
         let policy: DependencyFailure = policy
             .parse()
             .map_err(|e| corrupt(format!("dependency of job {dependent}: {e}")))?;
-        let Some(before) = load_job(tx.conn(), dependent)?
-            .filter(|j| j.status == JobStatus::Queued)
+        let Some(before) =
+            load_job(tx.conn(), dependent)?.filter(|j| j.status == JobStatus::Queued)
         else {
             continue;
         };
