@@ -55,10 +55,10 @@ struct TestingGuideDoctests;
 pub use error::Error;
 pub use jobqueue_core as core;
 pub use jobqueue_core::{
-    CancelOutcome, Clock, DependencyFailure, ErrorKind, Event, EventData, EventFilter, EventType, Health, Interrupted,
-    Job, JobError, JobFilter, JobId, JobPage, JobStatus, JobStore, ManualClock, MemoryStore,
-    NewJob, Phase as PhaseRecord, PhaseStatus, Progress, RecoverScope, RetryPolicy, StoreError,
-    SystemClock, TaskHealth, TaskState,
+    CancelOutcome, Clock, DependencyFailure, ErrorKind, Event, EventData, EventFilter, EventType,
+    Health, Interrupted, Job, JobError, JobFilter, JobId, JobPage, JobStatus, JobStore,
+    ManualClock, MemoryStore, NewJob, Phase as PhaseRecord, PhaseStatus, Progress, RecoverScope,
+    RetryPolicy, StoreError, SystemClock, TaskHealth, TaskState,
 };
 pub use jobqueue_events as events;
 pub use jobqueue_events::{Endpoint, EventBus, Subscription, WebhookConfig};
