@@ -535,7 +535,7 @@ fn schemas() -> Value {
         "Delivery": object(json!({
             "id": uuid,
             "event_seq": {"type": "integer", "minimum": 1},
-            "job_id": uuid,
+            "job_id": {"type": ["string", "null"], "format": "uuid", "description": "The event's job; null for a pipeline event."},
             "type": {"type": "string", "enum": types},
             "url": name,
             "status": {"type": "string", "enum": delivery_statuses},
@@ -610,7 +610,11 @@ fn event_data(ty: EventType) -> Value {
         EventType::JobInterrupted => {
             object(json!({"phase": phase, "progress": nullable("Progress")}))
         }
-        EventType::JobCancelled | EventType::JobStale | EventType::JobDeleted => object(json!({})),
+        EventType::JobCancelled
+        | EventType::JobStale
+        | EventType::JobDeleted
+        | EventType::PipelinePaused
+        | EventType::PipelineResumed => object(json!({})),
     }
 }
 
@@ -618,10 +622,16 @@ fn event_schema() -> Value {
     let variants: Vec<Value> = EventType::ALL
         .iter()
         .map(|ty| {
+            // A pipeline event is about no job.
+            let job_id = if ty.is_pipeline_event() {
+                json!({"type": "null"})
+            } else {
+                json!({"type": "string", "format": "uuid"})
+            };
             object(json!({
                 "seq": {"type": "integer", "minimum": 1},
                 "type": {"const": ty.as_str()},
-                "job_id": {"type": "string", "format": "uuid"},
+                "job_id": job_id,
                 "pipeline": {"type": "string"},
                 "at": time(),
                 "data": event_data(*ty),
