@@ -120,7 +120,8 @@ impl Recorder {
     /// Waits for an event of type `ty` of `job`.
     pub async fn wait_for(&self, job: JobId, ty: EventType) {
         self.wait_until(&format!("{ty} of {job}"), |evs| {
-            evs.iter().any(|e| e.job_id == Some(job) && e.event_type() == ty)
+            evs.iter()
+                .any(|e| e.job_id == Some(job) && e.event_type() == ty)
         })
         .await;
     }
