@@ -225,6 +225,30 @@ fn operation(endpoint: Endpoint) -> Value {
             json!({"200": json_body("The deliveries.", "DeliveryList")}),
             &[Invalid, Unavailable],
         ),
+        Endpoint::ListPipelines => (
+            "list_pipelines",
+            "The pipelines this server runs, each with whether it is paused",
+            vec![],
+            None,
+            json!({"200": json_body("The pipelines, by name.", "PipelineList")}),
+            &[Unavailable],
+        ),
+        Endpoint::PausePipeline => (
+            "pause_pipeline",
+            "Pause a pipeline: running jobs finish, no queued job of it is claimed until it is resumed",
+            vec![param_ref("PipelineName")],
+            None,
+            json!({"200": json_body("The pipeline is paused (`changed` is false if it was already).", "PipelinePause")}),
+            &[NotFound, Unavailable],
+        ),
+        Endpoint::ResumePipeline => (
+            "resume_pipeline",
+            "Resume a paused pipeline: its queued jobs are claimed again at once",
+            vec![param_ref("PipelineName")],
+            None,
+            json!({"200": json_body("The pipeline is not paused (`changed` is false if it was not).", "PipelinePause")}),
+            &[NotFound, Unavailable],
+        ),
         Endpoint::Health => (
             "health",
             "Whether the queue's background tasks are running (no token needed)",
@@ -373,6 +397,9 @@ fn parameters() -> Value {
     json!({
         "JobId": {"name": "id", "in": "path", "required": true, "description": "The job's id.",
                   "schema": {"type": "string", "format": "uuid"}},
+        "PipelineName": {"name": "name", "in": "path", "required": true,
+                         "description": "A pipeline this server runs (percent-encoded in the path).",
+                         "schema": {"type": "string"}},
         "AssetName": {"name": "name", "in": "path", "required": true,
                       "description": "The file's name: `app.js`, `app.css` or `favicon.svg`.",
                       "schema": {"type": "string"}},
@@ -547,6 +574,16 @@ fn schemas() -> Value {
         })),
         "DeliveryList": object(json!({"deliveries": {"type": "array", "items": schema_ref("Delivery")}})),
         "StatusCounts": object(status_counts),
+        "Pipeline": object(json!({
+            "name": {"type": "string"},
+            "paused": {"type": "boolean", "description": "Whether its queued jobs wait (see `POST /pipelines/{name}/pause`)."},
+        })),
+        "PipelineList": object(json!({"pipelines": {"type": "array", "items": schema_ref("Pipeline")}})),
+        "PipelinePause": object(json!({
+            "pipeline": {"type": "string"},
+            "paused": {"type": "boolean", "description": "Whether it is paused now."},
+            "changed": {"type": "boolean", "description": "Whether this call changed it (false when it was so already)."},
+        })),
         "Stats": object(json!({
             "total": {"type": "integer", "minimum": 0, "description": "Jobs in the store."},
             "statuses": schema_ref("StatusCounts"),
