@@ -45,10 +45,12 @@ macro_rules! store_tests {
 
 mod dependencies;
 mod events;
+#[macro_use]
 mod everyday;
 mod hardening;
 mod kill;
 mod metrics;
+mod pause;
 mod poison;
 mod postgres;
 mod retention;

@@ -102,7 +102,7 @@ store_tests! {
         }
         if let Some(id) = damaged {
             rec.wait_for(id, EventType::JobFailed).await;
-            let failed = rec.events().into_iter().find(|e| e.job_id == id && e.event_type() == EventType::JobFailed).unwrap();
+            let failed = rec.events().into_iter().find(|e| e.job_id == Some(id) && e.event_type() == EventType::JobFailed).unwrap();
             assert!(failed.data.to_json().to_string().contains("cannot be read back"));
             // And an event row of an ordinary job goes bad too.
             damage(&env, "UPDATE events SET data = '{' WHERE seq = 3");

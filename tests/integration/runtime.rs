@@ -126,7 +126,7 @@ store_tests! {
         let failed: Vec<_> = rec
             .events()
             .into_iter()
-            .filter(|e| e.job_id == job.id && e.event_type() == EventType::PhaseFailed)
+            .filter(|e| e.job_id == Some(job.id) && e.event_type() == EventType::PhaseFailed)
             .collect();
         assert_eq!(failed.len(), 2);
         for e in failed {
@@ -203,7 +203,7 @@ store_tests! {
         let last_failure = rec
             .events()
             .into_iter()
-            .rfind(|e| e.job_id == job.id && e.event_type() == EventType::PhaseFailed)
+            .rfind(|e| e.job_id == Some(job.id) && e.event_type() == EventType::PhaseFailed)
             .unwrap();
         assert!(matches!(last_failure.data, jobqueue::EventData::PhaseFailed { retry_at: None, .. }));
         queue.shutdown().await;
@@ -288,7 +288,7 @@ store_tests! {
         let failure = rec
             .events()
             .into_iter()
-            .find(|e| e.job_id == job.id && e.event_type() == EventType::PhaseFailed)
+            .find(|e| e.job_id == Some(job.id) && e.event_type() == EventType::PhaseFailed)
             .unwrap();
         let jobqueue::EventData::PhaseFailed { error, retry_at, .. } = failure.data else { unreachable!() };
         assert!(error.contains("timed out"), "{error}");

@@ -90,7 +90,7 @@ impl Recorder {
     pub fn types_of(&self, job: JobId) -> Vec<EventType> {
         self.events()
             .iter()
-            .filter(|e| e.job_id == job)
+            .filter(|e| e.job_id == Some(job))
             .map(Event::event_type)
             .collect()
     }
@@ -120,7 +120,8 @@ impl Recorder {
     /// Waits for an event of type `ty` of `job`.
     pub async fn wait_for(&self, job: JobId, ty: EventType) {
         self.wait_until(&format!("{ty} of {job}"), |evs| {
-            evs.iter().any(|e| e.job_id == job && e.event_type() == ty)
+            evs.iter()
+                .any(|e| e.job_id == Some(job) && e.event_type() == ty)
         })
         .await;
     }
@@ -129,7 +130,7 @@ impl Recorder {
     pub async fn wait_for_n(&self, job: JobId, ty: EventType, n: usize) {
         self.wait_until(&format!("{n}x {ty} of {job}"), |evs| {
             evs.iter()
-                .filter(|e| e.job_id == job && e.event_type() == ty)
+                .filter(|e| e.job_id == Some(job) && e.event_type() == ty)
                 .count()
                 >= n
         })
@@ -139,7 +140,7 @@ impl Recorder {
     fn summary(&self) -> Vec<String> {
         self.events()
             .iter()
-            .map(|e| format!("{} {} {}", e.seq, e.job_id, e.event_type()))
+            .map(|e| format!("{} {:?} {}", e.seq, e.job_id, e.event_type()))
             .collect()
     }
 }

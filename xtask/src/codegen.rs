@@ -304,6 +304,8 @@ fn sample(ty: EventType) -> EventData {
         },
         EventType::JobStale => EventData::Stale {},
         EventType::JobDeleted => EventData::Deleted {},
+        EventType::PipelinePaused => EventData::PipelinePaused {},
+        EventType::PipelineResumed => EventData::PipelineResumed {},
     }
 }
 
@@ -324,6 +326,12 @@ fn event_catalogue() -> String {
             .collect();
         if *ty == EventType::JobCreated {
             sources.push("enqueue".to_owned());
+        }
+        if *ty == EventType::PipelinePaused {
+            sources.push("pausing a pipeline that is not paused (`job_id` is `null`)".to_owned());
+        }
+        if *ty == EventType::PipelineResumed {
+            sources.push("resuming a paused pipeline (`job_id` is `null`)".to_owned());
         }
         if *ty == EventType::PhaseFailed {
             sources.push(

@@ -18,9 +18,11 @@ use crate::machine::EventType;
 pub struct Event {
     /// Strictly increasing across the whole store; never reused.
     pub seq: u64,
-    /// The job it is about.
-    pub job_id: JobId,
-    /// That job's pipeline.
+    /// The job it is about; `None` for an event about a whole pipeline
+    /// (`pipeline.paused`, `pipeline.resumed`, see
+    /// [`EventType::is_pipeline_event`]).
+    pub job_id: Option<JobId>,
+    /// That job's pipeline, or the pipeline a pipeline event is about.
     pub pipeline: String,
     /// When it happened.
     pub at: OffsetDateTime,
@@ -99,6 +101,10 @@ pub enum EventData {
     Stale {},
     /// `job.deleted`
     Deleted {},
+    /// `pipeline.paused`
+    PipelinePaused {},
+    /// `pipeline.resumed`
+    PipelineResumed {},
 }
 
 /// Event data that does not fit its type.
@@ -129,6 +135,8 @@ impl EventData {
             Self::Interrupted { .. } => EventType::JobInterrupted,
             Self::Stale {} => EventType::JobStale,
             Self::Deleted {} => EventType::JobDeleted,
+            Self::PipelinePaused {} => EventType::PipelinePaused,
+            Self::PipelineResumed {} => EventType::PipelineResumed,
         }
     }
 
@@ -190,7 +198,11 @@ impl EventData {
                 "message": error.message,
                 "attempt": error.attempt,
             }}),
-            Self::Cancelled { reason: None } | Self::Stale {} | Self::Deleted {} => json!({}),
+            Self::Cancelled { reason: None }
+            | Self::Stale {}
+            | Self::Deleted {}
+            | Self::PipelinePaused {}
+            | Self::PipelineResumed {} => json!({}),
             Self::Cancelled {
                 reason: Some(reason),
             } => json!({"reason": reason}),
@@ -344,6 +356,14 @@ impl EventData {
                 let _: EmptyD = serde_json::from_value(d).map_err(err)?;
                 Self::Deleted {}
             }
+            EventType::PipelinePaused => {
+                let _: EmptyD = serde_json::from_value(d).map_err(err)?;
+                Self::PipelinePaused {}
+            }
+            EventType::PipelineResumed => {
+                let _: EmptyD = serde_json::from_value(d).map_err(err)?;
+                Self::PipelineResumed {}
+            }
         })
     }
 }
@@ -413,6 +433,8 @@ mod tests {
             },
             EventData::Stale {},
             EventData::Deleted {},
+            EventData::PipelinePaused {},
+            EventData::PipelineResumed {},
         ]
     }
 

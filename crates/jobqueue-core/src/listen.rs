@@ -154,7 +154,8 @@ impl Listeners {
 }
 
 /// Whether one of `events` put a job in the queue: `job.created`,
-/// `job.retried`, `job.interrupted`, or `job.phase.failed` with a retry.
+/// `job.retried`, `job.interrupted`, or `job.phase.failed` with a retry; or
+/// made queued jobs claimable again: `pipeline.resumed`.
 pub fn makes_work(events: &[Event]) -> bool {
     events.iter().any(|e| {
         matches!(
@@ -162,6 +163,7 @@ pub fn makes_work(events: &[Event]) -> bool {
             EventData::Created { .. }
                 | EventData::Retried { .. }
                 | EventData::Interrupted { .. }
+                | EventData::PipelineResumed {}
                 | EventData::PhaseFailed {
                     retry_at: Some(_),
                     ..
@@ -188,7 +190,7 @@ mod tests {
     fn event(data: EventData) -> Event {
         Event {
             seq: 1,
-            job_id: JobId::new(),
+            job_id: Some(JobId::new()),
             pipeline: "p".into(),
             at: time::OffsetDateTime::UNIX_EPOCH,
             data,

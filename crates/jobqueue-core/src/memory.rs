@@ -19,7 +19,7 @@ use crate::clock::{Clock, SystemClock, truncate_to_micros};
 use crate::error::StoreError;
 use crate::event::{Event, EventData};
 use crate::id::{DeliveryId, JobId, LeaseToken};
-use crate::job::{DependencyFailure, Job, JobError, NewJob, Progress};
+use crate::job::{DependencyFailure, Job, JobError, NewJob, Progress, check_name};
 use crate::listen::{Capabilities, Listeners, StoreListener};
 use crate::machine::{JobAction, JobStatus, job_transition};
 use crate::outbox::{
@@ -35,7 +35,7 @@ pub const DEFAULT_PAGE: usize = 50;
 
 /// An event waiting for the commit that assigns its sequence number.
 struct Staged {
-    job_id: JobId,
+    job_id: Option<JobId>,
     pipeline: String,
     webhook_url: Option<String>,
     data: EventData,
@@ -44,9 +44,19 @@ struct Staged {
 impl Staged {
     fn new(job: &Job, data: EventData) -> Self {
         Self {
-            job_id: job.id,
+            job_id: Some(job.id),
             pipeline: job.pipeline.clone(),
             webhook_url: job.webhook_url.clone(),
+            data,
+        }
+    }
+
+    /// An event about a whole pipeline (no job, no per-job webhook).
+    fn pipeline(pipeline: &str, data: EventData) -> Self {
+        Self {
+            job_id: None,
+            pipeline: pipeline.to_owned(),
+            webhook_url: None,
             data,
         }
     }
@@ -69,6 +79,7 @@ struct State {
     events: BTreeMap<u64, Event>,
     last_seq: u64,
     deliveries: BTreeMap<DeliveryId, Delivery>,
+    paused: BTreeSet<String>,
     routes: Vec<WebhookRoute>,
     sink: Option<Arc<dyn EventSink>>,
     listeners: Arc<Listeners>,
@@ -230,7 +241,7 @@ impl State {
         self.waiting.remove(&id);
         self.release(id);
         self.events
-            .retain(|seq, e| e.job_id != id || *seq >= keep_from);
+            .retain(|seq, e| e.job_id != Some(id) || *seq >= keep_from);
     }
 }
 
@@ -377,6 +388,7 @@ impl JobStore for MemoryStore {
             .filter(|j| j.status == JobStatus::Queued && j.run_at <= now)
             .filter(|j| !st.waiting.contains_key(&j.id))
             .filter(|j| !req.exclude_pipelines.contains(&j.pipeline))
+            .filter(|j| !st.paused.contains(&j.pipeline))
             .filter(|j| {
                 req.pipelines
                     .as_ref()
@@ -748,7 +760,7 @@ impl JobStore for MemoryStore {
             .events
             .values()
             .filter(|e| e.at < before && matches!(e.data, EventData::Deleted {}))
-            .filter(|e| !st.jobs.contains_key(&e.job_id))
+            .filter(|e| e.job_id.is_some_and(|id| !st.jobs.contains_key(&id)))
             .map(|e| e.seq)
             .take(limit)
             .collect();
@@ -759,6 +771,38 @@ impl JobStore for MemoryStore {
             deliveries: ended.len(),
             tombstones: tombstones.len(),
         })
+    }
+
+    async fn pause_pipeline(&self, pipeline: &str) -> Result<bool, StoreError> {
+        check_name("pipeline name", pipeline).map_err(StoreError::Invalid)?;
+        let now = self.now();
+        let mut st = self.lock();
+        if !st.paused.insert(pipeline.to_owned()) {
+            return Ok(false);
+        }
+        st.commit(
+            now,
+            vec![Staged::pipeline(pipeline, EventData::PipelinePaused {})],
+        );
+        Ok(true)
+    }
+
+    async fn resume_pipeline(&self, pipeline: &str) -> Result<bool, StoreError> {
+        check_name("pipeline name", pipeline).map_err(StoreError::Invalid)?;
+        let now = self.now();
+        let mut st = self.lock();
+        if !st.paused.remove(pipeline) {
+            return Ok(false);
+        }
+        st.commit(
+            now,
+            vec![Staged::pipeline(pipeline, EventData::PipelineResumed {})],
+        );
+        Ok(true)
+    }
+
+    async fn paused_pipelines(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.lock().paused.iter().cloned().collect())
     }
 
     async fn due_deliveries(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {
@@ -806,7 +850,7 @@ impl JobStore for MemoryStore {
         let mut all: Vec<&Delivery> = st
             .deliveries
             .values()
-            .filter(|d| filter.job.is_none_or(|j| j == d.job_id))
+            .filter(|d| filter.job.is_none_or(|j| Some(j) == d.job_id))
             .filter(|d| filter.statuses.is_empty() || filter.statuses.contains(&d.status))
             .collect();
         all.sort_by_key(|d| (d.event_seq, d.id));

@@ -18,8 +18,9 @@ use crate::names::named_enum;
 pub struct WebhookRoute {
     /// Where to POST.
     pub url: String,
-    /// The event types it wants; `None` means every type but
-    /// `job.phase.progress`.
+    /// The event types it wants; `None` means every job event but
+    /// `job.phase.progress` (pipeline events only go to endpoints that name
+    /// them).
     pub events: Option<Vec<EventType>>,
 }
 
@@ -34,9 +35,12 @@ impl WebhookRoute {
 }
 
 /// The default filter of an endpoint and of a per-job `webhook_url`: every
-/// event type but progress, which is frequent and coalesced.
+/// job event type but progress, which is frequent and coalesced. Pipeline
+/// events (`pipeline.paused`, `pipeline.resumed`) are not in it: an endpoint
+/// receives them only when it names them, so the receivers of the default
+/// filter see exactly the events they saw before pipeline events existed.
 pub fn default_filter(ty: EventType) -> bool {
-    ty != EventType::PhaseProgress
+    ty != EventType::PhaseProgress && !ty.is_pipeline_event()
 }
 
 named_enum! {
@@ -68,8 +72,8 @@ pub struct Delivery {
     pub id: DeliveryId,
     /// The event's sequence number.
     pub event_seq: u64,
-    /// The event's job.
-    pub job_id: JobId,
+    /// The event's job; `None` for a pipeline event.
+    pub job_id: Option<JobId>,
     /// Whose endpoint.
     pub target: DeliveryTarget,
     /// Where to POST.

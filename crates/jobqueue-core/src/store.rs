@@ -237,7 +237,7 @@ pub struct EventFilter {
 impl EventFilter {
     /// Whether `event` passes.
     pub fn matches(&self, event: &Event) -> bool {
-        self.job.is_none_or(|j| j == event.job_id)
+        self.job.is_none_or(|j| Some(j) == event.job_id)
             && (self.types.is_empty() || self.types.contains(&event.event_type()))
     }
 }
@@ -332,8 +332,9 @@ pub trait JobStore: Send + Sync + 'static {
     async fn enqueue_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>, StoreError>;
 
     /// Claims up to `limit` queued jobs whose `run_at` has come and that
-    /// wait for no dependency (of the
-    /// request's pipelines only, if it names them), highest priority first,
+    /// wait for no dependency (of the request's pipelines only, if it names
+    /// them; never of a paused pipeline, see
+    /// [`pause_pipeline`](Self::pause_pipeline)), highest priority first,
     /// then earliest `run_at`, then oldest. Each claim starts
     /// an attempt (event `job.started`) with a new fencing token.
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>, StoreError>;
@@ -478,6 +479,26 @@ pub trait JobStore: Send + Sync + 'static {
     /// Pending deliveries and the events of jobs that still exist are never
     /// touched, and sequence numbers are never reused afterwards.
     async fn prune(&self, before: OffsetDateTime, limit: usize) -> Result<Pruned, StoreError>;
+
+    /// Pauses `pipeline`: from the commit on, no claim returns its queued
+    /// jobs (running ones go on and finish; a job queued again for a retry
+    /// waits), until [`resume_pipeline`](Self::resume_pipeline). Enqueues
+    /// still succeed. Persisted, so it holds across restarts and for every
+    /// process sharing the store. Appends `pipeline.paused` (no job id) and
+    /// returns `true`; pausing a paused pipeline changes nothing, appends no
+    /// event and returns `false`. Any valid name is accepted, also of a
+    /// pipeline no job has used yet; an invalid one (empty, longer than 256
+    /// bytes) is `Invalid`.
+    async fn pause_pipeline(&self, pipeline: &str) -> Result<bool, StoreError>;
+
+    /// Resumes a paused `pipeline`: its queued jobs are claimable again, and
+    /// the store's listeners are told that jobs are available. Appends
+    /// `pipeline.resumed` and returns `true`; resuming a pipeline that is
+    /// not paused changes nothing, appends no event and returns `false`.
+    async fn resume_pipeline(&self, pipeline: &str) -> Result<bool, StoreError>;
+
+    /// The paused pipelines, by name.
+    async fn paused_pipelines(&self) -> Result<Vec<String>, StoreError>;
 
     /// Pending deliveries whose next attempt is due, oldest first.
     async fn due_deliveries(&self, limit: usize) -> Result<Vec<Delivery>, StoreError>;

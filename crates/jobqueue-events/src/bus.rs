@@ -365,7 +365,10 @@ mod tests {
         }
         store.request_cancel(a.id).await.unwrap();
         let e = next(&mut sub).await;
-        assert_eq!((e.job_id, e.event_type()), (a.id, EventType::JobCancelled));
+        assert_eq!(
+            (e.job_id, e.event_type()),
+            (Some(a.id), EventType::JobCancelled)
+        );
     }
 
     #[tokio::test]

@@ -266,9 +266,11 @@ mod tests {
     fn event(seq: u64, data: EventData) -> Event {
         Event {
             seq,
-            job_id: "0192f7c5-0000-7000-8000-000000000001"
-                .parse::<JobId>()
-                .unwrap(),
+            job_id: Some(
+                "0192f7c5-0000-7000-8000-000000000001"
+                    .parse::<JobId>()
+                    .unwrap(),
+            ),
             pipeline: "build".into(),
             at: datetime!(2030-01-02 03:04:05 UTC),
             data,

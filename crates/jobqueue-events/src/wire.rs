@@ -5,6 +5,9 @@
 //! {"seq": 42, "type": "job.phase.completed", "job_id": "...", "pipeline": "build",
 //!  "at": "2030-01-01T00:00:00Z", "data": {...}}
 //! ```
+//!
+//! An event about a whole pipeline (`pipeline.paused`, `pipeline.resumed`)
+//! has `"job_id": null`; every job event has its job's id, as before.
 
 use jobqueue_core::Event;
 use serde_json::{Map, Value};
@@ -14,7 +17,10 @@ pub fn event_json(event: &Event) -> Value {
     let mut obj = Map::with_capacity(6);
     obj.insert("seq".into(), Value::from(event.seq));
     obj.insert("type".into(), Value::from(event.event_type().as_str()));
-    obj.insert("job_id".into(), Value::from(event.job_id.to_string()));
+    let job_id = event
+        .job_id
+        .map_or(Value::Null, |id| Value::from(id.to_string()));
+    obj.insert("job_id".into(), job_id);
     obj.insert("pipeline".into(), Value::from(event.pipeline.clone()));
     obj.insert(
         "at".into(),
@@ -43,7 +49,7 @@ mod tests {
         let id: JobId = "0192f7c5-0000-7000-8000-000000000001".parse().unwrap();
         let event = Event {
             seq: 42,
-            job_id: id,
+            job_id: Some(id),
             pipeline: "build".into(),
             at: datetime!(2030-01-02 03:04:05.25 +01:00),
             data: EventData::PhaseCompleted {
@@ -66,10 +72,32 @@ mod tests {
     }
 
     #[test]
+    fn a_pipeline_event_has_a_null_job_id() {
+        let event = Event {
+            seq: 7,
+            job_id: None,
+            pipeline: "build".into(),
+            at: datetime!(2030-01-02 03:04:05 UTC),
+            data: EventData::PipelinePaused {},
+        };
+        assert_eq!(
+            event_json(&event),
+            json!({
+                "seq": 7,
+                "type": "pipeline.paused",
+                "job_id": null,
+                "pipeline": "build",
+                "at": "2030-01-02T03:04:05Z",
+                "data": {},
+            })
+        );
+    }
+
+    #[test]
     fn string_form_is_one_line() {
         let event = Event {
             seq: 1,
-            job_id: JobId::new(),
+            job_id: Some(JobId::new()),
             pipeline: "p".into(),
             at: datetime!(2030-01-01 00:00:00 UTC),
             data: EventData::PhaseProgress {

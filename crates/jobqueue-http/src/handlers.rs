@@ -75,7 +75,69 @@ where
         }
         Endpoint::Events => events(api, req.headers(), &query, None),
         Endpoint::Deliveries => deliveries(api, &query).await,
+        Endpoint::ListPipelines => pipelines(api).await,
+        Endpoint::PausePipeline => pause(api, pipeline_name(api, id)?, true).await,
+        Endpoint::ResumePipeline => pause(api, pipeline_name(api, id)?, false).await,
     }
+}
+
+/// The `{name}` of a pipeline route, percent-decoded: a pipeline this
+/// server defines, or `not_found`.
+fn pipeline_name(api: &Api, name: Option<&str>) -> Result<String, ApiError> {
+    let raw = name.unwrap_or_default();
+    let not_found = || ApiError::not_found(format!("pipeline {:?} not found", clip(raw)));
+    let name = percent_decode(raw).ok_or_else(not_found)?;
+    if api.queue().runtime().pipelines().get(&name).is_none() {
+        return Err(not_found());
+    }
+    Ok(name)
+}
+
+/// A path segment with its `%XX` escapes decoded; `None` when an escape is
+/// malformed or the bytes are not UTF-8.
+fn percent_decode(segment: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(segment.len());
+    let mut rest = segment.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' {
+            let hex = tail.get(..2)?;
+            let text = std::str::from_utf8(hex).ok()?;
+            bytes.push(u8::from_str_radix(text, 16).ok()?);
+            rest = tail.get(2..)?;
+        } else {
+            bytes.push(b);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
+/// `GET /pipelines`: the server's pipelines by name, each with whether it
+/// is paused.
+async fn pipelines(api: &Api) -> Answer {
+    let paused = api.queue().paused().await?;
+    let mut names = api.queue().runtime().pipelines().names();
+    names.sort();
+    let list: Vec<Value> = names
+        .into_iter()
+        .map(|name| {
+            let is_paused = paused.contains(&name);
+            json!({"name": name, "paused": is_paused})
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({"pipelines": list})))
+}
+
+/// `POST /pipelines/{name}/pause` (`pause`) and `/resume`: idempotent;
+/// `changed` says whether this call changed it.
+async fn pause(api: &Api, name: String, pause: bool) -> Answer {
+    let changed = if pause {
+        api.queue().pause(&name).await?
+    } else {
+        api.queue().resume(&name).await?
+    };
+    let body = json!({"pipeline": name, "paused": pause, "changed": changed});
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 /// The `{id}` of a job route: anything that is not a job id names no job.

@@ -367,25 +367,29 @@ impl Metrics {
             .get_or_create(&[("type", event.event_type().as_str().to_owned())])
             .inc();
         let pipeline = || [("pipeline", event.pipeline.clone())];
+        // Pipeline events (no job) count by type only.
+        let Some(job_id) = event.job_id else {
+            return;
+        };
         match &event.data {
-            EventData::PhaseStarted { index, .. } => phases.started(event.job_id, *index, event.at),
+            EventData::PhaseStarted { index, .. } => phases.started(job_id, *index, event.at),
             EventData::PhaseCompleted { phase, index, .. } => {
-                self.phase_ended(phases, event, phase, *index, "completed");
+                self.phase_ended(phases, job_id, event, phase, *index, "completed");
             }
             EventData::PhaseFailed { phase, index, .. } => {
-                self.phase_ended(phases, event, phase, *index, "failed");
+                self.phase_ended(phases, job_id, event, phase, *index, "failed");
             }
             EventData::Completed { .. } => {
                 self.completed.get_or_create(&pipeline()).inc();
-                phases.forget(event.job_id);
+                phases.forget(job_id);
             }
             EventData::Failed { .. } => {
                 self.failed.get_or_create(&pipeline()).inc();
-                phases.forget(event.job_id);
+                phases.forget(job_id);
             }
             EventData::Cancelled { .. }
             | EventData::Interrupted { .. }
-            | EventData::Deleted { .. } => phases.forget(event.job_id),
+            | EventData::Deleted { .. } => phases.forget(job_id),
             _ => {}
         }
     }
@@ -393,12 +397,13 @@ impl Metrics {
     fn phase_ended(
         &self,
         phases: &mut PhaseStarts,
+        job_id: JobId,
         event: &Event,
         phase: &str,
         index: usize,
         outcome: &str,
     ) {
-        if let Some(seconds) = phases.ended(event.job_id, index, event.at) {
+        if let Some(seconds) = phases.ended(job_id, index, event.at) {
             self.phase_duration
                 .get_or_create(&[
                     ("pipeline", event.pipeline.clone()),

@@ -225,6 +225,30 @@ fn operation(endpoint: Endpoint) -> Value {
             json!({"200": json_body("The deliveries.", "DeliveryList")}),
             &[Invalid, Unavailable],
         ),
+        Endpoint::ListPipelines => (
+            "list_pipelines",
+            "The pipelines this server runs, each with whether it is paused",
+            vec![],
+            None,
+            json!({"200": json_body("The pipelines, by name.", "PipelineList")}),
+            &[Unavailable],
+        ),
+        Endpoint::PausePipeline => (
+            "pause_pipeline",
+            "Pause a pipeline: running jobs finish, no queued job of it is claimed until it is resumed",
+            vec![param_ref("PipelineName")],
+            None,
+            json!({"200": json_body("The pipeline is paused (`changed` is false if it was already).", "PipelinePause")}),
+            &[NotFound, Unavailable],
+        ),
+        Endpoint::ResumePipeline => (
+            "resume_pipeline",
+            "Resume a paused pipeline: its queued jobs are claimed again at once",
+            vec![param_ref("PipelineName")],
+            None,
+            json!({"200": json_body("The pipeline is not paused (`changed` is false if it was not).", "PipelinePause")}),
+            &[NotFound, Unavailable],
+        ),
         Endpoint::Health => (
             "health",
             "Whether the queue's background tasks are running (no token needed)",
@@ -373,6 +397,9 @@ fn parameters() -> Value {
     json!({
         "JobId": {"name": "id", "in": "path", "required": true, "description": "The job's id.",
                   "schema": {"type": "string", "format": "uuid"}},
+        "PipelineName": {"name": "name", "in": "path", "required": true,
+                         "description": "A pipeline this server runs (percent-encoded in the path).",
+                         "schema": {"type": "string"}},
         "AssetName": {"name": "name", "in": "path", "required": true,
                       "description": "The file's name: `app.js`, `app.css` or `favicon.svg`.",
                       "schema": {"type": "string"}},
@@ -540,7 +567,7 @@ fn schemas() -> Value {
         "Delivery": object(json!({
             "id": uuid,
             "event_seq": {"type": "integer", "minimum": 1},
-            "job_id": uuid,
+            "job_id": {"type": ["string", "null"], "format": "uuid", "description": "The event's job; null for a pipeline event."},
             "type": {"type": "string", "enum": types},
             "url": name,
             "status": {"type": "string", "enum": delivery_statuses},
@@ -552,6 +579,16 @@ fn schemas() -> Value {
         })),
         "DeliveryList": object(json!({"deliveries": {"type": "array", "items": schema_ref("Delivery")}})),
         "StatusCounts": object(status_counts),
+        "Pipeline": object(json!({
+            "name": {"type": "string"},
+            "paused": {"type": "boolean", "description": "Whether its queued jobs wait (see `POST /pipelines/{name}/pause`)."},
+        })),
+        "PipelineList": object(json!({"pipelines": {"type": "array", "items": schema_ref("Pipeline")}})),
+        "PipelinePause": object(json!({
+            "pipeline": {"type": "string"},
+            "paused": {"type": "boolean", "description": "Whether it is paused now."},
+            "changed": {"type": "boolean", "description": "Whether this call changed it (false when it was so already)."},
+        })),
         "Stats": object(json!({
             "total": {"type": "integer", "minimum": 0, "description": "Jobs in the store."},
             "statuses": schema_ref("StatusCounts"),
@@ -615,7 +652,11 @@ fn event_data(ty: EventType) -> Value {
         EventType::JobInterrupted => {
             object(json!({"phase": phase, "progress": nullable("Progress")}))
         }
-        EventType::JobCancelled | EventType::JobStale | EventType::JobDeleted => object(json!({})),
+        EventType::JobCancelled
+        | EventType::JobStale
+        | EventType::JobDeleted
+        | EventType::PipelinePaused
+        | EventType::PipelineResumed => object(json!({})),
     }
 }
 
@@ -623,10 +664,16 @@ fn event_schema() -> Value {
     let variants: Vec<Value> = EventType::ALL
         .iter()
         .map(|ty| {
+            // A pipeline event is about no job.
+            let job_id = if ty.is_pipeline_event() {
+                json!({"type": "null"})
+            } else {
+                json!({"type": "string", "format": "uuid"})
+            };
             object(json!({
                 "seq": {"type": "integer", "minimum": 1},
                 "type": {"const": ty.as_str()},
-                "job_id": {"type": "string", "format": "uuid"},
+                "job_id": job_id,
                 "pipeline": {"type": "string"},
                 "at": time(),
                 "data": event_data(*ty),

@@ -22,11 +22,14 @@ pub(crate) enum Endpoint {
     JobEvents,
     Events,
     Deliveries,
+    ListPipelines,
+    PausePipeline,
+    ResumePipeline,
 }
 
 impl Endpoint {
     /// Every endpoint, in the order the docs list them.
-    pub(crate) const ALL: [Endpoint; 16] = [
+    pub(crate) const ALL: [Endpoint; 19] = [
         Endpoint::Enqueue,
         Endpoint::EnqueueBatch,
         Endpoint::ListJobs,
@@ -37,6 +40,9 @@ impl Endpoint {
         Endpoint::JobEvents,
         Endpoint::Events,
         Endpoint::Deliveries,
+        Endpoint::ListPipelines,
+        Endpoint::PausePipeline,
+        Endpoint::ResumePipeline,
         Endpoint::Stats,
         Endpoint::Health,
         Endpoint::Metrics,
@@ -60,7 +66,9 @@ impl Endpoint {
             Endpoint::Enqueue
             | Endpoint::EnqueueBatch
             | Endpoint::CancelJob
-            | Endpoint::RetryJob => "POST",
+            | Endpoint::RetryJob
+            | Endpoint::PausePipeline
+            | Endpoint::ResumePipeline => "POST",
             Endpoint::DeleteJob => "DELETE",
             _ => "GET",
         }
@@ -83,6 +91,9 @@ impl Endpoint {
             Endpoint::JobEvents => "/jobs/{id}/events",
             Endpoint::Events => "/events",
             Endpoint::Deliveries => "/webhooks/deliveries",
+            Endpoint::ListPipelines => "/pipelines",
+            Endpoint::PausePipeline => "/pipelines/{name}/pause",
+            Endpoint::ResumePipeline => "/pipelines/{name}/resume",
         }
     }
 

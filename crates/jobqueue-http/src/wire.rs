@@ -162,7 +162,8 @@ pub fn job_json(job: &Job) -> Value {
 pub struct DeliveryJson<'a> {
     id: String,
     event_seq: u64,
-    job_id: String,
+    /// `null` for a delivery of a pipeline event.
+    job_id: Option<String>,
     #[serde(rename = "type")]
     event_type: &'static str,
     url: &'a str,
@@ -179,7 +180,7 @@ impl<'a> From<&'a Delivery> for DeliveryJson<'a> {
         Self {
             id: d.id.to_string(),
             event_seq: d.event_seq,
-            job_id: d.job_id.to_string(),
+            job_id: d.job_id.map(|id| id.to_string()),
             event_type: d.event.event_type().as_str(),
             url: &d.url,
             status: d.status.as_str(),

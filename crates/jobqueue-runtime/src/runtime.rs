@@ -399,6 +399,12 @@ impl Runtime {
         self.inner.wake_at(run_at);
     }
 
+    /// Tells the pump that queued jobs may have become claimable (say, a
+    /// pipeline was resumed): it claims at once.
+    pub fn notify_runnable(&self) {
+        self.inner.wake.notify_one();
+    }
+
     /// Cancels a job: a queued one at once, a running one through its
     /// cancellation signal (it ends `cancelled` after its phase returns or
     /// the stop grace ends).

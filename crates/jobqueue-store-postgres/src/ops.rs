@@ -50,7 +50,7 @@ use uuid::Uuid;
 use crate::deps;
 use crate::error::{db_err, internal, is_unique_key_violation};
 use crate::rows::{DeliveryRow, JobRow, PhaseRow, columns, jobs_of, sql_count};
-use crate::schema::{jobs, phases, webhook_deliveries};
+use crate::schema::{jobs, paused_pipelines, phases, webhook_deliveries};
 use crate::tx::Tx;
 
 /// How often an insert that lost a unique-key race looks for the holder
@@ -524,6 +524,7 @@ pub(crate) static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
          WHERE status = '{}' AND run_at <= $1 \
            AND NOT EXISTS (SELECT 1 FROM job_dependencies d WHERE d.job_id = jobs.id) \
            AND NOT (pipeline = ANY($2)) \
+           AND pipeline NOT IN (SELECT pipeline FROM paused_pipelines) \
            AND ($3::text[] IS NULL OR pipeline = ANY($3)) \
          ORDER BY priority DESC, run_at, created_at, id \
          LIMIT $4 \
@@ -1138,4 +1139,43 @@ pub(crate) async fn record_attempt(
         .await
         .map_err(db_err)?;
     Ok(d)
+}
+
+// ------------------------------------------------------- paused pipelines
+
+/// Pauses `pipeline` (see `JobStore::pause_pipeline`): a row in
+/// `paused_pipelines` and a `pipeline.paused` event, or nothing when the row
+/// is there already (also when another process's pause committed first:
+/// the insert waits for it, then does nothing). The caller checked the name.
+pub(crate) async fn pause_pipeline(tx: &mut Tx, pipeline: &str) -> Result<bool, StoreError> {
+    let now = tx.now;
+    let inserted = diesel::insert_into(paused_pipelines::table)
+        .values((
+            paused_pipelines::pipeline.eq(pipeline),
+            paused_pipelines::paused_at.eq(now),
+        ))
+        .on_conflict_do_nothing()
+        .execute(tx.conn())
+        .await
+        .map_err(db_err)?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    tx.emit_pipeline(pipeline, EventData::PipelinePaused {});
+    Ok(true)
+}
+
+/// Resumes `pipeline`: deletes its row and appends `pipeline.resumed`, whose
+/// notification wakes every process's pump; or does nothing when it was not
+/// paused.
+pub(crate) async fn resume_pipeline(tx: &mut Tx, pipeline: &str) -> Result<bool, StoreError> {
+    let deleted = diesel::delete(paused_pipelines::table.find(pipeline))
+        .execute(tx.conn())
+        .await
+        .map_err(db_err)?;
+    if deleted == 0 {
+        return Ok(false);
+    }
+    tx.emit_pipeline(pipeline, EventData::PipelineResumed {});
+    Ok(true)
 }

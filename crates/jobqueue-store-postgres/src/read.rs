@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 
 use crate::error::{corrupt, db_err};
 use crate::rows::{DeliveryRow, EventRow, JobRow, PhaseRow, jobs_of, sql_count, sql_seq};
-use crate::schema::{events, jobs, phases, webhook_deliveries};
+use crate::schema::{events, jobs, paused_pipelines, phases, webhook_deliveries};
 use crate::seq::{HORIZON_SQL, Number};
 
 /// `status = 'pending'` as literal SQL: the due-delivery index is partial on
@@ -223,4 +223,17 @@ pub(crate) async fn deliveries(
     }
     let rows: Vec<DeliveryRow> = q.load(conn).await.map_err(db_err)?;
     rows.into_iter().map(DeliveryRow::into_delivery).collect()
+}
+
+/// The paused pipelines, by name (in byte order, as `MemoryStore` sorts).
+pub(crate) async fn paused_pipelines(
+    conn: &mut AsyncPgConnection,
+) -> Result<Vec<String>, StoreError> {
+    let mut names: Vec<String> = paused_pipelines::table
+        .select(paused_pipelines::pipeline)
+        .load(conn)
+        .await
+        .map_err(db_err)?;
+    names.sort();
+    Ok(names)
 }

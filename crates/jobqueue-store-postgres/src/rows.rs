@@ -116,7 +116,7 @@ pub(crate) struct PhaseRow {
 #[diesel(table_name = events, check_for_backend(Pg))]
 pub(crate) struct EventRow {
     pub(crate) seq: i64,
-    pub(crate) job_id: Uuid,
+    pub(crate) job_id: Option<Uuid>,
     pub(crate) pipeline: String,
     pub(crate) event_type: String,
     pub(crate) at: OffsetDateTime,
@@ -133,7 +133,7 @@ pub(crate) struct EventRow {
 pub(crate) struct DeliveryRow {
     pub(crate) id: Uuid,
     pub(crate) event_seq: i64,
-    pub(crate) job_id: Uuid,
+    pub(crate) job_id: Option<Uuid>,
     pub(crate) target: String,
     pub(crate) url: String,
     pub(crate) event_pipeline: String,
@@ -287,7 +287,7 @@ impl PhaseRow {
 /// The event read from its stored columns.
 fn event_of(
     seq: i64,
-    job_id: Uuid,
+    job_id: Option<Uuid>,
     pipeline: String,
     ty: &str,
     at: OffsetDateTime,
@@ -296,7 +296,7 @@ fn event_of(
     let ty: EventType = parse("event type", ty)?;
     Ok(Event {
         seq: u64::try_from(seq).map_err(|_| corrupt(format!("event seq {seq}")))?,
-        job_id: JobId::from_uuid(job_id),
+        job_id: job_id.map(JobId::from_uuid),
         pipeline,
         at,
         data: EventData::from_json(ty, data).map_err(corrupt)?,
@@ -323,7 +323,7 @@ impl DeliveryRow {
         Self {
             id: *d.id.as_uuid(),
             event_seq: sql_seq(d.event_seq),
-            job_id: *d.job_id.as_uuid(),
+            job_id: d.job_id.map(|id| *id.as_uuid()),
             target: d.target.as_str().to_owned(),
             url: d.url.clone(),
             event_pipeline: d.event.pipeline.clone(),
@@ -345,7 +345,7 @@ impl DeliveryRow {
             id: DeliveryId::from_uuid(self.id),
             event_seq: u64::try_from(self.event_seq)
                 .map_err(|_| corrupt(format!("event seq {}", self.event_seq)))?,
-            job_id: JobId::from_uuid(self.job_id),
+            job_id: self.job_id.map(JobId::from_uuid),
             target: parse::<DeliveryTarget>("delivery target", &self.target)?,
             url: self.url,
             event: event_of(

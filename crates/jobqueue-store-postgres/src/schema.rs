@@ -6,7 +6,7 @@
 diesel::table! {
     events (seq) {
         seq -> BigInt,
-        job_id -> Uuid,
+        job_id -> Nullable<Uuid>,
         pipeline -> Text,
         event_type -> Text,
         at -> Timestamptz,
@@ -61,6 +61,13 @@ diesel::table! {
 }
 
 diesel::table! {
+    paused_pipelines (pipeline) {
+        pipeline -> Text,
+        paused_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     phases (job_id, idx) {
         job_id -> Uuid,
         idx -> Integer,
@@ -95,7 +102,7 @@ diesel::table! {
     webhook_deliveries (id) {
         id -> Uuid,
         event_seq -> BigInt,
-        job_id -> Uuid,
+        job_id -> Nullable<Uuid>,
         target -> Text,
         url -> Text,
         event_pipeline -> Text,
@@ -119,6 +126,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     job_dependencies,
     jobs,
     leaders,
+    paused_pipelines,
     phases,
     seq_reservations,
     store_state,

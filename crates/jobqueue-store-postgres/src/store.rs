@@ -13,6 +13,7 @@ use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use jobqueue_core::job::check_name;
 use jobqueue_core::{AttemptOutcome, Capabilities, ErrorKind, StoreListener};
 use jobqueue_core::{
     CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId, Event, EventFilter,
@@ -349,6 +350,28 @@ impl JobStore for PostgresStore {
     async fn list(&self, filter: JobFilter) -> Result<JobPage, StoreError> {
         self.inner
             .run(move |conn| Box::pin(async move { read::list(conn, filter).await }))
+            .await
+    }
+
+    async fn pause_pipeline(&self, pipeline: &str) -> Result<bool, StoreError> {
+        check_name("pipeline name", pipeline).map_err(StoreError::Invalid)?;
+        let pipeline = pipeline.to_owned();
+        self.inner
+            .write(move |tx| Box::pin(async move { ops::pause_pipeline(tx, &pipeline).await }))
+            .await
+    }
+
+    async fn resume_pipeline(&self, pipeline: &str) -> Result<bool, StoreError> {
+        check_name("pipeline name", pipeline).map_err(StoreError::Invalid)?;
+        let pipeline = pipeline.to_owned();
+        self.inner
+            .write(move |tx| Box::pin(async move { ops::resume_pipeline(tx, &pipeline).await }))
+            .await
+    }
+
+    async fn paused_pipelines(&self) -> Result<Vec<String>, StoreError> {
+        self.inner
+            .run(move |conn| Box::pin(async move { read::paused_pipelines(conn).await }))
             .await
     }
 

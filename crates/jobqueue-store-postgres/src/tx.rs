@@ -57,7 +57,7 @@ pub(crate) type Conn = Object<AsyncDieselConnectionManager<AsyncPgConnection>>;
 
 /// An event waiting for the commit that numbers it.
 struct Staged {
-    job_id: JobId,
+    job_id: Option<JobId>,
     pipeline: String,
     webhook_url: Option<String>,
     data: EventData,
@@ -101,9 +101,20 @@ impl Tx {
         data: EventData,
     ) {
         self.staged.push(Staged {
-            job_id: id,
+            job_id: Some(id),
             pipeline: pipeline.to_owned(),
             webhook_url: webhook_url.map(str::to_owned),
+            data,
+        });
+    }
+
+    /// Appends an event about the whole `pipeline` (no job, so no job
+    /// webhook) when the transaction commits.
+    pub(crate) fn emit_pipeline(&mut self, pipeline: &str, data: EventData) {
+        self.staged.push(Staged {
+            job_id: None,
+            pipeline: pipeline.to_owned(),
+            webhook_url: None,
             data,
         });
     }
@@ -423,7 +434,7 @@ async fn append(
     };
     let rows = events.iter().map(|e| EventRow {
         seq: sql_seq(e.seq),
-        job_id: *e.job_id.as_uuid(),
+        job_id: e.job_id.map(|id| *id.as_uuid()),
         pipeline: e.pipeline.clone(),
         event_type: e.event_type().as_str().to_owned(),
         at: e.at,
@@ -438,7 +449,7 @@ async fn append(
         .bind::<BigInt, _>(sql_seq(base))
         .bind::<Timestamptz, _>(now)
         .bind::<Array<BigInt>, _>(seq)
-        .bind::<Array<SqlUuid>, _>(job_id)
+        .bind::<Array<Nullable<SqlUuid>>, _>(job_id)
         .bind::<Array<Text>, _>(pipeline)
         .bind::<Array<Text>, _>(event_type)
         .bind::<Array<Json>, _>(data)

@@ -27,7 +27,7 @@ use crate::deps;
 use crate::error::db_err;
 use crate::query::{Unreadable, insert_job, insert_jobs, job_row, load_job, save_job, with_phases};
 use crate::rows::{DeliveryRow, JobRow, PhaseRow, job_status, micros, sql_count};
-use crate::schema::{events, jobs, phases, tombstones, webhook_deliveries};
+use crate::schema::{events, jobs, paused_pipelines, phases, tombstones, webhook_deliveries};
 use crate::writer::Tx;
 
 /// A fencing token made by SQLite, so one `UPDATE` gives every claimed
@@ -76,6 +76,8 @@ impl QueryFragment<Sqlite> for ClaimQuery<'_> {
         out.push_sql(" AND pipeline NOT IN (");
         push_list(&mut out, self.excluded)?;
         out.push_sql(")");
+        // Paused pipelines wait (see `pause_pipeline`).
+        out.push_sql(" AND pipeline NOT IN (SELECT pipeline FROM paused_pipelines)");
         if let Some(only) = self.only {
             out.push_sql(" AND pipeline IN (");
             push_list(&mut out, only)?;
@@ -125,7 +127,12 @@ impl Query for ClaimQuery<'_> {
 impl RunQueryDsl<SqliteConnection> for ClaimQuery<'_> {}
 
 fn emit(tx: &mut Tx<'_>, job: &Job, data: EventData) -> Result<(), StoreError> {
-    tx.emit(job.id, &job.pipeline, job.webhook_url.as_deref(), data)
+    tx.emit(
+        Some(job.id),
+        &job.pipeline,
+        job.webhook_url.as_deref(),
+        data,
+    )
 }
 
 fn active_statuses() -> Vec<&'static str> {
@@ -379,7 +386,7 @@ fn fail_unreadable(tx: &mut Tx<'_>, jobs: Vec<Unreadable>) -> Result<(), StoreEr
                 attempt,
             };
             tx.emit(
-                id,
+                Some(id),
                 &bad.pipeline,
                 bad.webhook_url.as_deref(),
                 EventData::Failed { error },
@@ -611,7 +618,7 @@ fn remove_job(tx: &mut Tx<'_>, id: &str, keep_from: u64) -> Result<(), StoreErro
 /// tombstone for [`prune`].
 fn emit_deleted(tx: &mut Tx<'_>, id: JobId, row: &JobRow) -> Result<(), StoreError> {
     tx.emit(
-        id,
+        Some(id),
         &row.pipeline,
         row.webhook_url.as_deref(),
         EventData::Deleted {},
@@ -660,7 +667,7 @@ pub(crate) fn mark_stale(
             .execute(tx.write_conn())
             .map_err(db_err)?;
         tx.emit(
-            id,
+            Some(id),
             &row.pipeline,
             row.webhook_url.as_deref(),
             EventData::Stale {},
@@ -789,4 +796,36 @@ pub(crate) fn record_attempt(
         .execute(tx.write_conn())
         .map_err(db_err)?;
     Ok(d)
+}
+
+/// Pauses `pipeline` (see `JobStore::pause_pipeline`): a row in
+/// `paused_pipelines` and a `pipeline.paused` event, or nothing when the row
+/// is there already. The caller checked the name.
+pub(crate) fn pause_pipeline(tx: &mut Tx<'_>, pipeline: &str) -> Result<bool, StoreError> {
+    let inserted = diesel::insert_into(paused_pipelines::table)
+        .values((
+            paused_pipelines::pipeline.eq(pipeline),
+            paused_pipelines::paused_at.eq(micros(tx.now)),
+        ))
+        .on_conflict_do_nothing()
+        .execute(tx.write_conn())
+        .map_err(db_err)?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    tx.emit(None, pipeline, None, EventData::PipelinePaused {})?;
+    Ok(true)
+}
+
+/// Resumes `pipeline`: deletes its row and appends `pipeline.resumed`, or
+/// does nothing when it was not paused.
+pub(crate) fn resume_pipeline(tx: &mut Tx<'_>, pipeline: &str) -> Result<bool, StoreError> {
+    let deleted = diesel::delete(paused_pipelines::table.find(pipeline))
+        .execute(tx.write_conn())
+        .map_err(db_err)?;
+    if deleted == 0 {
+        return Ok(false);
+    }
+    tx.emit(None, pipeline, None, EventData::PipelineResumed {})?;
+    Ok(true)
 }

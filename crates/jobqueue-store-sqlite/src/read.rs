@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use crate::error::db_err;
 use crate::query::with_phases;
 use crate::rows::{DeliveryRow, EventRow, JobRow, from_micros, job_status, micros, sql_count};
-use crate::schema::{events, jobs, store_state, webhook_deliveries};
+use crate::schema::{events, jobs, paused_pipelines, store_state, webhook_deliveries};
 use crate::writer::ReadJob;
 
 /// Runs `f` in a read transaction.
@@ -266,4 +266,13 @@ pub(crate) fn deliveries(
     }
     let rows = q.load(conn).map_err(db_err)?;
     Ok(deliveries_of(rows).0)
+}
+
+/// The paused pipelines, by name.
+pub(crate) fn paused_pipelines(conn: &mut SqliteConnection) -> Result<Vec<String>, StoreError> {
+    paused_pipelines::table
+        .select(paused_pipelines::pipeline)
+        .order(paused_pipelines::pipeline)
+        .load(conn)
+        .map_err(db_err)
 }

@@ -43,6 +43,11 @@ where
     s.parse().map_err(|e| corrupt(format!("{what} {s:?}: {e}")))
 }
 
+/// The job id of an event or delivery row; NULL for a pipeline event.
+fn opt_job_id(s: Option<&str>) -> Result<Option<JobId>, StoreError> {
+    s.map(|s| parse("job id", s)).transpose()
+}
+
 fn json(what: &str, s: &str) -> Result<Value, StoreError> {
     serde_json::from_str(s).map_err(|e| corrupt(format!("{what}: {e}")))
 }
@@ -135,7 +140,7 @@ crate::query::row_insert!(PhaseRow, phases;
 #[diesel(table_name = events, check_for_backend(Sqlite))]
 pub(crate) struct EventRow {
     pub(crate) seq: i64,
-    pub(crate) job_id: String,
+    pub(crate) job_id: Option<String>,
     pub(crate) pipeline: String,
     pub(crate) event_type: String,
     pub(crate) at: i64,
@@ -155,7 +160,7 @@ crate::query::row_insert!(EventRow, events; seq, job_id, pipeline, event_type, a
 pub(crate) struct DeliveryRow {
     pub(crate) id: String,
     pub(crate) event_seq: i64,
-    pub(crate) job_id: String,
+    pub(crate) job_id: Option<String>,
     pub(crate) target: String,
     pub(crate) url: String,
     pub(crate) event_pipeline: String,
@@ -335,7 +340,7 @@ impl EventRow {
     pub(crate) fn of(event: &Event) -> Self {
         Self {
             seq: i64::try_from(event.seq).unwrap_or(i64::MAX),
-            job_id: event.job_id.to_string(),
+            job_id: event.job_id.map(|id| id.to_string()),
             pipeline: event.pipeline.clone(),
             event_type: event.event_type().as_str().to_owned(),
             at: micros(event.at),
@@ -347,7 +352,7 @@ impl EventRow {
     pub(crate) fn into_event(self) -> Result<Event, StoreError> {
         event_of(
             self.seq,
-            &self.job_id,
+            self.job_id.as_deref(),
             self.pipeline,
             &self.event_type,
             self.at,
@@ -358,7 +363,7 @@ impl EventRow {
 
 fn event_of(
     seq: i64,
-    job_id: &str,
+    job_id: Option<&str>,
     pipeline: String,
     ty: &str,
     at: i64,
@@ -367,7 +372,7 @@ fn event_of(
     let ty: EventType = parse("event type", ty)?;
     Ok(Event {
         seq: u64::try_from(seq).map_err(|_| corrupt(format!("event seq {seq}")))?,
-        job_id: parse("job id", job_id)?,
+        job_id: opt_job_id(job_id)?,
         pipeline,
         at: from_micros(at)?,
         data: EventData::from_json(ty, json("event data", data)?).map_err(corrupt)?,
@@ -380,7 +385,7 @@ impl DeliveryRow {
         Self {
             id: d.id.to_string(),
             event_seq: i64::try_from(d.event_seq).unwrap_or(i64::MAX),
-            job_id: d.job_id.to_string(),
+            job_id: d.job_id.map(|id| id.to_string()),
             target: d.target.as_str().to_owned(),
             url: d.url.clone(),
             event_pipeline: d.event.pipeline.clone(),
@@ -402,12 +407,12 @@ impl DeliveryRow {
             id: parse::<DeliveryId>("delivery id", &self.id)?,
             event_seq: u64::try_from(self.event_seq)
                 .map_err(|_| corrupt(format!("event seq {}", self.event_seq)))?,
-            job_id: parse("job id", &self.job_id)?,
+            job_id: opt_job_id(self.job_id.as_deref())?,
             target: parse::<DeliveryTarget>("delivery target", &self.target)?,
             url: self.url,
             event: event_of(
                 self.event_seq,
-                &self.job_id,
+                self.job_id.as_deref(),
                 self.event_pipeline,
                 &self.event_type,
                 self.event_at,

@@ -6,7 +6,7 @@
 diesel::table! {
     events (seq) {
         seq -> BigInt,
-        job_id -> Text,
+        job_id -> Nullable<Text>,
         pipeline -> Text,
         event_type -> Text,
         at -> BigInt,
@@ -52,6 +52,13 @@ diesel::table! {
 }
 
 diesel::table! {
+    paused_pipelines (pipeline) {
+        pipeline -> Text,
+        paused_at -> BigInt,
+    }
+}
+
+diesel::table! {
     phases (job_id, idx) {
         job_id -> Text,
         idx -> BigInt,
@@ -85,7 +92,7 @@ diesel::table! {
     webhook_deliveries (id) {
         id -> Text,
         event_seq -> BigInt,
-        job_id -> Text,
+        job_id -> Nullable<Text>,
         target -> Text,
         url -> Text,
         event_pipeline -> Text,
@@ -108,6 +115,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     events,
     job_dependencies,
     jobs,
+    paused_pipelines,
     phases,
     store_state,
     tombstones,

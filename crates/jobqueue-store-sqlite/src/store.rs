@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_channel::oneshot;
+use jobqueue_core::job::check_name;
 use jobqueue_core::{
     AttemptOutcome, CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId,
     Event, EventFilter, EventSink, FailureOutcome, Job, JobCount, JobError, JobFilter, JobId,
@@ -404,6 +405,24 @@ impl JobStore for SqliteStore {
 
     async fn list(&self, filter: JobFilter) -> Result<JobPage, StoreError> {
         self.read(move |conn| read::list(conn, filter)).await
+    }
+
+    async fn pause_pipeline(&self, pipeline: &str) -> Result<bool, StoreError> {
+        check_name("pipeline name", pipeline).map_err(StoreError::Invalid)?;
+        let pipeline = pipeline.to_owned();
+        self.write(move |tx| ops::pause_pipeline(tx, &pipeline))
+            .await
+    }
+
+    async fn resume_pipeline(&self, pipeline: &str) -> Result<bool, StoreError> {
+        check_name("pipeline name", pipeline).map_err(StoreError::Invalid)?;
+        let pipeline = pipeline.to_owned();
+        self.write(move |tx| ops::resume_pipeline(tx, &pipeline))
+            .await
+    }
+
+    async fn paused_pipelines(&self) -> Result<Vec<String>, StoreError> {
+        self.read(read::paused_pipelines).await
     }
 
     async fn counts(&self) -> Result<Vec<JobCount>, StoreError> {

@@ -304,12 +304,45 @@ async fn data_survives_reopen() {
         .await
         .unwrap();
     assert_eq!(ev.len(), 1);
-    assert_eq!((ev[0].seq, ev[0].job_id), (5, next.id));
+    assert_eq!((ev[0].seq, ev[0].job_id), (5, Some(next.id)));
     let recovered = store.recover(RecoverScope::All).await.unwrap();
     let ctx = recovered[0].interrupted.clone().unwrap();
     assert_eq!(
         (ctx.phase.as_str(), ctx.progress.map(|p| p.percent)),
         ("a", Some(40))
+    );
+}
+
+/// A paused pipeline stays paused after the store is closed and opened
+/// again: its job is not claimed until it is resumed, and its events read
+/// back without a job id.
+#[tokio::test]
+async fn pause_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::default());
+    let store = file_store(&dir, clock.clone());
+    let job = store.enqueue(NewJob::new("p").phases(["a"])).await.unwrap();
+    assert!(store.pause_pipeline("p").await.unwrap());
+    store.close().await;
+    let store = file_store(&dir, clock);
+    assert_eq!(store.paused_pipelines().await.unwrap(), ["p"]);
+    assert!(!store.pause_pipeline("p").await.unwrap(), "still paused");
+    assert!(store.claim(ClaimRequest::new(5)).await.unwrap().is_empty());
+    assert!(store.resume_pipeline("p").await.unwrap());
+    let claimed = store.claim(ClaimRequest::new(5)).await.unwrap();
+    assert_eq!(claimed[0].job.id, job.id);
+    let events = store
+        .events_after(0, EventFilter::default(), 10)
+        .await
+        .unwrap();
+    let pipeline: Vec<_> = events
+        .iter()
+        .filter(|e| e.job_id.is_none())
+        .map(|e| (e.seq, e.event_type().as_str(), e.pipeline.as_str()))
+        .collect();
+    assert_eq!(
+        pipeline,
+        [(2, "pipeline.paused", "p"), (3, "pipeline.resumed", "p")]
     );
 }
 
@@ -492,6 +525,7 @@ fn hot_queries_use_indexes() {
         "SELECT id FROM jobs WHERE status = 'queued' AND run_at <= ?2 \
          AND NOT EXISTS (SELECT 1 FROM job_dependencies WHERE job_dependencies.job_id = jobs.id) \
          AND pipeline NOT IN (?3) \
+         AND pipeline NOT IN (SELECT pipeline FROM paused_pipelines) \
          ORDER BY priority DESC, run_at, created_at, id LIMIT ?4",
         // list, unfiltered, by status, by pipeline, next page
         "SELECT * FROM jobs ORDER BY id DESC LIMIT ?1",
@@ -1009,7 +1043,7 @@ fn fixed_inserts_do_not_change_shape() {
     assert!(!job_sql.contains("DEFAULT"), "{job_sql}");
     let event = EventRow {
         seq: 1,
-        job_id: "a".into(),
+        job_id: Some("a".into()),
         pipeline: "p".into(),
         event_type: "job.created".into(),
         at: 0,
@@ -1020,7 +1054,7 @@ fn fixed_inserts_do_not_change_shape() {
     let pending = DeliveryRow {
         id: "d".into(),
         event_seq: 1,
-        job_id: "a".into(),
+        job_id: Some("a".into()),
         target: "endpoint".into(),
         url: "http://x".into(),
         event_pipeline: "p".into(),

@@ -299,12 +299,13 @@ impl Tx<'_> {
         *self.last_seq
     }
 
-    /// Appends an event about a job, with its webhook deliveries: one per
-    /// configured endpoint that wants its type, and one to the job's own
-    /// `webhook_url` under the default filter.
+    /// Appends an event about a job (or, without `job_id`, about a whole
+    /// pipeline), with its webhook deliveries: one per configured endpoint
+    /// that wants its type, and one to the job's own `webhook_url` under the
+    /// default filter.
     pub(crate) fn emit(
         &mut self,
-        job_id: JobId,
+        job_id: Option<JobId>,
         pipeline: &str,
         webhook_url: Option<&str>,
         data: EventData,

@@ -88,8 +88,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     while let Some(event) = events.next().await {
         let event = event?;
         println!("#{:<3} {}", event.seq, event.event_type());
-        if event.event_type() == EventType::JobCompleted {
-            let job = queue.get(event.job_id).await?.ok_or("job vanished")?;
+        if let (EventType::JobCompleted, Some(id)) = (event.event_type(), event.job_id) {
+            let job = queue.get(id).await?.ok_or("job vanished")?;
             println!(
                 "completed; interrupted context kept on the job: {:?}",
                 job.interrupted

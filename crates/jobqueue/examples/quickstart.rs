@@ -79,7 +79,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 other.to_json()
             ),
         }
-        if event.job_id == job.id
+        if event.job_id == Some(job.id)
             && matches!(
                 event.event_type(),
                 EventType::JobCompleted | EventType::JobFailed

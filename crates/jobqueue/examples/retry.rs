@@ -82,7 +82,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             EventData::Started { attempt } => println!("attempt {attempt} started"),
             other => println!("{}: {}", event.event_type(), other.to_json()),
         }
-        if event.job_id == job.id
+        if event.job_id == Some(job.id)
             && matches!(
                 event.event_type(),
                 EventType::JobCompleted | EventType::JobFailed

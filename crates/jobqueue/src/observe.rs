@@ -69,6 +69,10 @@ pub struct DrainSummary {
     /// `run_at` in the future (enqueued for later, or waiting out a retry's
     /// backoff).
     pub scheduled: usize,
+    /// Jobs of this queue's pipelines still queued when it returned because
+    /// their pipeline is paused (see [`JobQueue::pause`]): drain does not
+    /// wait for them.
+    pub paused: usize,
 }
 
 /// The events that end a job (until a user retries it).
@@ -157,7 +161,9 @@ impl JobQueue {
     /// retries); this only waits, on the queue's events, with the pump's
     /// poll interval as a fallback for work this process is not told about
     /// (another process's on a shared store). Queued jobs of a pipeline
-    /// this queue does not define are not waited for.
+    /// this queue does not define, or of a paused pipeline (counted in
+    /// [`DrainSummary::paused`]), are not waited for; running jobs of a
+    /// paused pipeline are.
     ///
     /// ```no_run
     /// # async fn demo(queue: jobqueue::JobQueue) -> Result<(), jobqueue::Error> {
@@ -178,13 +184,13 @@ impl JobQueue {
         // The pump looks for work at once, whatever it was waiting for.
         self.runtime()
             .notify_enqueued(self.runtime().config().clock.now());
-        let scheduled = loop {
-            let (busy, scheduled) = match self.drain_state().await {
+        let waiting = loop {
+            let (busy, waiting) = match self.drain_state().await {
                 Err(_) if *self.shut_down.borrow() => return Err(Error::ShutDown),
                 state => state?,
             };
             if !busy {
-                break scheduled;
+                break waiting;
             }
             let next = tokio::select! {
                 next = tokio::time::timeout(poll, events.next()) => next,
@@ -197,7 +203,7 @@ impl JobQueue {
             }
         };
         let mut summary = self.ended_since_last_drain().await?;
-        summary.scheduled = scheduled;
+        (summary.scheduled, summary.paused) = waiting;
         Ok(summary)
     }
 
@@ -233,8 +239,11 @@ impl JobQueue {
 
     /// Whether a job of this queue's pipelines is running or due, and how
     /// many are queued for later.
-    async fn drain_state(&self) -> Result<(bool, usize), Error> {
+    /// Whether a job of this queue's pipelines is running or due, and how
+    /// many queued ones wait for a later time and for a paused pipeline.
+    async fn drain_state(&self) -> Result<(bool, (usize, usize)), Error> {
         let pipelines: HashSet<String> = self.runtime().pipelines().names().into_iter().collect();
+        let paused: HashSet<String> = self.store().paused_pipelines().await?.into_iter().collect();
         let counts = self.store().counts().await?;
         let running = counts.iter().any(|c| {
             c.status == JobStatus::Running && pipelines.contains(&c.pipeline) && c.count > 0
@@ -242,6 +251,7 @@ impl JobQueue {
         let now = self.runtime().config().clock.now();
         let mut due = false;
         let mut scheduled = 0usize;
+        let mut held = 0usize;
         let mut cursor = None;
         loop {
             let page = self
@@ -254,7 +264,9 @@ impl JobQueue {
                 })
                 .await?;
             for job in page.jobs.iter().filter(|j| pipelines.contains(&j.pipeline)) {
-                if job.run_at <= now {
+                if paused.contains(&job.pipeline) {
+                    held += 1;
+                } else if job.run_at <= now {
                     due = true;
                 } else {
                     scheduled += 1;
@@ -265,6 +277,6 @@ impl JobQueue {
                 None => break,
             }
         }
-        Ok((running || due, scheduled))
+        Ok((running || due, (scheduled, held)))
     }
 }

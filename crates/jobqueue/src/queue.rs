@@ -731,6 +731,48 @@ impl JobQueue {
         Ok(job)
     }
 
+    /// Pauses a pipeline: from now on no process claims its queued jobs,
+    /// until [`resume`](Self::resume). Jobs already running finish normally
+    /// (one that fails with a retry is queued again and then waits);
+    /// enqueueing, also by schedules, goes on, and the jobs wait. The pause
+    /// is stored, so it holds across restarts and for every process sharing
+    /// the store. Appends a `pipeline.paused` event and returns `true`, or
+    /// returns `false` and appends nothing if the pipeline was paused
+    /// already.
+    ///
+    /// Any valid pipeline name is accepted, also one this queue does not
+    /// define (another process may run it); an empty or over-long name is
+    /// refused with [`ErrorKind::Invalid`](jobqueue_core::ErrorKind::Invalid).
+    ///
+    /// ```no_run
+    /// # async fn demo(queue: jobqueue::JobQueue) -> Result<(), jobqueue::Error> {
+    /// assert!(queue.pause("emails").await?);
+    /// assert_eq!(queue.paused().await?, ["emails"]);
+    /// assert!(queue.resume("emails").await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn pause(&self, pipeline: &str) -> Result<bool, Error> {
+        Ok(self.store.pause_pipeline(pipeline).await?)
+    }
+
+    /// Resumes a paused pipeline: its queued jobs are claimed again at once
+    /// (this process's pump is woken, and through the store's listener the
+    /// pumps of the other processes sharing it). Appends a
+    /// `pipeline.resumed` event and returns `true`, or returns `false` and
+    /// appends nothing if the pipeline was not paused.
+    pub async fn resume(&self, pipeline: &str) -> Result<bool, Error> {
+        let resumed = self.store.resume_pipeline(pipeline).await?;
+        if resumed {
+            self.runtime.notify_runnable();
+        }
+        Ok(resumed)
+    }
+
+    /// The paused pipelines, by name.
+    pub async fn paused(&self) -> Result<Vec<String>, Error> {
+        Ok(self.store.paused_pipelines().await?)
+    }
+
     /// Deletes a finished job with all its rows.
     pub async fn delete(&self, id: JobId) -> Result<(), Error> {
         Ok(self.store.delete(id).await?)

@@ -379,6 +379,13 @@ mod tests {
             event_line(&done, true),
             "12:00:04  j  build     job.completed         results {\"fetch\":1}"
         );
+        // A pipeline event has no job: its job column is `-`.
+        let paused = json!({"seq": 10, "type": "pipeline.paused", "job_id": null, "pipeline": "build",
+                            "at": "2024-05-01T12:00:05Z", "data": {}});
+        assert_eq!(
+            event_line(&paused, true),
+            "12:00:05  -  build     pipeline.paused"
+        );
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //!
 //! It signs in with the token, watches a job's bar move and its phases
 //! complete, retries a failed job from its page, checks that markup in job
-//! input, results and errors shows as text, restarts the server and sees the
-//! page carry on, all without reloading the page. Screenshots of the jobs
+//! input, results and errors shows as text, pauses a pipeline from the
+//! counts, restarts the server and sees the page carry on (the pipeline
+//! still paused), then resumes it, all without reloading the page. Screenshots of the jobs
 //! view and a job's view go to `target/dashboard/`.
 
 use std::fs::File;
@@ -176,6 +177,17 @@ impl Browser {
         .await;
     }
 
+    /// Waits until the counts show `pipeline` paused (or not).
+    async fn until_paused(&self, pipeline: &str, paused: bool) {
+        self.until(
+            &format!("{pipeline} shown paused: {paused}"),
+            "const s = document.querySelector(`#pipeline-counts tr[data-pipeline=\"${arguments[0]}\"] .paused-state`); \
+             return s && s.dataset.paused === arguments[1];",
+            vec![json!(pipeline), json!(paused.to_string())],
+        )
+        .await;
+    }
+
     /// Clicks the element that `css` selects, once there is one.
     async fn click(&self, css: &str) {
         self.client
@@ -193,6 +205,28 @@ impl Browser {
         let png = self.client.screenshot().await.unwrap();
         std::fs::write(shots_dir().join(name), png).unwrap();
     }
+}
+
+/// The Pause (or Resume, by `action`) button of `pipeline` in the counts.
+fn toggle(pipeline: &str, action: &str) -> String {
+    format!(
+        "#pipeline-counts tr[data-pipeline=\"{pipeline}\"] button.pause-toggle[data-action=\"{action}\"]"
+    )
+}
+
+/// Whether the server says `pipeline` is paused (`GET /pipelines`).
+async fn paused_on_server(served: &Served, pipeline: &str) -> Value {
+    let answer = served
+        .client()
+        .call(hyper::Method::GET, "/pipelines", None)
+        .await
+        .unwrap();
+    answer.body["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == pipeline)
+        .map_or(Value::Null, |p| p["paused"].clone())
 }
 
 /// An expression: the percent of the bar of phase `arguments[1]` inside
@@ -407,8 +441,16 @@ async fn the_dashboard_follows_jobs_live_in_a_browser() {
         );
     }
 
-    // The server restarts: the page reconnects and carries on.
+    // Pause a pipeline from the counts: the page and the server agree, and
+    // a job enqueued meanwhile waits.
     b.js("location.hash = '#/'; return null;", vec![]).await;
+    b.click(&toggle("echo", "pause")).await;
+    b.until_paused("echo", true).await;
+    assert_eq!(paused_on_server(&served, "echo").await, json!(true));
+    assert_eq!(paused_on_server(&served, "steps").await, json!(false));
+    let held = served.enqueue("echo", json!({"note": "held"})).await;
+
+    // The server restarts: the page reconnects and carries on.
     let conn = "return document.getElementById('conn').dataset.state === arguments[0];";
     let served = served
         .restart(async || {
@@ -432,6 +474,15 @@ async fn the_dashboard_follows_jobs_live_in_a_browser() {
     b.until_status(&row(&after), "completed").await;
     b.until_count("completed", 4).await;
     assert_eq!(b.js("return window.__loaded;", vec![]).await, "once");
+
+    // The pause held across the restart; Resume runs the job that waited.
+    b.until_paused("echo", true).await;
+    assert_eq!(served.job(&held).await["status"], "queued");
+    b.click(&toggle("echo", "resume")).await;
+    b.until_paused("echo", false).await;
+    assert_eq!(paused_on_server(&served, "echo").await, json!(false));
+    b.until_status(&row(&held), "completed").await;
+    b.until_count("completed", 5).await;
 
     browser.client.close().await.unwrap();
     served.stop().await;

@@ -69,7 +69,7 @@ pub(crate) async fn next_event(
                 .await
                 .expect("the event stream ended")
                 .unwrap();
-            if event.job_id == job && pick(&event) {
+            if event.job_id == Some(job) && pick(&event) {
                 return event;
             }
         }

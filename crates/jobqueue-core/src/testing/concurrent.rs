@@ -183,7 +183,7 @@ pub(super) async fn racing_unique_enqueues(ctx: &Ctx) {
             .unwrap();
         assert_eq!(
             created.iter().map(|e| e.job_id).collect::<Vec<_>>(),
-            written.iter().map(|j| j.id).collect::<Vec<_>>(),
+            written.iter().map(|j| Some(j.id)).collect::<Vec<_>>(),
             "only the winner's jobs are written, one job.created each"
         );
         for j in written {

@@ -136,7 +136,7 @@ pub(super) async fn events_after_filters(ctx: &Ctx) {
             EventType::JobCompleted
         ]
     );
-    assert!(t.iter().all(|e| e.job_id == a.id));
+    assert!(t.iter().all(|e| e.job_id == Some(a.id)));
     let last = s.last_seq().await.unwrap();
     assert!(
         s.events_after(last, EventFilter::default(), 10)

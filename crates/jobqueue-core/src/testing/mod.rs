@@ -40,7 +40,7 @@
 //!
 //! Each area of the contract has a file (`enqueue`, `claim`, `phases`,
 //! `fencing`, `cancel_retry`, `recover`, `list_events`, `retention`,
-//! `webhooks`, `dependencies`, `concurrent`) whose module doc says which guarantees it checks.
+//! `webhooks`, `dependencies`, `pause`, `concurrent`) whose module doc says which guarantees it checks.
 //! A case is an `async fn(&Ctx)` in its area's file, `pub(super)`, that
 //! panics on a failure. To add one, write it there and add its name under
 //! its area in the list at the top of `__conformance_suite!` in this file:
@@ -65,6 +65,7 @@ mod dependencies;
 mod enqueue;
 mod fencing;
 mod list_events;
+mod pause;
 mod phases;
 mod recover;
 mod retention;
@@ -149,6 +150,12 @@ macro_rules! __conformance_suite {
                 cancel_cascades_with_a_reason,
                 batch_waits_too,
                 manual_retry_waits_again,
+            }
+            pause {
+                paused_pipeline_is_not_claimed,
+                running_jobs_finish_while_paused,
+                pause_refuses_bad_names,
+                pipeline_events_route_to_endpoints_that_name_them,
             }
             concurrent {
                 racing_claims,

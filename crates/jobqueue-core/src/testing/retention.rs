@@ -117,7 +117,7 @@ pub(super) async fn prune_removes_old_history_only(ctx: &Ctx) {
     // Deliveries: old's completion delivered, its deletion failed; kept's
     // completion still pending.
     for d in s.deliveries(DeliveryFilter::default()).await.unwrap() {
-        let outcome = match (d.job_id == old.id, d.event.event_type()) {
+        let outcome = match (d.job_id == Some(old.id), d.event.event_type()) {
             (true, EventType::JobCompleted) => AttemptOutcome::Delivered { status: 200 },
             (true, _) => AttemptOutcome::Failed {
                 status: Some(410),
@@ -151,10 +151,10 @@ pub(super) async fn prune_removes_old_history_only(ctx: &Ctx) {
     // What is left: kept's pending delivery, recent's two, every event of
     // the live job, recent's tombstone; the counter did not go back.
     let left = s.deliveries(DeliveryFilter::default()).await.unwrap();
-    assert!(left.iter().all(|d| d.job_id != old.id));
+    assert!(left.iter().all(|d| d.job_id != Some(old.id)));
     assert!(
         left.iter()
-            .any(|d| d.job_id == kept.id && d.status == DeliveryStatus::Pending)
+            .any(|d| d.job_id == Some(kept.id) && d.status == DeliveryStatus::Pending)
     );
     assert!(types_of(ctx, old.id).await.is_empty(), "tombstone pruned");
     assert_eq!(types_of(ctx, recent.id).await, [EventType::JobDeleted]);

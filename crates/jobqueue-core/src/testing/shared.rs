@@ -9,6 +9,8 @@
 //!   the term ended unrenewed.
 //! - The listener: a commit through one handle is announced to the other's
 //!   listeners.
+//! - A pipeline paused through one handle is not claimed through the other;
+//!   resumed through one, the other's listeners hear of work.
 //!
 //! A store's crate runs them with
 //! [`shared_conformance_tests!`](crate::shared_conformance_tests), whose
@@ -86,6 +88,7 @@ macro_rules! shared_conformance_tests {
             delivery_claims_across_handles,
             leader_takeover,
             notices_across_handles,
+            pause_across_handles,
         );
     };
     ($factory:expr $(,)?) => {
@@ -357,4 +360,56 @@ pub async fn notices_across_handles(p: &Pair) {
             "no notice of work within 20 s"
         );
     }
+}
+
+/// A pipeline paused through one handle is paused for the other: its claims
+/// skip the pipeline's jobs, it lists it as paused, and a repeated pause
+/// through it changes nothing. Resumed through the first handle, the jobs
+/// are claimable through the second, whose listeners are told of work.
+pub async fn pause_across_handles(p: &Pair) {
+    let count = Arc::new(Count::default());
+    let listening = p.b.listen(count.clone());
+    let paused = p.a.enqueue(spec("p", &["x"])).await.unwrap();
+    let other = p.a.enqueue(spec("q", &["x"])).await.unwrap();
+    assert!(p.a.pause_pipeline("p").await.unwrap());
+    assert!(!p.b.pause_pipeline("p").await.unwrap(), "paused already");
+    assert_eq!(p.b.paused_pipelines().await.unwrap(), ["p"]);
+    let got: Vec<JobId> =
+        p.b.claim(ClaimRequest::new(10))
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.job.id)
+            .collect();
+    assert_eq!(got, [other.id]);
+    // The listener of a shared store connects in the background: wait for
+    // it to hear anything at all (an enqueue announced) before resuming.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while listening && count.get() == 0 {
+        let seen = count.get();
+        p.a.enqueue(spec("r", &["x"])).await.unwrap();
+        if count.wait_past(seen, Duration::from_millis(500)).await {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no notice within 20 s"
+        );
+    }
+    let seen = count.get();
+    assert!(p.a.resume_pipeline("p").await.unwrap());
+    if listening {
+        assert!(
+            count.wait_past(seen, Duration::from_secs(20)).await,
+            "resuming announces work to the other handle"
+        );
+    }
+    let got: Vec<JobId> =
+        p.b.claim(ClaimRequest::new(10).pipelines(vec!["p".into()]))
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.job.id)
+            .collect();
+    assert_eq!(got, [paused.id]);
 }

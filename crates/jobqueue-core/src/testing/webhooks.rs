@@ -53,7 +53,7 @@ pub(super) async fn outbox(ctx: &Ctx) {
             .find(|e| e.seq == d.event_seq)
             .expect("delivery of a stored event");
         assert_eq!(&d.event, e, "the payload snapshot is the event");
-        assert_eq!(d.job_id, j.id);
+        assert_eq!(d.job_id, Some(j.id));
         assert_ne!(
             d.event.event_type(),
             EventType::PhaseProgress,

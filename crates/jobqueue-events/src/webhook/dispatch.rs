@@ -882,7 +882,7 @@ mod tests {
     fn delivery(now: OffsetDateTime) -> Delivery {
         let event = Event {
             seq: 1,
-            job_id: JobId::new(),
+            job_id: Some(JobId::new()),
             pipeline: "p".to_owned(),
             at: now,
             data: EventData::Deleted {},

@@ -93,6 +93,18 @@ impl JobStore for ProbeStore {
         self.inner.enqueue(job).await
     }
 
+    async fn pause_pipeline(&self, pipeline: &str) -> Result<bool, StoreError> {
+        self.inner.pause_pipeline(pipeline).await
+    }
+
+    async fn resume_pipeline(&self, pipeline: &str) -> Result<bool, StoreError> {
+        self.inner.resume_pipeline(pipeline).await
+    }
+
+    async fn paused_pipelines(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.paused_pipelines().await
+    }
+
     async fn enqueue_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>, StoreError> {
         self.inner.enqueue_batch(jobs).await
     }

@@ -28,6 +28,7 @@
     "job.created", "job.started", "job.phase.started", "job.phase.progress",
     "job.phase.completed", "job.phase.failed", "job.completed", "job.failed",
     "job.cancelled", "job.retried", "job.interrupted", "job.stale", "job.deleted",
+    "pipeline.paused", "pipeline.resumed",
   ];
   const PAGE_SIZE = 50;
   const HISTORY_MAX = 500;
@@ -41,6 +42,8 @@
   const state = {
     lastSeq: 0,          // the last event seen on the stream of every job
     stats: null,
+    // The server's pipelines (`/pipelines`): name -> paused; null until read.
+    pipelines: null,
     jobs: new Map(),     // id -> job (as the API answers it), for the jobs on screen
     list: null,          // the jobs view, when it is open
     view: null,          // the job view, when it is open
@@ -331,6 +334,14 @@
     if (typeof event.seq === "number") {
       if (event.seq <= state.lastSeq) return;
       state.lastSeq = event.seq;
+    }
+    if (event.type === "pipeline.paused" || event.type === "pipeline.resumed") {
+      // About a pipeline, not a job (its job_id is null).
+      if (state.pipelines && state.pipelines.has(event.pipeline)) {
+        state.pipelines.set(event.pipeline, event.type === "pipeline.paused");
+        if (state.list) renderCounts(state.list);
+      }
+      return;
     }
     const job = state.jobs.get(event.job_id);
     if (event.type === "job.phase.progress") {
@@ -627,7 +638,8 @@
   // ---------------------------------------------------------------- counts
 
   async function loadStats() {
-    const stats = await api("GET", "stats");
+    const [stats, pipelines] = await Promise.all([api("GET", "stats"), api("GET", "pipelines")]);
+    state.pipelines = new Map((pipelines.pipelines || []).map((p) => [p.name, p.paused === true]));
     state.stats = stats;
     if (!state.lastSeq) state.lastSeq = stats.last_event_seq || 0;
     if (state.list) renderCounts(state.list);
@@ -649,16 +661,17 @@
     const pipelines = Object.entries(stats.pipelines || {});
     const table = h("table", { class: "counts-table", id: "pipeline-counts" },
       h("thead", {}, h("tr", {}, h("th", {}, "pipeline"), h("th", { class: "num" }, "total"),
-        STATUSES.map((s) => h("th", { class: "num" }, s)))),
+        STATUSES.map((s) => h("th", { class: "num" }, s)), h("th", {}, "claims"))),
       h("tbody", {}, pipelines.length === 0
-        ? h("tr", {}, h("td", { class: "empty", colspan: STATUSES.length + 2 }, "no pipelines"))
+        ? h("tr", {}, h("td", { class: "empty", colspan: STATUSES.length + 3 }, "no pipelines"))
         : pipelines.map(([name, p]) => h("tr", { dataset: { pipeline: name } },
           h("td", {}, h("a", { href: jobsHash(r.status, name) }, name)),
           h("td", { class: "num" }, p.total),
           STATUSES.map((s) => {
             const n = (p.statuses || {})[s] || 0;
             return h("td", { class: `num${n ? "" : " zero"}` }, n);
-          })))));
+          }),
+          h("td", { class: "pause" }, pauseControl(list, name))))));
     list.counts.replaceChildren(tiles, h("div", { class: "card" }, h("h2", {}, "By pipeline"), table));
     // The pipeline filter offers every pipeline the server knows.
     const select = list.pipelineSelect;
@@ -670,6 +683,35 @@
         ...names.map((n) => h("option", { value: n }, n)));
       select.value = r.pipeline;
     }
+  }
+
+  // A pipeline's paused state and the button that flips it; nothing for a
+  // pipeline the server does not run (it only has jobs left).
+  function pauseControl(list, name) {
+    if (!state.pipelines || !state.pipelines.has(name)) return "";
+    const paused = state.pipelines.get(name);
+    const action = paused ? "resume" : "pause";
+    const button = h("button", {
+      type: "button",
+      class: "pause-toggle",
+      dataset: { action },
+      onclick: () => togglePause(list, name, action, button),
+    }, paused ? "Resume" : "Pause");
+    return [h("span", { class: `paused-state${paused ? " paused" : ""}`, dataset: { paused: String(paused) } },
+      paused ? "paused" : "running"), " ", button];
+  }
+
+  async function togglePause(list, name, action, button) {
+    button.disabled = true;
+    list.alert.hidden = true;
+    try {
+      const answer = await api("POST", `pipelines/${encodeURIComponent(name)}/${action}`);
+      state.pipelines.set(name, answer.paused === true);
+    } catch (e) {
+      if (handled(e)) return;
+      showAlert(list.alert, e);
+    }
+    if (state.list) renderCounts(state.list);
   }
 
   // ---------------------------------------------------------------- jobs view

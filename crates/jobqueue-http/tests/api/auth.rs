@@ -27,6 +27,9 @@ fn routes(id: &str) -> Vec<(Method, String)> {
         (Method::GET, format!("/jobs/{id}/events")),
         (Method::GET, "/events".into()),
         (Method::GET, "/webhooks/deliveries".into()),
+        (Method::GET, "/pipelines".into()),
+        (Method::POST, "/pipelines/slow/pause".into()),
+        (Method::POST, "/pipelines/slow/resume".into()),
         // Not routes, but they must not tell an anonymous client so.
         (Method::GET, "/nowhere".into()),
         (Method::PUT, "/jobs".into()),

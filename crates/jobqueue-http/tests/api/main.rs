@@ -62,6 +62,7 @@ mod errors;
 mod fuzz;
 mod jobs;
 mod metrics;
+mod pipelines;
 mod sse;
 mod webhooks;
 

@@ -249,7 +249,7 @@ async fn a_panic_in_the_scheduler_is_counted_and_the_tick_enqueued_after_all() {
     panicked_once_and_runs(&rt.health(), "scheduler", "enqueue");
     // The loop's first pass enqueues the tick after all.
     let created = world.events.wait_for_any(EventType::JobCreated).await;
-    let job = world.job(created.job_id).await;
+    let job = world.job(created.job_id.expect("a job event")).await;
     assert!(
         job.unique_key
             .as_deref()

@@ -161,6 +161,9 @@ delegate! {
     async fn next_delivery_at(&self) -> Result<Option<OffsetDateTime>, StoreError>;
     async fn record_attempt(&self, id: DeliveryId, outcome: AttemptOutcome) -> Result<Delivery, StoreError>;
     async fn deliveries(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>, StoreError>;
+    async fn pause_pipeline(&self, pipeline: &str) -> Result<bool, StoreError>;
+    async fn resume_pipeline(&self, pipeline: &str) -> Result<bool, StoreError>;
+    async fn paused_pipelines(&self) -> Result<Vec<String>, StoreError>;
 }
 
 /// Records every committed event and wakes waiters.
@@ -218,7 +221,7 @@ impl Recorder {
             .lock()
             .unwrap()
             .iter()
-            .find(|e| e.job_id == job && e.event_type() == ty)
+            .find(|e| e.job_id == Some(job) && e.event_type() == ty)
             .cloned()
     }
 
@@ -228,7 +231,7 @@ impl Recorder {
             .lock()
             .unwrap()
             .iter()
-            .filter(|e| e.job_id == job)
+            .filter(|e| e.job_id == Some(job))
             .map(Event::event_type)
             .collect()
     }
