@@ -71,6 +71,14 @@ impl State {
             .map(|j| j.id)
     }
 
+    /// The job, in any state, that holds the period key `key`.
+    fn period_holder(&self, key: &str) -> Option<JobId> {
+        self.jobs
+            .values()
+            .find(|j| j.period_key.as_deref() == Some(key))
+            .map(|j| j.id)
+    }
+
     fn leased(&self, lease: &Lease) -> Result<Job, StoreError> {
         let job = self
             .jobs
@@ -206,21 +214,12 @@ impl JobStore for MemoryStore {
     }
 
     async fn enqueue(&self, spec: NewJob) -> Result<Job, StoreError> {
-        spec.validate().map_err(StoreError::Invalid)?;
-        let now = self.now();
-        let mut st = self.lock();
-        if let Some(key) = &spec.unique_key
-            && let Some(existing) = st.active_holder(key)
-        {
-            return Err(StoreError::Duplicate {
-                key: key.clone(),
-                existing,
-            });
-        }
-        let job = Job::queued(spec, now);
-        st.jobs.insert(job.id, job.clone());
-        st.commit(now, vec![created(&job)]);
-        Ok(job)
+        let mut jobs = self.enqueue_batch(vec![spec]).await.map_err(|e| match e {
+            StoreError::Batch { error, .. } => *error,
+            other => other,
+        })?;
+        jobs.pop()
+            .ok_or_else(|| StoreError::Conflict("enqueue wrote no job".into()))
     }
 
     async fn enqueue_batch(&self, specs: Vec<NewJob>) -> Result<Vec<Job>, StoreError> {
@@ -235,22 +234,13 @@ impl JobStore for MemoryStore {
         let now = self.now();
         let mut st = self.lock();
         let jobs: Vec<Job> = specs.into_iter().map(|s| Job::queued(s, now)).collect();
-        for (i, job) in jobs.iter().enumerate() {
-            if let Some(key) = &job.unique_key {
-                let earlier = jobs[..i]
-                    .iter()
-                    .find(|j| j.unique_key.as_ref() == Some(key))
-                    .map(|j| j.id);
-                if let Some(existing) = st.active_holder(key).or(earlier) {
-                    return Err(batch_err(
-                        i,
-                        StoreError::Duplicate {
-                            key: key.clone(),
-                            existing,
-                        },
-                    ));
-                }
-            }
+        let duplicate = crate::unique::first_duplicate(
+            &jobs,
+            |key| Ok::<_, StoreError>(st.active_holder(key)),
+            |pkey| Ok(st.period_holder(pkey)),
+        )?;
+        if let Some((i, e)) = duplicate {
+            return Err(batch_err(i, e));
         }
         let staged = jobs.iter().map(created).collect();
         for job in &jobs {
