@@ -25,6 +25,7 @@ use crate::machine::{JobAction, JobStatus, job_transition};
 use crate::outbox::{
     AttemptOutcome, Delivery, DeliveryFilter, DeliveryStatus, WebhookRoute, deliveries_for,
 };
+use crate::unique::Held;
 use crate::store::{
     CancelOutcome, ClaimRequest, Claimed, EventFilter, EventSink, FailureOutcome, JobCount,
     JobFilter, JobPage, JobStore, Lease, Next, Pruned, RecoverScope,
@@ -234,11 +235,12 @@ impl JobStore for MemoryStore {
         let now = self.now();
         let mut st = self.lock();
         let jobs: Vec<Job> = specs.into_iter().map(|s| Job::queued(s, now)).collect();
-        let duplicate = crate::unique::first_duplicate(
-            &jobs,
-            |key| Ok::<_, StoreError>(st.active_holder(key)),
-            |pkey| Ok(st.period_holder(pkey)),
-        )?;
+        let duplicate = crate::unique::first_duplicate(&jobs, |held| {
+            Ok::<_, StoreError>(match held {
+                Held::Active(key) => st.active_holder(key),
+                Held::Period(key) => st.period_holder(key),
+            })
+        })?;
         if let Some((i, e)) = duplicate {
             return Err(batch_err(i, e));
         }

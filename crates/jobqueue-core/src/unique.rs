@@ -141,15 +141,24 @@ pub fn period_key(key: &str, period: Duration, at: OffsetDateTime) -> Option<Str
     ))
 }
 
+/// A key a store looks up for [`first_duplicate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held<'a> {
+    /// A unique key: the queued or running job that holds it.
+    Active(&'a str),
+    /// A period key: the job, in any state, that holds it.
+    Period(&'a str),
+}
+
 /// The first job of `jobs` (a batch about to be inserted) that another job
 /// already holds a key of, as every store decides it: its unique key held by
-/// a queued or running job (`active`) or by an earlier job of the batch, else
-/// its period key held by any job (`period`) or an earlier job of the batch.
-/// Returns the job's index and the error that refuses it.
+/// a queued or running job or by an earlier job of the batch, else its
+/// period key held by any job or an earlier job of the batch. `holder` looks
+/// a key up in the store. Returns the job's index and the error that
+/// refuses it.
 pub fn first_duplicate<E>(
     jobs: &[Job],
-    mut active: impl FnMut(&str) -> Result<Option<JobId>, E>,
-    mut period: impl FnMut(&str) -> Result<Option<JobId>, E>,
+    mut holder: impl FnMut(Held<'_>) -> Result<Option<JobId>, E>,
 ) -> Result<Option<(usize, StoreError)>, E> {
     for (i, job) in jobs.iter().enumerate() {
         let earlier = &jobs[..i];
@@ -157,7 +166,7 @@ pub fn first_duplicate<E>(
             let in_batch = earlier.iter().find(|j| j.unique_key.as_ref() == Some(key));
             let holder = match in_batch {
                 Some(j) => Some(j.id),
-                None => active(key)?,
+                None => holder(Held::Active(key))?,
             };
             if let Some(existing) = holder {
                 let key = key.clone();
@@ -168,7 +177,7 @@ pub fn first_duplicate<E>(
             let in_batch = earlier.iter().find(|j| j.period_key.as_ref() == Some(pkey));
             let holder = match in_batch {
                 Some(j) => Some(j.id),
-                None => period(pkey)?,
+                None => holder(Held::Period(pkey))?,
             };
             if let Some(existing) = holder {
                 return Ok(Some((i, period_duplicate(pkey, existing))));

@@ -502,6 +502,7 @@ fn hot_queries_use_indexes() {
         // recovery, unique keys
         "SELECT * FROM jobs WHERE status = ?1 ORDER BY id",
         "SELECT id FROM jobs WHERE unique_key = ?1 AND status IN (?2, ?3)",
+        "SELECT id FROM jobs WHERE period_key = ?1",
         // due deliveries, event replay
         "SELECT * FROM webhook_deliveries WHERE status = ?1 AND next_attempt_at <= ?2 \
          ORDER BY next_attempt_at, event_seq, id LIMIT ?3",
@@ -519,6 +520,7 @@ fn hot_queries_use_indexes() {
         (queries[4], "jobs_finished"),
         (queries[5], "jobs_stale"),
         (queries[7], "jobs_unique_key"),
+        (queries[8], "jobs_period_key"),
     ] {
         let plan = plan_of(q);
         assert!(
@@ -969,9 +971,11 @@ fn fixed_inserts_do_not_change_shape() {
         cancel_requested: false,
         lease: None,
         lease_expires_at: None,
+        period_key: None,
     };
     let full = JobRow {
         unique_key: Some("k".into()),
+        period_key: Some("k@2030-01-01T00:00:00Z/60s".into()),
         started_at: Some(1),
         finished_at: Some(1),
         stale_at: Some(1),
