@@ -18,6 +18,8 @@
 //!   each commit that the file is still the one it opened; a small **pool
 //!   of reader threads** serves the reads. Both take work through bounded
 //!   queues.
+//! - [`SqliteStore::enqueue_with`] runs the program's own diesel
+//!   statements and the enqueue of jobs in one transaction of the writer.
 //! - `src/schema.rs` is generated from the migrations by [`codegen`].
 //!
 //! ```no_run
@@ -42,8 +44,10 @@ mod schema;
 mod store;
 #[cfg(test)]
 mod tests;
+mod user_tx;
 mod writer;
 
 pub use conn::{SqliteOptions, Synchronous};
 pub use migrate::MIGRATIONS;
 pub use store::SqliteStore;
+pub use user_tx::UserTxError;
