@@ -90,6 +90,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 mod tx;
+mod user_tx;
 
 pub use migrate::MIGRATIONS;
 pub use options::PostgresOptions;
