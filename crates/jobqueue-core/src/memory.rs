@@ -25,11 +25,11 @@ use crate::machine::{JobAction, JobStatus, job_transition};
 use crate::outbox::{
     AttemptOutcome, Delivery, DeliveryFilter, DeliveryStatus, WebhookRoute, deliveries_for,
 };
-use crate::unique::Held;
 use crate::store::{
     CancelOutcome, ClaimRequest, Claimed, EventFilter, EventSink, FailureOutcome, JobCount,
     JobFilter, JobPage, JobStore, Lease, Next, Pruned, RecoverScope,
 };
+use crate::unique::Held;
 
 /// The page size of [`JobStore::list`] when the filter gives none.
 pub const DEFAULT_PAGE: usize = 50;

@@ -38,12 +38,12 @@ use diesel::sql_types::{
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use jobqueue_core::apply::lease_until;
 use jobqueue_core::machine::job_transition;
+use jobqueue_core::unique::Held;
 use jobqueue_core::{
     AttemptOutcome, CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryId, DeliveryStatus,
     ErrorKind, EventData, FailureOutcome, Job, JobAction, JobError, JobId, JobStatus, Lease,
     LeaseToken, NewJob, Progress, Pruned, RecoverScope, StoreError,
 };
-use jobqueue_core::unique::Held;
 use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -397,8 +397,14 @@ async fn holders(
     conn: &mut AsyncPgConnection,
     jobs: &[Job],
 ) -> Result<(HashMap<String, JobId>, HashMap<String, JobId>), StoreError> {
-    let keys: Vec<&str> = jobs.iter().filter_map(|j| j.unique_key.as_deref()).collect();
-    let period_keys: Vec<&str> = jobs.iter().filter_map(|j| j.period_key.as_deref()).collect();
+    let keys: Vec<&str> = jobs
+        .iter()
+        .filter_map(|j| j.unique_key.as_deref())
+        .collect();
+    let period_keys: Vec<&str> = jobs
+        .iter()
+        .filter_map(|j| j.period_key.as_deref())
+        .collect();
     let active_holders = if keys.is_empty() {
         HashMap::new()
     } else {

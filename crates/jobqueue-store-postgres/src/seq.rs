@@ -154,7 +154,12 @@ impl Sequencer {
 
     /// Reserves the numbers, and the place in the queue if `queued`: taken
     /// under the connection's mutex, so places are in number order.
-    async fn reserve_numbers(&self, count: i64, owner: i64, queued: bool) -> Result<u64, StoreError> {
+    async fn reserve_numbers(
+        &self,
+        count: i64,
+        owner: i64,
+        queued: bool,
+    ) -> Result<u64, StoreError> {
         let mut guard = self.conn.lock().await;
         if guard.is_none() {
             // Every appending transaction waits for this: bounded.

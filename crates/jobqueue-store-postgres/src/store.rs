@@ -130,18 +130,14 @@ impl PostgresStore {
     ///
     /// ```no_run
     /// use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-    /// use diesel_async::scoped_futures::ScopedFutureExt;
-    /// use jobqueue_core::NewJob;
+    ///     /// use jobqueue_core::NewJob;
     /// use jobqueue_store_postgres::PostgresStore;
     ///
     /// # async fn demo(store: PostgresStore, conn: &mut AsyncPgConnection) -> Result<(), Box<dyn std::error::Error>> {
     /// let job = conn
-    ///     .transaction::<_, Box<dyn std::error::Error + Send + Sync>, _>(|conn| {
-    ///         async move {
-    ///             diesel::sql_query("INSERT INTO orders (id) VALUES (1)").execute(conn).await?;
-    ///             Ok(store.enqueue_in(conn, NewJob::new("ship")).await?)
-    ///         }
-    ///         .scope_boxed()
+    ///     .transaction::<_, Box<dyn std::error::Error + Send + Sync>, _>(async |conn| {
+    ///         diesel::sql_query("INSERT INTO orders (id) VALUES (1)").execute(conn).await?;
+    ///         Ok(store.enqueue_in(conn, NewJob::new("ship")).await?)
     ///     })
     ///     .await?;
     /// # let _ = job;

@@ -104,7 +104,9 @@ async fn enqueue_in_savepoint(
     now: time::OffsetDateTime,
     specs: Vec<NewJob>,
 ) -> InSavepoint {
-    let restore = enter_schema(conn, inner.schema.as_deref()).await.map_err(|e| (e, None))?;
+    let restore = enter_schema(conn, inner.schema.as_deref())
+        .await
+        .map_err(|e| (e, None))?;
     let jobs = crate::ops::insert_new(conn, now, specs)
         .await
         .map_err(|e| (e, None))?;

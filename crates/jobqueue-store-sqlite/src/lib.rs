@@ -51,3 +51,8 @@ pub use conn::{SqliteOptions, Synchronous};
 pub use migrate::MIGRATIONS;
 pub use store::SqliteStore;
 pub use user_tx::UserTxError;
+
+/// diesel's SQLite connection, which [`SqliteStore::enqueue_with`] hands
+/// its closure (so a program names it without depending on the same
+/// diesel version by accident).
+pub use diesel::sqlite::SqliteConnection;

@@ -14,12 +14,12 @@ use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::sql_types::{BigInt, Text};
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use jobqueue_core::apply::lease_until;
-use jobqueue_core::unique::Held;
 use jobqueue_core::machine::job_transition;
+use jobqueue_core::unique::Held;
 use jobqueue_core::{
     AttemptOutcome, CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryId, DeliveryStatus,
-    ErrorKind, EventData, FailureOutcome, Job, JobAction, JobError, JobId, JobStatus, Lease, NewJob, Next,
-    Progress, Pruned, RecoverScope, StoreError,
+    ErrorKind, EventData, FailureOutcome, Job, JobAction, JobError, JobId, JobStatus, Lease,
+    NewJob, Next, Progress, Pruned, RecoverScope, StoreError,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -220,8 +220,9 @@ pub(crate) fn enqueue(tx: &mut Tx<'_>, spec: NewJob) -> Result<Job, StoreError> 
         StoreError::Batch { error, .. } => *error,
         other => other,
     })?;
-    jobs.pop()
-        .ok_or_else(|| StoreError::backend(ErrorKind::Internal, "sqlite store: enqueue wrote no job"))
+    jobs.pop().ok_or_else(|| {
+        StoreError::backend(ErrorKind::Internal, "sqlite store: enqueue wrote no job")
+    })
 }
 
 pub(crate) fn enqueue_batch(tx: &mut Tx<'_>, specs: Vec<NewJob>) -> Result<Vec<Job>, StoreError> {

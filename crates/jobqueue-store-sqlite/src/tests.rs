@@ -420,7 +420,10 @@ async fn enqueue_with_commits_or_rolls_back_alone_in_a_group() {
         })
         .await
         .unwrap();
-    store.enqueue(NewJob::new("tx").unique_key("held")).await.unwrap();
+    store
+        .enqueue(NewJob::new("tx").unique_key("held"))
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for i in 0..200i64 {
         let store = store.clone();
@@ -470,18 +473,22 @@ async fn enqueue_with_commits_or_rolls_back_alone_in_a_group() {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    let mut conn = diesel::SqliteConnection::establish(
-        dir.path().join("jobs.db").to_str().unwrap(),
-    )
-    .unwrap();
+    let mut conn =
+        diesel::SqliteConnection::establish(dir.path().join("jobs.db").to_str().unwrap()).unwrap();
     // Only the committed closures' rows, each with its job.
     assert_eq!(count(&mut conn, "SELECT count(*) AS n FROM orders"), 50);
     assert_eq!(
-        count(&mut conn, "SELECT count(*) AS n FROM orders WHERE id % 4 != 1"),
+        count(
+            &mut conn,
+            "SELECT count(*) AS n FROM orders WHERE id % 4 != 1"
+        ),
         0
     );
     assert_eq!(
-        count(&mut conn, "SELECT count(*) AS n FROM jobs WHERE pipeline = 'tx'"),
+        count(
+            &mut conn,
+            "SELECT count(*) AS n FROM jobs WHERE pipeline = 'tx'"
+        ),
         51
     );
     assert_eq!(count(&mut conn, "SELECT count(*) AS n FROM jobs"), 101);
@@ -498,7 +505,9 @@ async fn enqueue_with_commits_or_rolls_back_alone_in_a_group() {
     assert!(matches!(r, Err(crate::UserTxError::Store(e)) if e.kind() == ErrorKind::Invalid));
     // A panicking closure fails its call only.
     let r = store
-        .enqueue_with(vec![NewJob::new("tx")], |_| -> Result<(), String> { panic!("boom") })
+        .enqueue_with(vec![NewJob::new("tx")], |_| -> Result<(), String> {
+            panic!("boom")
+        })
         .await;
     assert!(matches!(r, Err(crate::UserTxError::Store(e)) if e.kind() == ErrorKind::Internal));
     store.enqueue(NewJob::new("after")).await.unwrap();
