@@ -47,7 +47,7 @@ pub fn input_key(pipeline: &str, input: &Value) -> String {
     hasher.update([0u8]);
     hasher.update(canonical_json(input).as_bytes());
     let digest = hasher.finalize();
-    let mut key = String::with_capacity(INPUT_KEY_PREFIX.len() + 64);
+    let mut key = String::with_capacity(INPUT_KEY_PREFIX.len().saturating_add(64));
     key.push_str(INPUT_KEY_PREFIX);
     for byte in digest {
         // Writing to a String cannot fail.

@@ -433,6 +433,10 @@ async fn open_sqlite(
 #[derive(Clone)]
 pub struct JobQueue {
     store: Arc<dyn JobStore>,
+    #[cfg_attr(
+        not(any(feature = "sqlite", feature = "postgres")),
+        expect(dead_code, reason = "only the SQLite and PostgreSQL stores are typed")
+    )]
     typed: TypedStore,
     runtime: Arc<Runtime>,
     bus: EventBus,
