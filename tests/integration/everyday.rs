@@ -1,6 +1,7 @@
 //! The everyday API through the façade, on every store (and on PostgreSQL
 //! when `JOBQUEUE_TEST_POSTGRES_URL` is set): application state in phases,
-//! `wait`, `drain`, `counts`, `enqueue_many` and typed pipelines.
+//! `wait`, `drain`, `counts`, `enqueue_many`, typed pipelines, unique jobs
+//! (by key, by input, within a period).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -409,6 +410,66 @@ async fn enqueue_unique_returns_the_existing_job(builder: JobQueueBuilder) {
     queue.shutdown().await;
 }
 
+/// Uniqueness by input, and within a period: a job created in the same
+/// window holds the key in every state, `enqueue_unique` returns it, and a
+/// key without a period is free again once its job ended.
+async fn uniqueness_by_input_and_period(builder: JobQueueBuilder) {
+    let queue = start(builder).await;
+    // About ten years: no test run straddles a window's end.
+    let decade = Duration::from_secs(3650 * 24 * 3600);
+    let job = NewJob::new("flaky")
+        .input(json!({"fail": false, "order": 7}))
+        .unique_by_input()
+        .unique_for(decade);
+    let first = queue.enqueue_unique(job.clone()).await.unwrap().into_job();
+    let key = first.unique_key.clone().unwrap();
+    assert!(key.starts_with("input:"), "{key}");
+    assert!(
+        first
+            .period_key
+            .as_deref()
+            .is_some_and(|p| p.starts_with(&key))
+    );
+    let done = within("the first job", queue.wait(first.id)).await.unwrap();
+    assert_eq!(done.status, JobStatus::Completed);
+    // Completed, it still holds the window: the same input (keys in
+    // another order) is refused, or returned.
+    let same = NewJob::new("flaky")
+        .input(json!({"order": 7, "fail": false}))
+        .unique_by_input()
+        .unique_for(decade);
+    match queue.enqueue_job(same.clone()).await.unwrap_err() {
+        jobqueue::Error::Store(e) => {
+            assert_eq!(e.kind(), ErrorKind::Duplicate);
+            assert_eq!(e.duplicate_of(), Some(first.id));
+            assert!(e.to_string().contains("same window"), "{e}");
+        }
+        other => panic!("expected a duplicate, got {other:?}"),
+    }
+    match queue.enqueue_unique(same).await.unwrap() {
+        Enqueued::Existing(j) => {
+            assert_eq!(j.id, first.id);
+            assert_eq!(j.status, JobStatus::Completed);
+        }
+        Enqueued::Created(j) => panic!("enqueued a second job {j:?}"),
+    }
+    // Another input is another key.
+    let other = NewJob::new("flaky")
+        .input(json!({"fail": false, "order": 8}))
+        .unique_by_input()
+        .unique_for(decade);
+    assert!(queue.enqueue_unique(other).await.unwrap().is_created());
+    // Without a period, a key made from the input is held only while its
+    // job is queued or running.
+    let active_only = NewJob::new("flaky")
+        .input(json!({"fail": false, "order": 7}))
+        .unique_by_input();
+    let again = queue.enqueue_job(active_only).await.unwrap();
+    assert_eq!(again.unique_key.as_deref(), Some(key.as_str()));
+    assert_eq!(again.period_key, None);
+    queue.shutdown().await;
+}
+
 #[test]
 fn a_bad_phase_policy_is_refused_at_build() {
     let bad = Pipeline::new("bad").phase_with(
@@ -472,4 +533,5 @@ on_every_store!(
     phase_options_override_the_pipeline,
     a_phase_can_cancel_its_job,
     enqueue_unique_returns_the_existing_job,
+    uniqueness_by_input_and_period,
 );

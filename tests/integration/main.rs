@@ -56,6 +56,7 @@ mod postgres;
 mod retention;
 mod runtime;
 mod schedules;
+mod transactional;
 
 /// A test's world: a store (that survives "restarts"), a clock, a temp dir.
 struct Env {

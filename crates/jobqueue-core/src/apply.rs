@@ -99,13 +99,19 @@ impl Job {
     /// phases `pending`, `run_at` now unless the spec says later. The spec
     /// must have passed [`NewJob::validate`].
     pub fn queued(spec: NewJob, now: OffsetDateTime) -> Self {
+        let unique_key = spec.effective_unique_key();
+        let period_key = match (&unique_key, spec.unique_for) {
+            (Some(key), Some(period)) => crate::unique::period_key(key, period, now),
+            _ => None,
+        };
         Self {
             id: JobId::new(),
             pipeline: spec.pipeline,
             status: JobStatus::Queued,
             input: spec.input,
             priority: spec.priority,
-            unique_key: spec.unique_key,
+            unique_key,
+            period_key,
             attempt: 0,
             max_attempts: spec
                 .max_attempts

@@ -59,6 +59,17 @@ pub enum StoreError {
         /// The job that holds it.
         existing: JobId,
     },
+    /// A job created in the same window of its unique period holds the
+    /// period key, in whatever state it is (see [`crate::unique`]).
+    #[error(
+        "job {existing} holds the period key {period_key:?}: it was created in the same window of the unique period"
+    )]
+    DuplicateInPeriod {
+        /// The period key: the unique key, the window's start and the period.
+        period_key: String,
+        /// The job that holds it.
+        existing: JobId,
+    },
     /// The input is wrong; nothing was written.
     #[error("invalid job: {0}")]
     Invalid(String),
@@ -108,11 +119,25 @@ impl StoreError {
         }
     }
 
+    /// The job that holds the key a refused enqueue wanted, for
+    /// [`Duplicate`](Self::Duplicate) and
+    /// [`DuplicateInPeriod`](Self::DuplicateInPeriod) (also inside a
+    /// [`Batch`](Self::Batch) error).
+    pub fn duplicate_of(&self) -> Option<JobId> {
+        match self {
+            Self::Duplicate { existing, .. } | Self::DuplicateInPeriod { existing, .. } => {
+                Some(*existing)
+            }
+            Self::Batch { error, .. } => error.duplicate_of(),
+            _ => None,
+        }
+    }
+
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::JobNotFound(_) | Self::DeliveryNotFound(_) => ErrorKind::NotFound,
-            Self::Duplicate { .. } => ErrorKind::Duplicate,
+            Self::Duplicate { .. } | Self::DuplicateInPeriod { .. } => ErrorKind::Duplicate,
             Self::Invalid(_) | Self::NoSuchPhase { .. } => ErrorKind::Invalid,
             Self::Batch { error, .. } => error.kind(),
             Self::Transition(_) | Self::Conflict(_) => ErrorKind::Conflict,

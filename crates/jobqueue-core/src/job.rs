@@ -107,6 +107,16 @@ pub struct NewJob {
     pub run_at: Option<OffsetDateTime>,
     /// At most one queued or running job holds a given key.
     pub unique_key: Option<String>,
+    /// The unique key is made from the pipeline and the input
+    /// ([`crate::unique::input_key`]) instead of given; exclusive with
+    /// `unique_key`.
+    #[serde(default)]
+    pub unique_by_input: bool,
+    /// The job also holds its key (given or made from the input) for the
+    /// window of this period it is created in, in every state, until it is
+    /// deleted ([`crate::unique`]). A whole number of seconds, at least one.
+    #[serde(default)]
+    pub unique_for: Option<std::time::Duration>,
     /// Attempts before the job fails for good (at least 1). `None` takes
     /// the pipeline's retry policy's where the enqueuer knows the pipeline
     /// (the façade does), else [`DEFAULT_MAX_ATTEMPTS`].
@@ -139,6 +149,8 @@ impl NewJob {
             priority: 0,
             run_at: None,
             unique_key: None,
+            unique_by_input: false,
+            unique_for: None,
             max_attempts: None,
             webhook_url: None,
             phases: Vec::new(),
@@ -193,6 +205,35 @@ impl NewJob {
         self
     }
 
+    /// Makes the unique key from the pipeline and the input (whatever input
+    /// the job has when it is enqueued): at most one queued or running job
+    /// of a pipeline has a given input. See [`crate::unique::input_key`].
+    pub fn unique_by_input(mut self) -> Self {
+        self.unique_by_input = true;
+        self
+    }
+
+    /// Holds the job's key (its `unique_key`, or the key made from its input)
+    /// for the window of `period` in which it is created, in every state:
+    /// another job with the key created in the same window is refused with
+    /// [`DuplicateInPeriod`](crate::StoreError::DuplicateInPeriod). Windows
+    /// are fixed multiples of the period since the Unix epoch
+    /// ([`crate::unique`]).
+    pub fn unique_for(mut self, period: std::time::Duration) -> Self {
+        self.unique_for = Some(period);
+        self
+    }
+
+    /// The key the job will hold while queued or running: its `unique_key`,
+    /// or the key made from its input with `unique_by_input`.
+    pub fn effective_unique_key(&self) -> Option<String> {
+        if self.unique_by_input {
+            Some(crate::unique::input_key(&self.pipeline, &self.input))
+        } else {
+            self.unique_key.clone()
+        }
+    }
+
     /// Sets the attempt budget.
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = Some(n);
@@ -223,6 +264,15 @@ impl NewJob {
         }
         if let Some(key) = &self.unique_key {
             check_name("unique_key", key)?;
+            if self.unique_by_input {
+                return Err("set unique_key or unique_by_input, not both".to_owned());
+            }
+        }
+        if let Some(period) = self.unique_for {
+            crate::unique::check_period(period)?;
+            if self.unique_key.is_none() && !self.unique_by_input {
+                return Err("unique_for needs a unique_key or unique_by_input".to_owned());
+            }
         }
         for (i, name) in self.phases.iter().enumerate() {
             check_name("phase name", name)?;
@@ -362,8 +412,14 @@ pub struct Job {
     pub input: Value,
     /// Higher runs first.
     pub priority: i32,
-    /// Its unique key, held while it is queued or running.
+    /// Its unique key, held while it is queued or running (made from the
+    /// input for a job enqueued with `unique_by_input`).
     pub unique_key: Option<String>,
+    /// Its key and the window of its unique period
+    /// ([`crate::unique::period_key`]), held in every state until the job is
+    /// deleted; `None` without a unique period.
+    #[serde(default)]
+    pub period_key: Option<String>,
     /// Attempts started so far.
     pub attempt: u32,
     /// The attempt budget.

@@ -36,6 +36,7 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod timefmt;
+pub mod unique;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ErrorKind, StoreError};

@@ -29,6 +29,7 @@ use crate::store::{
     CancelOutcome, ClaimRequest, Claimed, EventFilter, EventSink, FailureOutcome, JobCount,
     JobFilter, JobPage, JobStore, Lease, Next, Pruned, RecoverScope,
 };
+use crate::unique::Held;
 
 /// The page size of [`JobStore::list`] when the filter gives none.
 pub const DEFAULT_PAGE: usize = 50;
@@ -90,6 +91,14 @@ impl State {
         self.jobs
             .values()
             .find(|j| j.status.is_active() && j.unique_key.as_deref() == Some(key))
+            .map(|j| j.id)
+    }
+
+    /// The job, in any state, that holds the period key `key`.
+    fn period_holder(&self, key: &str) -> Option<JobId> {
+        self.jobs
+            .values()
+            .find(|j| j.period_key.as_deref() == Some(key))
             .map(|j| j.id)
     }
 
@@ -315,24 +324,12 @@ impl JobStore for MemoryStore {
     }
 
     async fn enqueue(&self, spec: NewJob) -> Result<Job, StoreError> {
-        spec.validate().map_err(StoreError::Invalid)?;
-        let now = self.now();
-        let mut st = self.lock();
-        if let Some(key) = &spec.unique_key
-            && let Some(existing) = st.active_holder(key)
-        {
-            return Err(StoreError::Duplicate {
-                key: key.clone(),
-                existing,
-            });
-        }
-        let unmet = st.unmet_dependencies(&spec)?;
-        let policy = spec.on_dependency_failure;
-        let job = Job::queued(spec, now);
-        st.wait_for(&job, unmet, policy);
-        st.jobs.insert(job.id, job.clone());
-        st.commit(now, vec![created(&job)]);
-        Ok(job)
+        let mut jobs = self.enqueue_batch(vec![spec]).await.map_err(|e| match e {
+            StoreError::Batch { error, .. } => *error,
+            other => other,
+        })?;
+        jobs.pop()
+            .ok_or_else(|| StoreError::Conflict("enqueue wrote no job".into()))
     }
 
     async fn enqueue_batch(&self, specs: Vec<NewJob>) -> Result<Vec<Job>, StoreError> {
@@ -352,22 +349,14 @@ impl JobStore for MemoryStore {
             waits.push((unmet, spec.on_dependency_failure));
         }
         let jobs: Vec<Job> = specs.into_iter().map(|s| Job::queued(s, now)).collect();
-        for (i, job) in jobs.iter().enumerate() {
-            if let Some(key) = &job.unique_key {
-                let earlier = jobs[..i]
-                    .iter()
-                    .find(|j| j.unique_key.as_ref() == Some(key))
-                    .map(|j| j.id);
-                if let Some(existing) = st.active_holder(key).or(earlier) {
-                    return Err(batch_err(
-                        i,
-                        StoreError::Duplicate {
-                            key: key.clone(),
-                            existing,
-                        },
-                    ));
-                }
-            }
+        let duplicate = crate::unique::first_duplicate(&jobs, |held| {
+            Ok::<_, StoreError>(match held {
+                Held::Active(key) => st.active_holder(key),
+                Held::Period(key) => st.period_holder(key),
+            })
+        })?;
+        if let Some((i, e)) = duplicate {
+            return Err(batch_err(i, e));
         }
         let staged = jobs.iter().map(created).collect();
         for (job, (unmet, policy)) in jobs.iter().zip(waits) {

@@ -236,7 +236,10 @@ impl From<StoreError> for ApiError {
         }
         let error = ApiError::new(code, e.to_string());
         match e {
-            StoreError::Duplicate { existing, .. } => error.with("job_id", job_id(existing)),
+            StoreError::Duplicate { existing, .. }
+            | StoreError::DuplicateInPeriod { existing, .. } => {
+                error.with("job_id", job_id(existing))
+            }
             _ => error,
         }
     }

@@ -14,7 +14,7 @@
 //! enqueue waits, then sees how it ended).
 
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use jobqueue_core::apply::check_dependency;
 use jobqueue_core::{DependencyFailure, Job, JobId, JobStatus, NewJob, StoreError};
 use uuid::Uuid;
@@ -26,7 +26,10 @@ use crate::tx::Tx;
 /// The dependencies of `spec` still to complete, each locked `FOR SHARE`
 /// until the transaction ends, or `Invalid` when one does not exist or can
 /// never complete.
-pub(crate) async fn unmet(tx: &mut Tx, spec: &NewJob) -> Result<Vec<JobId>, StoreError> {
+pub(crate) async fn unmet(
+    conn: &mut AsyncPgConnection,
+    spec: &NewJob,
+) -> Result<Vec<JobId>, StoreError> {
     let ids = spec.dependencies();
     if ids.is_empty() {
         return Ok(ids);
@@ -37,7 +40,7 @@ pub(crate) async fn unmet(tx: &mut Tx, spec: &NewJob) -> Result<Vec<JobId>, Stor
         .select((jobs::id, jobs::status))
         .order(jobs::id)
         .for_share()
-        .load(tx.conn())
+        .load(conn)
         .await
         .map_err(db_err)?;
     let mut unmet = Vec::with_capacity(ids.len());
@@ -59,7 +62,7 @@ pub(crate) async fn unmet(tx: &mut Tx, spec: &NewJob) -> Result<Vec<JobId>, Stor
 
 /// Records that `job` waits for `unmet`.
 pub(crate) async fn insert(
-    tx: &mut Tx,
+    conn: &mut AsyncPgConnection,
     job: &Job,
     unmet: &[JobId],
     policy: DependencyFailure,
@@ -79,7 +82,7 @@ pub(crate) async fn insert(
         .collect();
     diesel::insert_into(job_dependencies::table)
         .values(rows)
-        .execute(tx.conn())
+        .execute(conn)
         .await
         .map_err(db_err)?;
     Ok(())

@@ -34,6 +34,9 @@ use jobqueue_core::{ErrorKind, StoreError};
 /// The unique index that holds unique keys of active jobs.
 pub(crate) const UNIQUE_KEY_INDEX: &str = "jobs_unique_key";
 
+/// The unique index that holds period keys, in every state.
+pub(crate) const PERIOD_KEY_INDEX: &str = "jobs_period_key";
+
 /// The kind of a diesel query failure.
 fn kind_of(e: &DieselError) -> ErrorKind {
     match e {
@@ -59,7 +62,7 @@ fn kind_of(e: &DieselError) -> ErrorKind {
 /// without naming the holder: the operation that hit it looks the holder up
 /// and returns a full [`StoreError::Duplicate`] instead.
 pub(crate) fn db_err(e: DieselError) -> StoreError {
-    let kind = if is_unique_key_violation(&e) {
+    let kind = if is_unique_key_violation(&e) || is_period_key_violation(&e) {
         ErrorKind::Duplicate
     } else {
         kind_of(&e)
@@ -81,6 +84,16 @@ pub(crate) fn is_unique_key_violation(e: &DieselError) -> bool {
         e,
         DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
             if info.constraint_name() == Some(UNIQUE_KEY_INDEX)
+    )
+}
+
+/// Whether `e` is the period-key index refusing a second job of a window
+/// (SQLSTATE 23505 on [`PERIOD_KEY_INDEX`]).
+pub(crate) fn is_period_key_violation(e: &DieselError) -> bool {
+    matches!(
+        e,
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
+            if info.constraint_name() == Some(PERIOD_KEY_INDEX)
     )
 }
 

@@ -91,7 +91,12 @@ mod store;
 #[cfg(test)]
 mod tests;
 mod tx;
+mod user_tx;
 
 pub use migrate::MIGRATIONS;
 pub use options::PostgresOptions;
 pub use store::PostgresStore;
+
+/// diesel-async's PostgreSQL connection, on which
+/// [`PostgresStore::enqueue_in`] enqueues.
+pub use diesel_async::AsyncPgConnection;

@@ -38,6 +38,7 @@ use diesel::sql_types::{
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use jobqueue_core::apply::lease_until;
 use jobqueue_core::machine::job_transition;
+use jobqueue_core::unique::Held;
 use jobqueue_core::{
     AttemptOutcome, CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryId, DeliveryStatus,
     ErrorKind, EventData, FailureOutcome, Job, JobAction, JobError, JobId, JobStatus, Lease,
@@ -48,10 +49,10 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::deps;
-use crate::error::{db_err, internal, is_unique_key_violation};
+use crate::error::{db_err, internal, is_period_key_violation, is_unique_key_violation};
 use crate::rows::{DeliveryRow, JobRow, PhaseRow, columns, jobs_of, sql_count};
 use crate::schema::{jobs, paused_pipelines, phases, webhook_deliveries};
-use crate::tx::Tx;
+use crate::tx::{Tx, release, roll_back_to_savepoint, savepoint};
 
 /// How often an insert that lost a unique-key race looks for the holder
 /// again before it gives up with `Busy`: the holder it raced can only end
@@ -60,7 +61,7 @@ use crate::tx::Tx;
 const UNIQUE_KEY_ROUNDS: usize = 8;
 
 /// The most jobs one `INSERT` writes (PostgreSQL takes at most 65535
-/// parameters a statement; a job row has 24).
+/// parameters a statement; a job row has 25).
 const INSERT_CHUNK: usize = 1000;
 
 /// `'a', 'b'`: the names of the job statuses `pick` selects, as SQL
@@ -232,6 +233,7 @@ fn check_fixed(before: &Job, after: &Job) -> Result<(), StoreError> {
         && before.pipeline == after.pipeline
         && before.priority == after.priority
         && before.unique_key == after.unique_key
+        && before.period_key == after.period_key
         && before.max_attempts == after.max_attempts
         && before.created_at == after.created_at
         && before.webhook_url == after.webhook_url
@@ -401,8 +403,41 @@ async fn insert_jobs(
     Ok(())
 }
 
-/// The active (queued or running) holders of `keys`.
+/// The holders of the keys of `jobs`: the active (queued or running)
+/// holders of their unique keys, and the holders of their period keys in
+/// any state.
 async fn holders(
+    conn: &mut AsyncPgConnection,
+    jobs: &[Job],
+) -> Result<(HashMap<String, JobId>, HashMap<String, JobId>), StoreError> {
+    let keys: Vec<&str> = jobs
+        .iter()
+        .filter_map(|j| j.unique_key.as_deref())
+        .collect();
+    let period_keys: Vec<&str> = jobs
+        .iter()
+        .filter_map(|j| j.period_key.as_deref())
+        .collect();
+    let active_holders = if keys.is_empty() {
+        HashMap::new()
+    } else {
+        active_holders(conn, &keys).await?
+    };
+    let mut period_holders = HashMap::new();
+    if !period_keys.is_empty() {
+        let rows: Vec<(Option<String>, Uuid)> = jobs::table
+            .filter(jobs::period_key.eq_any(period_keys))
+            .select((jobs::period_key, jobs::id))
+            .load(conn)
+            .await
+            .map_err(db_err)?;
+        period_holders = by_key(rows);
+    }
+    Ok((active_holders, period_holders))
+}
+
+/// The active (queued or running) holders of `keys`.
+async fn active_holders(
     conn: &mut AsyncPgConnection,
     keys: &[&str],
 ) -> Result<HashMap<String, JobId>, StoreError> {
@@ -418,38 +453,59 @@ async fn holders(
         .load(conn)
         .await
         .map_err(db_err)?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(k, id)| k.map(|k| (k, JobId::from_uuid(id))))
-        .collect())
+    Ok(by_key(rows))
 }
 
-/// The first job of `jobs` whose key is held by an active job or an
-/// earlier job of the batch, as `MemoryStore` decides it.
-fn first_duplicate(jobs: &[Job], holders: &HashMap<String, JobId>) -> Option<StoreError> {
-    jobs.iter().enumerate().find_map(|(i, job)| {
-        let key = job.unique_key.as_ref()?;
-        let earlier = jobs[..i]
-            .iter()
-            .find(|j| j.unique_key.as_ref() == Some(key))
-            .map(|j| j.id);
-        let existing = holders.get(key).copied().or(earlier)?;
-        Some(StoreError::Batch {
-            index: i,
-            error: Box::new(StoreError::Duplicate {
-                key: key.clone(),
-                existing,
-            }),
+fn by_key(rows: Vec<(Option<String>, Uuid)>) -> HashMap<String, JobId> {
+    rows.into_iter()
+        .filter_map(|(k, id)| k.map(|k| (k, JobId::from_uuid(id))))
+        .collect()
+}
+
+/// The first job of `jobs` whose key is held, as every store decides it
+/// ([`jobqueue_core::unique::first_duplicate`]), as the batch's error.
+fn first_duplicate(
+    jobs: &[Job],
+    (active, period): &(HashMap<String, JobId>, HashMap<String, JobId>),
+) -> Option<StoreError> {
+    let found = jobqueue_core::unique::first_duplicate(jobs, |held| {
+        Ok::<_, std::convert::Infallible>(match held {
+            Held::Active(key) => active.get(key).copied(),
+            Held::Period(key) => period.get(key).copied(),
         })
-    })
+    });
+    match found {
+        Ok(Some((index, error))) => Some(StoreError::Batch {
+            index,
+            error: Box::new(error),
+        }),
+        Ok(None) | Err(_) => None,
+    }
 }
 
 /// Persists `specs` (all or none) with their `job.created` events. A unique
-/// key held by an active job, or twice in the batch, is refused by the
-/// partial unique index (SQLSTATE 23505 on `jobs_unique_key`) and reported
-/// as `Duplicate` naming the holder, at the first job of the batch that
+/// key held by an active job, or a period key held by any job, or either
+/// twice in the batch, is refused by its unique index (SQLSTATE 23505 on
+/// `jobs_unique_key` or `jobs_period_key`) and reported as `Duplicate` or
+/// `DuplicateInPeriod` naming the holder, at the first job of the batch that
 /// has one.
 pub(crate) async fn enqueue(tx: &mut Tx, specs: Vec<NewJob>) -> Result<Vec<Job>, StoreError> {
+    let now = tx.now;
+    let jobs = insert_new(tx.conn(), now, specs).await?;
+    for job in &jobs {
+        tx.emit(job, job.created_event());
+    }
+    Ok(jobs)
+}
+
+/// Inserts the jobs of `specs`, enqueued at `now`, on `conn` (inside its
+/// transaction), as [`enqueue`] does, without their events: the caller
+/// appends them.
+pub(crate) async fn insert_new(
+    conn: &mut AsyncPgConnection,
+    now: OffsetDateTime,
+    specs: Vec<NewJob>,
+) -> Result<Vec<Job>, StoreError> {
     for (i, spec) in specs.iter().enumerate() {
         check_spec(spec).map_err(|e| StoreError::Batch {
             index: i,
@@ -458,48 +514,47 @@ pub(crate) async fn enqueue(tx: &mut Tx, specs: Vec<NewJob>) -> Result<Vec<Job>,
     }
     let mut waits = Vec::with_capacity(specs.len());
     for (i, spec) in specs.iter().enumerate() {
-        let unmet = deps::unmet(tx, spec).await.map_err(|e| StoreError::Batch {
-            index: i,
-            error: Box::new(e),
-        })?;
+        let unmet = deps::unmet(conn, spec)
+            .await
+            .map_err(|e| StoreError::Batch {
+                index: i,
+                error: Box::new(e),
+            })?;
         waits.push((unmet, spec.on_dependency_failure));
     }
-    let now = tx.now;
     let jobs: Vec<Job> = specs.into_iter().map(|s| Job::queued(s, now)).collect();
-    let keys: Vec<&str> = jobs
+    if jobs
         .iter()
-        .filter_map(|j| j.unique_key.as_deref())
-        .collect();
-    if keys.is_empty() {
-        insert_jobs(tx.conn(), &jobs).await.map_err(db_err)?;
+        .all(|j| j.unique_key.is_none() && j.period_key.is_none())
+    {
+        insert_jobs(conn, &jobs).await.map_err(db_err)?;
     } else {
-        insert_keyed(tx, &jobs, &keys).await?;
+        insert_keyed(conn, &jobs).await?;
     }
     for (job, (unmet, policy)) in jobs.iter().zip(&waits) {
-        deps::insert(tx, job, unmet, *policy).await?;
-    }
-    for job in &jobs {
-        tx.emit(job, job.created_event());
+        deps::insert(conn, job, unmet, *policy).await?;
     }
     Ok(jobs)
 }
 
-/// Inserts jobs that hold unique keys: a savepoint around the insert, so a
+/// Inserts jobs that hold keys: a savepoint around the insert, so a
 /// violation can be undone and its holder looked up in the same transaction.
-async fn insert_keyed(tx: &mut Tx, jobs: &[Job], keys: &[&str]) -> Result<(), StoreError> {
+async fn insert_keyed(conn: &mut AsyncPgConnection, jobs: &[Job]) -> Result<(), StoreError> {
     for _ in 0..UNIQUE_KEY_ROUNDS {
-        let held = holders(tx.conn(), keys).await?;
+        let held = holders(conn, jobs).await?;
         if let Some(e) = first_duplicate(jobs, &held) {
             return Err(e);
         }
-        tx.savepoint().await?;
-        match insert_jobs(tx.conn(), jobs).await {
-            Ok(()) => return tx.release().await,
+        savepoint(conn).await?;
+        match insert_jobs(conn, jobs).await {
+            Ok(()) => return release(conn).await,
             // A job that took a key after the look above committed first;
             // look again.
-            Err(e) if is_unique_key_violation(&e) => tx.roll_back_to_savepoint().await?,
+            Err(e) if is_unique_key_violation(&e) || is_period_key_violation(&e) => {
+                roll_back_to_savepoint(conn).await?;
+            }
             Err(e) => {
-                tx.roll_back_to_savepoint().await?;
+                roll_back_to_savepoint(conn).await?;
                 return Err(db_err(e));
             }
         }
@@ -914,7 +969,7 @@ pub(crate) async fn retry(tx: &mut Tx, id: JobId) -> Result<Job, StoreError> {
     // The job takes its key again: refused by the unique index while an
     // active job holds it.
     for _ in 0..UNIQUE_KEY_ROUNDS {
-        if let Some(existing) = holders(tx.conn(), &[&key]).await?.remove(&key) {
+        if let Some(existing) = active_holders(tx.conn(), &[&key]).await?.remove(&key) {
             return Err(StoreError::Duplicate { key, existing });
         }
         tx.savepoint().await?;

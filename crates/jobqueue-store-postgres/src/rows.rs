@@ -87,6 +87,7 @@ pub(crate) struct JobRow {
     pub(crate) cancel_requested: bool,
     pub(crate) lease: Option<Uuid>,
     pub(crate) lease_expires_at: Option<OffsetDateTime>,
+    pub(crate) period_key: Option<String>,
 }
 
 /// One row of `phases`.
@@ -194,6 +195,7 @@ impl JobRow {
             cancel_requested: job.cancel_requested,
             lease: job.lease.map(|l| *l.as_uuid()),
             lease_expires_at: job.lease_expires_at,
+            period_key: job.period_key.clone(),
         }
     }
 
@@ -222,6 +224,7 @@ impl JobRow {
             input: self.input,
             priority: self.priority,
             unique_key: self.unique_key,
+            period_key: self.period_key,
             attempt: u32_of("attempt", self.attempt)?,
             max_attempts: u32_of("max_attempts", self.max_attempts)?,
             created_at: self.created_at,

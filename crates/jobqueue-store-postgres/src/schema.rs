@@ -49,6 +49,7 @@ diesel::table! {
         lease -> Nullable<Uuid>,
         lease_expires_at -> Nullable<Timestamptz>,
         worker -> Nullable<Text>,
+        period_key -> Nullable<Text>,
     }
 }
 

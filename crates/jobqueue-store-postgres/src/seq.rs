@@ -139,6 +139,27 @@ impl Sequencer {
     /// Reserves `count` numbers for the transaction `owner`, and a place in
     /// the publishing queue; returns the number before the first.
     pub(crate) async fn reserve(&self, count: i64, owner: i64) -> Result<u64, StoreError> {
+        self.reserve_numbers(count, owner, true).await
+    }
+
+    /// Reserves `count` numbers for the transaction `owner` without a place
+    /// in the publishing queue: for a transaction of the program's own
+    /// (`enqueue_in`), whose commit this process does not see. Its events
+    /// reach subscribers from the store (the listener's notice at its
+    /// commit, then `events_after`), never through the sink. Returns the
+    /// number before the first.
+    pub(crate) async fn reserve_detached(&self, count: i64, owner: i64) -> Result<u64, StoreError> {
+        self.reserve_numbers(count, owner, false).await
+    }
+
+    /// Reserves the numbers, and the place in the queue if `queued`: taken
+    /// under the connection's mutex, so places are in number order.
+    async fn reserve_numbers(
+        &self,
+        count: i64,
+        owner: i64,
+        queued: bool,
+    ) -> Result<u64, StoreError> {
         let mut guard = self.conn.lock().await;
         if guard.is_none() {
             // Every appending transaction waits for this: bounded.
@@ -158,10 +179,12 @@ impl Sequencer {
             Ok(row) => {
                 let base = u64::try_from(row.n)
                     .map_err(|_| internal(format!("postgres: the event counter is {}", row.n)))?;
-                self.queue
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(base.saturating_add(1), None);
+                if queued {
+                    self.queue
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(base.saturating_add(1), None);
+                }
                 Ok(base)
             }
             Err(e) => {

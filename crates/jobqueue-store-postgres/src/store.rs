@@ -90,11 +90,81 @@ impl PostgresStore {
                 sequencer: Sequencer::new(url, &setup, options.connect_timeout),
                 listener: Listener::new(url, &setup, channel.clone(), options.connect_timeout),
                 channel,
+                schema: options.schema.clone(),
                 closed: AtomicBool::new(false),
                 tasks: TaskTracker::new(),
                 runtime,
             }),
         })
+    }
+}
+
+impl PostgresStore {
+    /// Enqueues `job` on `conn`, the program's own connection, inside the
+    /// transaction it has open: the job and its `job.created` event commit
+    /// with the program's other writes, or roll back with them. Without an
+    /// open transaction it runs in one of its own.
+    ///
+    /// - The transaction must be opened through diesel-async
+    ///   (`conn.transaction(..)` or `AnsiTransactionManager`), so that the
+    ///   enqueue runs in a savepoint of it, and be `READ COMMITTED` (the
+    ///   default; another level is refused with `Invalid`).
+    /// - `conn` must reach the store's database; the store's schema (if it
+    ///   has one) is set as the transaction's `search_path` for the
+    ///   enqueue, then put back.
+    /// - At the commit, the store's channel is notified: every process's
+    ///   pump wakes and its tail reads the event. If the transaction rolls
+    ///   back (also to a savepoint around the enqueue), no job and no event
+    ///   exist, and readers of the event log skip the numbers it reserved.
+    /// - Readers of the event log wait for the transaction to end (the
+    ///   event's number is reserved until then): enqueue last, just before
+    ///   the commit. Writers do not wait. Do not cancel the call halfway
+    ///   and then commit.
+    /// - The event is not published to this store's
+    ///   [`EventSink`](jobqueue_core::EventSink) (this process does not see
+    ///   the commit); subscribers read it from the store after the commit's
+    ///   notice, as the façade does on PostgreSQL.
+    ///
+    /// Refusals are those of [`enqueue`](JobStore::enqueue) (`Invalid`,
+    /// `Duplicate`, `DuplicateInPeriod`); after one, the savepoint is rolled
+    /// back and the program's transaction goes on unharmed.
+    ///
+    /// ```no_run
+    /// use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    ///     /// use jobqueue_core::NewJob;
+    /// use jobqueue_store_postgres::PostgresStore;
+    ///
+    /// # async fn demo(store: PostgresStore, conn: &mut AsyncPgConnection) -> Result<(), Box<dyn std::error::Error>> {
+    /// let job = conn
+    ///     .transaction::<_, Box<dyn std::error::Error + Send + Sync>, _>(async |conn| {
+    ///         diesel::sql_query("INSERT INTO orders (id) VALUES (1)").execute(conn).await?;
+    ///         Ok(store.enqueue_in(conn, NewJob::new("ship")).await?)
+    ///     })
+    ///     .await?;
+    /// # let _ = job;
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue_in(
+        &self,
+        conn: &mut AsyncPgConnection,
+        job: NewJob,
+    ) -> Result<Job, StoreError> {
+        self.enqueue_batch_in(conn, vec![job])
+            .await
+            .map_err(single)?
+            .pop()
+            .ok_or_else(|| internal("postgres: enqueue wrote no job"))
+    }
+
+    /// Enqueues `jobs` (all or none) on `conn` inside its transaction, as
+    /// [`enqueue_in`](Self::enqueue_in) does one; the jobs come back in
+    /// the given order.
+    pub async fn enqueue_batch_in(
+        &self,
+        conn: &mut AsyncPgConnection,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<Job>, StoreError> {
+        crate::user_tx::enqueue_in(&self.inner, conn, jobs).await
     }
 }
 

@@ -56,11 +56,23 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) type Conn = Object<AsyncDieselConnectionManager<AsyncPgConnection>>;
 
 /// An event waiting for the commit that numbers it.
-struct Staged {
+pub(crate) struct Staged {
     job_id: Option<JobId>,
     pipeline: String,
     webhook_url: Option<String>,
     data: EventData,
+}
+
+impl Staged {
+    /// The event `data` about `job`.
+    pub(crate) fn of(job: &Job, data: EventData) -> Self {
+        Self {
+            job_id: Some(job.id),
+            pipeline: job.pipeline.clone(),
+            webhook_url: job.webhook_url.clone(),
+            data,
+        }
+    }
 }
 
 /// One write transaction: its connection, its time, and the events it
@@ -122,24 +134,39 @@ impl Tx {
     /// Opens a savepoint, so a statement that may fail (a unique-key
     /// violation) can be undone without losing the transaction.
     pub(crate) async fn savepoint(&mut self) -> Result<(), StoreError> {
-        AnsiTransactionManager::begin_transaction(self.conn())
-            .await
-            .map_err(db_err)
+        savepoint(self.conn()).await
     }
 
     /// Releases the savepoint opened last.
     pub(crate) async fn release(&mut self) -> Result<(), StoreError> {
-        AnsiTransactionManager::commit_transaction(self.conn())
-            .await
-            .map_err(db_err)
+        release(self.conn()).await
     }
 
     /// Rolls back to the savepoint opened last.
     pub(crate) async fn roll_back_to_savepoint(&mut self) -> Result<(), StoreError> {
-        AnsiTransactionManager::rollback_transaction(self.conn())
-            .await
-            .map_err(db_err)
+        roll_back_to_savepoint(self.conn()).await
     }
+}
+
+/// Opens a transaction on `conn`, or a savepoint in the one it has open.
+pub(crate) async fn savepoint(conn: &mut AsyncPgConnection) -> Result<(), StoreError> {
+    AnsiTransactionManager::begin_transaction(conn)
+        .await
+        .map_err(db_err)
+}
+
+/// Commits what [`savepoint`] opened last (releases a savepoint).
+pub(crate) async fn release(conn: &mut AsyncPgConnection) -> Result<(), StoreError> {
+    AnsiTransactionManager::commit_transaction(conn)
+        .await
+        .map_err(db_err)
+}
+
+/// Rolls back what [`savepoint`] opened last.
+pub(crate) async fn roll_back_to_savepoint(conn: &mut AsyncPgConnection) -> Result<(), StoreError> {
+    AnsiTransactionManager::rollback_transaction(conn)
+        .await
+        .map_err(db_err)
 }
 
 /// The state shared by a store and its running calls.
@@ -152,6 +179,8 @@ pub(crate) struct Inner {
     pub(crate) sequencer: Sequencer,
     /// The notification channel commits notify (see [`crate::listen`]).
     pub(crate) channel: String,
+    /// The schema of the store's tables, if not the connection's default.
+    pub(crate) schema: Option<String>,
     /// This process's listener connection, opened with the first listener.
     pub(crate) listener: Listener,
     pub(crate) closed: AtomicBool,
@@ -236,8 +265,11 @@ impl Inner {
             first: base.saturating_add(1),
             settled: false,
         };
-        let routes = Arc::clone(&*self.routes.read().unwrap_or_else(|e| e.into_inner()));
-        let events = match append(&mut tx, &routes, base, &self.channel).await {
+        let routes = self.routes();
+        let staged = std::mem::take(&mut tx.staged);
+        let work = tx.work;
+        let events = match append(tx.conn(), now, staged, &routes, base, &self.channel, work).await
+        {
             Ok(events) => events,
             Err(e) => {
                 let e = rollback(&mut tx, e).await;
@@ -262,6 +294,11 @@ impl Inner {
             .await
             .map_err(db_err)?;
         self.sequencer.reserve(count, owner.n).await
+    }
+
+    /// The webhook routes of the moment.
+    pub(crate) fn routes(&self) -> Arc<[WebhookRoute]> {
+        Arc::clone(&*self.routes.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn settle(&self, first: u64, events: Option<Vec<Event>>) {
@@ -398,16 +435,19 @@ WITH e AS (
 )
 SELECT (SELECT count(*) FROM e) AS n FROM nt";
 
-/// Appends the transaction's staged events with the numbers after `base`,
-/// and the deliveries `routes` give them; returns the events as numbered.
-async fn append(
-    tx: &mut Tx,
+/// Appends the `staged` events of the transaction on `conn`, at `now`, with
+/// the numbers after `base`, and the deliveries `routes` give them; returns
+/// the events as numbered. The commit's notice says there is work when
+/// `work` is set (see [`Tx::announce_work`]) or the events make some.
+pub(crate) async fn append(
+    conn: &mut AsyncPgConnection,
+    now: OffsetDateTime,
+    staged: Vec<Staged>,
     routes: &[WebhookRoute],
     base: u64,
     channel: &str,
+    work: bool,
 ) -> Result<Vec<Event>, StoreError> {
-    let now = tx.now;
-    let staged = std::mem::take(&mut tx.staged);
     let mut events = Vec::with_capacity(staged.len());
     let mut deliveries = Vec::new();
     for (seq, s) in (base.saturating_add(1)..).zip(staged) {
@@ -427,7 +467,7 @@ async fn append(
         events.push(event);
     }
     let n = events.len();
-    let payload = if tx.work || makes_work(&events) {
+    let payload = if work || makes_work(&events) {
         WORK
     } else {
         EVENTS
@@ -465,7 +505,7 @@ async fn append(
         .bind::<Array<Timestamptz>, _>(created_at)
         .bind::<Text, _>(channel)
         .bind::<Text, _>(payload)
-        .get_result(tx.conn())
+        .get_result(conn)
         .await
         .map_err(db_err)?;
     if inserted.n != sql_count(n) {

@@ -18,6 +18,8 @@
 //!   each commit that the file is still the one it opened; a small **pool
 //!   of reader threads** serves the reads. Both take work through bounded
 //!   queues.
+//! - [`SqliteStore::enqueue_with`] runs the program's own diesel
+//!   statements and the enqueue of jobs in one transaction of the writer.
 //! - `src/schema.rs` is generated from the migrations by [`codegen`].
 //!
 //! ```no_run
@@ -43,8 +45,15 @@ mod schema;
 mod store;
 #[cfg(test)]
 mod tests;
+mod user_tx;
 mod writer;
 
 pub use conn::{SqliteOptions, Synchronous};
 pub use migrate::MIGRATIONS;
 pub use store::SqliteStore;
+pub use user_tx::UserTxError;
+
+/// diesel's SQLite connection, which [`SqliteStore::enqueue_with`] hands
+/// its closure (so a program names it without depending on the same
+/// diesel version by accident).
+pub use diesel::sqlite::SqliteConnection;

@@ -15,17 +15,18 @@ use diesel::sql_types::{BigInt, Text};
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use jobqueue_core::apply::lease_until;
 use jobqueue_core::machine::job_transition;
+use jobqueue_core::unique::Held;
 use jobqueue_core::{
     AttemptOutcome, CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryId, DeliveryStatus,
-    EventData, FailureOutcome, Job, JobAction, JobError, JobId, JobStatus, Lease, NewJob, Next,
-    Progress, Pruned, RecoverScope, StoreError,
+    ErrorKind, EventData, FailureOutcome, Job, JobAction, JobError, JobId, JobStatus, Lease,
+    NewJob, Next, Progress, Pruned, RecoverScope, StoreError,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::deps;
 use crate::error::db_err;
-use crate::query::{Unreadable, insert_job, insert_jobs, job_row, load_job, save_job, with_phases};
+use crate::query::{Unreadable, insert_jobs, job_row, load_job, save_job, with_phases};
 use crate::rows::{DeliveryRow, JobRow, PhaseRow, job_status, micros, sql_count};
 use crate::schema::{events, jobs, paused_pipelines, phases, tombstones, webhook_deliveries};
 use crate::writer::Tx;
@@ -173,13 +174,22 @@ fn active_holder(tx: &mut Tx<'_>, key: &str) -> Result<Option<JobId>, StoreError
         .select(jobs::id)
         .load(tx.conn())
         .map_err(db_err)?;
-    ids.into_iter()
-        .next()
-        .map(|id| {
-            id.parse()
-                .map_err(|e| crate::error::corrupt(format!("job id {id:?}: {e}")))
-        })
-        .transpose()
+    ids.into_iter().next().map(|id| parse_id(&id)).transpose()
+}
+
+/// The job, in any state, that holds the period key `key`.
+fn period_holder(tx: &mut Tx<'_>, key: &str) -> Result<Option<JobId>, StoreError> {
+    let ids: Vec<String> = jobs::table
+        .filter(jobs::period_key.eq(key))
+        .select(jobs::id)
+        .load(tx.conn())
+        .map_err(db_err)?;
+    ids.into_iter().next().map(|id| parse_id(&id)).transpose()
+}
+
+fn parse_id(id: &str) -> Result<JobId, StoreError> {
+    id.parse()
+        .map_err(|e| crate::error::corrupt(format!("job id {id:?}: {e}")))
 }
 
 fn job_of(tx: &mut Tx<'_>, id: JobId) -> Result<Job, StoreError> {
@@ -231,21 +241,13 @@ fn commit(
 }
 
 pub(crate) fn enqueue(tx: &mut Tx<'_>, spec: NewJob) -> Result<Job, StoreError> {
-    if let Some(key) = &spec.unique_key
-        && let Some(existing) = active_holder(tx, key)?
-    {
-        return Err(StoreError::Duplicate {
-            key: key.clone(),
-            existing,
-        });
-    }
-    let unmet = deps::unmet(tx, &spec)?;
-    let policy = spec.on_dependency_failure;
-    let job = Job::queued(spec, tx.now);
-    insert_job(tx.write_conn(), &job)?;
-    deps::insert(tx, &job, &unmet, policy)?;
-    emit(tx, &job, job.created_event())?;
-    Ok(job)
+    let mut jobs = enqueue_batch(tx, vec![spec]).map_err(|e| match e {
+        StoreError::Batch { error, .. } => *error,
+        other => other,
+    })?;
+    jobs.pop().ok_or_else(|| {
+        StoreError::backend(ErrorKind::Internal, "sqlite store: enqueue wrote no job")
+    })
 }
 
 pub(crate) fn enqueue_batch(tx: &mut Tx<'_>, specs: Vec<NewJob>) -> Result<Vec<Job>, StoreError> {
@@ -259,22 +261,15 @@ pub(crate) fn enqueue_batch(tx: &mut Tx<'_>, specs: Vec<NewJob>) -> Result<Vec<J
         waits.push((unmet, spec.on_dependency_failure));
     }
     let jobs: Vec<Job> = specs.into_iter().map(|s| Job::queued(s, now)).collect();
-    for (i, job) in jobs.iter().enumerate() {
-        if let Some(key) = &job.unique_key {
-            let earlier = jobs[..i]
-                .iter()
-                .find(|j| j.unique_key.as_ref() == Some(key))
-                .map(|j| j.id);
-            if let Some(existing) = active_holder(tx, key)?.or(earlier) {
-                return Err(StoreError::Batch {
-                    index: i,
-                    error: Box::new(StoreError::Duplicate {
-                        key: key.clone(),
-                        existing,
-                    }),
-                });
-            }
-        }
+    let duplicate = jobqueue_core::unique::first_duplicate(&jobs, |held| match held {
+        Held::Active(key) => active_holder(tx, key),
+        Held::Period(key) => period_holder(tx, key),
+    })?;
+    if let Some((index, error)) = duplicate {
+        return Err(StoreError::Batch {
+            index,
+            error: Box::new(error),
+        });
     }
     insert_jobs(tx.write_conn(), &jobs)?;
     for (job, (unmet, policy)) in jobs.iter().zip(&waits) {

@@ -108,11 +108,6 @@ pub(crate) fn with_phases(
     Ok(loaded)
 }
 
-/// Inserts a new job and its phases.
-pub(crate) fn insert_job(conn: &mut SqliteConnection, job: &Job) -> Result<(), StoreError> {
-    insert_jobs(conn, std::slice::from_ref(job))
-}
-
 /// Inserts new jobs and their phases, many rows to a statement (see
 /// [`insert_rows`]).
 pub(crate) fn insert_jobs(conn: &mut SqliteConnection, jobs: &[Job]) -> Result<(), StoreError> {

@@ -98,13 +98,14 @@ pub(crate) struct JobRow {
     pub(crate) cancel_requested: bool,
     pub(crate) lease: Option<String>,
     pub(crate) lease_expires_at: Option<i64>,
+    pub(crate) period_key: Option<String>,
 }
 
 crate::query::row_insert!(JobRow, jobs;
     id, pipeline, status, input, priority, unique_key, attempt, max_attempts, created_at,
     run_at, started_at, finished_at, stale_at, error_phase, error_message, error_attempt,
     interrupted_phase, interrupted_at, interrupted_percent, interrupted_message, webhook_url,
-    cancel_requested, lease, lease_expires_at);
+    cancel_requested, lease, lease_expires_at, period_key);
 
 /// One row of `phases`.
 #[derive(
@@ -231,6 +232,7 @@ impl JobRow {
             // The UUID's 32 hex digits, like the tokens the claim makes.
             lease: job.lease.map(|l| l.as_uuid().simple().to_string()),
             lease_expires_at: job.lease_expires_at.map(micros),
+            period_key: job.period_key.clone(),
         }
     }
 
@@ -265,6 +267,7 @@ impl JobRow {
             priority: i32::try_from(self.priority)
                 .map_err(|_| corrupt(format!("priority {}", self.priority)))?,
             unique_key: self.unique_key,
+            period_key: self.period_key,
             attempt: u32_of("attempt", self.attempt)?,
             max_attempts: u32_of("max_attempts", self.max_attempts)?,
             created_at: from_micros(self.created_at)?,

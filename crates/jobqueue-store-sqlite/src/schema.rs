@@ -48,6 +48,7 @@ diesel::table! {
         cancel_requested -> Bool,
         lease -> Nullable<Text>,
         lease_expires_at -> Nullable<BigInt>,
+        period_key -> Nullable<Text>,
     }
 }
 

@@ -23,6 +23,7 @@ use crate::conn::{Location, SqliteOptions, connect};
 use crate::error::closed;
 use crate::guard::FileGuard;
 use crate::lock::FileLock;
+use crate::user_tx::{EnqueueWith, UserTxError};
 use crate::writer::{ClaimMsg, FnOp, Lifetime, Msg, ReadJob, Shared, Tx};
 use crate::{migrate, ops, read};
 
@@ -160,6 +161,63 @@ impl SqliteStore {
                 open,
             }),
         })
+    }
+
+    /// Runs `f` on the writer's connection and enqueues `jobs`, in one
+    /// transaction: both commit, or neither does. Returns the jobs (in the
+    /// given order) and what `f` returned, after the commit; their
+    /// `job.created` events are published after it too.
+    ///
+    /// `f` runs on the writer thread, inside the store's transaction (and a
+    /// savepoint of its own when other writes share the transaction): it
+    /// may read and write the program's own tables in the same file with
+    /// any diesel statement, but must not begin, commit or roll back a
+    /// transaction (`conn.transaction(..)` is refused: one is open). It
+    /// holds up every write of the store while it runs, so it should be
+    /// short. The program creates its own tables (with a call whose `jobs`
+    /// are empty, say): the store's migrations own only the store's
+    /// tables, and leave other tables alone.
+    ///
+    /// Nothing is written when `f` returns an error
+    /// ([`UserTxError::Closure`]) or panics, or when a job is refused
+    /// ([`UserTxError::Store`]: invalid, or a duplicate key, as
+    /// [`enqueue_batch`](JobStore::enqueue_batch) refuses it).
+    ///
+    /// ```no_run
+    /// use diesel::connection::SimpleConnection;
+    /// use jobqueue_core::NewJob;
+    /// use jobqueue_store_sqlite::{SqliteOptions, SqliteStore, UserTxError};
+    ///
+    /// # async fn demo() -> Result<(), UserTxError<diesel::result::Error>> {
+    /// let store = SqliteStore::open("jobs.db", SqliteOptions::default())?;
+    /// let (jobs, ()) = store
+    ///     .enqueue_with(vec![NewJob::new("ship")], |conn| {
+    ///         conn.batch_execute("INSERT INTO orders (id) VALUES (1)")
+    ///     })
+    ///     .await?;
+    /// # let _ = jobs;
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue_with<T, E, F>(
+        &self,
+        jobs: Vec<NewJob>,
+        f: F,
+    ) -> Result<(Vec<Job>, T), UserTxError<E>>
+    where
+        F: FnOnce(&mut diesel::SqliteConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        for (index, spec) in jobs.iter().enumerate() {
+            spec.validate().map_err(|m| StoreError::Batch {
+                index,
+                error: Box::new(StoreError::Invalid(m)),
+            })?;
+        }
+        let (reply, answer) = oneshot::channel();
+        let op = Box::new(EnqueueWith::new(Box::new(f), jobs, reply));
+        self.send(Msg::Write(op)).await?;
+        answer.await.map_err(|_| UserTxError::Store(closed()))?
     }
 
     async fn write<T: Send + 'static>(

@@ -425,6 +425,128 @@ async fn a_failing_operation_in_a_group_is_rolled_back_alone() {
     assert!(doomed.jobs.is_empty());
 }
 
+/// The number in the one row of `SELECT count(*) AS n ...`.
+fn count(conn: &mut diesel::SqliteConnection, sql: &str) -> i64 {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query(sql).get_result::<N>(conn).unwrap().n
+}
+
+/// Transactional enqueues share groups with other writes: each commits its
+/// own rows and jobs together, and one whose closure fails (after it wrote)
+/// or whose job is refused is rolled back alone, with nothing published.
+#[tokio::test]
+async fn enqueue_with_commits_or_rolls_back_alone_in_a_group() {
+    use diesel::connection::SimpleConnection;
+    use diesel::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let store = file_store(&dir, Arc::new(ManualClock::default()));
+    let sink = Arc::new(Collect::default());
+    store.set_event_sink(sink.clone());
+    store
+        .enqueue_with(vec![], |conn| {
+            conn.batch_execute("CREATE TABLE orders (id INTEGER PRIMARY KEY NOT NULL)")
+        })
+        .await
+        .unwrap();
+    store
+        .enqueue(NewJob::new("tx").unique_key("held"))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200i64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            match i % 4 {
+                0 => store.enqueue(NewJob::new("plain")).await.map(|_| "plain"),
+                1 => {
+                    let jobs = vec![NewJob::new("tx").input(json!(i))];
+                    let (jobs, n) = store
+                        .enqueue_with(jobs, move |conn| {
+                            diesel::sql_query("INSERT INTO orders (id) VALUES (?)")
+                                .bind::<diesel::sql_types::BigInt, _>(i)
+                                .execute(conn)
+                        })
+                        .await
+                        .unwrap();
+                    assert_eq!((jobs.len(), n), (1, 1));
+                    Ok("committed")
+                }
+                2 => {
+                    let r = store
+                        .enqueue_with(vec![NewJob::new("tx")], move |conn| {
+                            conn.batch_execute(&format!("INSERT INTO orders (id) VALUES ({i})"))?;
+                            Err::<(), _>(diesel::result::Error::RollbackTransaction)
+                        })
+                        .await;
+                    assert!(matches!(r, Err(crate::UserTxError::Closure(_))));
+                    Ok("closure failed")
+                }
+                _ => {
+                    let r = store
+                        .enqueue_with(vec![NewJob::new("tx").unique_key("held")], move |conn| {
+                            conn.batch_execute(&format!("INSERT INTO orders (id) VALUES ({i})"))
+                        })
+                        .await;
+                    match r {
+                        Err(crate::UserTxError::Store(e)) => {
+                            assert_eq!(e.kind(), ErrorKind::Duplicate);
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                    Ok("refused")
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let mut conn =
+        diesel::SqliteConnection::establish(dir.path().join("jobs.db").to_str().unwrap()).unwrap();
+    // Only the committed closures' rows, each with its job.
+    assert_eq!(count(&mut conn, "SELECT count(*) AS n FROM orders"), 50);
+    assert_eq!(
+        count(
+            &mut conn,
+            "SELECT count(*) AS n FROM orders WHERE id % 4 != 1"
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &mut conn,
+            "SELECT count(*) AS n FROM jobs WHERE pipeline = 'tx'"
+        ),
+        51
+    );
+    assert_eq!(count(&mut conn, "SELECT count(*) AS n FROM jobs"), 101);
+    // Gap-free events, all published once.
+    let seqs: Vec<u64> = sink.0.lock().unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=101).collect::<Vec<_>>());
+    assert_eq!(store.last_seq().await.unwrap(), 101);
+    // Bad input is refused before the closure runs.
+    let r = store
+        .enqueue_with(vec![NewJob::new(" ")], |_| -> Result<(), String> {
+            panic!("the closure must not run")
+        })
+        .await;
+    assert!(matches!(r, Err(crate::UserTxError::Store(e)) if e.kind() == ErrorKind::Invalid));
+    // A panicking closure fails its call only.
+    let r = store
+        .enqueue_with(vec![NewJob::new("tx")], |_| -> Result<(), String> {
+            panic!("boom")
+        })
+        .await;
+    assert!(matches!(r, Err(crate::UserTxError::Store(e)) if e.kind() == ErrorKind::Internal));
+    store.enqueue(NewJob::new("after")).await.unwrap();
+    assert_eq!(store.last_seq().await.unwrap(), 102);
+}
+
 fn kind_of_open(path: &std::path::Path) -> ErrorKind {
     match SqliteStore::open(path, SqliteOptions::default()) {
         Ok(_) => panic!("opened {}", path.display()),
@@ -538,6 +660,7 @@ fn hot_queries_use_indexes() {
         // recovery, unique keys
         "SELECT * FROM jobs WHERE status = ?1 ORDER BY id",
         "SELECT id FROM jobs WHERE unique_key = ?1 AND status IN (?2, ?3)",
+        "SELECT id FROM jobs WHERE period_key = ?1",
         // due deliveries, event replay
         "SELECT * FROM webhook_deliveries WHERE status = ?1 AND next_attempt_at <= ?2 \
          ORDER BY next_attempt_at, event_seq, id LIMIT ?3",
@@ -557,7 +680,8 @@ fn hot_queries_use_indexes() {
         (queries[4], "jobs_finished"),
         (queries[5], "jobs_stale"),
         (queries[7], "jobs_unique_key"),
-        (queries[10], "job_dependencies_depends_on"),
+        (queries[8], "jobs_period_key"),
+        (queries[11], "job_dependencies_depends_on"),
     ] {
         let plan = plan_of(q);
         assert!(
@@ -1017,9 +1141,11 @@ fn fixed_inserts_do_not_change_shape() {
         cancel_requested: false,
         lease: None,
         lease_expires_at: None,
+        period_key: None,
     };
     let full = JobRow {
         unique_key: Some("k".into()),
+        period_key: Some("k@2030-01-01T00:00:00Z/60s".into()),
         started_at: Some(1),
         finished_at: Some(1),
         stale_at: Some(1),

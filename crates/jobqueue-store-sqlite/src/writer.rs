@@ -17,6 +17,11 @@
 //! own `SAVEPOINT`, so that one is rolled back alone. No caller is answered
 //! before the commit, so the first run is never seen.
 //!
+//! An operation that must not run twice (a transactional enqueue, whose
+//! closure is the caller's code, see [`crate::user_tx`]) makes its group run
+//! with savepoints from the start, so a failure is never rolled back by
+//! running the group again.
+//!
 //! An operation on many jobs (an `enqueue_batch` of more than
 //! [`LARGE_OP`]) runs in a group of its own, so the claims and small writes
 //! that arrive with it are not answered only after it.
@@ -347,6 +352,11 @@ pub(crate) trait WriteOp: Send {
     fn weight(&self) -> usize {
         1
     }
+    /// Whether the operation must not be run a second time: its group then
+    /// runs with savepoints from the start.
+    fn runs_once(&self) -> bool {
+        false
+    }
 }
 
 /// The weight from which an operation runs in a group of its own. A group
@@ -365,7 +375,15 @@ pub(crate) struct OpFailure {
 }
 
 impl OpFailure {
-    fn of(e: &StoreError) -> Self {
+    /// A failure that may have left writes behind, whatever its error.
+    pub(crate) fn wrote(error: StoreError) -> Self {
+        Self {
+            error,
+            refusal: false,
+        }
+    }
+
+    pub(crate) fn of(e: &StoreError) -> Self {
         Self {
             error: e.clone(),
             refusal: !matches!(e, StoreError::Backend { .. }),
@@ -574,7 +592,7 @@ impl Writer {
         let mut published: Vec<Vec<Event>> = Vec::with_capacity(ops.len());
         // One operation needs no savepoint: a failure rolls back the whole
         // transaction, which is that operation alone.
-        let mut savepoints = ops.len() == 1;
+        let mut savepoints = ops.len() == 1 || ops.iter().any(|op| op.runs_once());
         let failure = loop {
             match self.run_group(ops, &mut published, savepoints) {
                 Ok(()) => break None,

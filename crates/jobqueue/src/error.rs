@@ -35,3 +35,17 @@ pub enum Error {
     #[error("JSON conversion failed: {0}")]
     Json(serde_json::Error),
 }
+
+/// Why [`JobQueue::enqueue_with`](crate::JobQueue::enqueue_with) wrote
+/// nothing: neither the closure's statements nor the jobs.
+#[cfg(feature = "sqlite")]
+#[derive(Debug, thiserror::Error)]
+pub enum TxError<E> {
+    /// The closure returned this error; its statements were rolled back.
+    #[error("the transaction's own statements failed, nothing was written: {0}")]
+    Closure(E),
+    /// The queue refused the jobs (unknown pipeline, invalid, a duplicate
+    /// key) or the store failed.
+    #[error(transparent)]
+    Queue(#[from] Error),
+}

@@ -53,6 +53,8 @@ struct GuideDoctests;
 struct TestingGuideDoctests;
 
 pub use error::Error;
+#[cfg(feature = "sqlite")]
+pub use error::TxError;
 pub use jobqueue_core as core;
 pub use jobqueue_core::{
     CancelOutcome, Clock, DependencyFailure, ErrorKind, Event, EventData, EventFilter, EventType,

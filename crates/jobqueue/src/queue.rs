@@ -272,17 +272,26 @@ impl JobQueueBuilder {
             .map_err(|e| Error::Start(StartError::Config(e)))?;
         let webhooks = self.webhooks.unwrap_or_default();
         webhooks.validate()?;
+        #[cfg_attr(
+            not(any(feature = "sqlite", feature = "postgres")),
+            expect(unused_mut, reason = "only the SQLite and PostgreSQL stores are typed")
+        )]
+        let mut typed = TypedStore::default();
         let store: Arc<dyn JobStore> = match self.store {
             #[cfg(feature = "sqlite")]
             StoreChoice::Sqlite(path) => {
                 let options = self.sqlite_options.clock(self.config.clock.clone());
-                open_sqlite(path, options).await?
+                let sqlite = open_sqlite(path, options).await?;
+                typed.sqlite = Some(sqlite.clone());
+                Arc::new(sqlite)
             }
             #[cfg(feature = "postgres")]
             StoreChoice::Postgres(url) => {
                 use jobqueue_store_postgres::{PostgresOptions, PostgresStore};
                 let options = PostgresOptions::default().clock(self.config.clock.clone());
-                Arc::new(PostgresStore::connect(&url, options).await?)
+                let postgres = PostgresStore::connect(&url, options).await?;
+                typed.postgres = Some(postgres.clone());
+                Arc::new(postgres)
             }
             StoreChoice::Memory => Arc::new(MemoryStore::with_clock(self.config.clock.clone())),
             StoreChoice::Custom(store) => store,
@@ -309,6 +318,7 @@ impl JobQueueBuilder {
         store.set_webhook_routes(webhooks.routes());
         let started = Started {
             store,
+            typed,
             bus,
             tail,
             config: self.config,
@@ -327,9 +337,20 @@ impl JobQueueBuilder {
     }
 }
 
+/// The store as its own type, when the builder opened it: for what only
+/// that store does (transactional enqueue).
+#[derive(Clone, Default)]
+struct TypedStore {
+    #[cfg(feature = "sqlite")]
+    sqlite: Option<jobqueue_store_sqlite::SqliteStore>,
+    #[cfg(feature = "postgres")]
+    postgres: Option<jobqueue_store_postgres::PostgresStore>,
+}
+
 /// What [`JobQueueBuilder::start`] has once the store is open.
 struct Started {
     store: Arc<dyn JobStore>,
+    typed: TypedStore,
     bus: EventBus,
     tail: Option<Arc<Tail>>,
     config: RuntimeConfig,
@@ -341,6 +362,7 @@ impl Started {
     async fn run(self, pipelines: Pipelines) -> Result<JobQueue, Error> {
         let Self {
             store,
+            typed,
             bus,
             tail,
             config,
@@ -375,6 +397,7 @@ impl Started {
         };
         Ok(JobQueue {
             store,
+            typed,
             runtime: Arc::new(runtime),
             bus,
             tail,
@@ -393,7 +416,7 @@ impl Started {
 async fn open_sqlite(
     path: PathBuf,
     options: jobqueue_store_sqlite::SqliteOptions,
-) -> Result<Arc<dyn JobStore>, Error> {
+) -> Result<jobqueue_store_sqlite::SqliteStore, Error> {
     // Opening checks the file, applies migrations and starts the writer:
     // blocking work, kept off the async threads.
     let opened = tokio::task::spawn_blocking(move || {
@@ -401,7 +424,7 @@ async fn open_sqlite(
     })
     .await
     .map_err(|e| Error::Config(format!("opening the SQLite store panicked: {e}")))?;
-    Ok(Arc::new(opened?))
+    Ok(opened?)
 }
 
 /// A running job queue: enqueue, inspect, cancel, retry, delete, shut down.
@@ -410,6 +433,11 @@ async fn open_sqlite(
 #[derive(Clone)]
 pub struct JobQueue {
     store: Arc<dyn JobStore>,
+    #[cfg_attr(
+        not(any(feature = "sqlite", feature = "postgres")),
+        expect(dead_code, reason = "only the SQLite and PostgreSQL stores are typed")
+    )]
+    typed: TypedStore,
     runtime: Arc<Runtime>,
     bus: EventBus,
     /// Feeds the bus from a store other processes share; `None` otherwise.
@@ -578,15 +606,17 @@ impl JobQueue {
         self.enqueue_prepared(job).await
     }
 
-    /// Enqueues `job` unless a queued or running job holds its unique key,
-    /// and then returns that job instead of a `Duplicate` error (Oban's
-    /// unique jobs, River's `UniqueOpts`): [`Enqueued::Existing`]. A job
-    /// without a unique key is always [`Enqueued::Created`].
+    /// Enqueues `job` unless another job holds its key, and then returns
+    /// that job instead of a `Duplicate` error (Oban's unique jobs, River's
+    /// `UniqueOpts`): [`Enqueued::Existing`]. A job without a unique key is
+    /// always [`Enqueued::Created`].
     ///
-    /// Uniqueness is by key, while the holder is queued or running; the
-    /// key can be made from the input (`format!("resize:{url}")`) for
-    /// uniqueness by input. The existing job is read after the refusal: if
-    /// it was deleted meanwhile, the enqueue is tried again.
+    /// The key is the job's `unique_key`, or one made from its pipeline and
+    /// input with [`NewJob::unique_by_input`]; a queued or running job holds
+    /// it. With [`NewJob::unique_for`], a job created in the same window of
+    /// the period holds it too, in any state (see
+    /// [`jobqueue_core::unique`]). The existing job is read after the
+    /// refusal: if it was deleted meanwhile, the enqueue is tried again.
     ///
     /// ```no_run
     /// # async fn demo(queue: jobqueue::JobQueue) -> Result<(), jobqueue::Error> {
@@ -605,11 +635,13 @@ impl JobQueue {
         for _ in 0..3 {
             match self.enqueue_job(job.clone()).await {
                 Ok(created) => return Ok(Enqueued::Created(created)),
-                Err(Error::Store(StoreError::Duplicate { existing, key })) => {
-                    if let Some(found) = self.get(existing).await? {
+                Err(Error::Store(e)) if e.duplicate_of().is_some() => {
+                    if let Some(existing) = e.duplicate_of()
+                        && let Some(found) = self.get(existing).await?
+                    {
                         return Ok(Enqueued::Existing(found));
                     }
-                    last = Some(StoreError::Duplicate { existing, key });
+                    last = Some(e);
                 }
                 Err(e) => return Err(e),
             }
@@ -640,7 +672,7 @@ impl JobQueue {
     async fn enqueue_prepared(&self, job: NewJob) -> Result<Job, Error> {
         self.check_webhook_url(&job).await?;
         let job = self.store.enqueue(job).await?;
-        self.runtime.notify_enqueued(job.run_at);
+        self.notify_enqueued(std::slice::from_ref(&job));
         Ok(job)
     }
 
@@ -677,6 +709,15 @@ impl JobQueue {
     /// (as [`enqueue_job`](Self::enqueue_job) does one). The jobs come back
     /// in the given order.
     pub async fn enqueue_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>, Error> {
+        let jobs = self.prepare_batch(jobs).await?;
+        let jobs = self.store.enqueue_batch(jobs).await?;
+        self.notify_enqueued(&jobs);
+        Ok(jobs)
+    }
+
+    /// [`prepare`](Self::prepare) and the webhook check for each job of a
+    /// batch; a refusal names the job's index.
+    async fn prepare_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<NewJob>, Error> {
         let jobs = jobs
             .into_iter()
             .enumerate()
@@ -699,11 +740,120 @@ impl JobQueue {
         for job in &jobs {
             self.check_webhook_url(job).await?;
         }
-        let jobs = self.store.enqueue_batch(jobs).await?;
-        for j in &jobs {
+        Ok(jobs)
+    }
+
+    /// Wakes the pump for the jobs just enqueued.
+    fn notify_enqueued(&self, jobs: &[Job]) {
+        for j in jobs {
             self.runtime.notify_enqueued(j.run_at);
         }
-        Ok(jobs)
+    }
+
+    /// Runs `f` with the SQLite store's connection and enqueues `jobs`, in
+    /// one transaction: the program's own writes and the jobs commit
+    /// together, or nothing does (River's `InsertTx`, Oban's
+    /// `Ecto.Multi`). Returns the jobs (in the given order) and what `f`
+    /// returned, after the commit; then the jobs' events are published and
+    /// the pump wakes.
+    ///
+    /// The jobs are checked first, as [`enqueue_batch`](Self::enqueue_batch)
+    /// checks them (pipelines, inputs, webhook URLs): a refusal runs no
+    /// closure. `f` runs on the store's writer thread inside its
+    /// transaction, so it must be short and must not begin, commit or roll
+    /// back a transaction itself; it may read and write the program's own
+    /// tables in the same SQLite file, which the program creates (the
+    /// store's migrations own only the store's tables). An error or panic
+    /// of `f`, or a job refused by the store (a duplicate key), rolls back
+    /// both: [`TxError::Closure`] or [`TxError::Queue`]. Only on the SQLite
+    /// store (`.sqlite(path)`); on PostgreSQL, see `enqueue_in`.
+    ///
+    /// ```no_run
+    /// use diesel::connection::SimpleConnection;
+    /// use jobqueue::{NewJob, TxError};
+    ///
+    /// # async fn demo(queue: jobqueue::JobQueue) -> Result<(), TxError<diesel::result::Error>> {
+    /// let (jobs, ()) = queue
+    ///     .enqueue_with(vec![NewJob::new("ship").input(serde_json::json!({"order": 7}))], |conn| {
+    ///         conn.batch_execute("INSERT INTO orders (id, status) VALUES (7, 'paid')")
+    ///     })
+    ///     .await?;
+    /// assert_eq!(jobs.len(), 1);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "sqlite")]
+    pub async fn enqueue_with<T, E, F>(
+        &self,
+        jobs: Vec<NewJob>,
+        f: F,
+    ) -> Result<(Vec<Job>, T), crate::TxError<E>>
+    where
+        F: FnOnce(&mut jobqueue_store_sqlite::SqliteConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        use jobqueue_store_sqlite::UserTxError;
+        let Some(sqlite) = &self.typed.sqlite else {
+            return Err(Error::Config(
+                "enqueue_with needs the SQLite store the builder opens (`.sqlite(path)`)".into(),
+            )
+            .into());
+        };
+        let jobs = self.prepare_batch(jobs).await?;
+        let (jobs, value) = sqlite.enqueue_with(jobs, f).await.map_err(|e| match e {
+            UserTxError::Closure(e) => crate::TxError::Closure(e),
+            UserTxError::Store(e) => crate::TxError::Queue(Error::Store(e)),
+        })?;
+        self.notify_enqueued(&jobs);
+        Ok((jobs, value))
+    }
+
+    /// Enqueues `job` on `conn`, the program's own PostgreSQL connection,
+    /// inside the diesel-async transaction it has open: the job commits
+    /// with the program's writes, or rolls back with them (no job, no
+    /// event). At the commit every process's pump wakes and the event
+    /// reaches subscribers. Only on the PostgreSQL store the builder opens
+    /// (`.postgres(url)`); `conn` must reach the same database (and
+    /// schema). The job is checked as [`enqueue_job`](Self::enqueue_job)
+    /// checks it, and the conditions of
+    /// [`PostgresStore::enqueue_in`](jobqueue_store_postgres::PostgresStore::enqueue_in)
+    /// apply: a `READ COMMITTED` transaction opened through diesel-async,
+    /// and the enqueue last, just before the commit (readers of the event
+    /// log wait for the transaction to end).
+    ///
+    /// ```no_run
+    /// use diesel_async::{AsyncConnection, RunQueryDsl};
+    ///     /// use jobqueue::NewJob;
+    ///
+    /// # async fn demo(queue: jobqueue::JobQueue, url: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let mut conn = jobqueue::postgres::AsyncPgConnection::establish(url).await?;
+    /// let job = conn
+    ///     .transaction::<_, Box<dyn std::error::Error + Send + Sync>, _>(async |conn| {
+    ///         diesel::sql_query("INSERT INTO orders (id) VALUES (7)").execute(conn).await?;
+    ///         Ok(queue.enqueue_in(conn, NewJob::new("ship")).await?)
+    ///     })
+    ///     .await?;
+    /// # let _ = job;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "postgres")]
+    pub async fn enqueue_in(
+        &self,
+        conn: &mut jobqueue_store_postgres::AsyncPgConnection,
+        job: NewJob,
+    ) -> Result<Job, Error> {
+        let Some(postgres) = &self.typed.postgres else {
+            return Err(Error::Config(
+                "enqueue_in needs the PostgreSQL store the builder opens (`.postgres(url)`)".into(),
+            ));
+        };
+        let job = self.prepare(job)?;
+        self.check_webhook_url(&job).await?;
+        let job = postgres.enqueue_in(conn, job).await?;
+        // The commit's notice wakes the pumps; this also sets the pump's
+        // timer for a job due later.
+        self.notify_enqueued(std::slice::from_ref(&job));
+        Ok(job)
     }
 
     /// One job with its phases.
@@ -885,7 +1035,8 @@ impl JobQueue {
 pub enum Enqueued {
     /// The job was enqueued.
     Created(Job),
-    /// A queued or running job held the unique key: this one, unchanged.
+    /// Another job held the key (queued or running, or created in the same
+    /// window of a unique period): this one, unchanged.
     Existing(Job),
 }
 

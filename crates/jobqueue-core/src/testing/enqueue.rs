@@ -1,9 +1,14 @@
 //! Enqueue: a job reads back exactly as `enqueue` returned it, with one
 //! `job.created` event; bad input is refused with `Invalid` and writes
 //! nothing; a unique key is held while its job is queued or running
-//! (`Duplicate` names the holder); a batch is written all or nothing.
+//! (`Duplicate` names the holder), also a key made from the input; a key
+//! with a unique period is held by every job created in the same window, in
+//! any state, until it is deleted (`DuplicateInPeriod`); a batch is written
+//! all or nothing.
 
 use std::time::Duration;
+
+use serde_json::json;
 
 use super::{Ctx, assert_kind, claim_one, complete_phases, enqueue, job, snapshot, spec};
 use crate::clock::Clock;
@@ -132,6 +137,139 @@ pub(super) async fn unique_keys(ctx: &Ctx) {
         .await
         .unwrap();
     assert_ne!(again.id, first.id);
+}
+
+pub(super) async fn unique_by_input(ctx: &Ctx) {
+    let first = ctx
+        .store
+        .enqueue(
+            spec("p", &["a"])
+                .input(json!({"a": 1, "b": 2}))
+                .unique_by_input(),
+        )
+        .await
+        .unwrap();
+    let key = first.unique_key.clone().unwrap();
+    assert_eq!(key, crate::unique::input_key("p", &json!({"a": 1, "b": 2})));
+    assert_eq!(
+        job(ctx, first.id).await.unique_key.as_deref(),
+        Some(key.as_str())
+    );
+    let before = snapshot(ctx).await;
+    // The same JSON, its keys in another order: the same key.
+    let err = assert_kind(
+        ctx.store
+            .enqueue(
+                spec("p", &["a"])
+                    .input(json!({"b": 2, "a": 1}))
+                    .unique_by_input(),
+            )
+            .await,
+        ErrorKind::Duplicate,
+    );
+    assert!(matches!(err, StoreError::Duplicate { existing, .. } if existing == first.id));
+    assert_eq!(snapshot(ctx).await, before);
+    // Another input, or another pipeline, is another key.
+    ctx.store
+        .enqueue(spec("p", &["a"]).input(json!({"a": 2})).unique_by_input())
+        .await
+        .unwrap();
+    ctx.store
+        .enqueue(
+            spec("q", &["a"])
+                .input(json!({"a": 1, "b": 2}))
+                .unique_by_input(),
+        )
+        .await
+        .unwrap();
+    // A key given and one made from the input exclude each other.
+    let both = spec("p", &["a"]).unique_key("k").unique_by_input();
+    assert_kind(ctx.store.enqueue(both).await, ErrorKind::Invalid);
+}
+
+pub(super) async fn unique_periods(ctx: &Ctx) {
+    let hour = Duration::from_secs(3600);
+    ctx.clock.set(time::macros::datetime!(2026-12-02 10:10 UTC));
+    let keyed = || spec("p", &["a"]).unique_key("k").unique_for(hour);
+    let first = ctx.store.enqueue(keyed()).await.unwrap();
+    assert_eq!(
+        first.period_key.as_deref(),
+        Some("k@2026-12-02T10:00:00Z/3600s")
+    );
+    assert_eq!(job(ctx, first.id).await.period_key, first.period_key);
+    // Finished, it frees the key but not the window.
+    let c = claim_one(ctx).await;
+    complete_phases(ctx, &c.lease, 0..1).await;
+    ctx.store.complete_job(&c.lease).await.unwrap();
+    ctx.clock.advance(Duration::from_secs(49 * 60 + 59));
+    let before = snapshot(ctx).await;
+    let err = assert_kind(ctx.store.enqueue(keyed()).await, ErrorKind::Duplicate);
+    assert!(
+        matches!(&err, StoreError::DuplicateInPeriod { existing, .. } if *existing == first.id),
+        "{err}"
+    );
+    assert_eq!(err.duplicate_of(), Some(first.id));
+    assert_eq!(
+        snapshot(ctx).await,
+        before,
+        "a refused enqueue changes nothing"
+    );
+    // Without the period, only the active rule holds.
+    let plain = ctx
+        .store
+        .enqueue(spec("p", &["a"]).unique_key("k"))
+        .await
+        .unwrap();
+    ctx.store.request_cancel(plain.id).await.unwrap();
+    // The next window starts at 11:00 sharp.
+    ctx.clock.advance(Duration::from_secs(1));
+    let second = ctx.store.enqueue(keyed()).await.unwrap();
+    assert_eq!(
+        second.period_key.as_deref(),
+        Some("k@2026-12-02T11:00:00Z/3600s")
+    );
+    // Queued, it holds the key itself.
+    let err = assert_kind(ctx.store.enqueue(keyed()).await, ErrorKind::Duplicate);
+    assert!(matches!(err, StoreError::Duplicate { existing, .. } if existing == second.id));
+    // Cancelled, it still holds the window; deleted, it frees it.
+    ctx.store.request_cancel(second.id).await.unwrap();
+    let err = assert_kind(ctx.store.enqueue(keyed()).await, ErrorKind::Duplicate);
+    assert_eq!(err.duplicate_of(), Some(second.id));
+    // Another period is another window key.
+    let daily = spec("p", &["a"]).unique_key("k").unique_for(hour * 24);
+    let day = ctx.store.enqueue(daily).await.unwrap();
+    ctx.store.request_cancel(day.id).await.unwrap();
+    ctx.store.delete(second.id).await.unwrap();
+    let third = ctx.store.enqueue(keyed()).await.unwrap();
+    assert_eq!(third.period_key, second.period_key);
+    // A batch is refused at the job whose window is held.
+    ctx.store.request_cancel(third.id).await.unwrap();
+    let r = ctx
+        .store
+        .enqueue_batch(vec![spec("p", &["a"]), keyed()])
+        .await;
+    let err = assert_kind(r, ErrorKind::Duplicate);
+    assert!(matches!(err, StoreError::Batch { index: 1, .. }), "{err}");
+    // By input, within a period.
+    let by_input = || {
+        spec("p", &["a"])
+            .input(json!({"x": 1}))
+            .unique_by_input()
+            .unique_for(hour)
+    };
+    let j = ctx.store.enqueue(by_input()).await.unwrap();
+    ctx.store.request_cancel(j.id).await.unwrap();
+    assert_kind(ctx.store.enqueue(by_input()).await, ErrorKind::Duplicate);
+    // Bad periods and a period without a key are refused.
+    for bad in [
+        spec("p", &["a"]).unique_for(hour),
+        spec("p", &["a"]).unique_key("z").unique_for(Duration::ZERO),
+        spec("p", &["a"])
+            .unique_key("z")
+            .unique_for(Duration::from_millis(1500)),
+    ] {
+        assert_kind(ctx.store.enqueue(bad).await, ErrorKind::Invalid);
+    }
 }
 
 pub(super) async fn batch_is_all_or_nothing(ctx: &Ctx) {

@@ -102,6 +102,8 @@ macro_rules! __conformance_suite {
                 round_trip,
                 refuses_bad_input,
                 unique_keys,
+                unique_by_input,
+                unique_periods,
                 batch_is_all_or_nothing,
             }
             claim {

@@ -3,7 +3,8 @@
 //!
 //! - Claims from both handles hand out every job once.
 //! - A lease rescued through one handle fences the other's late writes.
-//! - A unique key enqueued through both: one wins, the other is `Duplicate`.
+//! - A unique key enqueued through both: one wins, the other is `Duplicate`;
+//!   with a unique period, a window held by a finished job refuses both.
 //! - Deliveries claimed through both: no delivery is handed to both.
 //! - Leadership: one holder at a time, kept by renewing, taken over once
 //!   the term ended unrenewed.
@@ -85,6 +86,7 @@ macro_rules! shared_conformance_tests {
             racing_claims_across_handles,
             fencing_across_handles,
             unique_keys_across_handles,
+            unique_periods_across_handles,
             delivery_claims_across_handles,
             leader_takeover,
             notices_across_handles,
@@ -206,6 +208,32 @@ pub async fn unique_keys_across_handles(p: &Pair) {
         .await;
         let won: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
         assert_eq!(won.len(), 1, "exactly one enqueue of {key} wins");
+        let lost = results.into_iter().find(Result::is_err).unwrap();
+        assert_kind(lost, ErrorKind::Duplicate);
+    }
+}
+
+/// One key held for a period, enqueued through both handles at once after
+/// a job of the same window finished: both are refused by the window.
+/// Then in a new window, exactly one wins.
+pub async fn unique_periods_across_handles(p: &Pair) {
+    let hour = Duration::from_secs(3600);
+    let keyed = || spec("p", &["x"]).unique_key("kp").unique_for(hour);
+    let first = p.a.enqueue(keyed()).await.unwrap();
+    p.a.request_cancel(first.id).await.unwrap();
+    let results = join_all([p.a.enqueue(keyed()), p.b.enqueue(keyed())]).await;
+    for r in results {
+        let e = assert_kind(r, ErrorKind::Duplicate);
+        assert_eq!(e.duplicate_of(), Some(first.id), "{e}");
+    }
+    for round in 0..4 {
+        let key = format!("kp{round}");
+        let results = join_all([
+            p.a.enqueue(spec("p", &["x"]).unique_key(key.clone()).unique_for(hour)),
+            p.b.enqueue(spec("p", &["x"]).unique_key(key.clone()).unique_for(hour)),
+        ])
+        .await;
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{key}");
         let lost = results.into_iter().find(Result::is_err).unwrap();
         assert_kind(lost, ErrorKind::Duplicate);
     }
