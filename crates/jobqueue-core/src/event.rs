@@ -94,6 +94,13 @@ pub enum EventData {
     Stale {},
     /// `job.deleted`
     Deleted {},
+    /// `job.snoozed`: phase `phase` (at `index`) runs again at `run_at`.
+    Snoozed {
+        phase: String,
+        index: usize,
+        #[serde(with = "crate::timefmt::rfc3339")]
+        run_at: OffsetDateTime,
+    },
 }
 
 /// Event data that does not fit its type.
@@ -124,6 +131,7 @@ impl EventData {
             Self::Interrupted { .. } => EventType::JobInterrupted,
             Self::Stale {} => EventType::JobStale,
             Self::Deleted {} => EventType::JobDeleted,
+            Self::Snoozed { .. } => EventType::JobSnoozed,
         }
     }
 
@@ -190,6 +198,11 @@ impl EventData {
             Self::Interrupted { phase, progress: p } => {
                 json!({"phase": phase, "progress": progress(p)})
             }
+            Self::Snoozed {
+                phase,
+                index,
+                run_at,
+            } => json!({"phase": phase, "index": index, "run_at": time(run_at)}),
         }
     }
 
@@ -247,6 +260,13 @@ impl EventData {
         struct InterruptedD {
             phase: String,
             progress: Option<Progress>,
+        }
+        #[derive(Deserialize)]
+        struct SnoozedD {
+            phase: String,
+            index: usize,
+            #[serde(with = "crate::timefmt::rfc3339")]
+            run_at: OffsetDateTime,
         }
         #[derive(Deserialize)]
         struct EmptyD {}
@@ -331,6 +351,14 @@ impl EventData {
                 let _: EmptyD = serde_json::from_value(d).map_err(err)?;
                 Self::Deleted {}
             }
+            EventType::JobSnoozed => {
+                let v: SnoozedD = serde_json::from_value(d).map_err(err)?;
+                Self::Snoozed {
+                    phase: v.phase,
+                    index: v.index,
+                    run_at: v.run_at,
+                }
+            }
         })
     }
 }
@@ -397,6 +425,11 @@ mod tests {
             },
             EventData::Stale {},
             EventData::Deleted {},
+            EventData::Snoozed {
+                phase: "b".into(),
+                index: 1,
+                run_at: at,
+            },
         ]
     }
 
