@@ -154,7 +154,8 @@ impl Listeners {
 }
 
 /// Whether one of `events` put a job in the queue: `job.created`,
-/// `job.retried`, `job.interrupted`, or `job.phase.failed` with a retry.
+/// `job.retried`, `job.interrupted`, `job.snoozed`, or `job.phase.failed`
+/// with a retry.
 pub fn makes_work(events: &[Event]) -> bool {
     events.iter().any(|e| {
         matches!(
@@ -162,6 +163,7 @@ pub fn makes_work(events: &[Event]) -> bool {
             EventData::Created { .. }
                 | EventData::Retried { .. }
                 | EventData::Interrupted { .. }
+                | EventData::Snoozed { .. }
                 | EventData::PhaseFailed {
                     retry_at: Some(_),
                     ..

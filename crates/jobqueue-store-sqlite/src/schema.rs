@@ -56,6 +56,7 @@ diesel::table! {
         error -> Nullable<Text>,
         started_at -> Nullable<BigInt>,
         finished_at -> Nullable<BigInt>,
+        checkpoint -> Nullable<Text>,
     }
 }
 
