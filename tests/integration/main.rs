@@ -46,6 +46,7 @@ macro_rules! store_tests {
 mod events;
 mod everyday;
 mod hardening;
+mod inside;
 mod kill;
 mod metrics;
 mod poison;
