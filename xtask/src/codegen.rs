@@ -304,6 +304,11 @@ fn sample(ty: EventType) -> EventData {
         },
         EventType::JobStale => EventData::Stale {},
         EventType::JobDeleted => EventData::Deleted {},
+        EventType::JobSnoozed => EventData::Snoozed {
+            phase: phase(),
+            index: 0,
+            run_at: at,
+        },
     }
 }
 

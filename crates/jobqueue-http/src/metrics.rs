@@ -385,6 +385,7 @@ impl Metrics {
             }
             EventData::Cancelled { .. }
             | EventData::Interrupted { .. }
+            | EventData::Snoozed { .. }
             | EventData::Deleted { .. } => phases.forget(event.job_id),
             _ => {}
         }

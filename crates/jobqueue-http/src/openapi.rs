@@ -489,6 +489,7 @@ fn schemas() -> Value {
             "error": nullable_string,
             "started_at": nullable_time(),
             "finished_at": nullable_time(),
+            "checkpoint": {"description": "The last JSON checkpoint the phase saved while it ran, which its next run resumes from; null when it saved none, and once it completed."},
         })),
         "Job": object(json!({
             "id": uuid,
@@ -611,6 +612,7 @@ fn event_data(ty: EventType) -> Value {
             object(json!({"phase": phase, "progress": nullable("Progress")}))
         }
         EventType::JobCancelled | EventType::JobStale | EventType::JobDeleted => object(json!({})),
+        EventType::JobSnoozed => object(json!({"phase": phase, "index": index, "run_at": time()})),
     }
 }
 
