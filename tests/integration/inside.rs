@@ -20,7 +20,8 @@ use crate::Env;
 use crate::everyday::within;
 
 /// Makes builders on one store, again and again: a "restart" of the queue.
-type Builders = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = JobQueueBuilder> + Send>> + Send + Sync>;
+type Builders =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = JobQueueBuilder> + Send>> + Send + Sync>;
 
 /// What the copying phase tells the test: where each run started, and the
 /// last checkpoint it saved.
@@ -70,7 +71,9 @@ fn copy_pipeline(stop: &'static str) -> Pipeline {
 }
 
 async fn wait_for(queue: &JobQueue, job: &Job) -> Job {
-    within("the job to finish", queue.wait(job.id)).await.unwrap()
+    within("the job to finish", queue.wait(job.id))
+        .await
+        .unwrap()
 }
 
 async fn resumes_from_its_checkpoint_after_a_shutdown(builders: Builders) {
@@ -102,7 +105,10 @@ async fn resumes_from_its_checkpoint_after_a_shutdown(builders: Builders) {
     let copy = &done.phases[0];
     assert_eq!(copy.result, Some(json!({ "rows": 4 })));
     assert_eq!(copy.checkpoint, None, "cleared once the phase completed");
-    assert!(done.interrupted.is_some(), "it was cut short by the shutdown");
+    assert!(
+        done.interrupted.is_some(),
+        "it was cut short by the shutdown"
+    );
     queue.shutdown().await;
 }
 
@@ -149,9 +155,7 @@ fn snoozing_pipelines() -> Vec<Pipeline> {
 }
 
 async fn snoozes_do_not_spend_attempts(builders: Builders) {
-    let mut builder = builders()
-        .await
-        .retry_policy(crate::fast_retry(1));
+    let mut builder = builders().await.retry_policy(crate::fast_retry(1));
     for p in snoozing_pipelines() {
         builder = builder.pipeline(p);
     }
@@ -165,7 +169,10 @@ async fn snoozes_do_not_spend_attempts(builders: Builders) {
         Some(json!({ "snoozes": 2, "attempt": 1 }))
     );
     assert_eq!(done.phases[1].attempts, 1);
-    assert_eq!(done.phases[0].attempts, 1, "a completed phase never runs again");
+    assert_eq!(
+        done.phases[0].attempts, 1,
+        "a completed phase never runs again"
+    );
     let filter = EventFilter {
         job: Some(job.id),
         types: vec![],

@@ -174,7 +174,10 @@ mod tests {
             .and_then(|rest| rest.split("];").next())
             .unwrap_or_default();
         for ty in jobqueue::core::EventType::ALL {
-            assert!(list.contains(&format!("\"{ty}\"")), "EVENT_TYPES lacks {ty}");
+            assert!(
+                list.contains(&format!("\"{ty}\"")),
+                "EVENT_TYPES lacks {ty}"
+            );
         }
     }
 

@@ -467,10 +467,6 @@ mod tests {
             .as_object()
             .map(|o| o.keys().map(String::as_str).collect())
             .unwrap_or_default();
-        assert_eq!(
-            members.len(),
-            9,
-            "every member of a phase: {members:?}"
-        );
+        assert_eq!(members.len(), 9, "every member of a phase: {members:?}");
     }
 }

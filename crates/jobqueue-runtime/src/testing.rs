@@ -174,7 +174,13 @@ impl PhaseHarness {
             state: Arc::new(self.state.clone()),
             checkpoints: Checkpoints::new(self.checkpoint.clone(), Target::Log(saved.clone())),
         };
-        (ctx, Logs { reports: log, checkpoints: saved })
+        (
+            ctx,
+            Logs {
+                reports: log,
+                checkpoints: saved,
+            },
+        )
     }
 
     /// Builds the context alone, for a phase written as a plain async
@@ -386,7 +392,7 @@ mod tests {
         phase_fn("copy", |ctx| async move {
             let mut next = ctx.checkpoint_as::<u32>()?.unwrap_or(0);
             while next < 5 {
-                next += 1;
+                next = next.saturating_add(1);
                 ctx.checkpoint(&next).await?;
                 assert_eq!(ctx.checkpoint_as::<u32>()?, Some(next), "read back at once");
             }
@@ -397,7 +403,10 @@ mod tests {
     #[tokio::test]
     async fn a_phase_resumes_from_the_checkpoint_given_and_its_saves_are_kept() {
         let fresh = PhaseHarness::new("p", "copy").run(&copy()).await;
-        assert_eq!(fresh.checkpoints, [json!(1), json!(2), json!(3), json!(4), json!(5)]);
+        assert_eq!(
+            fresh.checkpoints,
+            [json!(1), json!(2), json!(3), json!(4), json!(5)]
+        );
         let resumed = PhaseHarness::new("p", "copy")
             .checkpoint(&3)
             .run(&copy())
@@ -416,7 +425,11 @@ mod tests {
             .await;
         let err = run.result.expect_err("a string checkpoint");
         assert_eq!(err.kind, FailureKind::Permanent);
-        assert!(err.message.contains("checkpoint of phase \"copy\" does not fit"), "{err}");
+        assert!(
+            err.message
+                .contains("checkpoint of phase \"copy\" does not fit"),
+            "{err}"
+        );
         let deep = phase_fn("deep", |ctx| async move {
             let deep = (0..100).fold(json!(1), |inner, _| Value::Array(vec![inner]));
             ctx.checkpoint(&deep).await?;
@@ -436,7 +449,10 @@ mod tests {
         });
         let run = PhaseHarness::new("p", "wait").run(&phase).await;
         let err = run.result.expect_err("snoozed");
-        assert_eq!(err.kind, FailureKind::Snooze(std::time::Duration::from_secs(5)));
+        assert_eq!(
+            err.kind,
+            FailureKind::Snooze(std::time::Duration::from_secs(5))
+        );
         assert_eq!(err.message, "snoozed for 5s");
     }
 }

@@ -44,7 +44,9 @@ pub(super) async fn saved_and_read_back(ctx: &Ctx) {
     // Any JSON value is a checkpoint, null included.
     s.save_checkpoint(&c.lease, 0, Value::Null).await.unwrap();
     assert_eq!(job(ctx, j.id).await.phases[0].checkpoint, Some(Value::Null));
-    s.save_checkpoint(&c.lease, 0, json!(["x", 1])).await.unwrap();
+    s.save_checkpoint(&c.lease, 0, json!(["x", 1]))
+        .await
+        .unwrap();
     // Completing the phase clears it: nothing resumes a completed phase.
     s.phase_completed(&c.lease, 0, json!("copied"))
         .await
@@ -148,7 +150,11 @@ pub(super) async fn refused_checkpoints_change_nothing(ctx: &Ctx) {
         s.save_checkpoint(&missing, 0, json!(1)).await,
         ErrorKind::NotFound,
     );
-    assert_eq!(snapshot(ctx).await, before, "a refused checkpoint writes nothing");
+    assert_eq!(
+        snapshot(ctx).await,
+        before,
+        "a refused checkpoint writes nothing"
+    );
     // Once the job left running, its last lease saves nothing either.
     s.phase_failed(&c.lease, 0, "x".into(), FailureOutcome::Fail)
         .await

@@ -124,7 +124,11 @@ pub(super) async fn refused_snoozes_change_nothing(ctx: &Ctx) {
         ..c.lease
     };
     assert_kind(s.snooze(&missing, 0, later).await, ErrorKind::NotFound);
-    assert_eq!(snapshot(ctx).await, before, "a refused snooze writes nothing");
+    assert_eq!(
+        snapshot(ctx).await,
+        before,
+        "a refused snooze writes nothing"
+    );
     // A completed phase cannot snooze; nor can a job that ended.
     s.phase_completed(&c.lease, 0, json!(1)).await.unwrap();
     assert_kind(s.snooze(&c.lease, 0, later).await, ErrorKind::Conflict);
