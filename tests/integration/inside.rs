@@ -70,6 +70,17 @@ fn copy_pipeline(stop: &'static str) -> Pipeline {
     }))
 }
 
+/// A queue on `builders`' store that runs `copy_pipeline(stop)` with `probe`.
+async fn start_copy(builders: &Builders, probe: &Arc<Probe>, stop: &'static str) -> JobQueue {
+    builders()
+        .await
+        .state(probe.clone())
+        .pipeline(copy_pipeline(stop))
+        .start()
+        .await
+        .unwrap()
+}
+
 async fn wait_for(queue: &JobQueue, job: &Job) -> Job {
     within("the job to finish", queue.wait(job.id))
         .await
@@ -78,13 +89,7 @@ async fn wait_for(queue: &JobQueue, job: &Job) -> Job {
 
 async fn resumes_from_its_checkpoint_after_a_shutdown(builders: Builders) {
     let probe = Probe::new();
-    let queue = builders()
-        .await
-        .state(probe.clone())
-        .pipeline(copy_pipeline("shutdown"))
-        .start()
-        .await
-        .unwrap();
+    let queue = start_copy(&builders, &probe, "shutdown").await;
     let job = queue.enqueue("copy", &json!({})).await.unwrap();
     let mut saved = probe.saved.subscribe();
     within("the second checkpoint", saved.wait_for(|n| *n == 2))
@@ -92,13 +97,7 @@ async fn resumes_from_its_checkpoint_after_a_shutdown(builders: Builders) {
         .unwrap();
     queue.shutdown().await;
     // The process is gone; a new one on the same store takes the job up.
-    let queue = builders()
-        .await
-        .state(probe.clone())
-        .pipeline(copy_pipeline("shutdown"))
-        .start()
-        .await
-        .unwrap();
+    let queue = start_copy(&builders, &probe, "shutdown").await;
     let done = wait_for(&queue, &job).await;
     assert_eq!(done.status, JobStatus::Completed);
     assert_eq!(probe.starts(), [0, 2], "the second run resumed at row 2");
@@ -114,13 +113,7 @@ async fn resumes_from_its_checkpoint_after_a_shutdown(builders: Builders) {
 
 async fn resumes_from_its_checkpoint_after_a_failure(builders: Builders) {
     let probe = Probe::new();
-    let queue = builders()
-        .await
-        .state(probe.clone())
-        .pipeline(copy_pipeline("fail"))
-        .start()
-        .await
-        .unwrap();
+    let queue = start_copy(&builders, &probe, "fail").await;
     let job = queue.enqueue("copy", &json!({})).await.unwrap();
     let done = wait_for(&queue, &job).await;
     assert_eq!(done.status, JobStatus::Completed);
