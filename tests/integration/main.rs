@@ -48,6 +48,7 @@ mod events;
 #[macro_use]
 mod everyday;
 mod hardening;
+mod inside;
 mod kill;
 mod metrics;
 mod pause;

@@ -306,6 +306,11 @@ fn sample(ty: EventType) -> EventData {
         EventType::JobDeleted => EventData::Deleted {},
         EventType::PipelinePaused => EventData::PipelinePaused {},
         EventType::PipelineResumed => EventData::PipelineResumed {},
+        EventType::JobSnoozed => EventData::Snoozed {
+            phase: phase(),
+            index: 0,
+            run_at: at,
+        },
     }
 }
 

@@ -381,10 +381,61 @@ impl Job {
         p.result = Some(result.clone());
         p.finished_at = Some(now);
         p.error = None;
+        // Done for good: nothing will resume from it.
+        p.checkpoint = None;
         Ok(EventData::PhaseCompleted {
             phase: p.name.clone(),
             index,
             result,
+        })
+    }
+
+    /// The running phase `index` saves `checkpoint`, replacing the one it
+    /// saved before: where its next run resumes after a failure, a crash, a
+    /// shutdown or a snooze. Refused when the value passes the limits of
+    /// [`check_json`](crate::job::check_json) or the phase is not running.
+    /// No event: the phase's status does not change, and the checkpoint
+    /// shows on the job's record.
+    pub fn save_checkpoint(
+        &mut self,
+        index: usize,
+        checkpoint: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let name = &self.phase_at(index)?.name;
+        crate::job::check_json(&format!("checkpoint of phase {name:?}"), &checkpoint)
+            .map_err(StoreError::Invalid)?;
+        self.step_phase(index, PhaseAction::Checkpoint)?;
+        self.phases[index].checkpoint = Some(checkpoint);
+        Ok(())
+    }
+
+    /// The running phase `index` asks to run again at `run_at`: the job is
+    /// queued at that time (to the microsecond), the phase back to
+    /// `pending` with its checkpoint and last progress kept, and
+    /// the attempt the claim counted is given back, to the job and to the
+    /// phase, so snoozes never spend `max_attempts`. Returns `job.snoozed`.
+    pub fn snooze(
+        &mut self,
+        index: usize,
+        run_at: OffsetDateTime,
+    ) -> Result<EventData, StoreError> {
+        crate::timefmt::check("snooze time", run_at).map_err(StoreError::Invalid)?;
+        self.phase_at(index)?;
+        let mut after = self.clone();
+        after.step_phase(index, PhaseAction::Snooze)?;
+        after.step(JobAction::Snooze)?;
+        let run_at = truncate_to_micros(run_at);
+        after.attempt = after.attempt.saturating_sub(1);
+        let p = &mut after.phases[index];
+        p.attempts = p.attempts.saturating_sub(1);
+        let phase = p.name.clone();
+        after.run_at = run_at;
+        after.release_lease();
+        *self = after;
+        Ok(EventData::Snoozed {
+            phase,
+            index,
+            run_at,
         })
     }
 

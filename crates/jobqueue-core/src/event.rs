@@ -105,6 +105,13 @@ pub enum EventData {
     PipelinePaused {},
     /// `pipeline.resumed`
     PipelineResumed {},
+    /// `job.snoozed`: phase `phase` (at `index`) runs again at `run_at`.
+    Snoozed {
+        phase: String,
+        index: usize,
+        #[serde(with = "crate::timefmt::rfc3339")]
+        run_at: OffsetDateTime,
+    },
 }
 
 /// Event data that does not fit its type.
@@ -137,6 +144,7 @@ impl EventData {
             Self::Deleted {} => EventType::JobDeleted,
             Self::PipelinePaused {} => EventType::PipelinePaused,
             Self::PipelineResumed {} => EventType::PipelineResumed,
+            Self::Snoozed { .. } => EventType::JobSnoozed,
         }
     }
 
@@ -210,6 +218,11 @@ impl EventData {
             Self::Interrupted { phase, progress: p } => {
                 json!({"phase": phase, "progress": progress(p)})
             }
+            Self::Snoozed {
+                phase,
+                index,
+                run_at,
+            } => json!({"phase": phase, "index": index, "run_at": time(run_at)}),
         }
     }
 
@@ -267,6 +280,13 @@ impl EventData {
         struct InterruptedD {
             phase: String,
             progress: Option<Progress>,
+        }
+        #[derive(Deserialize)]
+        struct SnoozedD {
+            phase: String,
+            index: usize,
+            #[serde(with = "crate::timefmt::rfc3339")]
+            run_at: OffsetDateTime,
         }
         #[derive(Deserialize)]
         struct EmptyD {}
@@ -364,6 +384,14 @@ impl EventData {
                 let _: EmptyD = serde_json::from_value(d).map_err(err)?;
                 Self::PipelineResumed {}
             }
+            EventType::JobSnoozed => {
+                let v: SnoozedD = serde_json::from_value(d).map_err(err)?;
+                Self::Snoozed {
+                    phase: v.phase,
+                    index: v.index,
+                    run_at: v.run_at,
+                }
+            }
         })
     }
 }
@@ -435,6 +463,11 @@ mod tests {
             EventData::Deleted {},
             EventData::PipelinePaused {},
             EventData::PipelineResumed {},
+            EventData::Snoozed {
+                phase: "b".into(),
+                index: 1,
+                run_at: at,
+            },
         ]
     }
 

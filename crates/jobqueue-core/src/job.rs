@@ -381,6 +381,12 @@ pub struct Phase {
     /// When it last finished.
     #[serde(with = "crate::timefmt::rfc3339::option")]
     pub finished_at: Option<OffsetDateTime>,
+    /// The last checkpoint the phase saved while it ran (within the limits
+    /// of [`check_json`]): kept through failures, retries, interruptions,
+    /// snoozes and cancels, so the next run resumes from it; cleared when
+    /// the phase completes.
+    #[serde(default)]
+    pub checkpoint: Option<Value>,
 }
 
 impl Phase {
@@ -395,6 +401,7 @@ impl Phase {
             error: None,
             started_at: None,
             finished_at: None,
+            checkpoint: None,
         }
     }
 }

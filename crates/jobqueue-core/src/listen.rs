@@ -154,8 +154,8 @@ impl Listeners {
 }
 
 /// Whether one of `events` put a job in the queue: `job.created`,
-/// `job.retried`, `job.interrupted`, or `job.phase.failed` with a retry; or
-/// made queued jobs claimable again: `pipeline.resumed`.
+/// `job.retried`, `job.interrupted`, `job.snoozed`, or `job.phase.failed`
+/// with a retry; or made queued jobs claimable again: `pipeline.resumed`.
 pub fn makes_work(events: &[Event]) -> bool {
     events.iter().any(|e| {
         matches!(
@@ -164,6 +164,7 @@ pub fn makes_work(events: &[Event]) -> bool {
                 | EventData::Retried { .. }
                 | EventData::Interrupted { .. }
                 | EventData::PipelineResumed {}
+                | EventData::Snoozed { .. }
                 | EventData::PhaseFailed {
                     retry_at: Some(_),
                     ..

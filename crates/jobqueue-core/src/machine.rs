@@ -92,6 +92,9 @@ named_enum! {
         JobStale => "job.stale",
         /// The job was deleted.
         JobDeleted => "job.deleted",
+        /// A phase asked to run again later: the job is queued at `run_at`,
+        /// and the attempt it was in is not counted.
+        JobSnoozed => "job.snoozed",
         /// A pipeline was paused: its queued jobs are not claimed until it
         /// is resumed. About a pipeline, not a job (no `job_id`).
         PipelinePaused => "pipeline.paused",
@@ -131,6 +134,9 @@ named_enum! {
         MarkStale => "mark_stale",
         /// Retention or a user deletes the job.
         Delete => "delete",
+        /// The running phase asks to run again later: queued at `run_at`,
+        /// without spending an attempt.
+        Snooze => "snooze",
     }
 }
 
@@ -149,6 +155,10 @@ named_enum! {
         Cancel => "cancel",
         /// A crash or a shutdown cut the phase short.
         Interrupt => "interrupt",
+        /// The phase asks to run again later (its job is snoozed).
+        Snooze => "snooze",
+        /// The running phase saves a checkpoint: its status does not change.
+        Checkpoint => "checkpoint",
     }
 }
 
@@ -176,8 +186,10 @@ pub struct PhaseRule {
     pub action: PhaseAction,
     /// The status it ends in.
     pub to: PhaseStatus,
-    /// The event appended with the change, if any. A cancelled or interrupted
-    /// phase has none of its own: the job's event covers it.
+    /// The event appended with the change, if any. A cancelled, interrupted
+    /// or snoozed phase has none of its own: the job's event covers it. A
+    /// checkpoint has none: it is the phase's own state, not a change of
+    /// status, and shows on the job's record.
     pub event: Option<EventType>,
 }
 
@@ -221,6 +233,7 @@ pub const JOB_TRANSITIONS: &[JobRule] = {
         job(S::Queued, A::Fail, S::Failed, Some(E::JobFailed)),
         job(S::Running, A::ScheduleRetry, S::Queued, None),
         job(S::Running, A::Interrupt, S::Queued, Some(E::JobInterrupted)),
+        job(S::Running, A::Snooze, S::Queued, Some(E::JobSnoozed)),
         job(S::Queued, A::Cancel, S::Cancelled, Some(E::JobCancelled)),
         job(S::Running, A::Cancel, S::Cancelled, Some(E::JobCancelled)),
         job(S::Failed, A::ManualRetry, S::Queued, Some(E::JobRetried)),
@@ -255,6 +268,8 @@ pub const PHASE_TRANSITIONS: &[PhaseRule] = {
         phase(S::Running, A::Fail, S::Failed, Some(E::PhaseFailed)),
         phase(S::Running, A::Cancel, S::Cancelled, None),
         phase(S::Running, A::Interrupt, S::Pending, None),
+        phase(S::Running, A::Snooze, S::Pending, None),
+        phase(S::Running, A::Checkpoint, S::Running, None),
     ]
 };
 

@@ -449,6 +449,35 @@ impl JobStore for MemoryStore {
         Ok(())
     }
 
+    async fn save_checkpoint(
+        &self,
+        lease: &Lease,
+        index: usize,
+        checkpoint: Value,
+    ) -> Result<(), StoreError> {
+        let mut st = self.lock();
+        let mut job = st.leased(lease)?;
+        job.save_checkpoint(index, checkpoint)?;
+        st.jobs.insert(job.id, job);
+        Ok(())
+    }
+
+    async fn snooze(
+        &self,
+        lease: &Lease,
+        index: usize,
+        run_at: OffsetDateTime,
+    ) -> Result<Job, StoreError> {
+        let now = self.now();
+        let mut st = self.lock();
+        let mut job = st.leased(lease)?;
+        let events = vec![job.snooze(index, run_at)?];
+        let staged = events.into_iter().map(|d| Staged::new(&job, d)).collect();
+        st.jobs.insert(job.id, job.clone());
+        st.commit(now, staged);
+        Ok(job)
+    }
+
     async fn phase_completed(
         &self,
         lease: &Lease,

@@ -359,6 +359,29 @@ pub trait JobStore: Send + Sync + 'static {
         progress: Progress,
     ) -> Result<(), StoreError>;
 
+    /// The running phase `index` saves `checkpoint` (see
+    /// [`Job::save_checkpoint`]), durably before this returns: its next run,
+    /// after a failure, a crash, a shutdown or a snooze, reads it back. No
+    /// event. `Invalid` past the JSON limits, `Conflict` when the phase is
+    /// not running; either way nothing changes.
+    async fn save_checkpoint(
+        &self,
+        lease: &Lease,
+        index: usize,
+        checkpoint: Value,
+    ) -> Result<(), StoreError>;
+
+    /// The running phase `index` asks to run again at `run_at` (see
+    /// [`Job::snooze`]): the job is queued at that time, the phase
+    /// `pending`, and the attempt is not counted (event `job.snoozed`).
+    /// `Invalid` for a time past what a store holds.
+    async fn snooze(
+        &self,
+        lease: &Lease,
+        index: usize,
+        run_at: OffsetDateTime,
+    ) -> Result<Job, StoreError>;
+
     /// Phase `index` completed with `result`, stored with the status change
     /// (event `job.phase.completed`).
     async fn phase_completed(

@@ -164,6 +164,24 @@ mod tests {
     }
 
     #[test]
+    fn the_script_listens_to_every_event_type() {
+        // Server-Sent Events arrive by name: a type the list lacks is never
+        // seen by the page.
+        let script = ASSETS[0].body;
+        let list = script
+            .split("const EVENT_TYPES = [")
+            .nth(1)
+            .and_then(|rest| rest.split("];").next())
+            .unwrap_or_default();
+        for ty in jobqueue::core::EventType::ALL {
+            assert!(
+                list.contains(&format!("\"{ty}\"")),
+                "EVENT_TYPES lacks {ty}"
+            );
+        }
+    }
+
+    #[test]
     fn the_page_loads_only_its_own_assets() {
         let page = INDEX.body;
         assert!(!page.contains("<style"), "inline styles break the CSP");

@@ -389,6 +389,7 @@ impl Metrics {
             }
             EventData::Cancelled { .. }
             | EventData::Interrupted { .. }
+            | EventData::Snoozed { .. }
             | EventData::Deleted { .. } => phases.forget(job_id),
             _ => {}
         }

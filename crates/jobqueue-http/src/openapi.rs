@@ -516,6 +516,7 @@ fn schemas() -> Value {
             "error": nullable_string,
             "started_at": nullable_time(),
             "finished_at": nullable_time(),
+            "checkpoint": {"description": "The last JSON checkpoint the phase saved while it ran, which its next run resumes from; null when it saved none, and once it completed."},
         })),
         "Job": object(json!({
             "id": uuid,
@@ -657,6 +658,7 @@ fn event_data(ty: EventType) -> Value {
         | EventType::JobDeleted
         | EventType::PipelinePaused
         | EventType::PipelineResumed => object(json!({})),
+        EventType::JobSnoozed => object(json!({"phase": phase, "index": index, "run_at": time()})),
     }
 }
 

@@ -23,7 +23,8 @@ use crate::error::ApiError;
 ///  "created_at": "...", "run_at": "...", "started_at": null, "finished_at": null,
 ///  "error": null, "interrupted": null, "cancel_requested": false, "stale_at": null,
 ///  "phases": [{"name": "fetch", "status": "pending", "attempts": 0, "progress": null,
-///              "result": null, "error": null, "started_at": null, "finished_at": null}]}
+///              "result": null, "error": null, "started_at": null, "finished_at": null,
+///              "checkpoint": null}]}
 /// ```
 #[derive(Debug, Serialize)]
 pub struct JobJson<'a> {
@@ -81,6 +82,9 @@ struct PhaseJson<'a> {
     error: Option<&'a str>,
     started_at: Option<String>,
     finished_at: Option<String>,
+    /// The last checkpoint the phase saved, which its next run resumes
+    /// from; null when it saved none or completed.
+    checkpoint: Option<&'a Value>,
 }
 
 impl<'a> From<&'a Phase> for PhaseJson<'a> {
@@ -94,6 +98,7 @@ impl<'a> From<&'a Phase> for PhaseJson<'a> {
             error: phase.error.as_deref(),
             started_at: phase.started_at.map(time),
             finished_at: phase.finished_at.map(time),
+            checkpoint: phase.checkpoint.as_ref(),
         }
     }
 }
@@ -469,6 +474,7 @@ mod tests {
         });
         job.phases[0].status = PhaseStatus::Failed;
         job.phases[0].progress = Some(Progress::new(40, Some("m".into())));
+        job.phases[0].checkpoint = Some(json!({"next_row": 3}));
         let v = job_json(&job);
         assert_eq!(v["status"], "failed");
         assert_eq!(v["created_at"], "2030-01-02T03:04:05Z");
@@ -481,5 +487,11 @@ mod tests {
             json!({"percent": 40, "message": "m"})
         );
         assert_eq!(v["interrupted"], Value::Null);
+        assert_eq!(v["phases"][0]["checkpoint"], json!({"next_row": 3}));
+        let members: Vec<&str> = v["phases"][0]
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        assert_eq!(members.len(), 9, "every member of a phase: {members:?}");
     }
 }

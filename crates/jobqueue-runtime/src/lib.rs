@@ -26,6 +26,7 @@
 // saturating, and each exception says why it cannot overflow.
 #![warn(clippy::arithmetic_side_effects)]
 
+mod checkpoint;
 mod clock;
 mod keeper;
 pub mod metrics;

@@ -14,7 +14,7 @@ use std::time::Duration;
 pub const JOBS_FINISHED: &str = "jobqueue_runtime_jobs_finished_total";
 /// Histogram, in seconds: one run of a phase, by `pipeline`, `phase` and
 /// `outcome` (`completed`, `failed`, `cancelled`, `interrupted`,
-/// `lease_lost`).
+/// `snoozed`, `lease_lost`).
 pub const PHASE_DURATION: &str = "jobqueue_runtime_phase_duration_seconds";
 /// Gauge: queued jobs by `pipeline`, including those due later or waiting
 /// for a retry; sampled by the pump at most once per ten seconds (or poll interval, if longer).

@@ -7,6 +7,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use jobqueue_core::{Interrupted, JobId, Progress};
@@ -16,6 +17,7 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::Checkpoints;
 use crate::state::StateMap;
 
 /// One step of a pipeline.
@@ -62,6 +64,9 @@ pub enum FailureKind {
     /// ends `cancelled`, as if a user had cancelled it; see
     /// [`PhaseError::cancel_job`].
     CancelJob,
+    /// Not a failure: the phase asks to run again after this delay,
+    /// without spending an attempt; see [`PhaseError::snooze`].
+    Snooze(Duration),
 }
 
 /// Why a phase failed.
@@ -110,6 +115,36 @@ impl PhaseError {
         Self {
             kind: FailureKind::CancelJob,
             message: message.to_string(),
+        }
+    }
+
+    /// Runs this phase again after `delay`, from its start, without
+    /// spending an attempt: the job goes back to `queued` with `run_at` that
+    /// far ahead (event `job.snoozed`), the phase to `pending` (its
+    /// checkpoint and last progress kept), and the attempt the claim
+    /// counted, of the job and of the phase, is given back, so snoozes
+    /// never use up `max_attempts`. For waiting on something outside
+    /// (a report that is not ready, a rate limit) without holding a worker
+    /// or a lease meanwhile. A zero delay queues the job due at once; a
+    /// delay that would end after the year 9999 fails the phase for good,
+    /// saying so. A phase that snoozes every time runs forever: count its
+    /// snoozes in a [checkpoint](PhaseContext::checkpoint) if it needs a limit.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use jobqueue_runtime::{PhaseError, phase_fn};
+    /// let wait = phase_fn("wait-for-report", |ctx| async move {
+    ///     if ctx.input()["ready"] != serde_json::json!(true) {
+    ///         return Err(PhaseError::snooze(Duration::from_secs(300)));
+    ///     }
+    ///     Ok(serde_json::json!("fetched"))
+    /// });
+    /// # let _ = wait;
+    /// ```
+    pub fn snooze(delay: Duration) -> Self {
+        Self {
+            kind: FailureKind::Snooze(delay),
+            message: format!("snoozed for {delay:?}"),
         }
     }
 }
@@ -206,6 +241,8 @@ pub struct PhaseContext {
     pub(crate) cancel: CancellationToken,
     /// The application state given to the queue's builder.
     pub(crate) state: Arc<StateMap>,
+    /// The phase's checkpoint: as claimed, then as saved in this run.
+    pub(crate) checkpoints: Checkpoints,
 }
 
 impl PhaseContext {
@@ -265,6 +302,64 @@ impl PhaseContext {
     /// Where a crash or shutdown cut this job short before, if it did.
     pub fn interrupted(&self) -> Option<&Interrupted> {
         self.interrupted.as_ref()
+    }
+
+    /// Saves `state` as this phase's checkpoint, durably (in the store,
+    /// under the job's lease) before it returns, replacing the one saved
+    /// before. If this run ends without completing (a crash, a shutdown, a
+    /// retryable failure or timeout, a snooze, or a failure or cancel that
+    /// a user retries), the phase's next run reads it back with
+    /// [`checkpoint_as`](Self::checkpoint_as), so a long phase resumes
+    /// where it was rather than at its start; once the phase completes it
+    /// is cleared. It appends no event (it is the phase's own state); the
+    /// job's record shows it on the phase.
+    ///
+    /// The value is JSON within the limits of a result (64 levels, 16 MiB);
+    /// one past them, or one that is not JSON, is a permanent failure. A
+    /// store that cannot write now (busy, unreachable), or a run that has
+    /// ended or lost its lease, is a retryable one: return it with `?` and
+    /// the next run resumes from the last checkpoint that was saved. Await
+    /// each save before the next.
+    ///
+    /// ```
+    /// use jobqueue_runtime::{PhaseError, phase_fn};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize, Default)]
+    /// struct Copied { next_row: u64 }
+    ///
+    /// let copy = phase_fn("copy", |ctx| async move {
+    ///     let mut at = ctx.checkpoint_as::<Copied>()?.unwrap_or_default();
+    ///     while at.next_row < 3_000 {
+    ///         at.next_row += 1_000; // copy a batch of rows
+    ///         ctx.checkpoint(&at).await?;
+    ///     }
+    ///     Ok(serde_json::json!({ "rows": at.next_row }))
+    /// });
+    /// # let _ = copy;
+    /// ```
+    pub async fn checkpoint<T: Serialize + ?Sized>(&self, state: &T) -> Result<(), PhaseError> {
+        let value = serde_json::to_value(state)
+            .map_err(|e| PhaseError::permanent(format!("checkpoint is not JSON: {e}")))?;
+        self.checkpoints.save(value).await
+    }
+
+    /// This phase's last checkpoint read as `T`: the one it saved in an
+    /// earlier run (as the job was claimed), or the last one saved in this
+    /// run; `None` if it never saved one. A checkpoint that does not fit
+    /// `T` is a permanent failure.
+    pub fn checkpoint_as<T: DeserializeOwned>(&self) -> Result<Option<T>, PhaseError> {
+        self.checkpoints
+            .last()
+            .map(|value| {
+                T::deserialize(value).map_err(|e| {
+                    PhaseError::permanent(format!(
+                        "checkpoint of phase {:?} does not fit: {e}",
+                        self.phase
+                    ))
+                })
+            })
+            .transpose()
     }
 
     /// The application state of type `T` given to the queue (its builder's

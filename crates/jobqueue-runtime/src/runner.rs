@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::checkpoint::{self, Checkpoints};
 use crate::clock::{add, instant_in, sleep_until_some};
 use crate::keeper::{Keeper, KeeperEnd};
 use crate::metrics::{self, JobOutcome};
@@ -82,6 +83,7 @@ impl Ended {
             (_, Some(Stop::Cancel)) => "cancelled",
             (_, Some(Stop::Shutdown)) => "interrupted",
             (Some(Err(e)), None) if e.kind == FailureKind::CancelJob => "cancelled",
+            (Some(Err(e)), None) if matches!(e.kind, FailureKind::Snooze(_)) => "snoozed",
             _ => "failed",
         }
     }
@@ -281,6 +283,14 @@ impl JobRun<'_> {
         let name = spec.phase.name().to_owned();
         debug!("phase started");
         let (reporter, progress_rx) = ProgressReporter::new();
+        let checkpoints = Checkpoints::new(
+            job.phases.get(index).and_then(|p| p.checkpoint.clone()),
+            checkpoint::Target::Store {
+                store: self.store().clone(),
+                lease: self.lease,
+                index,
+            },
+        );
         let ctx = PhaseContext {
             job_id: job.id,
             pipeline: Arc::from(job.pipeline.as_str()),
@@ -293,6 +303,7 @@ impl JobRun<'_> {
             progress: reporter,
             cancel: CancellationToken::new(),
             state: self.inner.config.state.clone(),
+            checkpoints,
         };
         let phase_deadline = spec.timeout.and_then(|t| Deadline::after(t, "phase"));
         let deadline = Deadline::earlier(phase_deadline, attempt_deadline);
@@ -335,6 +346,17 @@ impl JobRun<'_> {
             } if err.kind == FailureKind::CancelJob => {
                 info!(reason = %err.message, "the phase cancelled its job");
                 self.end_cancelled().await;
+                None
+            }
+            Ended {
+                result:
+                    Some(Err(PhaseError {
+                        kind: FailureKind::Snooze(delay),
+                        ..
+                    })),
+                stop: None,
+            } => {
+                self.snooze(job, pipeline, index, delay).await;
                 None
             }
             Ended {
@@ -381,6 +403,7 @@ impl JobRun<'_> {
     ) -> Ended {
         let config = &self.inner.config;
         let reporter = ctx.progress.clone();
+        let checkpoints = ctx.checkpoints.clone();
         let phase_token = ctx.cancel.clone();
         let phase = spec.phase.clone();
         let run = async move { phase.run(ctx).await };
@@ -436,6 +459,7 @@ impl JobRun<'_> {
         phase_token.cancel();
         task.abort();
         reporter.seal();
+        checkpoints.seal();
         if stop != Some(Stop::LeaseLost) {
             // The last reported progress is persisted before the phase's end,
             // so an interruption keeps it and no progress event follows.
@@ -505,6 +529,32 @@ impl JobRun<'_> {
                 FailureOutcome::Fail => metrics::job_finished(&self.pipeline, JobOutcome::Failed),
             },
             Err(e) => self.store_failed("fail phase", &e),
+        }
+    }
+
+    /// The phase asked to run again after `delay`: the job is queued that
+    /// far ahead without spending the attempt, and the pump woken then. A
+    /// delay past the latest time a store holds fails the phase for good.
+    async fn snooze(&self, job: &Job, pipeline: &Pipeline, index: usize, delay: Duration) {
+        let now = self.inner.config.clock.now();
+        let Some(at) = add(now, delay).filter(|t| timefmt::in_range(*t)) else {
+            let err = PhaseError::permanent(format!(
+                "cannot snooze for {delay:?}: that is after {}, the latest time a store can hold",
+                timefmt::format(timefmt::MAX)
+            ));
+            self.phase_failed(job, pipeline, index, err).await;
+            return;
+        };
+        match self.store().snooze(&self.lease, index, at).await {
+            Ok(_) => {
+                info!(run_at = %timefmt::format(at), "phase snoozed; it runs again then");
+                self.inner.wake_at(at);
+            }
+            Err(e) if e.kind() == ErrorKind::Invalid => {
+                let err = PhaseError::permanent(format!("the store refused the snooze: {e}"));
+                self.phase_failed(job, pipeline, index, err).await;
+            }
+            Err(e) => self.store_failed("snooze phase", &e),
         }
     }
 

@@ -36,6 +36,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::{Checkpoints, Target};
 use crate::phase::{Phase, PhaseContext, PhaseError, ProgressReporter};
 use crate::pipeline::Pipeline;
 use crate::runtime::lock;
@@ -53,6 +54,7 @@ pub struct PhaseHarness {
     input: Value,
     results: Map<String, Value>,
     interrupted: Option<Interrupted>,
+    checkpoint: Option<Value>,
     state: StateMap,
     cancelled: bool,
     /// The first value that could not be turned into JSON: the run fails
@@ -74,6 +76,7 @@ impl PhaseHarness {
             input: Value::Null,
             results: Map::new(),
             interrupted: None,
+            checkpoint: None,
             state: StateMap::new(),
             cancelled: false,
             bad_json: None,
@@ -126,6 +129,15 @@ impl PhaseHarness {
         self
     }
 
+    /// The checkpoint an earlier run of the phase saved, which it reads
+    /// back with [`PhaseContext::checkpoint_as`]: to test that it resumes
+    /// from it. The checkpoints the run saves are in
+    /// [`PhaseRun::checkpoints`].
+    pub fn checkpoint<T: Serialize + ?Sized>(mut self, checkpoint: &T) -> Self {
+        self.checkpoint = Some(self.json("checkpoint", checkpoint));
+        self
+    }
+
     /// Application state the phase reads with
     /// [`PhaseContext::state`]; one value per type.
     pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
@@ -140,9 +152,10 @@ impl PhaseHarness {
         self
     }
 
-    /// The context, and the log its progress reports go to.
-    fn context(&self) -> (PhaseContext, Arc<Mutex<Vec<Progress>>>) {
+    /// The context, and the logs its progress reports and checkpoints go to.
+    fn context(&self) -> (PhaseContext, Logs) {
         let log = Arc::new(Mutex::new(Vec::new()));
+        let saved = Arc::new(Mutex::new(Vec::new()));
         let cancel = CancellationToken::new();
         if self.cancelled {
             cancel.cancel();
@@ -159,8 +172,15 @@ impl PhaseHarness {
             progress: ProgressReporter::recording(log.clone()),
             cancel,
             state: Arc::new(self.state.clone()),
+            checkpoints: Checkpoints::new(self.checkpoint.clone(), Target::Log(saved.clone())),
         };
-        (ctx, log)
+        (
+            ctx,
+            Logs {
+                reports: log,
+                checkpoints: saved,
+            },
+        )
     }
 
     /// Builds the context alone, for a phase written as a plain async
@@ -174,15 +194,15 @@ impl PhaseHarness {
     /// phase again, for a test of a second attempt.
     pub async fn run<P: Phase + ?Sized>(&self, phase: &P) -> PhaseRun {
         if let Some(message) = &self.bad_json {
-            return PhaseRun {
-                result: Err(PhaseError::permanent(message)),
-                reports: Vec::new(),
-            };
+            return PhaseRun::failed(PhaseError::permanent(message));
         }
-        let (ctx, log) = self.context();
+        let (ctx, logs) = self.context();
         let result = phase.run(ctx).await;
-        let reports = std::mem::take(&mut *lock(&log));
-        PhaseRun { result, reports }
+        PhaseRun {
+            result,
+            reports: std::mem::take(&mut *lock(&logs.reports)),
+            checkpoints: std::mem::take(&mut *lock(&logs.checkpoints)),
+        }
     }
 }
 
@@ -221,14 +241,11 @@ impl PhaseHarness {
             .find(|(_, spec)| spec.phase.name() == self.phase);
         match found {
             Some((index, spec)) => self.clone().index(index).run(&*spec.phase).await,
-            None => PhaseRun {
-                result: Err(PhaseError::permanent(format!(
-                    "pipeline {:?} has no phase {:?}",
-                    pipeline.name(),
-                    self.phase
-                ))),
-                reports: Vec::new(),
-            },
+            None => PhaseRun::failed(PhaseError::permanent(format!(
+                "pipeline {:?} has no phase {:?}",
+                pipeline.name(),
+                self.phase
+            ))),
         }
     }
 }
@@ -242,9 +259,39 @@ pub struct PhaseRun {
     /// Every progress report it made, in order (the runner persists only
     /// the latest of them every progress interval).
     pub reports: Vec<Progress>,
+    /// Every checkpoint it saved, in order (the runner stores each one).
+    pub checkpoints: Vec<Value>,
+}
+
+/// Where a harness's context logs what the phase reports and saves.
+struct Logs {
+    reports: Arc<Mutex<Vec<Progress>>>,
+    checkpoints: Arc<Mutex<Vec<Value>>>,
 }
 
 impl PhaseRun {
+    /// A run that did not get to run the phase.
+    fn failed(error: PhaseError) -> Self {
+        Self {
+            result: Err(error),
+            reports: Vec::new(),
+            checkpoints: Vec::new(),
+        }
+    }
+
+    /// The last checkpoint it saved read as `T`: `None` if it saved none;
+    /// one that does not fit `T` is the error.
+    pub fn last_checkpoint<T: DeserializeOwned>(&self) -> Result<Option<T>, PhaseError> {
+        self.checkpoints
+            .last()
+            .map(|value| {
+                T::deserialize(value).map_err(|e| {
+                    PhaseError::permanent(format!("the phase's checkpoint does not fit: {e}"))
+                })
+            })
+            .transpose()
+    }
+
     /// The result read as `T`; a failure of the phase, or a result that
     /// does not fit `T`, is the error.
     pub fn output<T: DeserializeOwned>(&self) -> Result<T, PhaseError> {
@@ -338,5 +385,74 @@ mod tests {
         let run = PhaseHarness::new("p", "zzz").run_in(&pipeline).await;
         let err = run.result.expect_err("no such phase");
         assert!(err.message.contains("no phase \"zzz\""), "{err}");
+    }
+
+    /// Copies rows up to 5 from its checkpoint on, saving one after each.
+    fn copy() -> impl Phase {
+        phase_fn("copy", |ctx| async move {
+            let mut next = ctx.checkpoint_as::<u32>()?.unwrap_or(0);
+            while next < 5 {
+                next = next.saturating_add(1);
+                ctx.checkpoint(&next).await?;
+                assert_eq!(ctx.checkpoint_as::<u32>()?, Some(next), "read back at once");
+            }
+            Ok(json!(next))
+        })
+    }
+
+    #[tokio::test]
+    async fn a_phase_resumes_from_the_checkpoint_given_and_its_saves_are_kept() {
+        let fresh = PhaseHarness::new("p", "copy").run(&copy()).await;
+        assert_eq!(
+            fresh.checkpoints,
+            [json!(1), json!(2), json!(3), json!(4), json!(5)]
+        );
+        let resumed = PhaseHarness::new("p", "copy")
+            .checkpoint(&3)
+            .run(&copy())
+            .await;
+        assert_eq!(resumed.result, Ok(json!(5)));
+        assert_eq!(resumed.checkpoints, [json!(4), json!(5)]);
+        assert_eq!(resumed.last_checkpoint::<u32>(), Ok(Some(5)));
+        assert!(resumed.last_checkpoint::<String>().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_that_does_not_fit_or_is_too_deep_is_a_permanent_failure() {
+        let run = PhaseHarness::new("p", "copy")
+            .checkpoint(&"not a number")
+            .run(&copy())
+            .await;
+        let err = run.result.expect_err("a string checkpoint");
+        assert_eq!(err.kind, FailureKind::Permanent);
+        assert!(
+            err.message
+                .contains("checkpoint of phase \"copy\" does not fit"),
+            "{err}"
+        );
+        let deep = phase_fn("deep", |ctx| async move {
+            let deep = (0..100).fold(json!(1), |inner, _| Value::Array(vec![inner]));
+            ctx.checkpoint(&deep).await?;
+            Ok(Value::Null)
+        });
+        let run = PhaseHarness::new("p", "deep").run(&deep).await;
+        let err = run.result.expect_err("too deep");
+        assert_eq!(err.kind, FailureKind::Permanent);
+        assert!(err.message.contains("nested deeper"), "{err}");
+        assert!(run.checkpoints.is_empty(), "nothing saved");
+    }
+
+    #[tokio::test]
+    async fn snooze_is_its_own_kind_with_its_delay() {
+        let phase = phase_fn("wait", |_| async {
+            Err::<Value, _>(PhaseError::snooze(std::time::Duration::from_secs(5)))
+        });
+        let run = PhaseHarness::new("p", "wait").run(&phase).await;
+        let err = run.result.expect_err("snoozed");
+        assert_eq!(
+            err.kind,
+            FailureKind::Snooze(std::time::Duration::from_secs(5))
+        );
+        assert_eq!(err.message, "snoozed for 5s");
     }
 }

@@ -208,12 +208,12 @@ const SAVE_PHASES_SQL: &str = "\
 UPDATE phases SET name = u.name, status = u.status, attempts = u.attempts,
     progress_percent = u.progress_percent, progress_message = u.progress_message,
     result = u.result, error = u.error, started_at = u.started_at,
-    finished_at = u.finished_at
+    finished_at = u.finished_at, checkpoint = u.checkpoint
 FROM unnest($1::uuid[], $2::int4[], $3::uuid[], $4::text[], $5::text[], $6::int8[],
         $7::int2[], $8::text[], $9::json[], $10::text[], $11::timestamptz[],
-        $12::timestamptz[])
+        $12::timestamptz[], $13::json[])
     AS u (job_id, idx, fence, name, status, attempts, progress_percent, progress_message,
-        result, error, started_at, finished_at),
+        result, error, started_at, finished_at, checkpoint),
     jobs
 WHERE phases.job_id = u.job_id AND phases.idx = u.idx
     AND jobs.id = u.job_id AND jobs.lease IS NOT DISTINCT FROM u.fence";
@@ -317,7 +317,7 @@ async fn save_phases(tx: &mut Tx, before: &[Job], after: &[Job]) -> Result<(), S
     }
     let n = rows.len();
     columns!(rows, n => job_id, idx, name, status, attempts, progress_percent,
-        progress_message, result, error, started_at, finished_at);
+        progress_message, result, error, started_at, finished_at, checkpoint);
     let updated = diesel::sql_query(SAVE_PHASES_SQL)
         .bind::<Array<SqlUuid>, _>(job_id)
         .bind::<Array<Integer>, _>(idx)
@@ -331,6 +331,7 @@ async fn save_phases(tx: &mut Tx, before: &[Job], after: &[Job]) -> Result<(), S
         .bind::<Array<Nullable<Text>>, _>(error)
         .bind::<Array<Nullable<Timestamptz>>, _>(started_at)
         .bind::<Array<Nullable<Timestamptz>>, _>(finished_at)
+        .bind::<Array<Nullable<Json>>, _>(checkpoint)
         .execute(tx.conn())
         .await
         .map_err(db_err)?;
@@ -832,6 +833,29 @@ pub(crate) async fn phase_progress(
     })
     .await
     .map(drop)
+}
+
+pub(crate) async fn save_checkpoint(
+    tx: &mut Tx,
+    lease: &Lease,
+    index: usize,
+    checkpoint: Value,
+) -> Result<(), StoreError> {
+    change_leased(tx, lease, |job, _| {
+        job.save_checkpoint(index, checkpoint)?;
+        Ok(Vec::new())
+    })
+    .await
+    .map(drop)
+}
+
+pub(crate) async fn snooze(
+    tx: &mut Tx,
+    lease: &Lease,
+    index: usize,
+    run_at: OffsetDateTime,
+) -> Result<Job, StoreError> {
+    change_leased(tx, lease, |job, _| Ok(vec![job.snooze(index, run_at)?])).await
 }
 
 pub(crate) async fn phase_completed(

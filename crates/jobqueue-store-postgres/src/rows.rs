@@ -110,6 +110,7 @@ pub(crate) struct PhaseRow {
     pub(crate) error: Option<String>,
     pub(crate) started_at: Option<OffsetDateTime>,
     pub(crate) finished_at: Option<OffsetDateTime>,
+    pub(crate) checkpoint: Option<Value>,
 }
 
 /// One row of `events`.
@@ -270,6 +271,7 @@ impl PhaseRow {
             error: p.error.clone(),
             started_at: p.started_at,
             finished_at: p.finished_at,
+            checkpoint: p.checkpoint.clone(),
         }
     }
 
@@ -283,6 +285,7 @@ impl PhaseRow {
             error: self.error,
             started_at: self.started_at,
             finished_at: self.finished_at,
+            checkpoint: self.checkpoint,
         })
     }
 }

@@ -81,6 +81,7 @@ diesel::table! {
         error -> Nullable<Text>,
         started_at -> Nullable<Timestamptz>,
         finished_at -> Nullable<Timestamptz>,
+        checkpoint -> Nullable<Json>,
     }
 }
 

@@ -330,6 +330,32 @@ impl JobStore for PostgresStore {
             .await
     }
 
+    async fn save_checkpoint(
+        &self,
+        lease: &Lease,
+        index: usize,
+        checkpoint: Value,
+    ) -> Result<(), StoreError> {
+        let lease = *lease;
+        self.inner
+            .write(move |tx| {
+                Box::pin(async move { ops::save_checkpoint(tx, &lease, index, checkpoint).await })
+            })
+            .await
+    }
+
+    async fn snooze(
+        &self,
+        lease: &Lease,
+        index: usize,
+        run_at: OffsetDateTime,
+    ) -> Result<Job, StoreError> {
+        let lease = *lease;
+        self.inner
+            .write(move |tx| Box::pin(async move { ops::snooze(tx, &lease, index, run_at).await }))
+            .await
+    }
+
     async fn phase_completed(
         &self,
         lease: &Lease,

@@ -464,6 +464,28 @@ pub(crate) fn phase_progress(
     .map(drop)
 }
 
+pub(crate) fn save_checkpoint(
+    tx: &mut Tx<'_>,
+    lease: &Lease,
+    index: usize,
+    checkpoint: Value,
+) -> Result<(), StoreError> {
+    change_leased(tx, lease, |job, _| {
+        job.save_checkpoint(index, checkpoint)?;
+        Ok(Vec::new())
+    })
+    .map(drop)
+}
+
+pub(crate) fn snooze(
+    tx: &mut Tx<'_>,
+    lease: &Lease,
+    index: usize,
+    run_at: OffsetDateTime,
+) -> Result<Job, StoreError> {
+    change_leased(tx, lease, |job, _| Ok(vec![job.snooze(index, run_at)?]))
+}
+
 pub(crate) fn phase_completed(
     tx: &mut Tx<'_>,
     lease: &Lease,

@@ -130,11 +130,12 @@ pub(crate) struct PhaseRow {
     pub(crate) error: Option<String>,
     pub(crate) started_at: Option<i64>,
     pub(crate) finished_at: Option<i64>,
+    pub(crate) checkpoint: Option<String>,
 }
 
 crate::query::row_insert!(PhaseRow, phases;
     job_id, idx, name, status, attempts, progress_percent, progress_message, result, error,
-    started_at, finished_at);
+    started_at, finished_at, checkpoint);
 
 /// One row of `events`.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
@@ -317,6 +318,7 @@ impl PhaseRow {
             error: p.error.clone(),
             started_at: p.started_at.map(micros),
             finished_at: p.finished_at.map(micros),
+            checkpoint: p.checkpoint.as_ref().map(Value::to_string),
         }
     }
 
@@ -334,6 +336,11 @@ impl PhaseRow {
             error: self.error,
             started_at: opt_time(self.started_at)?,
             finished_at: opt_time(self.finished_at)?,
+            checkpoint: self
+                .checkpoint
+                .as_deref()
+                .map(|c| json("phase checkpoint", c))
+                .transpose()?,
         })
     }
 }

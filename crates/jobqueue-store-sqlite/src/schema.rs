@@ -72,6 +72,7 @@ diesel::table! {
         error -> Nullable<Text>,
         started_at -> Nullable<BigInt>,
         finished_at -> Nullable<BigInt>,
+        checkpoint -> Nullable<Text>,
     }
 }
 

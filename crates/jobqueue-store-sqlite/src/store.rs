@@ -384,6 +384,28 @@ impl JobStore for SqliteStore {
             .await
     }
 
+    async fn save_checkpoint(
+        &self,
+        lease: &Lease,
+        index: usize,
+        checkpoint: Value,
+    ) -> Result<(), StoreError> {
+        let lease = *lease;
+        self.write(move |tx| ops::save_checkpoint(tx, &lease, index, checkpoint.clone()))
+            .await
+    }
+
+    async fn snooze(
+        &self,
+        lease: &Lease,
+        index: usize,
+        run_at: OffsetDateTime,
+    ) -> Result<Job, StoreError> {
+        let lease = *lease;
+        self.write(move |tx| ops::snooze(tx, &lease, index, run_at))
+            .await
+    }
+
     async fn phase_completed(
         &self,
         lease: &Lease,

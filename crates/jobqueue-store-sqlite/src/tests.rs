@@ -347,6 +347,46 @@ async fn pause_survives_reopen() {
 }
 
 #[tokio::test]
+async fn a_checkpoint_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::default());
+    let store = file_store(&dir, clock.clone());
+    let job = store
+        .enqueue(NewJob::new("p").phases(["copy", "report"]))
+        .await
+        .unwrap();
+    let c = store.claim(ClaimRequest::new(1)).await.unwrap();
+    store.phase_started(&c[0].lease, 0).await.unwrap();
+    let saved = json!({"copied": ["a.csv", "b.csv"], "next": 2, "note": "ü\u{1F600}"});
+    store
+        .save_checkpoint(&c[0].lease, 0, saved.clone())
+        .await
+        .unwrap();
+    // A new store on the file reads it back from the file alone.
+    store.close().await;
+    let store = file_store(&dir, clock.clone());
+    assert_eq!(
+        store.job(job.id).await.unwrap().unwrap().phases[0].checkpoint,
+        Some(saved.clone())
+    );
+    store.recover(RecoverScope::All).await.unwrap();
+    let again = store.claim(ClaimRequest::new(1)).await.unwrap();
+    assert_eq!(again[0].job.phases[0].checkpoint, Some(saved));
+    // A completed phase's checkpoint is gone from the file too.
+    store.phase_started(&again[0].lease, 0).await.unwrap();
+    store
+        .phase_completed(&again[0].lease, 0, json!("copied"))
+        .await
+        .unwrap();
+    let lease = again[0].lease;
+    store.close().await;
+    let store = file_store(&dir, clock);
+    let reread = store.job(lease.job_id).await.unwrap().unwrap();
+    assert_eq!(reread.phases[0].checkpoint, None);
+    assert_eq!(reread.phases[0].result, Some(json!("copied")));
+}
+
+#[tokio::test]
 async fn a_failing_operation_in_a_group_is_rolled_back_alone() {
     let dir = tempfile::tempdir().unwrap();
     let store = file_store(&dir, Arc::new(ManualClock::default()));

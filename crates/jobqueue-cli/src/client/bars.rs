@@ -74,7 +74,7 @@ impl Bars {
             }
             "job.phase.completed" | "job.phase.failed" => self.remove(&job, Some(&phase)),
             "job.completed" | "job.failed" | "job.cancelled" | "job.interrupted" | "job.stale"
-            | "job.deleted" => self.remove(&job, None),
+            | "job.deleted" | "job.snoozed" => self.remove(&job, None),
             _ => {}
         }
         self.line(&event_line(event, self.show_job))

@@ -304,6 +304,11 @@ pub fn event_line(event: &Value, show_job: bool) -> String {
             };
             format!("phase {}{at}", text(&data["phase"]))
         }
+        "job.snoozed" => format!(
+            "phase {} again at {}",
+            text(&data["phase"]),
+            datetime(&data["run_at"])
+        ),
         _ => String::new(),
     };
     let mut line = clock(&event["at"]);
@@ -385,6 +390,13 @@ mod tests {
         assert_eq!(
             event_line(&paused, true),
             "12:00:05  -  build     pipeline.paused"
+        );
+        let snoozed = json!({"seq": 10, "type": "job.snoozed", "job_id": "j", "pipeline": "build",
+                             "at": "2024-05-01T12:00:05Z",
+                             "data": {"phase": "poll", "index": 1, "run_at": "2024-05-01T12:05:05Z"}});
+        assert_eq!(
+            event_line(&snoozed, false),
+            "12:00:05  build     job.snoozed           phase poll again at 2024-05-01 12:05:05"
         );
     }
 

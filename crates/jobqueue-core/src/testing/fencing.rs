@@ -54,6 +54,14 @@ pub(super) async fn rejects_stale_tokens(ctx: &Ctx) {
     assert_kind(s.cancel_running(l).await, ErrorKind::LeaseLost);
     assert_kind(s.interrupt(l).await, ErrorKind::LeaseLost);
     assert_kind(
+        s.save_checkpoint(l, 0, json!({"at": 1})).await,
+        ErrorKind::LeaseLost,
+    );
+    assert_kind(
+        s.snooze(l, 0, time::OffsetDateTime::UNIX_EPOCH).await,
+        ErrorKind::LeaseLost,
+    );
+    assert_kind(
         s.heartbeat(l, Duration::from_secs(30)).await,
         ErrorKind::LeaseLost,
     );

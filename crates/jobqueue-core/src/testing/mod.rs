@@ -39,7 +39,7 @@
 //! # Layout, and adding a case
 //!
 //! Each area of the contract has a file (`enqueue`, `claim`, `phases`,
-//! `fencing`, `cancel_retry`, `recover`, `list_events`, `retention`,
+//! `fencing`, `checkpoints`, `snooze`, `cancel_retry`, `recover`, `list_events`, `retention`,
 //! `webhooks`, `dependencies`, `pause`, `concurrent`) whose module doc says which guarantees it checks.
 //! A case is an `async fn(&Ctx)` in its area's file, `pub(super)`, that
 //! panics on a failure. To add one, write it there and add its name under
@@ -59,6 +59,7 @@
 )]
 
 mod cancel_retry;
+mod checkpoints;
 mod claim;
 mod concurrent;
 mod dependencies;
@@ -70,6 +71,7 @@ mod phases;
 mod recover;
 mod retention;
 pub mod shared;
+mod snooze;
 mod webhooks;
 
 use std::future::Future;
@@ -119,6 +121,15 @@ macro_rules! __conformance_suite {
             }
             fencing {
                 rejects_stale_tokens,
+            }
+            checkpoints {
+                saved_and_read_back,
+                kept_until_the_phase_completes,
+                refused_checkpoints_change_nothing,
+            }
+            snooze {
+                queued_again_without_spending_an_attempt,
+                refused_snoozes_change_nothing,
             }
             cancel_retry {
                 retry_resumes_at_failed_phase,

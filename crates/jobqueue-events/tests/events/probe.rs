@@ -139,6 +139,24 @@ impl JobStore for ProbeStore {
         self.inner.phase_completed(lease, index, result).await
     }
 
+    async fn save_checkpoint(
+        &self,
+        lease: &Lease,
+        index: usize,
+        checkpoint: Value,
+    ) -> Result<(), StoreError> {
+        self.inner.save_checkpoint(lease, index, checkpoint).await
+    }
+
+    async fn snooze(
+        &self,
+        lease: &Lease,
+        index: usize,
+        run_at: OffsetDateTime,
+    ) -> Result<Job, StoreError> {
+        self.inner.snooze(lease, index, run_at).await
+    }
+
     async fn phase_failed(
         &self,
         lease: &Lease,

@@ -29,6 +29,7 @@
     "job.phase.completed", "job.phase.failed", "job.completed", "job.failed",
     "job.cancelled", "job.retried", "job.interrupted", "job.stale", "job.deleted",
     "pipeline.paused", "pipeline.resumed",
+    "job.snoozed",
   ];
   const PAGE_SIZE = 50;
   const HISTORY_MAX = 500;
@@ -446,6 +447,10 @@
         break;
       case "job.stale":
         Object.assign(job, { status: "stale", stale_at: event.at });
+        break;
+      case "job.snoozed":
+        if (phase) Object.assign(phase, { status: "pending" });
+        Object.assign(job, { status: "queued", run_at: d.run_at });
         break;
       default:
         break;
@@ -930,6 +935,10 @@
       let outcome = h("span", { class: "muted" }, "—");
       if (p.error) outcome = h("pre", { class: "error" }, p.error);
       else if (p.status === "completed") outcome = h("pre", {}, pretty(p.result));
+      // What the phase's next run resumes from.
+      else if (p.checkpoint !== null && p.checkpoint !== undefined) {
+        outcome = h("pre", { class: "checkpoint" }, `checkpoint: ${pretty(p.checkpoint)}`);
+      }
       return h("tr", { dataset: { phase: p.name, status: p.status } },
         h("td", { class: "num" }, i + 1),
         h("td", {}, h("span", { class: "phase-name" }, p.name)),

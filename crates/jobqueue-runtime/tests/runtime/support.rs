@@ -140,6 +140,8 @@ delegate! {
     async fn phase_started(&self, lease: &Lease, index: usize) -> Result<(), StoreError>;
     async fn phase_progress(&self, lease: &Lease, index: usize, progress: Progress) -> Result<(), StoreError>;
     async fn phase_completed(&self, lease: &Lease, index: usize, result: Value) -> Result<(), StoreError>;
+    async fn save_checkpoint(&self, lease: &Lease, index: usize, checkpoint: Value) -> Result<(), StoreError>;
+    async fn snooze(&self, lease: &Lease, index: usize, run_at: OffsetDateTime) -> Result<Job, StoreError>;
     async fn phase_failed(&self, lease: &Lease, index: usize, error: String, outcome: FailureOutcome) -> Result<Job, StoreError>;
     async fn complete_job(&self, lease: &Lease) -> Result<Job, StoreError>;
     async fn fail_job(&self, lease: &Lease, error: JobError) -> Result<Job, StoreError>;
