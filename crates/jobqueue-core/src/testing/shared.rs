@@ -376,10 +376,16 @@ pub async fn notices_across_handles(p: &Pair) {
     if !p.b.listen(count.clone()) {
         return;
     }
+    until_announced(p, &count, "p").await;
+}
+
+/// Enqueues jobs of `pipeline` through `a` until `count`, a listener of
+/// `b`, hears of work, for at most 20 s.
+async fn until_announced(p: &Pair, count: &Arc<Count>, pipeline: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let seen = count.get();
-        p.a.enqueue(spec("p", &["x"])).await.unwrap();
+        p.a.enqueue(spec(pipeline, &["x"])).await.unwrap();
         if count.wait_past(seen, Duration::from_millis(500)).await {
             break;
         }
@@ -412,17 +418,8 @@ pub async fn pause_across_handles(p: &Pair) {
     assert_eq!(got, [other.id]);
     // The listener of a shared store connects in the background: wait for
     // it to hear anything at all (an enqueue announced) before resuming.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while listening && count.get() == 0 {
-        let seen = count.get();
-        p.a.enqueue(spec("r", &["x"])).await.unwrap();
-        if count.wait_past(seen, Duration::from_millis(500)).await {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no notice within 20 s"
-        );
+    if listening {
+        until_announced(p, &count, "r").await;
     }
     let seen = count.get();
     assert!(p.a.resume_pipeline("p").await.unwrap());
