@@ -40,6 +40,7 @@ diesel::table! {
         cancel_requested -> Bool,
         lease -> Nullable<Text>,
         lease_expires_at -> Nullable<BigInt>,
+        worker -> Nullable<Text>,
     }
 }
 
