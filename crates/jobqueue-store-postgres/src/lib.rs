@@ -77,6 +77,7 @@
 
 pub mod codegen;
 mod error;
+mod group;
 mod listen;
 mod migrate;
 mod ops;
