@@ -27,6 +27,7 @@
 #![warn(clippy::arithmetic_side_effects)]
 
 mod clock;
+mod heartbeats;
 mod keeper;
 pub mod metrics;
 mod phase;
