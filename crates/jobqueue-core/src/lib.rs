@@ -54,5 +54,5 @@ pub use outbox::{
 pub use retry::{Jitter, RetryPolicy, SeededJitter};
 pub use store::{
     CancelOutcome, ClaimRequest, Claimed, EventFilter, EventSink, FailureOutcome, JobCount,
-    JobFilter, JobPage, JobStore, Lease, Next, Pruned, RecoverScope,
+    JobFilter, JobPage, JobStore, Lease, Next, Pruned, RecoverScope, Renewal, heartbeat_each,
 };

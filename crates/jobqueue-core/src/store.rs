@@ -51,6 +51,47 @@ pub struct Lease {
     pub attempt: u32,
 }
 
+/// What a heartbeat found for one lease (see [`JobStore::heartbeat_many`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Renewal {
+    /// The lease is still held and now runs until `now + extend`.
+    Held {
+        /// Whether a cancel was requested meanwhile.
+        cancel_requested: bool,
+    },
+    /// The lease is no longer held (another claim took the job, it ended,
+    /// or it is gone): nothing was written for it.
+    Lost,
+}
+
+impl Renewal {
+    /// What the result of one [`JobStore::heartbeat`] says: a lost lease
+    /// (`LeaseLost`, or `JobNotFound` for a job deleted meanwhile) is
+    /// [`Lost`](Self::Lost); any other error stays an error.
+    pub fn of(heartbeat: Result<bool, StoreError>) -> Result<Self, StoreError> {
+        match heartbeat {
+            Ok(cancel_requested) => Ok(Self::Held { cancel_requested }),
+            Err(StoreError::LeaseLost(_) | StoreError::JobNotFound(_)) => Ok(Self::Lost),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// [`JobStore::heartbeat_many`] made of one [`JobStore::heartbeat`] per
+/// lease: the trait's default, and what a store falls back on for a batch
+/// it cannot renew in one step.
+pub async fn heartbeat_each<S: JobStore + ?Sized>(
+    store: &S,
+    leases: &[Lease],
+    extend: Duration,
+) -> Result<Vec<Renewal>, StoreError> {
+    let mut renewals = Vec::with_capacity(leases.len());
+    for lease in leases {
+        renewals.push(Renewal::of(store.heartbeat(lease, extend).await)?);
+    }
+    Ok(renewals)
+}
+
 /// A job handed to a worker.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Claimed {
@@ -342,6 +383,21 @@ pub trait JobStore: Send + Sync + 'static {
     /// Renews the lease until `now + extend`; returns whether a cancel was
     /// requested meanwhile.
     async fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<bool, StoreError>;
+
+    /// Renews every lease of `leases` that is still held until
+    /// `now + extend`, in one step where the store can; returns, lease by
+    /// lease in the order given, whether it is still held (and whether a
+    /// cancel was requested) or lost. A lost lease changes nothing and does
+    /// not fail the others. Fails as a whole only on a store error (or, as
+    /// [`heartbeat`](Self::heartbeat), an `extend` too long to represent).
+    /// The default calls [`heartbeat`](Self::heartbeat) lease by lease.
+    async fn heartbeat_many(
+        &self,
+        leases: &[Lease],
+        extend: Duration,
+    ) -> Result<Vec<Renewal>, StoreError> {
+        heartbeat_each(self, leases, extend).await
+    }
 
     /// The claimed job takes the pipeline's current phase list, matched by
     /// name (see [`Job::reshape_phases`]): a deploy that renamed, added or

@@ -1,8 +1,11 @@
-//! The keeper: a running phase's companion task. It renews the claim's
-//! lease every heartbeat and persists the phase's progress, coalesced, so
-//! that the runner never waits on a store write while the phase runs: a slow
-//! store (a busy SQLite file, a network round trip) cannot hold up the
-//! phase's timeout, a cancel, or the shutdown deadline.
+//! The keeper: a running phase's companion task. It keeps the claim's
+//! lease registered with the process's renewer (`heartbeats.rs`, which
+//! renews every running lease in one store call a heartbeat), acts on what
+//! the renewals find (a cancel requested, the lease lost), and persists the
+//! phase's progress, coalesced, so that the runner never waits on a store
+//! write while the phase runs: a slow store (a busy SQLite file, a network
+//! round trip) cannot hold up the phase's timeout, a cancel, or the
+//! shutdown deadline.
 //!
 //! The runner tells the keeper to [`finish`](Keeper::finish) when the phase
 //! has ended; the keeper then writes the last reported progress and only
@@ -12,15 +15,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobqueue_core::{JobStore, Lease, Progress, StoreError};
+use jobqueue_core::{JobStore, Lease, Progress, Renewal};
 use tokio::sync::watch;
 use tokio::task::JoinError;
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{Instrument, debug, warn};
+use tracing::{Instrument, debug};
 
 use crate::clock::{instant_in, sleep_until_some};
+use crate::heartbeats::{Beat, Heartbeats, Registration};
 use crate::phase::Reported;
 use crate::runtime::RuntimeConfig;
 
@@ -45,9 +48,8 @@ struct Work {
     store: Arc<dyn JobStore>,
     lease: Lease,
     index: usize,
-    /// How often the lease is renewed, and for how long.
-    heartbeat: Duration,
-    lease_for: Duration,
+    /// The lease, renewed while this is held.
+    renewal: Registration,
     /// Progress is written at most this often.
     progress_interval: Duration,
     progress: watch::Receiver<Reported>,
@@ -56,11 +58,12 @@ struct Work {
 }
 
 impl Keeper {
-    /// Starts keeping phase `index` of the job held by `lease`. A heartbeat
-    /// that reports a cancel request made through the store fires
-    /// `job_cancel`.
+    /// Starts keeping phase `index` of the job held by `lease`, its lease
+    /// renewed by `heartbeats`. A heartbeat that reports a cancel request
+    /// made through the store fires `job_cancel`.
     pub(crate) fn spawn(
         store: Arc<dyn JobStore>,
+        heartbeats: &Heartbeats,
         lease: Lease,
         index: usize,
         config: &RuntimeConfig,
@@ -72,8 +75,7 @@ impl Keeper {
             store,
             lease,
             index,
-            heartbeat: config.heartbeat,
-            lease_for: config.lease,
+            renewal: heartbeats.register(lease),
             progress_interval: config.progress_interval,
             progress,
             job_cancel,
@@ -115,11 +117,6 @@ fn joined(result: Result<KeeperEnd, JoinError>) -> KeeperEnd {
 
 impl Work {
     async fn run(mut self) -> KeeperEnd {
-        let mut heartbeat = tokio::time::interval(self.heartbeat);
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // The claim was just made (or renewed): the first heartbeat is due
-        // one period from now, not at once.
-        heartbeat.reset();
         // Progress is looked at on a timer, not awaited report by report:
         // a report then wakes no task. Waking one from the phase's thread
         // would queue it on that thread's worker, in a slot that other
@@ -127,16 +124,27 @@ impl Work {
         // its thread would strand the keeper (and the runner waiting for
         // it) until the thread is free again.
         let mut next_look = instant_in(self.progress_interval);
+        // False once the renewer is gone (the runtime is being dropped).
+        let mut renewing = true;
         loop {
             tokio::select! {
                 biased;
                 () = self.finish.cancelled() => break,
-                _ = heartbeat.tick() => {
-                    match self.store.heartbeat(&self.lease, self.lease_for).await {
-                        Ok(true) => self.job_cancel.cancel(),
-                        Ok(false) => {}
-                        Err(StoreError::LeaseLost(_)) => return KeeperEnd::LeaseLost,
-                        Err(e) => warn!(error = %e, kind = ?e.kind(), "heartbeat failed"),
+                changed = self.renewal.beats.changed(), if renewing => {
+                    if changed.is_err() {
+                        renewing = false;
+                        continue;
+                    }
+                    let beat = self.renewal.beats.borrow_and_update().clone();
+                    match beat {
+                        Some(Beat::Renewed(Renewal::Held { cancel_requested: true })) => {
+                            self.job_cancel.cancel();
+                        }
+                        Some(Beat::Renewed(Renewal::Lost)) => return KeeperEnd::LeaseLost,
+                        // The store panicked renewing this lease: the
+                        // panic is the worker's, as in any of its calls.
+                        Some(Beat::Panicked(message)) => std::panic::resume_unwind(Box::new(message)),
+                        Some(Beat::Renewed(Renewal::Held { cancel_requested: false })) | None => {}
                     }
                 }
                 () = sleep_until_some(next_look) => {

@@ -28,6 +28,7 @@
 
 mod checkpoint;
 mod clock;
+mod heartbeats;
 mod keeper;
 pub mod metrics;
 mod phase;

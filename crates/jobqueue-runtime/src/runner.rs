@@ -410,6 +410,7 @@ impl JobRun<'_> {
         let mut task = AbortOnDropHandle::new(tokio::spawn(run.in_current_span()));
         let mut keeper = Keeper::spawn(
             self.store().clone(),
+            &self.inner.heartbeats,
             self.lease,
             index,
             config,

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::heartbeats::Heartbeats;
 use crate::metrics;
 use crate::pipeline::Pipelines;
 use crate::retention::{RetentionConfig, retention_loop};
@@ -176,6 +177,8 @@ pub(crate) struct Inner {
     /// This runtime's name as a leader of singleton work (retention, lease
     /// rescue) in a shared store: unique per process and start.
     pub(crate) holder: String,
+    /// Renews the leases of every running phase, together.
+    pub(crate) heartbeats: Heartbeats,
 }
 
 /// Wakes the pump on the store's notices of new work, and after its
@@ -294,6 +297,7 @@ impl Runtime {
             Err(e) => debug!(error = %e, "could not count jobs of unknown pipelines"),
         }
         let seed = config.jitter_seed;
+        let heartbeats = Heartbeats::spawn(store.clone(), config.heartbeat, config.lease);
         let inner = Arc::new(Inner {
             store,
             pipelines,
@@ -307,6 +311,7 @@ impl Runtime {
             tracker: TaskTracker::new(),
             tasks: Tasks::default(),
             holder: format!("pid{}-{}", std::process::id(), LeaseToken::new()),
+            heartbeats,
         });
         // Work enqueued by another process (or retried, rescued) wakes the
         // pump at once; without a listener, or while it is lost, the pump

@@ -78,6 +78,7 @@
 pub mod codegen;
 mod deps;
 mod error;
+mod group;
 mod listen;
 mod migrate;
 mod ops;

@@ -42,7 +42,7 @@ use jobqueue_core::unique::Held;
 use jobqueue_core::{
     AttemptOutcome, CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryId, DeliveryStatus,
     ErrorKind, EventData, FailureOutcome, Job, JobAction, JobError, JobId, JobStatus, Lease,
-    LeaseToken, NewJob, Progress, Pruned, RecoverScope, StoreError,
+    LeaseToken, NewJob, Next, Progress, Pruned, RecoverScope, Renewal, StoreError,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -52,6 +52,7 @@ use crate::deps;
 use crate::error::{db_err, internal, is_period_key_violation, is_unique_key_violation};
 use crate::rows::{DeliveryRow, JobRow, PhaseRow, columns, jobs_of, sql_count};
 use crate::schema::{jobs, paused_pipelines, phases, webhook_deliveries};
+use crate::seq::txid_current;
 use crate::tx::{Tx, release, roll_back_to_savepoint, savepoint};
 
 /// How often an insert that lost a unique-key race looks for the holder
@@ -149,16 +150,24 @@ pub(crate) async fn lock_job(tx: &mut Tx, id: JobId) -> Result<Job, StoreError> 
 
 /// The job `lease` holds, its row locked; `JobNotFound` or `LeaseLost`
 /// otherwise. The token is compared by the database, in the locking read.
+///
+/// The same statement learns the transaction's id (see [`Tx::owner`]), so
+/// appending the events later takes no round trip of its own for it.
 async fn leased(tx: &mut Tx, lease: &Lease) -> Result<Job, StoreError> {
-    let rows: Vec<JobRow> = jobs::table
+    let found: Vec<(JobRow, i64)> = jobs::table
         .filter(jobs::id.eq(lease.job_id.as_uuid()))
         .filter(jobs::lease.eq(lease.token.as_uuid()))
         .filter(jobs::status.eq(JobStatus::Running.as_str()))
-        .select(JobRow::as_select())
+        .select((JobRow::as_select(), txid_current()))
         .for_update()
         .load(tx.conn())
         .await
         .map_err(db_err)?;
+    let mut rows = Vec::with_capacity(found.len());
+    for (row, owner) in found {
+        tx.owner = Some(owner);
+        rows.push(row);
+    }
     let mut jobs = with_phases(tx.conn(), rows).await?;
     match jobs.pop() {
         Some(job) => Ok(job),
@@ -673,13 +682,14 @@ pub(crate) async fn claim(tx: &mut Tx, req: ClaimRequest) -> Result<Vec<Claimed>
     let mut after = before.clone();
     let mut events = Vec::with_capacity(after.len());
     for job in &mut after {
-        events.push(job.claim(LeaseToken::new(), until, now)?);
+        events.push(job.claim_and_start(LeaseToken::new(), until, now, req.start_phase)?);
     }
     save(tx, &before, &after).await?;
-    if let Some(worker) = &req.worker {
+    // Each attempt records who runs it, or that no one said.
+    if !after.is_empty() {
         let ids: Vec<Uuid> = after.iter().map(|j| *j.id.as_uuid()).collect();
         diesel::sql_query("UPDATE jobs SET worker = $1 WHERE id = ANY($2)")
-            .bind::<Text, _>(worker)
+            .bind::<Nullable<Text>, _>(req.worker.as_deref())
             .bind::<Array<diesel::sql_types::Uuid>, _>(&ids)
             .execute(tx.conn())
             .await
@@ -687,7 +697,9 @@ pub(crate) async fn claim(tx: &mut Tx, req: ClaimRequest) -> Result<Vec<Claimed>
     }
     let mut claimed = Vec::with_capacity(after.len());
     for (job, data) in after.into_iter().zip(events) {
-        tx.emit(&job, data);
+        for data in data {
+            tx.emit(&job, data);
+        }
         let token = job
             .lease
             .ok_or_else(|| internal("postgres: a claimed job has no lease"))?;
@@ -746,6 +758,69 @@ pub(crate) async fn heartbeat(
         Some(requested) => Ok(requested),
         None => Err(lease_error(conn, lease.job_id).await),
     }
+}
+
+/// Renews each lease of `$1`/`$2` (job ids and tokens) still held until
+/// `$3`, locking the rows in id order (as the rescue does, so the two never
+/// deadlock), fenced on the token; returns the renewed leases.
+const HEARTBEAT_MANY_SQL: &str = "\
+WITH l AS (
+    SELECT jobs.id, jobs.lease FROM jobs
+    JOIN unnest($1::uuid[], $2::uuid[]) AS u (id, lease)
+        ON jobs.id = u.id AND jobs.lease = u.lease
+    WHERE jobs.status = 'running'
+    ORDER BY jobs.id
+    FOR UPDATE OF jobs
+)
+UPDATE jobs SET lease_expires_at = $3 FROM l
+WHERE jobs.id = l.id AND jobs.lease = l.lease
+RETURNING jobs.id, jobs.lease, jobs.cancel_requested";
+
+/// One renewed lease, as [`HEARTBEAT_MANY_SQL`] returns it.
+#[derive(QueryableByName)]
+struct Renewed {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = SqlUuid)]
+    lease: Uuid,
+    #[diesel(sql_type = Bool)]
+    cancel_requested: bool,
+}
+
+/// Renews the leases still held in one statement, outside a transaction
+/// (it appends no event); `None` when `extend` is too long to represent,
+/// for the caller to report lease by lease as [`heartbeat`] does.
+pub(crate) async fn heartbeat_many(
+    conn: &mut AsyncPgConnection,
+    now: OffsetDateTime,
+    leases: &[Lease],
+    extend: Duration,
+) -> Result<Option<Vec<Renewal>>, StoreError> {
+    let Ok(until) = lease_until(now, extend) else {
+        return Ok(None);
+    };
+    let ids: Vec<Uuid> = leases.iter().map(|l| *l.job_id.as_uuid()).collect();
+    let tokens: Vec<Uuid> = leases.iter().map(|l| *l.token.as_uuid()).collect();
+    let renewed: Vec<Renewed> = diesel::sql_query(HEARTBEAT_MANY_SQL)
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Array<SqlUuid>, _>(&tokens)
+        .bind::<Timestamptz, _>(until)
+        .load(conn)
+        .await
+        .map_err(db_err)?;
+    let held: HashMap<(Uuid, Uuid), bool> = renewed
+        .into_iter()
+        .map(|r| ((r.id, r.lease), r.cancel_requested))
+        .collect();
+    Ok(Some(
+        ids.iter()
+            .zip(&tokens)
+            .map(|(id, token)| match held.get(&(*id, *token)) {
+                Some(&cancel_requested) => Renewal::Held { cancel_requested },
+                None => Renewal::Lost,
+            })
+            .collect(),
+    ))
 }
 
 pub(crate) async fn reshape_phases(
@@ -869,6 +944,77 @@ pub(crate) async fn phase_completed(
     })
     .await
     .map(drop)
+}
+
+/// One call of [`advance_many`]: what `JobStore::advance` takes.
+pub(crate) struct Advance {
+    pub(crate) lease: Lease,
+    pub(crate) index: usize,
+    pub(crate) result: Value,
+    pub(crate) next: Next,
+}
+
+/// `JobStore::advance` for several jobs (one call per job) in one
+/// transaction,
+/// set-based: the jobs are locked in id order in one statement, their
+/// phases read in one, and what changed written in one per table, fenced
+/// on each lease. Returns each call's outcome, in order: a lost lease or a
+/// refused step fails that call alone, and nothing is written for it.
+pub(crate) async fn advance_many(
+    tx: &mut Tx,
+    calls: Vec<Advance>,
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let now = tx.now;
+    let ids: Vec<Uuid> = calls.iter().map(|c| *c.lease.job_id.as_uuid()).collect();
+    let tokens: Vec<Uuid> = calls.iter().map(|c| *c.lease.token.as_uuid()).collect();
+    let found: Vec<(JobRow, i64)> = jobs::table
+        .filter(jobs::id.eq_any(&ids))
+        .filter(jobs::lease.eq_any(&tokens))
+        .filter(jobs::status.eq(JobStatus::Running.as_str()))
+        .order(jobs::id)
+        .select((JobRow::as_select(), txid_current()))
+        .for_update()
+        .load(tx.conn())
+        .await
+        .map_err(db_err)?;
+    let mut rows = Vec::with_capacity(found.len());
+    for (row, owner) in found {
+        tx.owner = Some(owner);
+        rows.push(row);
+    }
+    let mut held: HashMap<JobId, Job> = with_phases(tx.conn(), rows)
+        .await?
+        .into_iter()
+        .map(|job| (job.id, job))
+        .collect();
+    let mut outcomes = Vec::with_capacity(calls.len());
+    let (mut before, mut after, mut events) = (Vec::new(), Vec::new(), Vec::new());
+    for c in calls {
+        let job = held
+            .remove(&c.lease.job_id)
+            .filter(|job| job.lease == Some(c.lease.token));
+        let Some(job) = job else {
+            outcomes.push(Err(lease_error(tx.conn(), c.lease.job_id).await));
+            continue;
+        };
+        let mut changed = job.clone();
+        match changed.advance(c.index, c.result, c.next, c.lease.attempt, now) {
+            Ok(data) => {
+                before.push(job);
+                after.push(changed);
+                events.push(data);
+                outcomes.push(Ok(()));
+            }
+            Err(e) => outcomes.push(Err(e)),
+        }
+    }
+    save(tx, &before, &after).await?;
+    for (job, data) in after.iter().zip(events) {
+        for data in data {
+            tx.emit(job, data);
+        }
+    }
+    Ok(outcomes)
 }
 
 pub(crate) async fn phase_failed(

@@ -67,21 +67,25 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use diesel::sql_types::BigInt;
+use diesel::sql_types::{Array, BigInt};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use jobqueue_core::{Event, EventSink, StoreError};
+use tokio::sync::oneshot;
 
 use crate::error::{db_err, internal};
 
-/// Takes `$1` numbers from the counter and records them as reserved by the
-/// transaction `$2`; returns the number before the first one.
+/// Takes `$1` numbers from the counter and records them as reserved, a
+/// range per transaction of the group: the transaction `$4[i]` has the
+/// `$3[i]` numbers after the first `$2[i]` of the group's; returns the
+/// number before the group's first.
 pub(crate) const RESERVE_SQL: &str = "\
 WITH s AS (
     UPDATE store_state SET last_seq = last_seq + $1 WHERE id = 1
     RETURNING last_seq - $1 AS n
 ), r AS (
     INSERT INTO seq_reservations (first_seq, last_seq, owner)
-    SELECT n + 1, n + $1, $2 FROM s
+    SELECT n + u.before + 1, n + u.before + u.count, u.owner
+    FROM s, unnest($2::int8[], $3::int8[], $4::int8[]) AS u (before, count, owner)
 )
 SELECT n FROM s";
 
@@ -91,7 +95,15 @@ pub(crate) const HORIZON_SQL: &str = "\
 (SELECT min(first_seq) FROM seq_reservations \
  WHERE pg_xact_status(owner::text::xid8) IN ('in progress', 'committed'))";
 
-/// The transaction id of the caller's transaction (assigned if it has none).
+diesel::define_sql_function! {
+    /// The id of the caller's transaction (assigned if it has none), with
+    /// its epoch: the number `pg_current_xact_id()` gives, as a `bigint`
+    /// that a query built with diesel can return with its rows (and that
+    /// diesel then keeps prepared).
+    fn txid_current() -> BigInt;
+}
+
+/// The id of the caller's transaction, on its own.
 pub(crate) const OWNER_SQL: &str = "SELECT pg_current_xact_id()::text::int8 AS n";
 
 /// Removes reservations whose owner aborted (or is too old to know): their
@@ -109,6 +121,22 @@ pub(crate) struct Number {
     pub(crate) n: i64,
 }
 
+/// A reservation asked for: how many numbers, for which transaction, and
+/// where the number before its first goes.
+struct Waiting {
+    count: i64,
+    owner: i64,
+    /// Whether it takes a place in the publishing queue (not for
+    /// `enqueue_in`, whose commit this process does not see).
+    queued: bool,
+    reply: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+/// Locks `mutex`, whose data stays consistent even if a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A process's side of the design: the reservation connection and the
 /// queue of events waiting to be published in order.
 pub(crate) struct Sequencer {
@@ -118,6 +146,8 @@ pub(crate) struct Sequencer {
     setup: String,
     /// Opened on first use, dropped after any failure and opened again.
     conn: tokio::sync::Mutex<Option<AsyncPgConnection>>,
+    /// The reservations asked for and not yet made, in the order asked.
+    waiting: Mutex<Vec<Waiting>>,
     /// By first number: `None` while its transaction runs, the events once
     /// it committed.
     queue: Mutex<BTreeMap<u64, Option<Vec<Event>>>>,
@@ -132,12 +162,18 @@ impl Sequencer {
             connect_timeout,
             setup: format!("{setup}; SET synchronous_commit = off"),
             conn: tokio::sync::Mutex::new(None),
+            waiting: Mutex::new(Vec::new()),
             queue: Mutex::new(BTreeMap::new()),
         }
     }
 
     /// Reserves `count` numbers for the transaction `owner`, and a place in
     /// the publishing queue; returns the number before the first.
+    ///
+    /// Reservations are made in groups: the caller that holds the
+    /// reservation connection makes, in one statement, those of every
+    /// transaction waiting meanwhile (in the order they asked), so the
+    /// serialised step costs one round trip per group, not per transaction.
     pub(crate) async fn reserve(&self, count: i64, owner: i64) -> Result<u64, StoreError> {
         self.reserve_numbers(count, owner, true).await
     }
@@ -160,39 +196,107 @@ impl Sequencer {
         owner: i64,
         queued: bool,
     ) -> Result<u64, StoreError> {
+        let (reply, mut answer) = oneshot::channel();
+        lock(&self.waiting).push(Waiting {
+            count,
+            owner,
+            queued,
+            reply,
+        });
         let mut guard = self.conn.lock().await;
-        if guard.is_none() {
-            // Every appending transaction waits for this: bounded.
-            let mut conn = crate::store::establish(&self.url, self.connect_timeout).await?;
-            conn.batch_execute(&self.setup).await.map_err(db_err)?;
-            *guard = Some(conn);
+        // A group made while this call waited for the connection may hold
+        // its reservation already.
+        match answer.try_recv() {
+            Ok(result) => return result,
+            Err(oneshot::error::TryRecvError::Closed) => {
+                return Err(internal("postgres: a reservation was abandoned"));
+            }
+            Err(oneshot::error::TryRecvError::Empty) => {}
         }
-        let Some(conn) = guard.as_mut() else {
-            return Err(internal("postgres: the reservation connection vanished"));
+        let group = std::mem::take(&mut *lock(&self.waiting));
+        self.reserve_group(&mut guard, group).await;
+        drop(guard);
+        answer
+            .await
+            .unwrap_or_else(|_| Err(internal("postgres: a reservation was abandoned")))
+    }
+
+    /// Reserves the numbers of `group` in one statement and answers each.
+    async fn reserve_group(&self, conn: &mut Option<AsyncPgConnection>, group: Vec<Waiting>) {
+        if group.is_empty() {
+            return;
+        }
+        let mut before = Vec::with_capacity(group.len());
+        let mut counts = Vec::with_capacity(group.len());
+        let mut owners = Vec::with_capacity(group.len());
+        let mut total: i64 = 0;
+        for w in &group {
+            before.push(total);
+            counts.push(w.count);
+            owners.push(w.owner);
+            total = total.saturating_add(w.count);
+        }
+        let reserved = match self.connected(conn).await {
+            Ok(c) => diesel::sql_query(RESERVE_SQL)
+                .bind::<BigInt, _>(total)
+                .bind::<Array<BigInt>, _>(&before)
+                .bind::<Array<BigInt>, _>(&counts)
+                .bind::<Array<BigInt>, _>(&owners)
+                .get_result::<Number>(c)
+                .await
+                .map_err(db_err)
+                .and_then(|row| {
+                    u64::try_from(row.n)
+                        .map_err(|_| internal(format!("postgres: the event counter is {}", row.n)))
+                }),
+            Err(e) => Err(e),
         };
-        let reserved = diesel::sql_query(RESERVE_SQL)
-            .bind::<BigInt, _>(count)
-            .bind::<BigInt, _>(owner)
-            .get_result::<Number>(conn)
-            .await;
         match reserved {
-            Ok(row) => {
-                let base = u64::try_from(row.n)
-                    .map_err(|_| internal(format!("postgres: the event counter is {}", row.n)))?;
-                if queued {
-                    self.queue
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(base.saturating_add(1), None);
+            Ok(base) => {
+                // The number before each transaction's first.
+                let bases: Vec<u64> = before
+                    .iter()
+                    .map(|b| base.saturating_add(b.unsigned_abs()))
+                    .collect();
+                let mut queue = lock(&self.queue);
+                for (w, b) in group.iter().zip(&bases) {
+                    if w.queued {
+                        queue.insert(b.saturating_add(1), None);
+                    }
                 }
-                Ok(base)
+                drop(queue);
+                for (w, b) in group.into_iter().zip(bases) {
+                    let queued = w.queued;
+                    if w.reply.send(Ok(b)).is_err() && queued {
+                        // Its caller is gone, and with it its transaction
+                        // (rolled back: readers skip the reservation).
+                        lock(&self.queue).remove(&b.saturating_add(1));
+                    }
+                }
             }
             Err(e) => {
-                // Whatever state it is in, a fresh one serves the next call.
-                *guard = None;
-                Err(db_err(e))
+                // Whatever state it is in, a fresh one serves the next group.
+                *conn = None;
+                for w in group {
+                    let _ = w.reply.send(Err(e.clone()));
+                }
             }
         }
+    }
+
+    /// The reservation connection, opened if it is not.
+    async fn connected<'c>(
+        &self,
+        conn: &'c mut Option<AsyncPgConnection>,
+    ) -> Result<&'c mut AsyncPgConnection, StoreError> {
+        if conn.is_none() {
+            // Every appending transaction waits for this: bounded.
+            let mut fresh = crate::store::establish(&self.url, self.connect_timeout).await?;
+            fresh.batch_execute(&self.setup).await.map_err(db_err)?;
+            *conn = Some(fresh);
+        }
+        conn.as_mut()
+            .ok_or_else(|| internal("postgres: the reservation connection vanished"))
     }
 
     /// The transaction of the reservation starting at `first` committed
@@ -204,7 +308,7 @@ impl Sequencer {
         events: Option<Vec<Event>>,
         sink: Option<&Arc<dyn EventSink>>,
     ) {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queue = lock(&self.queue);
         match events {
             Some(events) => {
                 queue.insert(first, Some(events));

@@ -18,7 +18,8 @@ use jobqueue_core::{AttemptOutcome, Capabilities, ErrorKind, StoreListener};
 use jobqueue_core::{
     CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId, Event, EventFilter,
     EventSink, FailureOutcome, Job, JobCount, JobError, JobFilter, JobId, JobPage, JobStore, Lease,
-    NewJob, Progress, Pruned, RecoverScope, StoreError, WebhookRoute,
+    NewJob, Next, Progress, Pruned, RecoverScope, Renewal, StoreError, WebhookRoute,
+    heartbeat_each,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -26,6 +27,7 @@ use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
 use crate::error::{conn_err, internal};
+use crate::group::Grouper;
 use crate::listen::Listener;
 use crate::migrate::{SyncConn, migrate};
 use crate::options::PostgresOptions;
@@ -89,6 +91,7 @@ impl PostgresStore {
                 routes: RwLock::new(Arc::from(Vec::new())),
                 sequencer: Sequencer::new(url, &setup, options.connect_timeout),
                 listener: Listener::new(url, &setup, channel.clone(), options.connect_timeout),
+                grouper: Grouper::new(),
                 channel,
                 schema: options.schema.clone(),
                 closed: AtomicBool::new(false),
@@ -302,6 +305,30 @@ impl JobStore for PostgresStore {
             .await
     }
 
+    async fn heartbeat_many(
+        &self,
+        leases: &[Lease],
+        extend: Duration,
+    ) -> Result<Vec<Renewal>, StoreError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch = leases.to_vec();
+        let now = self.inner.now()?;
+        let renewed = self
+            .inner
+            .run(move |conn| {
+                Box::pin(async move { ops::heartbeat_many(conn, now, &batch, extend).await })
+            })
+            .await?;
+        match renewed {
+            Some(renewals) => Ok(renewals),
+            // `extend` is out of range: reported lease by lease, as a
+            // single heartbeat reports it.
+            None => heartbeat_each(self, leases, extend).await,
+        }
+    }
+
     async fn reshape_phases(&self, lease: &Lease, phases: Vec<String>) -> Result<Job, StoreError> {
         let lease = *lease;
         self.inner
@@ -383,6 +410,22 @@ impl JobStore for PostgresStore {
                 Box::pin(async move { ops::phase_failed(tx, &lease, index, error, outcome).await })
             })
             .await
+    }
+
+    async fn advance(
+        &self,
+        lease: &Lease,
+        index: usize,
+        result: Value,
+        next: Next,
+    ) -> Result<(), StoreError> {
+        let call = ops::Advance {
+            lease: *lease,
+            index,
+            result,
+            next,
+        };
+        self.inner.grouper.advance(&self.inner, call).await
     }
 
     async fn complete_job(&self, lease: &Lease) -> Result<Job, StoreError> {

@@ -45,6 +45,7 @@ use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
 use crate::error::{closed, db_err, internal, pool_err};
+use crate::group::Grouper;
 use crate::listen::{EVENTS, Listener, WORK};
 use crate::rows::{DeliveryRow, EventRow, columns, sql_count, sql_seq};
 use crate::seq::{Number, OWNER_SQL, Sequencer};
@@ -81,6 +82,9 @@ pub(crate) struct Tx {
     conn: Conn,
     /// The time of the whole transaction, read once from the store's clock.
     pub(crate) now: OffsetDateTime,
+    /// The transaction's id, once a statement returned it (see
+    /// [`crate::seq`]); asked for before the reservation otherwise.
+    pub(crate) owner: Option<i64>,
     staged: Vec<Staged>,
     /// The commit makes jobs runnable that its events do not show (a
     /// completion released waiting dependents): announce work.
@@ -183,6 +187,8 @@ pub(crate) struct Inner {
     pub(crate) schema: Option<String>,
     /// This process's listener connection, opened with the first listener.
     pub(crate) listener: Listener,
+    /// The `advance` calls waiting to be written together.
+    pub(crate) grouper: Grouper,
     pub(crate) closed: AtomicBool,
     pub(crate) tasks: TaskTracker,
     pub(crate) runtime: Handle,
@@ -231,6 +237,26 @@ impl Inner {
         self.spawn(async move { inner.run_write(op).await }).await
     }
 
+    /// Runs `op` like [`Self::write`], in a task of its own that hands the
+    /// result to `done`, without waiting for it: the result reaches `done`
+    /// even if the caller stops waiting (see [`crate::group`]). On a closed
+    /// store `done` gets the error at once.
+    pub(crate) fn write_detached<T, F, D>(self: &Arc<Self>, op: F, done: D)
+    where
+        T: Send + 'static,
+        F: for<'t> FnOnce(&'t mut Tx) -> BoxFuture<'t, Result<T, StoreError>> + Send + 'static,
+        D: FnOnce(Result<T, StoreError>) + Send + 'static,
+    {
+        if AtomicBool::load(&self.closed, Ordering::Acquire) {
+            return done(Err(closed()));
+        }
+        let inner = Arc::clone(self);
+        self.tasks.spawn_on(
+            async move { done(inner.run_write(op).await) },
+            &self.runtime,
+        );
+    }
+
     async fn run_write<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         F: for<'t> FnOnce(&'t mut Tx) -> BoxFuture<'t, Result<T, StoreError>>,
@@ -239,6 +265,7 @@ impl Inner {
         let mut tx = Tx {
             conn: self.conn().await?,
             now,
+            owner: None,
             staged: Vec::new(),
             work: false,
         };
@@ -289,11 +316,17 @@ impl Inner {
 
     /// Reserves `count` numbers for the transaction of `tx`.
     async fn reserve(&self, tx: &mut Tx, count: i64) -> Result<u64, StoreError> {
-        let owner: Number = diesel::sql_query(OWNER_SQL)
-            .get_result(tx.conn())
-            .await
-            .map_err(db_err)?;
-        self.sequencer.reserve(count, owner.n).await
+        let owner = match tx.owner {
+            Some(owner) => owner,
+            None => {
+                let owner: Number = diesel::sql_query(OWNER_SQL)
+                    .get_result(tx.conn())
+                    .await
+                    .map_err(db_err)?;
+                owner.n
+            }
+        };
+        self.sequencer.reserve(count, owner).await
     }
 
     /// The webhook routes of the moment.

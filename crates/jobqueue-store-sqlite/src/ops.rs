@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use jobqueue_core::apply::lease_until;
 use jobqueue_core::machine::job_transition;
@@ -19,7 +19,7 @@ use jobqueue_core::unique::Held;
 use jobqueue_core::{
     AttemptOutcome, CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryId, DeliveryStatus,
     ErrorKind, EventData, FailureOutcome, Job, JobAction, JobError, JobId, JobStatus, Lease,
-    NewJob, Next, Progress, Pruned, RecoverScope, StoreError,
+    NewJob, Next, Progress, Pruned, RecoverScope, Renewal, StoreError,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -52,6 +52,8 @@ struct ClaimQuery<'a> {
     excluded: &'a [String],
     only: Option<&'a [String]>,
     limit: i64,
+    /// Recorded on each attempt the claim starts (`jobs.worker`).
+    worker: Option<&'a str>,
 }
 
 impl QueryFragment<Sqlite> for ClaimQuery<'_> {
@@ -63,7 +65,9 @@ impl QueryFragment<Sqlite> for ClaimQuery<'_> {
         out.push_bind_param::<BigInt, _>(&self.now)?;
         out.push_sql(", lease_expires_at = ");
         out.push_bind_param::<BigInt, _>(&self.until)?;
-        out.push_sql(", cancel_requested = 0, lease = ");
+        out.push_sql(", cancel_requested = 0, worker = ");
+        out.push_bind_param::<Nullable<Text>, _>(&self.worker)?;
+        out.push_sql(", lease = ");
         out.push_sql(NEW_TOKEN_SQL);
         out.push_sql(" WHERE id IN (SELECT id FROM jobs WHERE status = ");
         push_literal(&mut out, self.from);
@@ -299,6 +303,7 @@ pub(crate) fn claim(tx: &mut Tx<'_>, req: ClaimRequest) -> Result<Vec<Claimed>, 
         excluded: &req.exclude_pipelines,
         only: req.pipelines.as_deref(),
         limit: sql_count(req.limit),
+        worker: req.worker.as_deref(),
     };
     let mut rows: Vec<JobRow> = q.load(tx.write_conn()).map_err(db_err)?;
     // RETURNING gives no order; claims (and their events) go in claim order.
@@ -402,6 +407,19 @@ pub(crate) fn heartbeat(
     job.lease_expires_at = Some(lease_until(tx.now, extend)?);
     save(tx, &before, &job)?;
     Ok(job.cancel_requested)
+}
+
+/// Renews each lease of `leases` still held (see [`heartbeat`]); a lost
+/// one is reported, not an error.
+pub(crate) fn heartbeat_many(
+    tx: &mut Tx<'_>,
+    leases: &[Lease],
+    extend: Duration,
+) -> Result<Vec<Renewal>, StoreError> {
+    leases
+        .iter()
+        .map(|lease| Renewal::of(heartbeat(tx, lease, extend)))
+        .collect()
 }
 
 pub(crate) fn reshape_phases(

@@ -49,6 +49,7 @@ diesel::table! {
         lease -> Nullable<Text>,
         lease_expires_at -> Nullable<BigInt>,
         period_key -> Nullable<Text>,
+        worker -> Nullable<Text>,
     }
 }
 

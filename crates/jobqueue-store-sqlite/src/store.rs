@@ -13,7 +13,7 @@ use jobqueue_core::job::check_name;
 use jobqueue_core::{
     AttemptOutcome, CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId,
     Event, EventFilter, EventSink, FailureOutcome, Job, JobCount, JobError, JobFilter, JobId,
-    JobPage, JobStore, Lease, NewJob, Next, Progress, Pruned, RecoverScope, StoreError,
+    JobPage, JobStore, Lease, NewJob, Next, Progress, Pruned, RecoverScope, Renewal, StoreError,
     WebhookRoute,
 };
 use serde_json::Value;
@@ -359,6 +359,21 @@ impl JobStore for SqliteStore {
         let lease = *lease;
         self.write(move |tx| ops::heartbeat(tx, &lease, extend))
             .await
+    }
+
+    async fn heartbeat_many(
+        &self,
+        leases: &[Lease],
+        extend: Duration,
+    ) -> Result<Vec<Renewal>, StoreError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let leases = leases.to_vec();
+        self.write_weighted(leases.len(), move |tx| {
+            ops::heartbeat_many(tx, &leases, extend)
+        })
+        .await
     }
 
     async fn reshape_phases(&self, lease: &Lease, phases: Vec<String>) -> Result<Job, StoreError> {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use jobqueue_core::{
     ClaimRequest, Clock, ErrorKind, Event, EventFilter, EventSink, EventType, FailureOutcome,
-    JobFilter, JobStatus, JobStore, ManualClock, MemoryStore, NewJob, Progress, RecoverScope,
-    WebhookRoute,
+    JobFilter, JobId, JobStatus, JobStore, ManualClock, MemoryStore, NewJob, Progress,
+    RecoverScope, WebhookRoute,
 };
 use serde_json::json;
 
@@ -641,6 +641,38 @@ fn a_read_only_file_is_a_clear_error() {
     perms.set_readonly(true);
     std::fs::set_permissions(&path, perms).unwrap();
     assert_eq!(kind_of_open(&path), ErrorKind::Io);
+}
+
+/// Each claim records its worker on the attempt it starts (`jobs.worker`),
+/// as the PostgreSQL store does; a claim that names none records none. Claims
+/// of different workers merged in one writer group keep theirs.
+#[tokio::test]
+async fn claims_record_their_worker() {
+    use diesel::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let store = file_store(&dir, Arc::new(ManualClock::default()));
+    for _ in 0..3 {
+        store.enqueue(NewJob::new("p").phases(["x"])).await.unwrap();
+    }
+    let (a, b) = tokio::join!(
+        store.claim(ClaimRequest::new(1).worker("node-a")),
+        store.claim(ClaimRequest::new(1).worker("node-b")),
+    );
+    let (a, b) = (a.unwrap().remove(0), b.unwrap().remove(0));
+    let anonymous = store.claim(ClaimRequest::new(1)).await.unwrap().remove(0);
+    close(store);
+    let path = dir.path().join("jobs.db");
+    let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+    let mut worker_of = |id: JobId| -> Option<String> {
+        crate::schema::jobs::table
+            .find(id.to_string())
+            .select(crate::schema::jobs::worker)
+            .first(&mut conn)
+            .unwrap()
+    };
+    assert_eq!(worker_of(a.job.id).as_deref(), Some("node-a"));
+    assert_eq!(worker_of(b.job.id).as_deref(), Some("node-b"));
+    assert_eq!(worker_of(anonymous.job.id), None);
 }
 
 #[test]

@@ -103,6 +103,7 @@ impl MergedClaims {
                         && c.req.exclude_pipelines == first.exclude_pipelines
                         && c.req.pipelines == first.pipelines
                         && c.req.start_phase == first.start_phase
+                        && c.req.worker == first.worker
                 })
                 .count();
             let total = self.claims[i..i + run]
@@ -113,6 +114,7 @@ impl MergedClaims {
                 .exclude_pipelines(first.exclude_pipelines.clone());
             merged.pipelines.clone_from(&first.pipelines);
             merged.start_phase = first.start_phase;
+            merged.worker.clone_from(&first.worker);
             let mut claimed = crate::ops::claim(tx, merged)?.into_iter();
             for c in &self.claims[i..i + run] {
                 answers.push(claimed.by_ref().take(c.req.limit).collect());

@@ -141,6 +141,7 @@ macro_rules! __conformance_suite {
             recover {
                 interrupted_jobs_keep_their_context,
                 heartbeat_and_expired_leases,
+                heartbeat_many_reports_lost_leases,
                 crash_loops_end_when_attempts_are_spent,
             }
             list_events {

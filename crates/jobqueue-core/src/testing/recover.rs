@@ -9,9 +9,10 @@ use super::{Ctx, assert_kind, claim_one, complete_phases, enqueue, events_of, jo
 use crate::clock::Clock;
 use crate::error::ErrorKind;
 use crate::event::EventData;
+use crate::job::Job;
 use crate::job::Progress;
 use crate::machine::{JobStatus, PhaseStatus};
-use crate::store::{ClaimRequest, RecoverScope};
+use crate::store::{ClaimRequest, RecoverScope, Renewal};
 
 pub(super) async fn interrupted_jobs_keep_their_context(ctx: &Ctx) {
     let s = &ctx.store;
@@ -135,6 +136,86 @@ pub(super) async fn heartbeat_and_expired_leases(ctx: &Ctx) {
     );
     assert_eq!(job(ctx, a.id).await.status, JobStatus::Running);
     assert_eq!(job(ctx, b.id).await.status, JobStatus::Queued);
+}
+
+pub(super) async fn heartbeat_many_reports_lost_leases(ctx: &Ctx) {
+    let s = &ctx.store;
+    assert!(
+        s.heartbeat_many(&[], Duration::from_secs(10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let held = enqueue(ctx, "p", &["a"]).await;
+    let done = enqueue(ctx, "p", &["a"]).await;
+    let moved = enqueue(ctx, "p", &["a"]).await;
+    let mut req = ClaimRequest::new(3);
+    req.lease_for = Duration::from_secs(10);
+    let claimed = s.claim(req).await.unwrap();
+    let lease_of = |id| claimed.iter().find(|c| c.job.id == id).unwrap().lease;
+    let (held_l, done_l, stale_l) = (lease_of(held.id), lease_of(done.id), lease_of(moved.id));
+    // `done` ends; `moved` is interrupted and claimed again: its first
+    // lease is stale. `held` has a cancel requested.
+    complete_phases(ctx, &done_l, 0..1).await;
+    s.complete_job(&done_l).await.unwrap();
+    s.interrupt(&stale_l).await.unwrap();
+    let again = claim_one(ctx).await;
+    assert_eq!(again.job.id, moved.id);
+    s.request_cancel(held.id).await.unwrap();
+    ctx.clock.advance(Duration::from_secs(8));
+
+    // A lease too long to represent is refused, and nothing changes.
+    let before = snapshot(ctx).await;
+    assert_kind(
+        s.heartbeat_many(&[held_l, again.lease], Duration::MAX)
+            .await,
+        ErrorKind::Invalid,
+    );
+    assert_eq!(snapshot(ctx).await, before);
+
+    let renewals = s
+        .heartbeat_many(
+            &[held_l, stale_l, done_l, again.lease],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        renewals,
+        [
+            Renewal::Held {
+                cancel_requested: true
+            },
+            Renewal::Lost,
+            Renewal::Lost,
+            Renewal::Held {
+                cancel_requested: false
+            },
+        ]
+    );
+    let until = Some(ctx.clock.now() + Duration::from_secs(10));
+    assert_eq!(job(ctx, held.id).await.lease_expires_at, until);
+    assert_eq!(job(ctx, moved.id).await.lease_expires_at, until);
+    let (jobs, seq, deliveries) = snapshot(ctx).await;
+    let unchanged = |id| {
+        let find = |list: &[Job]| list.iter().find(|j| j.id == id).cloned();
+        assert_eq!(
+            find(&jobs),
+            find(&before.0),
+            "nothing changes for a lost lease"
+        );
+    };
+    unchanged(done.id);
+    assert_eq!((seq, deliveries), (before.1, before.2), "no event");
+    // Only the renewed leases outlive the old expiry.
+    ctx.clock.advance(Duration::from_secs(3));
+    assert!(
+        s.recover(RecoverScope::ExpiredLeases)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(job(ctx, moved.id).await.lease, Some(again.lease.token));
 }
 
 /// A run that ended with its process spent an attempt: a job whose phase

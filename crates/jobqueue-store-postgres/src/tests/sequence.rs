@@ -175,9 +175,12 @@ async fn reserve_by_hand(owner: &mut AsyncPgConnection, other: &mut AsyncPgConne
         .get_result(owner)
         .await
         .unwrap();
+    // A group of one: one number, the first of the group's.
     let base: Number = diesel::sql_query(crate::seq::RESERVE_SQL)
         .bind::<diesel::sql_types::BigInt, _>(1)
-        .bind::<diesel::sql_types::BigInt, _>(xid.n)
+        .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(vec![0_i64])
+        .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(vec![1_i64])
+        .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(vec![xid.n])
         .get_result(other)
         .await
         .unwrap();

@@ -43,8 +43,13 @@ const URL_VAR: &str = "JOBQUEUE_TEST_POSTGRES_URL";
 /// The number of jobs unless `JOBQUEUE_MULTI_JOBS` says otherwise.
 const DEFAULT_JOBS: usize = 600;
 
-/// How long the whole run may take before the test fails.
-const RUN_DEADLINE: Duration = Duration::from_secs(240);
+/// How long a run of `n` jobs may take before the test fails: four
+/// minutes, or 60 ms a job for larger runs (three commands a job, started
+/// at about 60 a second in a debug build).
+fn run_deadline(n: usize) -> Duration {
+    let per_job = Duration::from_millis(60).saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
+    per_job.max(Duration::from_secs(240))
+}
 
 /// A database of its own, dropped when the test ends (also on a failure).
 struct Database {
@@ -201,7 +206,7 @@ async fn three_servers_share_one_postgres_queue_and_survive_a_kill() {
     let third_tx = std::sync::Mutex::new(Some(third_tx));
     let watch = async {
         tokio::time::timeout(
-            RUN_DEADLINE,
+            run_deadline(n),
             follow(&one, n, |done| {
                 if done == n / 3
                     && let Some(tx) = third_tx.lock().unwrap().take()
