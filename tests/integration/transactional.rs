@@ -349,7 +349,11 @@ async fn a_long_transaction_holds_back_readers_not_writers() {
             (seqs[0]..seqs[0] + seqs.len() as u64).collect::<Vec<_>>(),
             "gap-free and in order"
         );
-        assert_eq!(events[0].job_id, Some(in_tx), "the reserved number comes first");
+        assert_eq!(
+            events[0].job_id,
+            Some(in_tx),
+            "the reserved number comes first"
+        );
         queue.shutdown().await;
     })
     .await;

@@ -1014,6 +1014,16 @@ pub(crate) async fn advance_many(
             tx.emit(job, data);
         }
     }
+    // The jobs that completed release their dependents, in one statement
+    // (what `deps::settle` does for one completed job).
+    let completed: Vec<Uuid> = after
+        .iter()
+        .filter(|job| job.status == JobStatus::Completed)
+        .map(|job| *job.id.as_uuid())
+        .collect();
+    if !completed.is_empty() {
+        deps::release(tx, &completed).await?;
+    }
     Ok(outcomes)
 }
 
