@@ -73,7 +73,13 @@ pub struct Api {
     /// root token in the handles [`serve`](crate::serve) makes).
     streams: CancellationToken,
     sse: SseOptions,
+    /// More Prometheus text for `GET /metrics` (see
+    /// [`extra_metrics`](Self::extra_metrics)).
+    extra_metrics: Option<ExtraMetrics>,
 }
+
+/// Renders more metrics, as Prometheus text, at each scrape.
+pub(crate) type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
 
 struct Inner {
     queue: JobQueue,
@@ -115,6 +121,7 @@ impl Api {
             }),
             streams: CancellationToken::new(),
             sse: SseOptions::default(),
+            extra_metrics: None,
         };
         if tokio::runtime::Handle::try_current().is_ok() {
             api.start_watchers();
@@ -127,6 +134,22 @@ impl Api {
     pub fn sse_keepalive(mut self, every: Duration) -> Self {
         self.sse.keepalive = every;
         self
+    }
+
+    /// Appends what `render` returns, Prometheus text of other metrics, to
+    /// every `GET /metrics` answered in the Prometheus text format: e.g. the
+    /// runtime's own figures (`jobqueue_runtime_...`, recorded through the
+    /// `metrics` facade) rendered by a recorder the program installed.
+    /// `jobqueue serve` does this. The OpenMetrics form leaves them out
+    /// (a facade exporter's text is not OpenMetrics).
+    pub fn extra_metrics(mut self, render: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        self.extra_metrics = Some(Arc::new(render));
+        self
+    }
+
+    /// The extra metrics' renderer, if one was given.
+    pub(crate) fn extra_metrics_text(&self) -> Option<String> {
+        self.extra_metrics.as_ref().map(|render| render())
     }
 
     /// The queue it serves.

@@ -366,7 +366,10 @@ async fn metrics(api: &Api, headers: &http::HeaderMap) -> Answer {
         v.to_str()
             .is_ok_and(|v| v.contains("application/openmetrics-text"))
     });
-    let text = api.metrics().render(api.queue(), openmetrics).await?;
+    let mut text = api.metrics().render(api.queue(), openmetrics).await?;
+    if !openmetrics && let Some(extra) = api.extra_metrics_text() {
+        text.push_str(&extra);
+    }
     let content_type = if openmetrics {
         crate::metrics::OPENMETRICS_CONTENT_TYPE
     } else {

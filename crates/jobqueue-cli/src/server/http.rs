@@ -9,6 +9,7 @@ use std::io;
 
 use jobqueue::JobQueue;
 use jobqueue_http::{Api, ApiConfig};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
 use super::{ApiSettings, HttpShutdown};
@@ -25,5 +26,24 @@ pub(crate) async fn serve(
         token: api.token,
         max_body: api.max_body,
     };
-    jobqueue_http::serve(listener, Api::new(queue, config), shutdown).await
+    let mut api = Api::new(queue, config);
+    if let Some(handle) = runtime_metrics() {
+        api = api.extra_metrics(move || {
+            handle.run_upkeep();
+            handle.render()
+        });
+    }
+    jobqueue_http::serve(listener, api, shutdown).await
+}
+
+/// Installs a Prometheus recorder for the `metrics` facade, through which
+/// the runtime records its figures (`jobqueue_runtime_...`), so `/metrics`
+/// shows them beside the server's own; `None` when the process has a
+/// recorder already (one per process: a second `serve` in a test process
+/// keeps the first's).
+fn runtime_metrics() -> Option<PrometheusHandle> {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).ok()?;
+    Some(handle)
 }

@@ -306,3 +306,64 @@ async fn a_phase_timeout_ends_its_process_group_and_the_job_is_retried() {
     }
     assert_eq!(setup.runs_of(&id, "a"), 2);
 }
+
+/// `/metrics` shows the runtime's own figures (`jobqueue_runtime_...`, which
+/// it records through the `metrics` facade) beside the server's, in the
+/// Prometheus text format; the OpenMetrics form keeps to the server's.
+#[tokio::test]
+async fn metrics_show_the_runtimes_own_figures() {
+    let setup = Setup::new(&abc("echo '\"b\"'")).await;
+    let server = setup.serve().await;
+    let id = server.enqueue(json!({"pipeline": "p"})).await;
+    assert_eq!(server.finished(&id).await["status"], "completed");
+    // The runtime counts the job once the store has it completed, which the
+    // client may see first: ask until the count is there.
+    let finished = |text: &str| {
+        text.lines().any(|l| {
+            l.starts_with("jobqueue_runtime_jobs_finished_total{")
+                && l.contains("pipeline=\"p\"")
+                && l.contains("outcome=\"completed\"")
+                && l.ends_with(" 1")
+        })
+    };
+    let text = tokio::time::timeout(crate::support::DEADLINE, async {
+        loop {
+            let reply = server.get("/metrics").await;
+            assert_eq!(reply.status, 200);
+            let text = reply.text();
+            if finished(&text) {
+                return text;
+            }
+        }
+    })
+    .await
+    .expect("the runtime's count of finished jobs reached /metrics");
+    for name in [
+        "jobqueue_runtime_phase_duration_seconds",
+        "jobqueue_runtime_claim_latency_seconds",
+        "jobqueue_jobs_completed_total",
+    ] {
+        assert!(text.contains(name), "{name}:\n{text}");
+    }
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        assert!(line.starts_with("jobqueue_"), "{line}");
+    }
+    let open = server
+        .raw(
+            Method::GET,
+            "/metrics",
+            &[("accept", "application/openmetrics-text; version=1.0.0")],
+            None,
+        )
+        .await;
+    let open = super::Reply::read(open).await;
+    assert_eq!(open.status, 200);
+    assert!(
+        !open.text().contains("jobqueue_runtime_"),
+        "{}",
+        open.text()
+    );
+}
