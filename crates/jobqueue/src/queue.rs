@@ -823,7 +823,7 @@ impl JobQueue {
     ///
     /// ```no_run
     /// use diesel_async::{AsyncConnection, RunQueryDsl};
-    ///     /// use jobqueue::NewJob;
+    /// use jobqueue::NewJob;
     ///
     /// # async fn demo(queue: jobqueue::JobQueue, url: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     /// let mut conn = jobqueue::postgres::AsyncPgConnection::establish(url).await?;
