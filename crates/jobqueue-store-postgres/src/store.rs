@@ -134,7 +134,7 @@ impl PostgresStore {
     ///
     /// ```no_run
     /// use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-    ///     /// use jobqueue_core::NewJob;
+    /// use jobqueue_core::NewJob;
     /// use jobqueue_store_postgres::PostgresStore;
     ///
     /// # async fn demo(store: PostgresStore, conn: &mut AsyncPgConnection) -> Result<(), Box<dyn std::error::Error>> {
