@@ -137,7 +137,7 @@ impl PostgresStore {
     /// use jobqueue_core::NewJob;
     /// use jobqueue_store_postgres::PostgresStore;
     ///
-    /// # async fn demo(store: PostgresStore, conn: &mut AsyncPgConnection) -> Result<(), Box<dyn std::error::Error>> {
+    /// # async fn demo(store: PostgresStore, conn: &mut AsyncPgConnection) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     /// let job = conn
     ///     .transaction::<_, Box<dyn std::error::Error + Send + Sync>, _>(async |conn| {
     ///         diesel::sql_query("INSERT INTO orders (id) VALUES (1)").execute(conn).await?;
