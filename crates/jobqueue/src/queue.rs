@@ -765,7 +765,7 @@ impl JobQueue {
     /// tables in the same SQLite file, which the program creates (the
     /// store's migrations own only the store's tables). An error or panic
     /// of `f`, or a job refused by the store (a duplicate key), rolls back
-    /// both: [`TxError::Closure`] or [`TxError::Queue`]. Only on the SQLite
+    /// both: [`TxError::Closure`](crate::TxError::Closure) or [`TxError::Queue`](crate::TxError::Queue). Only on the SQLite
     /// store (`.sqlite(path)`); on PostgreSQL, see `enqueue_in`.
     ///
     /// ```no_run
