@@ -188,17 +188,30 @@ impl Browser {
         .await;
     }
 
-    /// Clicks the element that `css` selects, once there is one.
+    /// Clicks the element that `css` selects, once there is one. The page
+    /// re-renders as events arrive, so an element found may be replaced
+    /// before the click lands: then the click is made on the new one.
     async fn click(&self, css: &str) {
-        self.client
-            .wait()
-            .at_most(DEADLINE)
-            .for_element(Locator::Css(css))
+        let click = async {
+            loop {
+                let element = self
+                    .client
+                    .wait()
+                    .at_most(DEADLINE)
+                    .for_element(Locator::Css(css))
+                    .await
+                    .unwrap_or_else(|e| panic!("no {css}: {e}"));
+                match element.click().await {
+                    Ok(_) => return,
+                    Err(fantoccini::error::CmdError::Standard(e))
+                        if e.error == fantoccini::error::ErrorStatus::StaleElementReference => {}
+                    Err(e) => panic!("click on {css}: {e}"),
+                }
+            }
+        };
+        tokio::time::timeout(DEADLINE, click)
             .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"))
-            .click()
-            .await
-            .unwrap();
+            .unwrap_or_else(|_| panic!("{css} kept being replaced before a click"));
     }
 
     async fn screenshot(&self, name: &str) {
