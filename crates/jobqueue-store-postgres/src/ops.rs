@@ -150,14 +150,27 @@ pub(crate) async fn lock_job(tx: &mut Tx, id: JobId) -> Result<Job, StoreError> 
 
 /// The job `lease` holds, its row locked; `JobNotFound` or `LeaseLost`
 /// otherwise. The token is compared by the database, in the locking read.
+async fn leased(tx: &mut Tx, lease: &Lease) -> Result<Job, StoreError> {
+    let ids = [*lease.job_id.as_uuid()];
+    let tokens = [*lease.token.as_uuid()];
+    match lock_leased(tx, &ids, &tokens).await?.pop() {
+        Some(job) => Ok(job),
+        None => Err(lease_error(tx.conn(), lease.job_id).await),
+    }
+}
+
+/// The running jobs among `ids` whose lease is among `tokens`, locked in id
+/// order, with their phases. The caller pairs each job with its own token:
+/// the read only narrows, the database compares.
 ///
 /// The same statement learns the transaction's id (see [`Tx::owner`]), so
 /// appending the events later takes no round trip of its own for it.
-async fn leased(tx: &mut Tx, lease: &Lease) -> Result<Job, StoreError> {
+async fn lock_leased(tx: &mut Tx, ids: &[Uuid], tokens: &[Uuid]) -> Result<Vec<Job>, StoreError> {
     let found: Vec<(JobRow, i64)> = jobs::table
-        .filter(jobs::id.eq(lease.job_id.as_uuid()))
-        .filter(jobs::lease.eq(lease.token.as_uuid()))
+        .filter(jobs::id.eq_any(ids))
+        .filter(jobs::lease.eq_any(tokens))
         .filter(jobs::status.eq(JobStatus::Running.as_str()))
+        .order(jobs::id)
         .select((JobRow::as_select(), txid_current()))
         .for_update()
         .load(tx.conn())
@@ -168,11 +181,7 @@ async fn leased(tx: &mut Tx, lease: &Lease) -> Result<Job, StoreError> {
         tx.owner = Some(owner);
         rows.push(row);
     }
-    let mut jobs = with_phases(tx.conn(), rows).await?;
-    match jobs.pop() {
-        Some(job) => Ok(job),
-        None => Err(lease_error(tx.conn(), lease.job_id).await),
-    }
+    with_phases(tx.conn(), rows).await
 }
 
 /// Why a lease check found no row: the job is gone, or its lease is not
@@ -967,22 +976,7 @@ pub(crate) async fn advance_many(
     let now = tx.now;
     let ids: Vec<Uuid> = calls.iter().map(|c| *c.lease.job_id.as_uuid()).collect();
     let tokens: Vec<Uuid> = calls.iter().map(|c| *c.lease.token.as_uuid()).collect();
-    let found: Vec<(JobRow, i64)> = jobs::table
-        .filter(jobs::id.eq_any(&ids))
-        .filter(jobs::lease.eq_any(&tokens))
-        .filter(jobs::status.eq(JobStatus::Running.as_str()))
-        .order(jobs::id)
-        .select((JobRow::as_select(), txid_current()))
-        .for_update()
-        .load(tx.conn())
-        .await
-        .map_err(db_err)?;
-    let mut rows = Vec::with_capacity(found.len());
-    for (row, owner) in found {
-        tx.owner = Some(owner);
-        rows.push(row);
-    }
-    let mut held: HashMap<JobId, Job> = with_phases(tx.conn(), rows)
+    let mut held: HashMap<JobId, Job> = lock_leased(tx, &ids, &tokens)
         .await?
         .into_iter()
         .map(|job| (job.id, job))
