@@ -5,6 +5,7 @@
 //! queued dependents in the same transaction, transitively.
 
 use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
 use jobqueue_core::apply::check_dependency;
 use jobqueue_core::{DependencyFailure, Job, JobId, JobStatus, NewJob, StoreError};
 
@@ -62,6 +63,7 @@ pub(crate) fn insert(
             )
         })
         .collect();
+    *tx.dependencies = true;
     diesel::insert_into(job_dependencies::table)
         .values(rows)
         .execute(tx.write_conn())
@@ -69,8 +71,21 @@ pub(crate) fn insert(
     Ok(())
 }
 
+/// Whether `job_dependencies` has a row, read when the writer starts; a
+/// failed read counts as yes (the releases then run, as they may always).
+pub(crate) fn any(conn: &mut SqliteConnection) -> bool {
+    diesel::select(diesel::dsl::exists(
+        job_dependencies::table.select(job_dependencies::job_id),
+    ))
+    .get_result(conn)
+    .unwrap_or(true)
+}
+
 /// No job waits for job `id` any longer (it completed, or is gone).
 pub(crate) fn release(tx: &mut Tx<'_>, id: &str) -> Result<(), StoreError> {
+    if !*tx.dependencies {
+        return Ok(());
+    }
     diesel::delete(job_dependencies::table.filter(job_dependencies::depends_on.eq(id)))
         .execute(tx.write_conn())
         .map_err(db_err)?;
@@ -79,8 +94,12 @@ pub(crate) fn release(tx: &mut Tx<'_>, id: &str) -> Result<(), StoreError> {
 
 /// After job `id` was written in `status`: a completed job releases its
 /// dependents; a failed or cancelled one ends its queued dependents (each
-/// with its event), and theirs, transitively.
+/// with its event), and theirs, transitively. Nothing to do while no job
+/// has a dependency.
 pub(crate) fn settle(tx: &mut Tx<'_>, id: JobId, status: JobStatus) -> Result<(), StoreError> {
+    if !*tx.dependencies {
+        return Ok(());
+    }
     let mut ended = vec![(id, status)];
     while let Some((id, status)) = ended.pop() {
         match status {

@@ -346,6 +346,53 @@ async fn pause_survives_reopen() {
     );
 }
 
+/// The writer skips the dependency statements while no job has a
+/// dependency, and learns at start that one has: a dependent enqueued
+/// before a reopen starts when its dependency completes after it, and is
+/// cancelled when its other dependency fails.
+#[tokio::test]
+async fn dependencies_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::default());
+    let store = file_store(&dir, clock.clone());
+    let a = store.enqueue(NewJob::new("p").phases(["a"])).await.unwrap();
+    let b = store.enqueue(NewJob::new("p").phases(["a"])).await.unwrap();
+    let waits_a = store
+        .enqueue(NewJob::new("q").phases(["a"]).depends_on([a.id]))
+        .await
+        .unwrap();
+    let waits_b = store
+        .enqueue(NewJob::new("q").phases(["a"]).depends_on([b.id]))
+        .await
+        .unwrap();
+    store.close().await;
+
+    let store = file_store(&dir, clock);
+    let only_p = || ClaimRequest::new(5).pipelines(vec!["p".into()]);
+    let claimed = store.claim(only_p().start_phase()).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    for c in &claimed {
+        if c.job.id == a.id {
+            store
+                .advance(&c.lease, 0, json!(1), jobqueue_core::Next::Complete)
+                .await
+                .unwrap();
+        } else {
+            let error = jobqueue_core::JobError {
+                phase: Some("a".into()),
+                message: "broken".into(),
+                attempt: c.lease.attempt,
+            };
+            store.fail_job(&c.lease, error).await.unwrap();
+        }
+    }
+    let runnable = store.claim(ClaimRequest::new(5)).await.unwrap();
+    let ids: Vec<JobId> = runnable.iter().map(|c| c.job.id).collect();
+    assert_eq!(ids, [waits_a.id], "a completed; b failed");
+    let cancelled = store.job(waits_b.id).await.unwrap().unwrap();
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
+}
+
 #[tokio::test]
 async fn a_checkpoint_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
