@@ -117,7 +117,7 @@ impl JobQueue {
             let job = match self.get(id).await {
                 // A store closed by the shutdown says so in its own words;
                 // the waiter hears why.
-                Err(_) if *self.shut_down.borrow() => return Err(Error::ShutDown),
+                Err(_) if self.closing() => return Err(Error::ShutDown),
                 read => read?.ok_or(StoreError::JobNotFound(id))?,
             };
             if job.status.is_finished() || job.status == JobStatus::Stale {
@@ -129,6 +129,7 @@ impl JobQueue {
             };
             match next {
                 Some(Ok(_)) => {}
+                Some(Err(_)) if self.closing() => return Err(Error::ShutDown),
                 Some(Err(e)) => return Err(e.into()),
                 None => return Err(Error::ShutDown),
             }
@@ -186,7 +187,7 @@ impl JobQueue {
             .notify_enqueued(self.runtime().config().clock.now());
         let waiting = loop {
             let (busy, waiting) = match self.drain_state().await {
-                Err(_) if *self.shut_down.borrow() => return Err(Error::ShutDown),
+                Err(_) if self.closing() => return Err(Error::ShutDown),
                 state => state?,
             };
             if !busy {
@@ -198,6 +199,7 @@ impl JobQueue {
             };
             match next {
                 Ok(Some(Ok(_))) | Err(_) => {}
+                Ok(Some(Err(_))) if self.closing() => return Err(Error::ShutDown),
                 Ok(Some(Err(e))) => return Err(e.into()),
                 Ok(None) => return Err(Error::ShutDown),
             }

@@ -3,7 +3,7 @@
 #[cfg(feature = "sqlite")]
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -406,6 +406,7 @@ impl Started {
             job_webhooks: webhooks.default_secret.is_some(),
             start_seq,
             drained: Arc::new(AtomicU64::new(start_seq)),
+            closing: Arc::new(AtomicBool::new(false)),
             shut_down: Arc::new(tokio::sync::watch::Sender::new(false)),
             shutdown_timeout,
         })
@@ -453,6 +454,9 @@ pub struct JobQueue {
     /// The last sequence number [`drain`](Self::drain) counted up to: the
     /// next drain counts the jobs that ended after it.
     pub(crate) drained: Arc<AtomicU64>,
+    /// Set when [`shutdown`](Self::shutdown) begins: from then on a store
+    /// error seen by a waiter is the shutdown closing the store.
+    closing: Arc<AtomicBool>,
     /// Set once [`shutdown`](Self::shutdown) has returned: waiters stop.
     pub(crate) shut_down: Arc<tokio::sync::watch::Sender<bool>>,
     shutdown_timeout: Duration,
@@ -937,6 +941,7 @@ impl JobQueue {
     /// released and a new queue can open it at once. Calls after the first
     /// return at once.
     pub async fn shutdown(&self) {
+        self.closing.store(true, Ordering::Release);
         self.runtime.shutdown(self.shutdown_timeout).await;
         if let Some(d) = &self.dispatcher {
             d.shutdown().await;
@@ -946,6 +951,11 @@ impl JobQueue {
         }
         self.store.close().await;
         self.shut_down.send_replace(true);
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) has begun.
+    pub(crate) fn closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     /// Resolves once [`shutdown`](Self::shutdown) has returned.
