@@ -8,8 +8,8 @@
 //! | `noop_3phase` | the same with three phases, each one persisted | the same |
 //! | `enqueue_single` | one task, `--jobs` single `enqueue`s one after the other | `jobs`, `seconds` |
 //! | `enqueue_concurrent` | `--tasks` tasks, `--jobs` single `enqueue`s in all | `jobs`, `seconds` |
-//! | `latency_idle` | `--samples` times: enqueue one job, note when its phase starts, wait until it is completed | `latencies_ms` (enqueue call → phase start) |
-//! | `latency_loaded` | the same while `--jobs` jobs of the `noop_1phase` kind run beside it; it stops when the load is done | `latencies_ms`, `load_jobs_done` |
+//! | `latency_idle` | `--samples` times: enqueue one job, note when its phase starts, wait until it is completed | `latencies_ms` (enqueue call → phase start), `enqueue_ms` (the `enqueue` call alone) |
+//! | `latency_loaded` | the same while `--jobs` jobs of the `noop_1phase` kind run beside it; it stops when the load is done | `latencies_ms`, `enqueue_ms` (the `enqueue` call alone), `load_jobs_done` |
 //! | `memory_enqueue` | enqueues `--jobs` jobs in batches of `--batch` (nothing runs them) and lists the first page | `jobs`, `seconds`, `list_ms` |
 //! | `memory_drain` | opens the file `memory_enqueue` left and runs every job to completion | `jobs`, `seconds` |
 //!
@@ -257,9 +257,11 @@ async fn latency(args: &Args, loaded: bool) -> Result<Value> {
     }
     let began = Instant::now();
     let mut latencies = Vec::with_capacity(args.samples);
+    let mut enqueues = Vec::with_capacity(args.samples);
     while latencies.len() < args.samples && !(loaded && counter.count() >= args.jobs) {
         let sent = Instant::now();
         let job = queue.enqueue_job(NewJob::new("probe").priority(1)).await?;
+        enqueues.push(sent.elapsed().as_secs_f64() * 1e3);
         let started = started_rx.recv().await.context("the probe phase is gone")?;
         latencies.push(started.duration_since(sent).as_secs_f64() * 1e3);
         wait_finished(&queue, job.id).await?;
@@ -278,6 +280,7 @@ async fn latency(args: &Args, loaded: bool) -> Result<Value> {
         "jobs": latencies.len(),
         "seconds": seconds,
         "latencies_ms": latencies,
+        "enqueue_ms": enqueues,
         "load_jobs_done": load_jobs_done,
     }))
 }

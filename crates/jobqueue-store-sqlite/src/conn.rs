@@ -172,11 +172,13 @@ impl Location {
 }
 
 /// Pages in the WAL before the commit that passes it checkpoints (SQLite's
-/// default is 1000). The writer's commits checkpoint, so the WAL is copied
-/// back completely and starts over; a longer one lets a page written by many
-/// commits be copied once. Tried: checkpointing from a separate thread does
-/// not work under steady load: the WAL restarts only when a checkpoint has
-/// caught up with the writer, which it never does while the writer appends.
+/// default is 1000). The checkpointer thread (see [`crate::checkpoint`])
+/// keeps the WAL well below this: it is the backstop for when that thread
+/// cannot keep up or fails, or a long read holds the WAL, and the writer
+/// then checkpoints itself. (A checkpointer alone cannot bound the WAL under
+/// steady load: the WAL restarts only when a write transaction begins with
+/// all of it copied back, which the writer, appending, never lets another
+/// thread see; so the checkpointer asks the writer to finish.)
 const WAL_AUTOCHECKPOINT_PAGES: u32 = 4000;
 
 #[derive(QueryableByName)]

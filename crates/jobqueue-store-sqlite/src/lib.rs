@@ -17,7 +17,8 @@
 //!   per operation only when one fails after it wrote, and checks before
 //!   each commit that the file is still the one it opened; a small **pool
 //!   of reader threads** serves the reads. Both take work through bounded
-//!   queues.
+//!   queues. A **checkpointer thread** copies the WAL back into the file
+//!   beside the writer, so the writer does not stop for it.
 //! - [`SqliteStore::enqueue_with`] runs the program's own diesel
 //!   statements and the enqueue of jobs in one transaction of the writer.
 //! - `src/schema.rs` is generated from the migrations by [`codegen`].
@@ -28,6 +29,7 @@
 //! # Ok::<(), jobqueue_core::StoreError>(())
 //! ```
 
+mod checkpoint;
 pub mod codegen;
 mod conn;
 mod deps;

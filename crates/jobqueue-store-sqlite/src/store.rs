@@ -19,6 +19,7 @@ use jobqueue_core::{
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use crate::checkpoint::Checkpointer;
 use crate::conn::{Location, SqliteOptions, connect};
 use crate::error::closed;
 use crate::guard::FileGuard;
@@ -131,20 +132,23 @@ impl SqliteStore {
             sink: Mutex::new(None),
             listeners: jobqueue_core::Listeners::default(),
             reruns: AtomicU64::new(0),
+            wal_restarts: AtomicU64::new(0),
         });
-        let (readers, reader_threads) = match location {
-            Location::Memory => (None, Vec::new()),
+        let (readers, reader_threads, checkpointer) = match location {
+            Location::Memory => (None, Vec::new(), None),
             Location::File(_) => {
                 let conns = (0..options.readers.max(1))
                     .map(|_| connect(&location, &options, true))
                     .collect::<Result<Vec<_>, _>>()?;
+                let checkpointer = Checkpointer::spawn(connect(&location, &options, false)?)?;
                 let (tx, handles) = read::spawn_pool(conns)?;
-                (Some(tx), handles)
+                (Some(tx), handles, Some(checkpointer))
             }
         };
         let (done_tx, done) = async_channel::bounded(1);
         let life = Lifetime {
             readers: reader_threads,
+            checkpointer,
             lock,
             guard,
             done: done_tx,
@@ -279,6 +283,16 @@ impl SqliteStore {
     #[cfg(test)]
     pub(crate) fn queued_writes(&self) -> usize {
         self.inner.writer.len()
+    }
+
+    /// How many times the writer finished a checkpoint so the WAL started
+    /// over (see [`crate::checkpoint`]).
+    #[cfg(test)]
+    pub(crate) fn wal_restarts(&self) -> u64 {
+        self.inner
+            .shared
+            .wal_restarts
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many groups the writer ran again with savepoints.

@@ -313,6 +313,45 @@ async fn data_survives_reopen() {
     );
 }
 
+/// Under steady writes the WAL is copied back beside the writer and starts
+/// over well before the writer's own checkpoint (the backstop at 4,000
+/// pages) would have to run: the checkpointer copies, the writer finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_copied_back_beside_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal.db");
+    let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+    // Each batch appends about 0.5 MB to the WAL (rows, index entries and
+    // the events, which carry the input).
+    let pad = json!({ "pad": "x".repeat(4000) });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut batches = 0;
+    while store.wal_restarts() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL never started over after {batches} batches"
+        );
+        let jobs = (0..50)
+            .map(|_| NewJob::new("p").input(pad.clone()))
+            .collect();
+        store.enqueue_batch(jobs).await.unwrap();
+        batches += 1;
+    }
+    let wal = std::fs::metadata(dir.path().join("wal.db-wal"))
+        .unwrap()
+        .len();
+    assert!(
+        wal < 4000 * 4096,
+        "the WAL grew to {wal} bytes before it started over"
+    );
+    // And what was copied back reads the same.
+    assert_eq!(
+        store.counts().await.unwrap()[0].count,
+        u64::try_from(batches * 50).unwrap()
+    );
+    close(store);
+}
+
 /// A paused pipeline stays paused after the store is closed and opened
 /// again: its job is not claimed until it is resumed, and its events read
 /// back without a job id.

@@ -54,6 +54,7 @@ use jobqueue_core::{
 };
 use time::OffsetDateTime;
 
+use crate::checkpoint::{Checkpointer, Signal};
 use crate::error::db_err;
 use crate::guard::FileGuard;
 use crate::lock::FileLock;
@@ -170,6 +171,9 @@ pub(crate) struct Shared {
     pub(crate) listeners: jobqueue_core::Listeners,
     /// How many groups were run again with savepoints.
     pub(crate) reruns: AtomicU64,
+    /// How many times the writer finished a checkpoint the checkpointer
+    /// began, so the WAL started over.
+    pub(crate) wal_restarts: AtomicU64,
 }
 
 impl Shared {
@@ -471,6 +475,8 @@ pub(crate) const WRITE_QUEUE: usize = 4096;
 /// and last `done` is dropped, which wakes every `close()` waiting for it.
 pub(crate) struct Lifetime {
     pub(crate) readers: Vec<JoinHandle<()>>,
+    /// Stopped after the readers, before the writer's connection closes.
+    pub(crate) checkpointer: Option<Checkpointer>,
     pub(crate) lock: Option<FileLock>,
     pub(crate) guard: Option<FileGuard>,
     pub(crate) done: async_channel::Sender<()>,
@@ -491,6 +497,7 @@ pub(crate) fn spawn(
         .spawn(move || {
             let Lifetime {
                 readers,
+                checkpointer,
                 lock,
                 guard,
                 done,
@@ -506,10 +513,14 @@ pub(crate) fn spawn(
                 max_batch: max_batch.max(1),
                 guard,
                 pending: Vec::new(),
+                checkpoints: checkpointer.as_ref().map(Checkpointer::signal),
             };
             writer.run(&rx);
             for reader in readers {
                 let _ = reader.join();
+            }
+            if let Some(checkpointer) = checkpointer {
+                checkpointer.stop();
             }
             // Closing the last connection checkpoints the WAL into the
             // database file and removes the -wal file; only then may
@@ -534,6 +545,9 @@ struct Writer {
     guard: Option<FileGuard>,
     /// The rows of the events of the running group, inserted at its end.
     pending: Vec<EventRow>,
+    /// The checkpointer's (none for an in-memory database): told of every
+    /// commit, and asks the writer to finish a checkpoint now and then.
+    checkpoints: Option<Arc<Signal>>,
     /// Whether `job_dependencies` may have rows: read when the writer
     /// starts, set by every write that inserts one, never cleared while the
     /// writer runs. While it is false, a job that ends has no dependent to
@@ -641,9 +655,19 @@ impl Writer {
                 }
             }
             notify_listeners(&self.shared.listeners, &published);
+            if let Some(checkpoints) = &self.checkpoints {
+                checkpoints.committed();
+            }
         }
         for op in ops.drain(..) {
             op.finish(failure.as_ref());
+        }
+        // After the callers are answered: the pass delays the next group
+        // only.
+        if let Some(checkpoints) = &self.checkpoints
+            && checkpoints.finish_if_asked(&mut self.conn)
+        {
+            self.shared.wal_restarts.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -1,0 +1,245 @@
+//! The checkpointer: a thread with a connection of its own that copies the
+//! WAL back into the database file, so the writer does not.
+//!
+//! In WAL mode every commit appends to the `-wal` file, and a checkpoint
+//! copies those pages back into the database file: it syncs the WAL, writes
+//! the pages, and syncs the database file. Run by the writer (SQLite's
+//! `wal_autocheckpoint`), each checkpoint stops every write for as long as
+//! the two syncs of megabytes take, which is little on a quiet disk and a
+//! great deal while the machine writes back other files (a build, a copy):
+//! 16 MB took 16 ms to sync on the development machine's idle disk and
+//! 20 to 310 ms beside another program's writes. See `docs/performance.md`
+//! ("Checkpoints off the writer") for what moving them bought.
+//!
+//! Here the copying is split in two:
+//!
+//! - This thread runs `PRAGMA wal_checkpoint(PASSIVE)` after commits, at
+//!   most every [`PACE`]. A passive checkpoint takes no lock the writer
+//!   needs: the writer keeps appending while it copies and syncs.
+//! - The WAL starts over from its beginning (instead of growing) only when
+//!   a write transaction begins with every page of it copied back, which
+//!   the writer, appending all the time, never lets this thread see. So
+//!   once the WAL is longer than [`RESTART_PAGES`], this thread asks the
+//!   writer to finish: between two groups the writer runs a passive
+//!   checkpoint itself, which copies only what was appended since this
+//!   thread's last pass, and its next transaction restarts the WAL.
+//!
+//! The writer keeps SQLite's own automatic checkpoint as a backstop at a
+//! larger size (see [`crate::conn`]), so the WAL stays bounded even if this
+//! thread cannot keep up or fails. A checkpoint never changes what the
+//! database holds, only where the pages live, so none of this affects what
+//! a commit guarantees.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel::sql_types::Integer;
+use diesel::sqlite::SqliteConnection;
+use jobqueue_core::{ErrorKind, StoreError};
+use tracing::{debug, warn};
+
+/// The least time between two of this thread's passes: each pass syncs the
+/// WAL and the database file, so a pass after every commit would spend the
+/// disk on syncs.
+const PACE: Duration = Duration::from_millis(10);
+
+/// WAL pages (4 KiB each by default) after which the writer is asked to
+/// finish the checkpoint so the WAL starts over. SQLite's own default
+/// automatic checkpoint is at 1,000.
+const RESTART_PAGES: i32 = 1000;
+
+/// How long this thread waits after a failed pass (a full disk, an I/O
+/// error) before it tries again.
+const AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// What the writer and the checkpointer share.
+#[derive(Default)]
+pub(crate) struct Signal {
+    state: Mutex<State>,
+    changed: Condvar,
+    /// Set by the checkpointer when the WAL is long and nearly all copied
+    /// back; taken by the writer, which then finishes the checkpoint.
+    finish: AtomicBool,
+}
+
+#[derive(Default)]
+struct State {
+    /// Commits the writer made since the checkpointer last looked.
+    commits: u64,
+    stop: bool,
+}
+
+impl Signal {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock leaves a counter and a flag: still
+        // meaningful.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Called by the writer after each commit.
+    pub(crate) fn committed(&self) {
+        self.state().commits += 1;
+        self.changed.notify_one();
+    }
+
+    /// Called by the writer between groups: runs the finishing passive
+    /// checkpoint if the checkpointer asked for it. Returns whether it ran
+    /// and copied the whole WAL back (the next write transaction then
+    /// starts the WAL over).
+    pub(crate) fn finish_if_asked(&self, conn: &mut SqliteConnection) -> bool {
+        if !self.finish.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        let done = match passive(conn) {
+            Ok(r) => {
+                debug!(
+                    wal_pages = r.log,
+                    copied = r.checkpointed,
+                    "writer finished a checkpoint"
+                );
+                r.busy == 0 && r.log == r.checkpointed
+            }
+            // Harmless: the backstop or a later pass copies the pages.
+            Err(e) => {
+                debug!(error = %e, "the writer's finishing checkpoint failed");
+                false
+            }
+        };
+        // The checkpointer may go on.
+        self.changed.notify_one();
+        done
+    }
+
+    fn stop(&self) {
+        self.state().stop = true;
+        self.changed.notify_one();
+    }
+}
+
+/// The running checkpointer thread.
+pub(crate) struct Checkpointer {
+    signal: Arc<Signal>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Starts the thread on `conn`, a read-write connection to the file the
+    /// writer writes.
+    pub(crate) fn spawn(mut conn: SqliteConnection) -> Result<Self, StoreError> {
+        let signal = Arc::new(Signal::default());
+        let theirs = Arc::clone(&signal);
+        let thread = std::thread::Builder::new()
+            .name("jobqueue-sqlite-checkpointer".to_owned())
+            .spawn(move || run(&theirs, &mut conn))
+            .map_err(|e| {
+                StoreError::backend(
+                    ErrorKind::Internal,
+                    format!("cannot start the checkpointer: {e}"),
+                )
+            })?;
+        Ok(Self {
+            signal,
+            thread: Some(thread),
+        })
+    }
+
+    /// What the writer uses to tell this thread about commits.
+    pub(crate) fn signal(&self) -> Arc<Signal> {
+        Arc::clone(&self.signal)
+    }
+
+    /// Stops the thread and closes its connection (before the writer's, so
+    /// the writer's is the last one and its close removes the WAL).
+    pub(crate) fn stop(mut self) {
+        self.signal.stop();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.signal.stop();
+    }
+}
+
+fn run(signal: &Signal, conn: &mut SqliteConnection) {
+    // Said once per run of failures, not every second.
+    let mut failing = false;
+    loop {
+        {
+            let mut state = signal.state();
+            // Nothing to copy until the writer commits, and nothing to do
+            // while the writer has a finishing pass to run.
+            while !state.stop && (state.commits == 0 || signal.finish.load(Ordering::Acquire)) {
+                state = signal
+                    .changed
+                    .wait_timeout(state, PACE)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            if state.stop {
+                return;
+            }
+            state.commits = 0;
+        }
+        match passive(conn) {
+            Ok(r) => {
+                if failing {
+                    warn!("WAL checkpoints work again");
+                    failing = false;
+                }
+                if r.busy == 0 && r.log >= RESTART_PAGES && r.checkpointed > 0 {
+                    signal.finish.store(true, Ordering::Release);
+                }
+                pause(signal, PACE);
+            }
+            Err(e) => {
+                if !failing {
+                    warn!(error = %e, "WAL checkpoint failed; the writer's own checkpoint covers it, trying again every second");
+                    failing = true;
+                }
+                pause(signal, AFTER_FAILURE);
+            }
+        }
+    }
+}
+
+/// Waits `how_long`, or less if the store stops.
+fn pause(signal: &Signal, how_long: Duration) {
+    let state = signal.state();
+    if !state.stop {
+        let _ = signal
+            .changed
+            .wait_timeout_while(state, how_long, |s| !s.stop)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+}
+
+/// The answer of `PRAGMA wal_checkpoint`.
+#[derive(QueryableByName, Debug)]
+struct Passive {
+    /// 1 if the checkpoint could not run to its end (a reader or another
+    /// checkpoint was in the way).
+    #[diesel(sql_type = Integer)]
+    busy: i32,
+    /// Pages in the WAL.
+    #[diesel(sql_type = Integer)]
+    log: i32,
+    /// Pages of it copied back into the database file.
+    #[diesel(sql_type = Integer)]
+    checkpointed: i32,
+}
+
+fn passive(conn: &mut SqliteConnection) -> Result<Passive, diesel::result::Error> {
+    let rows: Vec<Passive> = diesel::sql_query("PRAGMA wal_checkpoint(PASSIVE)").load(conn)?;
+    Ok(rows.into_iter().next().unwrap_or(Passive {
+        busy: 1,
+        log: -1,
+        checkpointed: -1,
+    }))
+}
