@@ -134,13 +134,13 @@ impl SqliteStore {
             reruns: AtomicU64::new(0),
             wal_restarts: AtomicU64::new(0),
         });
-        let (readers, reader_threads, checkpointer) = match location {
+        let (readers, reader_threads, checkpointer) = match &location {
             Location::Memory => (None, Vec::new(), None),
-            Location::File(_) => {
+            Location::File(path) => {
                 let conns = (0..options.readers.max(1))
                     .map(|_| connect(&location, &options, true))
                     .collect::<Result<Vec<_>, _>>()?;
-                let checkpointer = Checkpointer::spawn(connect(&location, &options, false)?)?;
+                let checkpointer = Checkpointer::spawn(connect(&location, &options, false)?, path)?;
                 let (tx, handles) = read::spawn_pool(conns)?;
                 (Some(tx), handles, Some(checkpointer))
             }

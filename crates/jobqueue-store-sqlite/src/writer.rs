@@ -656,7 +656,7 @@ impl Writer {
             }
             notify_listeners(&self.shared.listeners, &published);
             if let Some(checkpoints) = &self.checkpoints {
-                checkpoints.committed();
+                checkpoints.committed(self.last_seq.saturating_sub(start_seq));
             }
         }
         for op in ops.drain(..) {
