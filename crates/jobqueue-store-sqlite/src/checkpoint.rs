@@ -16,9 +16,9 @@
 //! - This thread runs `PRAGMA wal_checkpoint(PASSIVE)` once the writer has
 //!   appended [`PASS_EVENTS`] events since the last pass, or the `-wal`
 //!   file grew by [`PASS_BYTES`], or, on a quiet store, [`QUIET_PASS`]
-//!   after a commit; at most every [`PACE`]. A
-//!   passive checkpoint takes no lock the writer needs: the writer keeps
-//!   appending while it copies and syncs. Not after every commit: a pass
+//!   after a commit; at most every [`PACE`]. A passive checkpoint takes no
+//!   lock the writer needs: the writer keeps appending while it copies and
+//!   syncs. Not after every commit: a pass
 //!   that catches up makes the writer's next commit start the WAL over,
 //!   and SQLite syncs the WAL's new header in that commit, which a job
 //!   started one at a time then waits for (passes after every commit took
@@ -88,9 +88,10 @@ pub(crate) struct Signal {
 
 #[derive(Default)]
 struct State {
-    /// Commits the writer made since the checkpointer's last pass.
-    commits: u64,
-    /// Events those commits appended.
+    /// When the writer made its first commit since the checkpointer's last
+    /// pass (none: no commit since).
+    first_commit: Option<Instant>,
+    /// Events the commits since then appended.
     events: u64,
     stop: bool,
 }
@@ -107,9 +108,11 @@ impl Signal {
     pub(crate) fn committed(&self, events: u64) {
         let mut state = self.state();
         let before = state.events;
-        state.commits = state.commits.saturating_add(1);
         state.events = before.saturating_add(events);
-        let first = state.commits == 1;
+        let first = state.first_commit.is_none();
+        if first {
+            state.first_commit = Some(Instant::now());
+        }
         let crossed = before < PASS_EVENTS && state.events >= PASS_EVENTS;
         drop(state);
         // Woken only when that changes what it waits for, not per commit.
@@ -209,8 +212,6 @@ fn run(signal: &Signal, conn: &mut SqliteConnection, wal: &Path) {
     let mut failing = false;
     // The `-wal` file's size at the last pass.
     let mut wal_size: u64 = 0;
-    // When the first commit since the last pass was seen.
-    let mut first_seen: Option<Instant> = None;
     loop {
         {
             let mut state = signal.state();
@@ -219,16 +220,11 @@ fn run(signal: &Signal, conn: &mut SqliteConnection, wal: &Path) {
                     return;
                 }
                 let now = Instant::now();
-                if state.commits == 0 {
-                    first_seen = None;
-                } else if first_seen.is_none() {
-                    first_seen = Some(now);
-                }
-                let quiet_due = first_seen.map(|at| at + QUIET_PASS);
+                let quiet_due = state.first_commit.map(|at| at + QUIET_PASS);
                 // Nothing to do while the writer has a finishing pass to run.
                 let asked = signal.finish.load(Ordering::Acquire);
                 let grown =
-                    state.commits > 0 && file_size(wal) >= wal_size.saturating_add(PASS_BYTES);
+                    quiet_due.is_some() && file_size(wal) >= wal_size.saturating_add(PASS_BYTES);
                 if !asked
                     && (state.events >= PASS_EVENTS
                         || grown
@@ -249,9 +245,8 @@ fn run(signal: &Signal, conn: &mut SqliteConnection, wal: &Path) {
                     .unwrap_or_else(PoisonError::into_inner)
                     .0;
             }
-            state.commits = 0;
+            state.first_commit = None;
             state.events = 0;
-            first_seen = None;
         }
         wal_size = file_size(wal);
         match passive(conn) {

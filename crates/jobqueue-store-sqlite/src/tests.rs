@@ -321,8 +321,8 @@ async fn the_wal_is_copied_back_beside_the_writer() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wal.db");
     let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
-    // Each batch appends about 0.5 MB to the WAL (rows, index entries and
-    // the events, which carry the input).
+    // Each batch appends a few hundred KB to the WAL (50 inputs of 4 KB,
+    // their rows, index entries and events).
     let pad = json!({ "pad": "x".repeat(4000) });
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut batches = 0;
