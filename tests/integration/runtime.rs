@@ -418,6 +418,21 @@ store_tests! {
         assert!(capped.peak() <= 1, "pipeline limit exceeded: {}", capped.peak());
         assert!(queue.runtime().peak_running() <= 3);
         assert!(all.peak() >= 2, "jobs did run concurrently");
+        // The store never held more running jobs than the limit either: in
+        // commit order, a claim that fills a slot comes after the write that
+        // freed it (the runtime frees a slot as soon as a job's last write is
+        // handed to a store that commits in order).
+        let mut running = 0usize;
+        let mut peak = 0usize;
+        for event in rec.events() {
+            match event.event_type() {
+                EventType::JobStarted => running += 1,
+                EventType::JobCompleted => running -= 1,
+                _ => {}
+            }
+            peak = peak.max(running);
+        }
+        assert!(peak <= 3, "the store held {peak} running jobs at once");
         queue.shutdown().await;
     }
 

@@ -69,14 +69,22 @@ pub struct Capabilities {
     pub shared: bool,
     /// [`JobStore::listen`](crate::JobStore::listen) sends notices.
     pub listener: bool,
+    /// Writes commit in the order the store receives them: a write whose
+    /// future was polled once commits no later than any write sent after
+    /// it (one writer, one queue). The runtime then frees a worker's slot
+    /// as soon as the job's last write is handed over, and the claim that
+    /// fills the slot commits after that write.
+    pub ordered_writes: bool,
 }
 
 impl Capabilities {
-    /// A store one process owns, with an in-process listener.
+    /// A store one process owns, with an in-process listener, that commits
+    /// writes in the order it receives them.
     pub const fn single_process() -> Self {
         Self {
             shared: false,
             listener: true,
+            ordered_writes: true,
         }
     }
 
@@ -85,6 +93,7 @@ impl Capabilities {
         Self {
             shared: true,
             listener: true,
+            ordered_writes: false,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -25,7 +26,7 @@ use crate::keeper::{Keeper, KeeperEnd};
 use crate::metrics::{self, JobOutcome};
 use crate::phase::{FailureKind, PhaseContext, PhaseError, ProgressReporter, Reported};
 use crate::pipeline::{PhaseSpec, Pipeline};
-use crate::runtime::Inner;
+use crate::runtime::{Inner, SlotGuard};
 use crate::supervise::WORKERS;
 
 /// Why a phase was told to stop before it returned.
@@ -89,14 +90,15 @@ impl Ended {
     }
 }
 
-pub(crate) async fn run_job(inner: &Arc<Inner>, claimed: Claimed, cancel: CancellationToken) {
+pub(crate) async fn run_job(slot: &SlotGuard, claimed: Claimed, cancel: CancellationToken) {
     let Claimed { lease, mut job } = claimed;
     // Every phase of this run shares the input; nothing else reads it.
     let input = Arc::new(std::mem::take(&mut job.input));
     let span =
         info_span!("job", job_id = %job.id, pipeline = %job.pipeline, attempt = lease.attempt);
     JobRun {
-        inner,
+        inner: &slot.inner,
+        slot,
         pipeline: Arc::from(job.pipeline.as_str()),
         lease,
         cancel,
@@ -109,6 +111,9 @@ pub(crate) async fn run_job(inner: &Arc<Inner>, claimed: Claimed, cancel: Cancel
 
 struct JobRun<'a> {
     inner: &'a Arc<Inner>,
+    /// The worker's slot, given back early when the job's last write is
+    /// handed over (see [`SlotGuard::free`]).
+    slot: &'a SlotGuard,
     /// The job's pipeline, for the metrics' labels.
     pipeline: Arc<str>,
     lease: Lease,
@@ -210,6 +215,12 @@ impl JobRun<'_> {
                 None => Some(Next::Complete),
             };
             let written = match next {
+                Some(Next::Complete) => {
+                    let write =
+                        self.store()
+                            .advance(&self.lease, index, value.clone(), Next::Complete);
+                    self.hand_over_last(write).await
+                }
                 Some(next) => {
                     self.store()
                         .advance(&self.lease, index, value.clone(), next)
@@ -264,6 +275,23 @@ impl JobRun<'_> {
                 metrics::job_finished(&self.pipeline, JobOutcome::Completed);
             }
             Err(e) => self.store_failed("complete job", &e),
+        }
+    }
+
+    /// Awaits `write`, the job's last write, and frees the worker's slot as
+    /// soon as the store has it, when the store commits writes in the order
+    /// it receives them (see [`SlotGuard::free`]). One poll hands it over:
+    /// the store sends the write before it waits for the commit.
+    async fn hand_over_last<T>(&self, write: impl Future<Output = T>) -> T {
+        if !self.store().capabilities().ordered_writes {
+            return write.await;
+        }
+        let mut write = std::pin::pin!(write);
+        let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+        self.slot.free();
+        match first {
+            Poll::Ready(out) => out,
+            Poll::Pending => write.await,
         }
     }
 

@@ -677,13 +677,14 @@ fn spawn_worker(inner: &Arc<Inner>, claimed: Claimed) {
         inner: inner.clone(),
         job: claimed.job.id,
         pipeline: claimed.job.pipeline.clone(),
+        freed: std::sync::atomic::AtomicBool::new(false),
     };
     let (lease, max_attempts) = (claimed.lease, claimed.job.max_attempts);
     inner.tracker.spawn(async move {
         let guard = guard;
         // A panic outside the phase (the phase's own is its failure) must not
         // leave the job `running` under a lease no one holds.
-        let run = AssertUnwindSafe(runner::run_job(&guard.inner, claimed, token));
+        let run = AssertUnwindSafe(runner::run_job(&guard, claimed, token));
         if let Err(panic) = run.catch_unwind().await {
             runner::worker_panicked(&guard.inner, lease, max_attempts, panic).await;
         }
@@ -692,14 +693,26 @@ fn spawn_worker(inner: &Arc<Inner>, claimed: Claimed) {
 
 /// Frees the worker's slot when its task ends, however it ends, and wakes
 /// the pump to fill it.
-struct SlotGuard {
-    inner: Arc<Inner>,
+pub(crate) struct SlotGuard {
+    pub(crate) inner: Arc<Inner>,
     job: JobId,
     pipeline: String,
+    /// Set once the slot was given back (see [`SlotGuard::free`]).
+    freed: std::sync::atomic::AtomicBool,
 }
 
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
+impl SlotGuard {
+    /// Gives the slot back and wakes the pump to fill it; once, however
+    /// often it is called. The worker calls it when its job's last write
+    /// was handed to a store that commits writes in the order it receives
+    /// them, before that write commits: a claim the pump makes then is
+    /// committed after the write, so the store never holds more running
+    /// jobs than the limit, and the next job's claim need not wait for a
+    /// round trip of its own.
+    pub(crate) fn free(&self) {
+        if self.freed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
         {
             let mut running = self.inner.running();
             running.total = running.total.saturating_sub(1);
@@ -710,6 +723,12 @@ impl Drop for SlotGuard {
             running.cancels.remove(&self.job);
         }
         self.inner.wake.notify_one();
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.free();
     }
 }
 

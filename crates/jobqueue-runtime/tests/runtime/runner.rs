@@ -216,3 +216,56 @@ async fn a_result_the_store_refuses_fails_the_job_for_good() {
     );
     rt.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Two one-phase jobs at concurrency 1, with the first job's completion
+/// written but its answer held by the store: the second starts at once when
+/// the store commits writes in order, and only after the answer otherwise.
+async fn second_job_starts_while_the_first_completion_is_answered(ordered: bool) -> bool {
+    let world = World::new();
+    if ordered {
+        world.store.report_ordered_writes();
+    }
+    let noop = phase_fn("a", |_ctx| async { Ok::<_, PhaseError>(Value::Null) });
+    let config = jobqueue_runtime::RuntimeConfig {
+        concurrency: 1,
+        ..world.config()
+    };
+    let rt = world
+        .start(vec![Pipeline::new("p").phase(noop)], config)
+        .await;
+    world.store.hold_completions();
+    let first = world.enqueue(&rt, NewJob::new("p").priority(1)).await;
+    let second = world.enqueue(&rt, NewJob::new("p")).await;
+    world
+        .events
+        .wait_for(first.id, EventType::JobCompleted)
+        .await;
+    // Virtual time: an idle runtime jumps ahead, so this only waits for the
+    // pump to do what it would do at all.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let started_before_the_answer = world.job(second.id).await.status != JobStatus::Queued;
+    world.store.release_completions();
+    world
+        .events
+        .wait_for(second.id, EventType::JobCompleted)
+        .await;
+    assert!(rt.peak_running() <= 1);
+    rt.shutdown(Duration::from_secs(1)).await;
+    started_before_the_answer
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slot_is_free_once_the_last_write_is_handed_to_an_ordered_store() {
+    assert!(
+        second_job_starts_while_the_first_completion_is_answered(true).await,
+        "the slot was freed when the completion was handed over"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slot_is_free_only_after_the_last_write_on_other_stores() {
+    assert!(
+        !second_job_starts_while_the_first_completion_is_answered(false).await,
+        "a store that does not commit in order keeps the slot until the answer"
+    );
+}

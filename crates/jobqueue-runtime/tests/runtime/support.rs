@@ -2,17 +2,17 @@
 //! event recorder to wait on, and a runtime wired to both on tokio's clock.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use jobqueue_core::AttemptOutcome;
 use jobqueue_core::{
-    CancelOutcome, ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId, Event, EventFilter,
-    EventSink, EventType, FailureOutcome, Job, JobCount, JobError, JobFilter, JobId, JobPage,
-    JobStore, Lease, MemoryStore, NewJob, Progress, Pruned, RecoverScope, RetryPolicy, StoreError,
-    WebhookRoute,
+    CancelOutcome, Capabilities, ClaimRequest, Claimed, Delivery, DeliveryFilter, DeliveryId,
+    Event, EventFilter, EventSink, EventType, FailureOutcome, Job, JobCount, JobError, JobFilter,
+    JobId, JobPage, JobStore, Lease, MemoryStore, NewJob, Progress, Pruned, RecoverScope,
+    RetryPolicy, StoreError, WebhookRoute,
 };
 use jobqueue_runtime::{Pipeline, Pipelines, Runtime, RuntimeConfig, TokioClock};
 use serde_json::Value;
@@ -36,6 +36,12 @@ pub(crate) struct FaultyStore {
     calls: Mutex<HashMap<&'static str, usize>>,
     /// The call (by count) on which an operation panics.
     panic_on: Mutex<HashMap<&'static str, usize>>,
+    /// Whether it claims to commit writes in order
+    /// (`Capabilities::ordered_writes`), which the memory store does.
+    ordered: AtomicBool,
+    /// `true` while `complete_job` answers once written; `false` holds the
+    /// answer (the job is completed in the store) until released.
+    completions_open: watch::Sender<bool>,
 }
 
 impl FaultyStore {
@@ -47,6 +53,32 @@ impl FaultyStore {
             stalled_changed: Notify::new(),
             calls: Mutex::default(),
             panic_on: Mutex::default(),
+            ordered: AtomicBool::new(false),
+            completions_open: watch::Sender::new(true),
+        }
+    }
+
+    /// Reports `ordered_writes` from now on, as the memory store does.
+    pub(crate) fn report_ordered_writes(&self) {
+        self.ordered.store(true, Ordering::SeqCst);
+    }
+
+    /// From now on, `complete_job` writes and then holds its answer until
+    /// [`release_completions`](Self::release_completions).
+    pub(crate) fn hold_completions(&self) {
+        self.completions_open.send_replace(false);
+    }
+
+    /// Answers held and later completions.
+    pub(crate) fn release_completions(&self) {
+        self.completions_open.send_replace(true);
+    }
+
+    /// After `op` wrote: holds a completion's answer while asked to.
+    async fn answer(&self, op: &'static str) {
+        if op == "complete_job" {
+            let mut open = self.completions_open.subscribe();
+            open.wait_for(|open| *open).await.unwrap();
         }
     }
 
@@ -121,10 +153,18 @@ macro_rules! delegate {
                 self.inner.set_webhook_routes(routes);
             }
 
+            fn capabilities(&self) -> Capabilities {
+                let mut caps = Capabilities::default();
+                caps.ordered_writes = self.ordered.load(Ordering::SeqCst);
+                caps
+            }
+
             $(
                 async fn $op(&self $(, $arg: $ty)*) -> $ret {
                     self.cue(stringify!($op)).await;
-                    self.inner.$op($($arg),*).await
+                    let out = self.inner.$op($($arg),*).await;
+                    self.answer(stringify!($op)).await;
+                    out
                 }
             )*
         }
