@@ -49,6 +49,13 @@ pub enum Command {
     Retry(IdArgs),
     /// Follow the events of a job, or of every job, as they happen.
     Tail(TailArgs),
+    /// List the server's pipelines, each with whether it is paused.
+    Pipelines(ClientArgs),
+    /// Pause a pipeline: its queued jobs wait until it is resumed (running
+    /// ones finish); enqueueing goes on.
+    Pause(PipelineArgs),
+    /// Resume a paused pipeline: its queued jobs run again.
+    Resume(PipelineArgs),
 }
 
 /// `serve`'s flags; each overrides the config file.
@@ -123,6 +130,16 @@ pub struct JobsArgs {
 pub struct IdArgs {
     /// The job's id.
     pub id: String,
+    /// The server and the output format.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// The arguments of commands about one pipeline.
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    /// The pipeline's name.
+    pub pipeline: String,
     /// The server and the output format.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -289,6 +306,15 @@ async fn client_command(
                 out,
             )
             .await
+        }
+        Command::Pipelines(args) => client::pipelines(&client(&args)?, args.json, out).await,
+        Command::Pause(args) => {
+            let c = client(&args.client)?;
+            client::pause(&c, &args.pipeline, true, args.client.json, out).await
+        }
+        Command::Resume(args) => {
+            let c = client(&args.client)?;
+            client::pause(&c, &args.pipeline, false, args.client.json, out).await
         }
         Command::Serve(_) | Command::CheckConfig { .. } => Ok(()),
     }

@@ -246,6 +246,82 @@ pub async fn retry(
     Ok(())
 }
 
+/// `jobqueue pipelines`: the server's pipelines, one a line, each with
+/// whether it is paused.
+pub async fn pipelines(
+    client: &Client,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let answer = client.call(Method::GET, "/pipelines", None).await?;
+    if json {
+        print_json(out, &answer.body)?;
+        return Ok(());
+    }
+    let list = answer.body["pipelines"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if list.is_empty() {
+        writeln!(out, "no pipelines")?;
+        return Ok(());
+    }
+    let names: Vec<&str> = list
+        .iter()
+        .map(|p| p["name"].as_str().unwrap_or("?"))
+        .collect();
+    let width = names
+        .iter()
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(8);
+    writeln!(out, "{:width$}  STATE", "PIPELINE")?;
+    for (name, p) in names.iter().zip(list) {
+        let state = if p["paused"].as_bool() == Some(true) {
+            "paused"
+        } else {
+            "running"
+        };
+        writeln!(out, "{name:width$}  {state}")?;
+    }
+    Ok(())
+}
+
+/// `jobqueue pause` (`pause`) and `jobqueue resume`: says whether this call
+/// changed the pipeline or it was so already (both are idempotent).
+pub async fn pause(
+    client: &Client,
+    pipeline: &str,
+    pause: bool,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let verb = if pause { "pause" } else { "resume" };
+    let answer = client
+        .call(
+            Method::POST,
+            &format!("/pipelines/{}/{verb}", encode(pipeline)),
+            None,
+        )
+        .await?;
+    if json {
+        print_json(out, &answer.body)?;
+        return Ok(());
+    }
+    let changed = answer.body["changed"].as_bool() == Some(true);
+    match (pause, changed) {
+        (true, true) => writeln!(
+            out,
+            "pipeline {pipeline} paused: its queued jobs wait until it is resumed"
+        )?,
+        (true, false) => writeln!(out, "pipeline {pipeline} was paused already")?,
+        (false, true) => writeln!(out, "pipeline {pipeline} resumed")?,
+        (false, false) => writeln!(out, "pipeline {pipeline} was not paused")?,
+    }
+    Ok(())
+}
+
 /// What `jobqueue tail` follows.
 #[derive(Debug, Clone, Default)]
 pub struct TailQuery {

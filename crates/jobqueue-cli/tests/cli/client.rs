@@ -466,3 +466,71 @@ async fn tail_of_every_job_passes_the_filter_and_position() {
     assert_eq!(seen[0].uri, "/events?types=job.failed,job.completed");
     assert_eq!(seen[0].last_event_id.as_deref(), Some("41"));
 }
+
+#[tokio::test]
+async fn pipelines_pause_and_resume() {
+    let stub = Stub::start(|seen, _| match (seen.method.as_str(), seen.uri.as_str()) {
+        ("GET", "/pipelines") => json_reply(
+            200,
+            &json!({"pipelines": [
+                {"name": "build", "paused": false},
+                {"name": "emails", "paused": true},
+            ]}),
+        ),
+        ("POST", "/pipelines/build/pause") => json_reply(
+            200,
+            &json!({"pipeline": "build", "paused": true, "changed": true}),
+        ),
+        ("POST", "/pipelines/emails/pause") => json_reply(
+            200,
+            &json!({"pipeline": "emails", "paused": true, "changed": false}),
+        ),
+        ("POST", "/pipelines/emails/resume") => json_reply(
+            200,
+            &json!({"pipeline": "emails", "paused": false, "changed": true}),
+        ),
+        ("POST", "/pipelines/build/resume") => json_reply(
+            200,
+            &json!({"pipeline": "build", "paused": false, "changed": false}),
+        ),
+        ("POST", "/pipelines/a%20b/pause") => json_reply(
+            404,
+            &json!({"error": {"code": "not_found", "message": "pipeline \"a b\" not found"}}),
+        ),
+        _ => json_reply(500, &json!({"error": {"code": "internal", "message": "?"}})),
+    })
+    .await;
+    let url = stub.url();
+    let out = jobqueue(&["pipelines", "--url", &url]).await;
+    assert_eq!(
+        text(&out.stdout),
+        "PIPELINE  STATE\nbuild     running\nemails    paused\n"
+    );
+    let out = jobqueue(&["pipelines", "--json", "--url", &url]).await;
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["pipelines"][1]["paused"], true);
+    let out = jobqueue(&["pause", "build", "--url", &url]).await;
+    assert_eq!(
+        text(&out.stdout),
+        "pipeline build paused: its queued jobs wait until it is resumed\n"
+    );
+    let out = jobqueue(&["pause", "emails", "--url", &url]).await;
+    assert_eq!(text(&out.stdout), "pipeline emails was paused already\n");
+    let out = jobqueue(&["resume", "emails", "--url", &url]).await;
+    assert_eq!(text(&out.stdout), "pipeline emails resumed\n");
+    let out = jobqueue(&["resume", "build", "--json", "--url", &url]).await;
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["changed"], false);
+    let out = jobqueue(&["pause", "a b", "--url", &url]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "error: pipeline \"a b\" not found (not_found, HTTP 404)\n"
+    );
+    let seen: Vec<String> = stub
+        .seen()
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.uri))
+        .collect();
+    assert_eq!(seen[2], "POST /pipelines/build/pause");
+}

@@ -17,6 +17,7 @@ mod config;
 mod crash;
 mod dashboard;
 mod e2e;
+mod pause;
 mod schedules;
 mod served;
 mod server;
