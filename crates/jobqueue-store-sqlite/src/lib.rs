@@ -33,6 +33,8 @@ mod checkpoint;
 pub mod codegen;
 mod conn;
 mod deps;
+#[cfg(test)]
+mod differential_tests;
 mod error;
 mod guard;
 mod lock;

@@ -63,6 +63,7 @@ mod checkpoints;
 mod claim;
 mod concurrent;
 mod dependencies;
+pub mod differential;
 mod enqueue;
 mod fencing;
 mod list_events;

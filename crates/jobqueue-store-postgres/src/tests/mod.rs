@@ -1,5 +1,5 @@
 //! Tests of the PostgreSQL store against a real database: the conformance
-//! suite, event numbering under concurrent writers on many connections,
+//! suite, random sequences of writes against the memory store, event numbering under concurrent writers on many connections,
 //! and what is particular to this store (migrations, the claim's plan,
 //! errors, several stores sharing one database, cancellation).
 //!
@@ -9,5 +9,6 @@
 
 mod conformance;
 pub(crate) mod db;
+mod differential;
 mod sequence;
 mod store;
