@@ -233,6 +233,13 @@ struct EnqueueRequest {
     run_at: Option<OffsetDateTime>,
     #[serde(default)]
     unique_key: Option<String>,
+    /// The key is made from the pipeline and the input instead.
+    #[serde(default)]
+    unique_by_input: Option<bool>,
+    /// The key is also held, in every state, for the window of this period
+    /// (`"30m"`, `"1h"`, `"1d"`) in which the job is created.
+    #[serde(default)]
+    unique_for: Option<String>,
     #[serde(default)]
     max_attempts: Option<u32>,
     #[serde(default)]
@@ -280,6 +287,20 @@ pub(crate) fn new_job(value: Value) -> Result<NewJob, ApiError> {
     job.priority = request.priority.unwrap_or(0);
     job.run_at = request.run_at;
     job.unique_key = request.unique_key;
+    job.unique_by_input = request.unique_by_input.unwrap_or(false);
+    if job.unique_by_input && job.unique_key.is_some() {
+        return Err(ApiError::invalid(
+            "unique_key and unique_by_input: give one key, not both",
+        ));
+    }
+    if let Some(period) = request.unique_for {
+        let period = humantime::parse_duration(period.trim()).map_err(|e| {
+            ApiError::invalid(format!(
+                "unique_for: {e} (a period such as \"30m\", \"1h\" or \"1d\")"
+            ))
+        })?;
+        job.unique_for = Some(period);
+    }
     job.max_attempts = request.max_attempts;
     job.webhook_url = request.webhook_url;
     job.depends_on = request.depends_on.unwrap_or_default();
@@ -303,14 +324,19 @@ pub(crate) fn new_jobs(value: Value) -> Result<Vec<NewJob>, ApiError> {
         let job = new_job(item).map_err(|e| at_index(e, index))?;
         // Two jobs of one batch with one key: the store would name a job
         // that never existed as the holder, so say what is wrong here.
-        if let Some(key) = &job.unique_key
+        if let Some(key) = job.effective_unique_key()
             && let Some(first) = jobs
                 .iter()
-                .position(|j: &NewJob| j.unique_key.as_ref() == Some(key))
+                .position(|j: &NewJob| j.effective_unique_key().as_ref() == Some(&key))
         {
+            let what = if job.unique_by_input {
+                "the unique key made from its input".to_owned()
+            } else {
+                format!("unique_key {key:?}")
+            };
             return Err(at_index(
                 ApiError::invalid(format!(
-                    "unique_key {key:?} is also the key of jobs[{first}] of this batch"
+                    "{what} is also the key of jobs[{first}] of this batch"
                 )),
                 index,
             ));
@@ -384,6 +410,23 @@ mod tests {
         .unwrap();
         assert_eq!(waiting.depends_on, [id]);
         assert_eq!(waiting.on_dependency_failure, DependencyFailure::Fail);
+        let periodic = new_job(json!({
+            "pipeline": "p", "unique_key": "daily", "unique_for": "1d"
+        }))
+        .unwrap();
+        assert_eq!(
+            periodic.unique_for,
+            Some(std::time::Duration::from_secs(86_400))
+        );
+        let by_input = new_job(json!({
+            "pipeline": "p", "input": [1], "unique_by_input": true, "unique_for": "90s"
+        }))
+        .unwrap();
+        assert!(by_input.unique_by_input);
+        assert_eq!(
+            by_input.unique_for,
+            Some(std::time::Duration::from_secs(90))
+        );
         let minimal = new_job(json!({"pipeline": "p", "priority": null})).unwrap();
         assert_eq!((minimal.input, minimal.priority), (Value::Null, 0));
     }
@@ -416,6 +459,27 @@ mod tests {
                 json!({"pipeline": "p", "webhook_url": "ftp://x"}),
                 "webhook_url",
             ),
+            (
+                json!({"pipeline": "p", "unique_key": "k", "unique_for": "soon"}),
+                "unique_for",
+            ),
+            (
+                json!({"pipeline": "p", "unique_key": "k", "unique_for": "500ms"}),
+                "unique_for",
+            ),
+            (json!({"pipeline": "p", "unique_for": "1h"}), "unique_for"),
+            (
+                json!({"pipeline": "p", "unique_key": "k", "unique_for": 60}),
+                "unique_for",
+            ),
+            (
+                json!({"pipeline": "p", "unique_key": "k", "unique_by_input": true}),
+                "unique_by_input",
+            ),
+            (
+                json!({"pipeline": "p", "unique_by_input": "yes"}),
+                "unique_by_input",
+            ),
         ];
         for (body, member) in cases {
             let e = new_job(body.clone()).unwrap_err();
@@ -424,6 +488,18 @@ mod tests {
             assert!(m.contains(member), "{body}: {m}");
         }
         assert!(message(new_job(json!([1])).unwrap_err()).contains("an array"));
+    }
+
+    #[test]
+    fn a_batch_refuses_two_jobs_with_one_input_key() {
+        let e = new_jobs(json!({"jobs": [
+            {"pipeline": "p", "input": {"a": 1}, "unique_by_input": true},
+            {"pipeline": "p", "input": {"a": 2}, "unique_by_input": true},
+            {"pipeline": "p", "input": {"a": 1}, "unique_by_input": true},
+        ]}))
+        .unwrap_err();
+        assert_eq!(e.body()["error"]["index"], 2);
+        assert!(message(e).contains("jobs[0]"));
     }
 
     #[test]

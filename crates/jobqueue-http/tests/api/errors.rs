@@ -113,6 +113,43 @@ both! {
         server.stop().await;
     }
 
+    async fn a_unique_period_holds_after_the_job_ended_and_input_keys_hold_too(b: Backend) {
+        let server = Server::start(b).await;
+        let first = server
+            .enqueue(json!({"pipeline": "quick", "unique_key": "daily", "unique_for": "1d"}))
+            .await;
+        let id = first["id"].as_str().unwrap();
+        server.wait_for(id, jobqueue::EventType::JobCompleted).await;
+        // Completed, so the key is free while queued or running, but its
+        // day is not over.
+        let error = server
+            .post("/jobs", &json!({"pipeline": "quick", "unique_key": "daily", "unique_for": "1d"}))
+            .await
+            .expect(409, Some("duplicate"));
+        assert_eq!(error["job_id"], first["id"]);
+        server
+            .enqueue(json!({"pipeline": "quick", "unique_key": "daily"}))
+            .await;
+
+        let later = "2999-01-01T00:00:00Z";
+        let held = server
+            .enqueue(json!({"pipeline": "slow", "input": {"n": 1}, "unique_by_input": true, "run_at": later}))
+            .await;
+        let error = server
+            .post("/jobs", &json!({"pipeline": "slow", "input": {"n": 1}, "unique_by_input": true}))
+            .await
+            .expect(409, Some("duplicate"));
+        assert_eq!(error["job_id"], held["id"]);
+        server
+            .enqueue(json!({"pipeline": "slow", "input": {"n": 2}, "unique_by_input": true, "run_at": later}))
+            .await;
+        server
+            .post("/jobs", &json!({"pipeline": "quick", "unique_key": "k", "unique_for": "a while"}))
+            .await
+            .expect(422, Some("invalid"));
+        server.stop().await;
+    }
+
     async fn unknown_ids_are_not_found(b: Backend) {
         let server = Server::start(b).await;
         let missing = jobqueue::core::JobId::new().to_string();
