@@ -98,8 +98,15 @@ pub struct EnqueueArgs {
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub priority: Option<i64>,
     /// Refused while another queued or running job has the same key.
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", conflicts_with = "unique_by_input")]
     pub unique_key: Option<String>,
+    /// Make the unique key from the pipeline and the input.
+    #[arg(long)]
+    pub unique_by_input: bool,
+    /// Also refused while a job created in the same window of this period
+    /// (30m, 1h, 1d) holds the key, in any state; needs a key.
+    #[arg(long, value_name = "PERIOD")]
+    pub unique_for: Option<String>,
     /// The server and the output format.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -271,6 +278,8 @@ async fn client_command(
                 input,
                 priority: args.priority,
                 unique_key: args.unique_key,
+                unique_by_input: args.unique_by_input,
+                unique_for: args.unique_for,
             };
             client::enqueue(&client(&args.client)?, &job, args.client.json, out).await
         }

@@ -82,6 +82,11 @@ pub struct NewJob {
     pub priority: Option<i64>,
     /// At most one queued or running job holds it.
     pub unique_key: Option<String>,
+    /// The unique key is made from the pipeline and the input.
+    pub unique_by_input: bool,
+    /// The key is also held for the window of this period (`"1d"`), in
+    /// every state; passed to the server as written.
+    pub unique_for: Option<String>,
 }
 
 fn print_json(out: &mut dyn Write, value: &Value) -> io::Result<()> {
@@ -105,6 +110,12 @@ pub async fn enqueue(
     }
     if let Some(key) = &job.unique_key {
         body.insert("unique_key".into(), json!(key));
+    }
+    if job.unique_by_input {
+        body.insert("unique_by_input".into(), json!(true));
+    }
+    if let Some(period) = &job.unique_for {
+        body.insert("unique_for".into(), json!(period));
     }
     let answer = client
         .call(Method::POST, "/jobs", Some(&Value::Object(body)))

@@ -163,6 +163,35 @@ async fn enqueue_sends_the_job_with_the_token_and_prints_its_id() {
     let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(printed, job("j-1", "queued"));
     assert_eq!(stub.seen()[1].body, json!({"pipeline": "build"}));
+
+    let out = jobqueue(&[
+        "enqueue",
+        "build",
+        "--input",
+        "[1]",
+        "--unique-by-input",
+        "--unique-for",
+        "1d",
+        "--url",
+        &url,
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        stub.seen()[2].body,
+        json!({"pipeline": "build", "input": [1], "unique_by_input": true, "unique_for": "1d"})
+    );
+    let out = jobqueue(&[
+        "enqueue",
+        "build",
+        "--unique-key",
+        "k",
+        "--unique-by-input",
+        "--url",
+        &url,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(2), "one key, not two");
 }
 
 #[tokio::test]
