@@ -521,7 +521,9 @@ pub trait JobStore: Send + Sync + 'static {
     async fn list(&self, filter: JobFilter) -> Result<JobPage, StoreError>;
 
     /// How many jobs there are, by pipeline and status (only the pairs that
-    /// have any), without reading the jobs themselves.
+    /// have any), without reading the jobs themselves. In order: by
+    /// pipeline (compared as bytes), then by status in the order of
+    /// [`JobStatus::ALL`](crate::JobStatus::ALL).
     async fn counts(&self) -> Result<Vec<JobCount>, StoreError>;
 
     /// Up to `limit` events with `seq > after`, oldest first.

@@ -116,10 +116,10 @@ pub(crate) fn counts(conn: &mut SqliteConnection) -> Result<Vec<JobCount>, Store
     let rows: Vec<(String, String, i64)> = jobs::table
         .group_by((jobs::pipeline, jobs::status))
         .select((jobs::pipeline, jobs::status, diesel::dsl::count_star()))
-        .order((jobs::pipeline, jobs::status))
         .load(conn)
         .map_err(db_err)?;
-    rows.into_iter()
+    let mut counts = rows
+        .into_iter()
         .map(|(pipeline, status, count)| {
             Ok(JobCount {
                 pipeline,
@@ -127,7 +127,11 @@ pub(crate) fn counts(conn: &mut SqliteConnection) -> Result<Vec<JobCount>, Store
                 count: u64::try_from(count).unwrap_or(0),
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    // The order `JobStore::counts` promises: pipeline, then status in
+    // `JobStatus` order (not the status's text, which SQLite would sort by).
+    counts.sort_by(|a, b| (&a.pipeline, a.status).cmp(&(&b.pipeline, b.status)));
+    Ok(counts)
 }
 
 pub(crate) fn events_after(

@@ -565,12 +565,11 @@ impl Side {
             })
             .collect();
         let counts = s.counts().await.unwrap();
-        // In no particular order (see `JobStore::counts`).
-        let mut counts: Vec<String> = counts
+        // In the order `JobStore::counts` promises, which is compared too.
+        let counts: Vec<String> = counts
             .iter()
             .map(|c| format!("{}/{}={}", c.pipeline, c.status, c.count))
             .collect();
-        counts.sort();
         self.normal(format!(
             "jobs {}\nlisted {listed:?}\nevents {}\ncounts {counts:?}\nlast {:?}",
             Value::Array(jobs),

@@ -151,22 +151,26 @@ pub(super) async fn counts_by_pipeline_and_status(ctx: &Ctx) {
     assert!(s.counts().await.unwrap().is_empty());
     enqueue(ctx, "a", &["x"]).await;
     enqueue(ctx, "a", &["x"]).await;
+    let cancelled = enqueue(ctx, "b", &["x"]).await;
     enqueue(ctx, "b", &["x"]).await;
+    s.request_cancel(cancelled.id).await.unwrap();
     let claimed = s.claim(ClaimRequest::new(1)).await.unwrap();
-    let mut counts: Vec<(String, JobStatus, u64)> = s
+    // In the promised order: pipeline, then status in `JobStatus` order
+    // (`cancelled` after `queued`, unlike the names' alphabetical order).
+    let counts: Vec<(String, JobStatus, u64)> = s
         .counts()
         .await
         .unwrap()
         .into_iter()
         .map(|c| (c.pipeline, c.status, c.count))
         .collect();
-    counts.sort();
     assert_eq!(
         counts,
         vec![
             ("a".to_owned(), JobStatus::Queued, 1),
             ("a".to_owned(), JobStatus::Running, 1),
             ("b".to_owned(), JobStatus::Queued, 1),
+            ("b".to_owned(), JobStatus::Cancelled, 1),
         ],
         "claimed {:?}",
         claimed[0].job.pipeline
