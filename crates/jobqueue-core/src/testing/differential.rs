@@ -2,10 +2,13 @@
 //! state machine is written in. Random sequences of every write a caller can
 //! make (claims with and without the first phase, phase steps, progress,
 //! checkpoints, snoozes, failures with and without a retry, cancels,
-//! retries, interruptions, recovery, dependencies, unique keys, pauses,
-//! retention, stale leases) run on both, and after every step both must
-//! have answered alike (the value, or the error's kind) and hold the same
-//! jobs, the same list and counts, and the same events. Ids and lease tokens
+//! retries, interruptions, recovery, dependencies, unique keys and periods,
+//! pauses, retention, stale leases, heartbeats one by one and together,
+//! reshaped phases, webhook deliveries and their attempts) run on both, and
+//! after every step both must have answered alike (the value, or the
+//! error's kind) and hold the same jobs, the same list (whole, and a
+//! filtered one page by page), the same counts in the same order, the same
+//! events and the same deliveries. Ids and lease tokens
 //! differ between two stores by construction; ids are replaced by the job's
 //! place in creation order and tokens by `"held"` before comparing.
 //!
@@ -44,8 +47,10 @@ use crate::StoreError;
 use crate::clock::{Clock, ManualClock};
 use crate::id::JobId;
 use crate::job::{DependencyFailure, JobError, NewJob, Progress};
+use crate::machine::EventType;
 use crate::machine::PhaseStatus;
 use crate::memory::MemoryStore;
+use crate::outbox::{AttemptOutcome, Delivery, DeliveryFilter, WebhookRoute};
 use crate::store::{
     CancelOutcome, ClaimRequest, EventFilter, FailureOutcome, JobFilter, JobStore, Lease, Next,
     RecoverScope,
@@ -61,6 +66,24 @@ pub enum Op {
         delay: bool,
         priority: i32,
         dep: Option<(usize, bool)>,
+        hook: bool,
+    },
+    /// A job whose key is held for its minute, in every state.
+    EnqueuePeriodic {
+        key: u8,
+    },
+    /// Records an attempt of the `d`-th due webhook delivery (by event and
+    /// URL): 0 delivered, 1 to retry, 2 failed for good.
+    Deliver {
+        d: usize,
+        outcome: u8,
+    },
+    /// Renews every lease held, in one call.
+    HeartbeatAll,
+    /// The `j`-th running job's pipeline changed its phases.
+    Reshape {
+        j: usize,
+        to: usize,
     },
     Batch {
         n: usize,
@@ -157,14 +180,20 @@ fn op() -> impl Strategy<Value = Op> {
             proptest::bool::weighted(0.2),
             -1i32..2,
             proptest::option::weighted(0.25, (0usize..8, any::<bool>())),
+            proptest::bool::weighted(0.3),
         )
-            .prop_map(|(phases, key, delay, priority, dep)| Op::Enqueue {
+            .prop_map(|(phases, key, delay, priority, dep, hook)| Op::Enqueue {
                 phases,
                 key,
                 delay,
                 priority,
                 dep,
+                hook,
             }),
+        1 => (0u8..2).prop_map(|key| Op::EnqueuePeriodic { key }),
+        2 => (0usize..6, 0u8..3).prop_map(|(d, outcome)| Op::Deliver { d, outcome }),
+        1 => Just(Op::HeartbeatAll),
+        1 => (0usize..8, 0usize..3).prop_map(|(j, to)| Op::Reshape { j, to }),
         1 => (1usize..4, proptest::option::of(0u8..3)).prop_map(|(n, key)| Op::Batch { n, key }),
         8 => (1usize..4, any::<bool>()).prop_map(|(n, start)| Op::Claim { n, start }),
         3 => (j.clone(), idx.clone()).prop_map(|(j, idx)| Op::Start { j, idx }),
@@ -208,6 +237,16 @@ struct Side {
 
 impl Side {
     fn new(store: Arc<dyn JobStore>, clock: Arc<ManualClock>) -> Self {
+        store.set_webhook_routes(vec![
+            WebhookRoute {
+                url: "http://example.com/all".into(),
+                events: None,
+            },
+            WebhookRoute {
+                url: "http://example.com/ends".into(),
+                events: Some(vec![EventType::JobCompleted, EventType::JobFailed]),
+            },
+        ]);
         Self {
             store,
             clock,
@@ -289,6 +328,7 @@ impl Side {
                 delay,
                 priority,
                 dep,
+                hook,
             } => {
                 let names: Vec<String> = (0..*phases).map(|i| format!("p{i}")).collect();
                 let mut spec = NewJob::new("pipe")
@@ -300,6 +340,9 @@ impl Side {
                 }
                 if *delay {
                     spec = spec.run_at(now + time::Duration::seconds(30));
+                }
+                if *hook {
+                    spec = spec.webhook_url("http://example.com/job-hook");
                 }
                 if let Some((d, fail)) = dep
                     && let Some(id) = self.id(*d)
@@ -316,6 +359,56 @@ impl Side {
                 }
                 self.answer(out)
             }
+            Op::EnqueuePeriodic { key } => {
+                let spec = NewJob::new("pipe")
+                    .phases(["p0"])
+                    .unique_key(format!("period{key}"))
+                    .unique_for(Duration::from_secs(60));
+                let out = s.enqueue(spec).await;
+                if let Ok(job) = &out {
+                    self.created(job.id);
+                }
+                self.answer(out)
+            }
+            Op::Deliver { d, outcome } => {
+                let mut due = s.due_deliveries(100).await.unwrap_or_default();
+                due.sort_by(|a, b| (a.event_seq, &a.url).cmp(&(b.event_seq, &b.url)));
+                match due.get(*d) {
+                    Some(delivery) => {
+                        let outcome = match outcome {
+                            0 => AttemptOutcome::Delivered { status: 204 },
+                            1 => AttemptOutcome::Retry {
+                                status: Some(503),
+                                error: "busy".into(),
+                                next_attempt_at: now + time::Duration::seconds(20),
+                            },
+                            _ => AttemptOutcome::Failed {
+                                status: Some(410),
+                                error: "gone".into(),
+                            },
+                        };
+                        let out = s.record_attempt(delivery.id, outcome).await;
+                        self.answer(out.map(|d| delivery_view(&d)))
+                    }
+                    None => "skip".into(),
+                }
+            }
+            Op::HeartbeatAll => {
+                let held: Vec<Lease> = self.leases.iter().flatten().copied().collect();
+                let out = s.heartbeat_many(&held, Duration::from_secs(90)).await;
+                self.answer(out.map(|r| format!("{r:?}")))
+            }
+            Op::Reshape { j, to } => match self.lease(*j) {
+                Some(l) => {
+                    let names: Vec<String> = match to {
+                        0 => vec!["p0".into()],
+                        1 => vec!["p1".into(), "p0".into()],
+                        _ => vec!["p0".into(), "p1".into(), "p2".into(), "p3".into()],
+                    };
+                    self.answer(s.reshape_phases(&l, names).await)
+                }
+                None => "skip".into(),
+            },
             Op::Batch { n, key } => {
                 let specs: Vec<NewJob> = (0..*n)
                     .map(|i| {
@@ -570,13 +663,79 @@ impl Side {
             .iter()
             .map(|c| format!("{}/{}={}", c.pipeline, c.status, c.count))
             .collect();
+        // The queued jobs of one pipeline, two to a page, as far as three
+        // pages go.
+        let mut pages = Vec::new();
+        let mut cursor = None;
+        for _ in 0..3 {
+            let page = s
+                .list(JobFilter {
+                    statuses: vec![crate::JobStatus::Queued],
+                    pipeline: Some("pipe".into()),
+                    limit: 2,
+                    cursor,
+                })
+                .await
+                .unwrap();
+            pages.push(
+                page.jobs
+                    .iter()
+                    .map(|j| self.place(j.id))
+                    .collect::<Vec<_>>(),
+            );
+            cursor = page.next_cursor;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        // Deliveries by event and URL (their ids differ between stores).
+        let mut deliveries: Vec<String> = s
+            .deliveries(DeliveryFilter::default())
+            .await
+            .unwrap()
+            .iter()
+            .map(delivery_view)
+            .collect();
+        deliveries.sort();
+        let mut due: Vec<String> = s
+            .due_deliveries(1000)
+            .await
+            .unwrap()
+            .iter()
+            .map(delivery_view)
+            .collect();
+        due.sort();
+        let next_delivery = s
+            .next_delivery_at()
+            .await
+            .unwrap()
+            .map(|t| t.unix_timestamp());
         self.normal(format!(
-            "jobs {}\nlisted {listed:?}\nevents {}\ncounts {counts:?}\nlast {:?}",
+            "jobs {}\nlisted {listed:?}\npages {pages:?}\nevents {}\ncounts {counts:?}\nlast {:?}\n\
+             deliveries {deliveries:#?}\ndue {due:#?}\nnext delivery {next_delivery:?}",
             Value::Array(jobs),
             Value::Array(events),
             s.last_seq().await.ok(),
         ))
     }
+}
+
+/// A delivery without its id (random per store), as text.
+fn delivery_view(d: &Delivery) -> String {
+    format!(
+        "{} {:?} {:?} {} {} {:?} {} {:?} {:?} {:?} {}",
+        d.event_seq,
+        d.job_id,
+        d.target,
+        d.url,
+        d.event.event_type(),
+        d.status,
+        d.attempts,
+        d.last_status,
+        d.last_error,
+        d.next_attempt_at.map(|t| t.unix_timestamp()),
+        d.created_at.unix_timestamp(),
+    )
 }
 
 /// Drops lease tokens (random per store) from a job's or a list's JSON.
