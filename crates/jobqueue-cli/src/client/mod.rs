@@ -275,26 +275,8 @@ pub async fn pipelines(
         .unwrap_or_default();
     if list.is_empty() {
         writeln!(out, "no pipelines")?;
-        return Ok(());
-    }
-    let names: Vec<&str> = list
-        .iter()
-        .map(|p| p["name"].as_str().unwrap_or("?"))
-        .collect();
-    let width = names
-        .iter()
-        .map(|n| n.chars().count())
-        .max()
-        .unwrap_or(0)
-        .max(8);
-    writeln!(out, "{:width$}  STATE", "PIPELINE")?;
-    for (name, p) in names.iter().zip(list) {
-        let state = if p["paused"].as_bool() == Some(true) {
-            "paused"
-        } else {
-            "running"
-        };
-        writeln!(out, "{name:width$}  {state}")?;
+    } else {
+        write!(out, "{}", render::pipelines_table(list))?;
     }
     Ok(())
 }

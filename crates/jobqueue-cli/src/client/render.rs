@@ -140,6 +140,23 @@ pub fn jobs_table(jobs: &[Value]) -> String {
     )
 }
 
+/// The table of `jobqueue pipelines`: each pipeline, `running` or
+/// `paused`.
+pub fn pipelines_table(pipelines: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = pipelines
+        .iter()
+        .map(|p| {
+            let state = if p["paused"].as_bool() == Some(true) {
+                "paused"
+            } else {
+                "running"
+            };
+            vec![text(&p["name"]), state.to_owned()]
+        })
+        .collect();
+    table(&["PIPELINE", "STATE"], &rows)
+}
+
 /// A JSON value on one line, cut to `max` characters.
 fn json_short(v: &Value, max: usize) -> String {
     match v {
