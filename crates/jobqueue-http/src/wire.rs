@@ -288,11 +288,6 @@ pub(crate) fn new_job(value: Value) -> Result<NewJob, ApiError> {
     job.run_at = request.run_at;
     job.unique_key = request.unique_key;
     job.unique_by_input = request.unique_by_input.unwrap_or(false);
-    if job.unique_by_input && job.unique_key.is_some() {
-        return Err(ApiError::invalid(
-            "unique_key and unique_by_input: give one key, not both",
-        ));
-    }
     if let Some(period) = request.unique_for {
         let period = humantime::parse_duration(period.trim()).map_err(|e| {
             ApiError::invalid(format!(
