@@ -75,6 +75,25 @@ pub(crate) fn kind_of(kind: Option<&DatabaseErrorKind>, message: &str) -> ErrorK
     ErrorKind::Internal
 }
 
+/// The kind of a failure with SQLite result code `code` (primary or
+/// extended), for statements run through SQLite's own API (see
+/// [`crate::raw`]), where the code is at hand: the same kinds as
+/// [`kind_of`] gives the same failures through diesel.
+pub(crate) fn kind_of_code(code: i32) -> ErrorKind {
+    use libsqlite3_sys as ffi;
+    match code & 0xff {
+        ffi::SQLITE_CONSTRAINT => ErrorKind::Conflict,
+        ffi::SQLITE_BUSY | ffi::SQLITE_LOCKED | ffi::SQLITE_PROTOCOL => ErrorKind::Busy,
+        ffi::SQLITE_CORRUPT | ffi::SQLITE_NOTADB => ErrorKind::Corrupt,
+        ffi::SQLITE_IOERR
+        | ffi::SQLITE_FULL
+        | ffi::SQLITE_READONLY
+        | ffi::SQLITE_CANTOPEN
+        | ffi::SQLITE_PERM => ErrorKind::Io,
+        _ => ErrorKind::Internal,
+    }
+}
+
 /// A query failure.
 pub(crate) fn db_err(e: diesel::result::Error) -> StoreError {
     match &e {

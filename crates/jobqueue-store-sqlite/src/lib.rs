@@ -41,6 +41,7 @@ mod lock;
 mod migrate;
 mod ops;
 mod query;
+mod raw;
 mod read;
 #[cfg(test)]
 mod robustness_tests;

@@ -10,9 +10,6 @@
 use std::time::Duration;
 
 use diesel::prelude::*;
-use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{BigInt, Nullable, Text};
-use diesel::sqlite::{Sqlite, SqliteConnection};
 use jobqueue_core::apply::lease_until;
 use jobqueue_core::machine::job_transition;
 use jobqueue_core::unique::Held;
@@ -26,7 +23,11 @@ use time::OffsetDateTime;
 
 use crate::deps;
 use crate::error::db_err;
-use crate::query::{Unreadable, insert_jobs, job_row, load_job, save_job, with_phases};
+use crate::query::{
+    RowInsert, Unreadable, insert_jobs, insert_rows, job_row, load_job, save_job, with_phases,
+    with_phases_raw,
+};
+use crate::raw::{Bind, Key};
 use crate::rows::{DeliveryRow, JobRow, PhaseRow, job_status, micros, sql_count};
 use crate::schema::{events, jobs, paused_pipelines, phases, tombstones, webhook_deliveries};
 use crate::writer::Tx;
@@ -39,97 +40,34 @@ use crate::writer::Tx;
 const NEW_TOKEN_SQL: &str = "lower(hex(randomblob(16)))";
 
 /// The claim: `UPDATE jobs ... WHERE id IN (SELECT ... ORDER BY ... LIMIT ?)
-/// RETURNING <the columns of a JobRow>`. Written as SQL (diesel's DSL has no UPDATE whose target is
-/// a subquery with ORDER BY and LIMIT), as a fragment diesel keeps prepared
-/// by its SQL text, which changes only with the number of excluded
-/// pipelines.
-struct ClaimQuery<'a> {
-    columns: diesel::dsl::AsSelect<JobRow, Sqlite>,
-    to: &'static str,
-    now: i64,
-    until: i64,
-    from: &'static str,
-    excluded: &'a [String],
-    only: Option<&'a [String]>,
-    limit: i64,
-    /// Recorded on each attempt the claim starts (`jobs.worker`).
-    worker: Option<&'a str>,
-}
-
-impl QueryFragment<Sqlite> for ClaimQuery<'_> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        // The statuses are constants of the store, written as literals.
-        out.push_sql("UPDATE jobs SET status = ");
-        push_literal(&mut out, self.to);
-        out.push_sql(", attempt = attempt + 1, started_at = ");
-        out.push_bind_param::<BigInt, _>(&self.now)?;
-        out.push_sql(", lease_expires_at = ");
-        out.push_bind_param::<BigInt, _>(&self.until)?;
-        out.push_sql(", cancel_requested = 0, worker = ");
-        out.push_bind_param::<Nullable<Text>, _>(&self.worker)?;
-        out.push_sql(", lease = ");
-        out.push_sql(NEW_TOKEN_SQL);
-        out.push_sql(" WHERE id IN (SELECT id FROM jobs WHERE status = ");
-        push_literal(&mut out, self.from);
-        out.push_sql(" AND run_at <= ");
-        out.push_bind_param::<BigInt, _>(&self.now)?;
+/// RETURNING <the columns of a JobRow>`, with `excluded` pipelines left
+/// out and, with `only`, that many pipelines to claim from. Run through
+/// SQLite's own API (see [`crate::raw`]), kept prepared under its shape.
+/// The statuses are constants of the store, written as literals.
+fn claim_sql(to: &str, from: &str, excluded: usize, only: Option<usize>) -> String {
+    debug_assert!(!to.contains('\'') && !from.contains('\''));
+    let list = |n: usize| vec!["?"; n].join(", ");
+    let only = only.map_or(String::new(), |n| format!(" AND pipeline IN ({})", list(n)));
+    format!(
+        "UPDATE jobs SET status = '{to}', attempt = attempt + 1, started_at = ?, \
+         lease_expires_at = ?, cancel_requested = 0, worker = ?, lease = {NEW_TOKEN_SQL} \
+         WHERE id IN (SELECT id FROM jobs WHERE status = '{from}' AND run_at <= ?\
+         {not_waiting} AND pipeline NOT IN ({excluded}){not_paused}{only} \
+         ORDER BY priority DESC, run_at, created_at, id LIMIT CAST(? AS INTEGER)) \
+         RETURNING {columns}",
         // Not while it waits for a dependency (see `crate::deps`).
-        out.push_sql(
-            " AND NOT EXISTS (SELECT 1 FROM job_dependencies \
+        not_waiting = " AND NOT EXISTS (SELECT 1 FROM job_dependencies \
              WHERE job_dependencies.job_id = jobs.id)",
-        );
-        out.push_sql(" AND pipeline NOT IN (");
-        push_list(&mut out, self.excluded)?;
-        out.push_sql(")");
+        excluded = list(excluded),
         // Paused pipelines wait (see `pause_pipeline`).
-        out.push_sql(" AND pipeline NOT IN (SELECT pipeline FROM paused_pipelines)");
-        if let Some(only) = self.only {
-            out.push_sql(" AND pipeline IN (");
-            push_list(&mut out, only)?;
-            out.push_sql(")");
-        }
+        not_paused = " AND pipeline NOT IN (SELECT pipeline FROM paused_pipelines)",
         // `LIMIT ?` alone would make SQLite re-prepare the statement every
         // time the limit changes (it looks at a bound LIMIT to plan); the
         // CAST hides the parameter from that, so one plan serves every size.
-        out.push_sql(" ORDER BY priority DESC, run_at, created_at, id LIMIT CAST(");
-        out.push_bind_param::<BigInt, _>(&self.limit)?;
-        // The columns by position, in the row's order: read by index, not
-        // looked up by name for every column of every row.
-        out.push_sql(" AS INTEGER)) RETURNING ");
-        self.columns.walk_ast(out.reborrow())?;
-        Ok(())
-    }
+        // The columns by position, in the row's order.
+        columns = JobRow::COLUMNS.join(", "),
+    )
 }
-
-/// `'text'`, for constants of the store's own (statuses), which have no quote.
-fn push_literal(out: &mut AstPass<'_, '_, Sqlite>, text: &'static str) {
-    debug_assert!(!text.contains('\''));
-    out.push_sql("'");
-    out.push_sql(text);
-    out.push_sql("'");
-}
-
-/// `?, ?, ...`, one bound text per item.
-fn push_list<'b>(out: &mut AstPass<'_, 'b, Sqlite>, items: &'b [String]) -> QueryResult<()> {
-    for (i, p) in items.iter().enumerate() {
-        if i > 0 {
-            out.push_sql(", ");
-        }
-        out.push_bind_param::<Text, _>(p)?;
-    }
-    Ok(())
-}
-
-impl QueryId for ClaimQuery<'_> {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl Query for ClaimQuery<'_> {
-    type SqlType = <diesel::dsl::AsSelect<JobRow, Sqlite> as Expression>::SqlType;
-}
-
-impl RunQueryDsl<SqliteConnection> for ClaimQuery<'_> {}
 
 fn emit(tx: &mut Tx<'_>, job: &Job, data: EventData) -> Result<(), StoreError> {
     tx.emit(
@@ -205,7 +143,7 @@ fn job_of(tx: &mut Tx<'_>, id: JobId) -> Result<Job, StoreError> {
 
 /// Writes what changed from `before` to `after` and notes it in the cache.
 fn save(tx: &mut Tx<'_>, before: &Job, after: &Job) -> Result<(), StoreError> {
-    save_job(tx.write_conn(), before, after)?;
+    save_job(tx.raw(), before, after)?;
     tx.cache.put(after);
     Ok(())
 }
@@ -275,7 +213,7 @@ pub(crate) fn enqueue_batch(tx: &mut Tx<'_>, specs: Vec<NewJob>) -> Result<Vec<J
             error: Box::new(error),
         });
     }
-    insert_jobs(tx.write_conn(), &jobs)?;
+    insert_jobs(tx.raw(), &jobs)?;
     for (job, (unmet, policy)) in jobs.iter().zip(&waits) {
         deps::insert(tx, job, unmet, *policy)?;
     }
@@ -294,18 +232,29 @@ pub(crate) fn claim(tx: &mut Tx<'_>, req: ClaimRequest) -> Result<Vec<Claimed>, 
     let until = micros(lease_until(now, req.lease_for)?);
     let now_us = micros(now);
     // One statement claims the whole batch.
-    let q = ClaimQuery {
-        columns: JobRow::as_select(),
-        to: rule.to.as_str(),
-        now: now_us,
-        until,
-        from: JobStatus::Queued.as_str(),
-        excluded: &req.exclude_pipelines,
-        only: req.pipelines.as_deref(),
-        limit: sql_count(req.limit),
-        worker: req.worker.as_deref(),
-    };
-    let mut rows: Vec<JobRow> = q.load(tx.write_conn()).map_err(db_err)?;
+    let (excluded, only) = (&req.exclude_pipelines, req.pipelines.as_deref());
+    let key = Key::Claim(excluded.len(), only.map(<[String]>::len));
+    let mut q = tx.raw().query(key, || {
+        claim_sql(
+            rule.to.as_str(),
+            JobStatus::Queued.as_str(),
+            excluded.len(),
+            only.map(<[String]>::len),
+        )
+    })?;
+    q.int(now_us)?;
+    q.int(until)?;
+    req.worker.bind(&mut q)?;
+    q.int(now_us)?;
+    for p in excluded.iter().chain(only.into_iter().flatten()) {
+        q.text(p)?;
+    }
+    q.int(sql_count(req.limit))?;
+    let mut rows: Vec<JobRow> = Vec::with_capacity(req.limit.min(1024));
+    q.for_each_row(|row| {
+        rows.push(JobRow::read_columns(row)?);
+        Ok(())
+    })?;
     // RETURNING gives no order; claims (and their events) go in claim order.
     rows.sort_by(|a, b| {
         (std::cmp::Reverse(a.priority), a.run_at, a.created_at, &a.id).cmp(&(
@@ -315,7 +264,7 @@ pub(crate) fn claim(tx: &mut Tx<'_>, req: ClaimRequest) -> Result<Vec<Claimed>, 
             &b.id,
         ))
     });
-    let loaded = with_phases(tx.conn(), rows)?;
+    let loaded = with_phases_raw(tx.raw(), rows)?;
     fail_unreadable(tx, loaded.unreadable)?;
     let jobs = loaded.jobs;
     let mut claimed = Vec::with_capacity(jobs.len());
@@ -433,12 +382,13 @@ pub(crate) fn reshape_phases(
     diesel::delete(phases::table.filter(phases::job_id.eq(&id)))
         .execute(tx.write_conn())
         .map_err(db_err)?;
-    for (i, p) in job.phases.iter().enumerate() {
-        diesel::insert_into(phases::table)
-            .values(PhaseRow::of(&id, i, p))
-            .execute(tx.write_conn())
-            .map_err(db_err)?;
-    }
+    let rows: Vec<PhaseRow> = job
+        .phases
+        .iter()
+        .enumerate()
+        .map(|(i, p)| PhaseRow::of(&id, i, p))
+        .collect();
+    insert_rows(tx.raw(), &rows)?;
     tx.cache.put(&job);
     Ok(job)
 }

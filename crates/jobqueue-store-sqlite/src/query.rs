@@ -10,6 +10,7 @@ use diesel::sqlite::{Sqlite, SqliteConnection};
 use jobqueue_core::{ErrorKind, Job, JobId, StoreError};
 
 use crate::error::db_err;
+use crate::raw::{Key, Query as RawQuery, Statements};
 use crate::rows::{EventRow, JobPatch, JobRow, PhaseRow};
 use crate::schema::{jobs, phases};
 
@@ -67,19 +68,55 @@ pub(crate) fn with_phases(
     if rows.is_empty() {
         return Ok(Loaded::default());
     }
-    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-    let mut by_job: HashMap<String, Vec<PhaseRow>> = HashMap::new();
-    // The ids go in as one JSON array, so the statement has one shape and
-    // stays prepared (an `IN (?, ?, ...)` list is prepared anew each time).
-    let ids = serde_json::to_string(&ids)
-        .map_err(|e| StoreError::backend(ErrorKind::Internal, format!("job ids: {e}")))?;
+    let ids = ids_json(&rows)?;
     let all: Vec<PhaseRow> = Fixed::<kind::PhasesOfJobs, _>::new(PhasesOfJobs {
         columns: PhaseRow::as_select(),
         ids: &ids,
     })
     .load(conn)
     .map_err(db_err)?;
-    for p in all {
+    Ok(assemble(rows, all))
+}
+
+/// [`with_phases`] on the writer, through SQLite's own API.
+pub(crate) fn with_phases_raw(
+    raw: &mut Statements,
+    rows: Vec<JobRow>,
+) -> Result<Loaded, StoreError> {
+    if rows.is_empty() {
+        return Ok(Loaded::default());
+    }
+    let ids = ids_json(&rows)?;
+    let mut all = Vec::with_capacity(rows.len());
+    let mut q = raw.query(Key::PhasesOf, || {
+        format!(
+            "SELECT {} FROM phases WHERE job_id IN (SELECT value FROM json_each(?)) \
+             ORDER BY job_id, idx",
+            PhaseRow::COLUMNS.join(", ")
+        )
+    })?;
+    q.text(&ids)?;
+    q.for_each_row(|row| {
+        all.push(PhaseRow::read_columns(row)?);
+        Ok(())
+    })?;
+    Ok(assemble(rows, all))
+}
+
+/// The ids of `rows` as one JSON array, so the statement that finds their
+/// phases has one shape and stays prepared (an `IN (?, ?, ...)` list would
+/// be a new statement for every count).
+fn ids_json(rows: &[JobRow]) -> Result<String, StoreError> {
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    serde_json::to_string(&ids)
+        .map_err(|e| StoreError::backend(ErrorKind::Internal, format!("job ids: {e}")))
+}
+
+/// The jobs of `rows`, in order, each with its rows of `phases` (in any
+/// order of jobs, each job's in index order).
+fn assemble(rows: Vec<JobRow>, phases: Vec<PhaseRow>) -> Loaded {
+    let mut by_job: HashMap<String, Vec<PhaseRow>> = HashMap::new();
+    for p in phases {
         by_job.entry(p.job_id.clone()).or_default().push(p);
     }
     let mut loaded = Loaded {
@@ -105,12 +142,12 @@ pub(crate) fn with_phases(
             }),
         }
     }
-    Ok(loaded)
+    loaded
 }
 
 /// Inserts new jobs and their phases, many rows to a statement (see
 /// [`insert_rows`]).
-pub(crate) fn insert_jobs(conn: &mut SqliteConnection, jobs: &[Job]) -> Result<(), StoreError> {
+pub(crate) fn insert_jobs(raw: &mut Statements, jobs: &[Job]) -> Result<(), StoreError> {
     let rows: Vec<JobRow> = jobs.iter().map(JobRow::of).collect();
     let phases: Vec<PhaseRow> = jobs
         .iter()
@@ -122,44 +159,50 @@ pub(crate) fn insert_jobs(conn: &mut SqliteConnection, jobs: &[Job]) -> Result<(
                 .map(|(i, p)| PhaseRow::of(&row.id, i, p))
         })
         .collect();
-    insert_rows::<kind::InsertJobs, _>(conn, &rows).map_err(db_err)?;
-    insert_rows::<kind::InsertPhases, _>(conn, &phases).map_err(db_err)?;
-    Ok(())
+    insert_rows(raw, &rows)?;
+    insert_rows(raw, &phases)
 }
 
 /// Inserts `rows` with as few statements as their count allows: chunks of
-/// 64, 16, 4 and 1 rows, each chunk size one statement that diesel keeps
-/// prepared under `K`. A statement costs about as much again as a small
-/// row it inserts (diesel's cache lookup and binding, SQLite's setup), so
-/// one statement a row was a large part of the writer's time.
-pub(crate) fn insert_rows<K: 'static, R: RowInsert>(
-    conn: &mut SqliteConnection,
+/// 64, 16, 4 and 1 rows, each chunk size one statement kept prepared. A
+/// statement costs about as much again as a small row it inserts, so one
+/// statement a row was a large part of the writer's time.
+pub(crate) fn insert_rows<R: RowInsert>(
+    raw: &mut Statements,
     rows: &[R],
-) -> QueryResult<()> {
+) -> Result<(), StoreError> {
     let mut rest = rows;
     while !rest.is_empty() {
-        rest = match rest.len() {
-            64.. => insert_chunk::<K, R, 64>(conn, rest)?,
-            16.. => insert_chunk::<K, R, 16>(conn, rest)?,
-            4.. => insert_chunk::<K, R, 4>(conn, rest)?,
-            _ => insert_chunk::<K, R, 1>(conn, rest)?,
+        let n = match rest.len() {
+            64.. => 64,
+            16.. => 16,
+            4.. => 4,
+            _ => 1,
         };
+        let (chunk, tail) = rest.split_at(n);
+        let mut q = raw.query(Key::Insert(R::TABLE, n), || insert_sql::<R>(n))?;
+        for row in chunk {
+            row.bind_columns(&mut q)?;
+        }
+        q.execute()?;
+        rest = tail;
     }
     Ok(())
 }
 
-/// Inserts the first `N` of `rows` and returns the others.
-fn insert_chunk<'r, K: 'static, R: RowInsert, const N: usize>(
-    conn: &mut SqliteConnection,
-    rows: &'r [R],
-) -> QueryResult<&'r [R]> {
-    let (chunk, rest) = rows.split_at(N.min(rows.len()));
-    MultiInsert::<K, R, N> {
-        rows: chunk,
-        kind: PhantomData,
-    }
-    .execute(conn)?;
-    Ok(rest)
+/// `INSERT INTO table (columns) VALUES (?, ...), ...` of `n` rows.
+pub(crate) fn insert_sql<R: RowInsert>(n: usize) -> String {
+    let one = format!("({})", vec!["?"; R::COLUMNS.len()].join(", "));
+    format!(
+        "INSERT INTO `{}` ({}) VALUES {}",
+        R::TABLE,
+        R::COLUMNS
+            .iter()
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        vec![one; n].join(", ")
+    )
 }
 
 /// A row type that can be inserted many to a statement: its table, its
@@ -167,10 +210,14 @@ fn insert_chunk<'r, K: 'static, R: RowInsert, const N: usize>(
 pub(crate) trait RowInsert {
     /// The table.
     const TABLE: &'static str;
-    /// The columns, in the order [`RowInsert::walk_binds`] binds them.
+    /// The columns, in the order [`RowInsert::bind_columns`] binds them.
     const COLUMNS: &'static [&'static str];
-    /// Binds every column's value: `?, ?, ...`.
-    fn walk_binds<'b>(&'b self, out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()>;
+    /// Binds every column's value to the next parameters of `q`.
+    fn bind_columns<'a>(&'a self, q: &mut RawQuery<'_, 'a>) -> Result<(), StoreError>;
+    /// The row from the columns of `row`, in [`RowInsert::COLUMNS`] order.
+    fn read_columns(row: &crate::raw::Row<'_>) -> Result<Self, StoreError>
+    where
+        Self: Sized;
 }
 
 /// Implements [`RowInsert`] for a row struct from its table's columns.
@@ -182,74 +229,33 @@ macro_rules! row_insert {
             const TABLE: &'static str = stringify!($table);
             const COLUMNS: &'static [&'static str] =
                 &[$(<$crate::schema::$table::$col as diesel::Column>::NAME),+];
-            fn walk_binds<'b>(
-                &'b self,
-                mut out: diesel::query_builder::AstPass<'_, 'b, diesel::sqlite::Sqlite>,
-            ) -> diesel::QueryResult<()> {
+            fn bind_columns<'a>(
+                &'a self,
+                q: &mut $crate::raw::Query<'_, 'a>,
+            ) -> Result<(), jobqueue_core::StoreError> {
                 let Self { $($col),+ } = self;
-                let mut sep = "";
-                $(
-                    out.push_sql(sep);
-                    sep = ", ";
-                    out.push_bind_param::<
-                        <$crate::schema::$table::$col as diesel::Expression>::SqlType,
-                        _,
-                    >($col)?;
-                )+
-                let _ = sep;
+                $( $crate::raw::Bind::bind($col, q)?; )+
                 Ok(())
+            }
+            fn read_columns(
+                row: &$crate::raw::Row<'_>,
+            ) -> Result<Self, jobqueue_core::StoreError> {
+                let mut i = 0;
+                $(
+                    let $col = $crate::raw::Read::read(row, i)?;
+                    i += 1;
+                )+
+                let _ = i;
+                Ok(Self { $($col),+ })
             }
         }
     };
 }
 pub(crate) use row_insert;
 
-/// `INSERT INTO table (columns) VALUES (...), ...` of exactly `N` rows, so
-/// its SQL is fixed by `N` and diesel keeps it prepared under `(K, N)`.
-struct MultiInsert<'a, K, R, const N: usize> {
-    rows: &'a [R],
-    kind: PhantomData<K>,
-}
-
-impl<K, R: RowInsert, const N: usize> QueryFragment<Sqlite> for MultiInsert<'_, K, R, N> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        debug_assert_eq!(self.rows.len(), N);
-        out.push_sql("INSERT INTO ");
-        out.push_identifier(R::TABLE)?;
-        out.push_sql(" (");
-        for (i, column) in R::COLUMNS.iter().enumerate() {
-            if i > 0 {
-                out.push_sql(", ");
-            }
-            out.push_identifier(column)?;
-        }
-        out.push_sql(") VALUES ");
-        for (i, row) in self.rows.iter().enumerate() {
-            out.push_sql(if i == 0 { "(" } else { ", (" });
-            row.walk_binds(out.reborrow())?;
-            out.push_sql(")");
-        }
-        Ok(())
-    }
-}
-
-/// The type diesel keys the prepared statement of a [`MultiInsert`] by.
-struct MultiInsertKind<K, const N: usize>(PhantomData<K>);
-
-impl<K: 'static, R, const N: usize> QueryId for MultiInsert<'_, K, R, N> {
-    type QueryId = MultiInsertKind<K, N>;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl<K, R, const N: usize> RunQueryDsl<SqliteConnection> for MultiInsert<'_, K, R, N> {}
-
 /// Writes what changed from `before` to `after` (the same job): the changed
 /// columns of the job row, and each changed phase's row.
-pub(crate) fn save_job(
-    conn: &mut SqliteConnection,
-    before: &Job,
-    after: &Job,
-) -> Result<(), StoreError> {
+pub(crate) fn save_job(raw: &mut Statements, before: &Job, after: &Job) -> Result<(), StoreError> {
     // The input is compared as a value, not as text: it never changes
     // after the enqueue, and this runs on every write of a job.
     let (mut old, mut row) = (JobRow::of_state(before), JobRow::of_state(after));
@@ -258,70 +264,26 @@ pub(crate) fn save_job(
         row.input = after.input.to_string();
     }
     if let Some((patch, shape)) = JobPatch::between(&old, &row) {
-        let update = Update::new("jobs", patch.as_changeset(), jobs::id.eq(&row.id));
-        // The SQL depends only on the set of changed columns: the frequent
-        // sets are kept prepared under a type, the others by their text.
-        match shape {
-            JobPatch::COMPLETE => Fixed::<kind::CompleteJob, _>::new(update).execute(conn),
-            JobPatch::HEARTBEAT => Fixed::<kind::Heartbeat, _>::new(update).execute(conn),
-            _ => update.execute(conn),
-        }
-        .map_err(db_err)?;
+        // The SQL depends only on the set of changed columns, so each set
+        // is prepared once.
+        let mut q = raw.query(Key::UpdateJob(shape), || JobPatch::sql(shape))?;
+        patch.bind_changed(&mut q)?;
+        q.text(&row.id)?;
+        q.execute()?;
     }
     for (i, p) in after.phases.iter().enumerate() {
         if before.phases.get(i).is_none_or(|old| old == p) {
             continue;
         }
         // A phase row has no index but its key, so it is written whole:
-        // one statement shape, kept prepared, and no diff to build.
+        // one statement shape, and no diff to build.
         let new = PhaseRow::of(&row.id, i, p);
-        let key = phases::job_id.eq(&row.id).and(phases::idx.eq(new.idx));
-        Fixed::<kind::SavePhase, _>::new(Update::new("phases", new.as_changeset(), key))
-            .execute(conn)
-            .map_err(db_err)?;
+        let mut q = raw.query(Key::SavePhase, PhaseRow::update_sql)?;
+        new.bind_update(&mut q)?;
+        q.execute()?;
     }
     Ok(())
 }
-
-/// `UPDATE table SET set WHERE filter`, which diesel keeps prepared (keyed by
-/// its SQL text) where its own `UPDATE` is prepared afresh on every run.
-/// Sound because the writer's changesets come in few shapes (the columns a
-/// kind of operation changes), so the cache stays small.
-pub(crate) struct Update<C, W> {
-    table: &'static str,
-    set: C,
-    filter: W,
-}
-
-impl<C, W> Update<C, W> {
-    pub(crate) fn new(table: &'static str, set: C, filter: W) -> Self {
-        Self { table, set, filter }
-    }
-}
-
-impl<C, W> QueryFragment<Sqlite> for Update<C, W>
-where
-    C: QueryFragment<Sqlite>,
-    W: QueryFragment<Sqlite>,
-{
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        out.push_sql("UPDATE ");
-        out.push_identifier(self.table)?;
-        out.push_sql(" SET ");
-        self.set.walk_ast(out.reborrow())?;
-        out.push_sql(" WHERE ");
-        self.filter.walk_ast(out.reborrow())?;
-        Ok(())
-    }
-}
-
-impl<C, W> QueryId for Update<C, W> {
-    type QueryId = ();
-    // Not keyed by type: the SQL depends on which columns are set.
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl<C, W> RunQueryDsl<SqliteConnection> for Update<C, W> {}
 
 /// A statement whose SQL is fixed by its kind `K`, which diesel then keeps
 /// prepared under `K` (its cheapest path: no SQL built per run). diesel's
@@ -358,25 +320,10 @@ impl<K, Q> RunQueryDsl<SqliteConnection> for Fixed<K, Q> {}
 
 /// Kinds of [`Fixed`] statements.
 pub(crate) mod kind {
-    /// `INSERT INTO jobs` of whole [`crate::rows::JobRow`]s.
-    pub(crate) struct InsertJobs;
-    /// `INSERT INTO phases` of whole [`crate::rows::PhaseRow`]s.
-    pub(crate) struct InsertPhases;
-    /// `INSERT INTO events` of [`crate::rows::EventRow`]s.
-    pub(crate) struct InsertEvents;
-    /// `INSERT INTO webhook_deliveries` of a [`crate::rows::DeliveryRow`].
-    pub(crate) struct InsertDelivery;
     /// [`super::PhasesOfJobs`].
     pub(crate) struct PhasesOfJobs;
     /// `UPDATE store_state SET last_seq = ?`.
     pub(crate) struct SaveLastSeq;
-    /// `UPDATE jobs` of the columns a completion changes.
-    pub(crate) struct CompleteJob;
-    /// `UPDATE jobs` of the lease's expiry.
-    pub(crate) struct Heartbeat;
-    /// `UPDATE phases` of every column of a [`crate::rows::PhaseRow`] but
-    /// its key.
-    pub(crate) struct SavePhase;
 }
 
 impl<K, Q: Query> Query for Fixed<K, Q> {
@@ -408,6 +355,6 @@ impl Query for PhasesOfJobs<'_> {
 }
 
 /// Inserts event rows, many to a statement.
-pub(crate) fn insert_events(conn: &mut SqliteConnection, rows: &[EventRow]) -> QueryResult<()> {
-    insert_rows::<kind::InsertEvents, _>(conn, rows)
+pub(crate) fn insert_events(raw: &mut Statements, rows: &[EventRow]) -> Result<(), StoreError> {
+    insert_rows(raw, rows)
 }

@@ -62,17 +62,11 @@ pub(crate) fn sql_count(n: usize) -> i64 {
 }
 
 /// One row of `jobs`.
-#[derive(
-    Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Insertable, AsChangeset,
-)]
-// `treat_none_as_default_value = false` inserts `None` as NULL, so the
-// INSERT has one shape and diesel can keep it prepared.
-#[diesel(
-    table_name = jobs,
-    check_for_backend(Sqlite),
-    treat_none_as_null = true,
-    treat_none_as_default_value = false
-)]
+///
+/// Inserted through [`crate::query::insert_rows`], updated through
+/// [`JobPatch`]; diesel only reads it.
+#[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable)]
+#[diesel(table_name = jobs, check_for_backend(Sqlite))]
 pub(crate) struct JobRow {
     pub(crate) id: String,
     pub(crate) pipeline: String,
@@ -108,16 +102,8 @@ crate::query::row_insert!(JobRow, jobs;
     cancel_requested, lease, lease_expires_at, period_key);
 
 /// One row of `phases`.
-#[derive(
-    Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Insertable, AsChangeset,
-)]
-#[diesel(
-    table_name = phases,
-    primary_key(job_id, idx),
-    check_for_backend(Sqlite),
-    treat_none_as_null = true,
-    treat_none_as_default_value = false
-)]
+#[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable)]
+#[diesel(table_name = phases, check_for_backend(Sqlite))]
 pub(crate) struct PhaseRow {
     pub(crate) job_id: String,
     pub(crate) idx: i64,
@@ -137,8 +123,56 @@ crate::query::row_insert!(PhaseRow, phases;
     job_id, idx, name, status, attempts, progress_percent, progress_message, result, error,
     started_at, finished_at, checkpoint);
 
+impl PhaseRow {
+    /// `UPDATE phases` of every column but the key, bound by
+    /// [`PhaseRow::bind_update`].
+    pub(crate) fn update_sql() -> String {
+        "UPDATE `phases` SET `name` = ?, `status` = ?, `attempts` = ?, \
+         `progress_percent` = ?, `progress_message` = ?, `result` = ?, `error` = ?, \
+         `started_at` = ?, `finished_at` = ?, `checkpoint` = ? \
+         WHERE `job_id` = ? AND `idx` = ?"
+            .to_owned()
+    }
+
+    /// Binds the row for [`PhaseRow::update_sql`]: every column but the key,
+    /// then the key. Destructured, so a column added to the row and not
+    /// here does not compile.
+    pub(crate) fn bind_update<'a>(
+        &'a self,
+        q: &mut crate::raw::Query<'_, 'a>,
+    ) -> Result<(), StoreError> {
+        use crate::raw::Bind;
+        let Self {
+            job_id,
+            idx,
+            name,
+            status,
+            attempts,
+            progress_percent,
+            progress_message,
+            result,
+            error,
+            started_at,
+            finished_at,
+            checkpoint,
+        } = self;
+        name.bind(q)?;
+        status.bind(q)?;
+        attempts.bind(q)?;
+        progress_percent.bind(q)?;
+        progress_message.bind(q)?;
+        result.bind(q)?;
+        error.bind(q)?;
+        started_at.bind(q)?;
+        finished_at.bind(q)?;
+        checkpoint.bind(q)?;
+        job_id.bind(q)?;
+        idx.bind(q)
+    }
+}
+
 /// One row of `events`.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
 #[diesel(table_name = events, check_for_backend(Sqlite))]
 pub(crate) struct EventRow {
     pub(crate) seq: i64,
@@ -152,12 +186,11 @@ pub(crate) struct EventRow {
 crate::query::row_insert!(EventRow, events; seq, job_id, pipeline, event_type, at, data);
 
 /// One row of `webhook_deliveries`.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, AsChangeset)]
 #[diesel(
     table_name = webhook_deliveries,
     check_for_backend(Sqlite),
-    treat_none_as_null = true,
-    treat_none_as_default_value = false
+    treat_none_as_null = true
 )]
 pub(crate) struct DeliveryRow {
     pub(crate) id: String,
@@ -176,6 +209,10 @@ pub(crate) struct DeliveryRow {
     pub(crate) next_attempt_at: Option<i64>,
     pub(crate) created_at: i64,
 }
+
+crate::query::row_insert!(DeliveryRow, webhook_deliveries;
+    id, event_seq, job_id, target, url, event_pipeline, event_type, event_at, event_data,
+    status, attempts, last_status, last_error, next_attempt_at, created_at);
 
 impl JobRow {
     /// The row of `job` (its phases go to [`PhaseRow`]s).
@@ -446,71 +483,91 @@ pub(crate) fn job_status(s: &str) -> Result<JobStatus, StoreError> {
     parse("job status", s)
 }
 
-/// Sets `patch.f` for every field `f` that differs between two rows, and
-/// says whether any did.
-macro_rules! diff_rows {
-    ($patch:ident, $before:ident, $after:ident; $($f:ident),* $(,)?) => {{
-        let mut changed = 0u32;
-        let mut bit = 1u32;
-        $(
-            if $before.$f != $after.$f {
-                $patch.$f = Some($after.$f.clone());
-                changed |= bit;
+/// Defines [`JobPatch`] from the columns of `jobs` that a write may change,
+/// in one order: the fields, their bits (the first column is bit 0), the
+/// SQL and the binding all follow it.
+macro_rules! job_patch {
+    ($($f:ident: $t:ty),+ $(,)?) => {
+        /// The columns of a `jobs` row that changed; `None` leaves a column
+        /// alone. Updating only those keeps each `UPDATE` small: SQLite
+        /// touches only the indexes on the columns it sets.
+        #[derive(Debug, Default)]
+        pub(crate) struct JobPatch {
+            $($f: Option<$t>,)+
+        }
+
+        impl JobPatch {
+            /// The columns, bit `i` naming `COLUMNS[i]`.
+            const COLUMNS: &'static [&'static str] = &[$(stringify!($f)),+];
+
+            /// What changed from `before` to `after`, or `None` if nothing
+            /// did, with the set of changed columns as bits (see
+            /// [`JobPatch::sql`]).
+            pub(crate) fn between(before: &JobRow, after: &JobRow) -> Option<(Self, u32)> {
+                let mut p = Self::default();
+                let mut changed = 0u32;
+                let mut bit = 1u32;
+                $(
+                    if before.$f != after.$f {
+                        p.$f = Some(after.$f.clone());
+                        changed |= bit;
+                    }
+                    bit <<= 1;
+                )+
+                let _ = bit;
+                (changed != 0).then_some((p, changed))
             }
-            bit <<= 1;
-        )*
-        let _ = bit;
-        changed
-    }};
+
+            /// Binds the changed columns' values, in column order.
+            pub(crate) fn bind_changed<'a>(
+                &'a self,
+                q: &mut crate::raw::Query<'_, 'a>,
+            ) -> Result<(), StoreError> {
+                $(
+                    if let Some(v) = &self.$f {
+                        crate::raw::Bind::bind(v, q)?;
+                    }
+                )+
+                Ok(())
+            }
+        }
+    };
 }
 
-/// The columns of a `jobs` row that changed; `None` leaves a column alone.
-/// Updating only those keeps each `UPDATE` small: SQLite touches only the
-/// indexes on changed columns. Run through [`crate::query::Update`], which
-/// diesel keeps prepared per set of columns.
-#[derive(Debug, Default, AsChangeset)]
-#[diesel(table_name = jobs, check_for_backend(Sqlite))]
-pub(crate) struct JobPatch {
-    status: Option<String>,
-    input: Option<String>,
-    priority: Option<i64>,
-    unique_key: Option<Option<String>>,
-    attempt: Option<i64>,
-    max_attempts: Option<i64>,
-    run_at: Option<i64>,
-    started_at: Option<Option<i64>>,
-    finished_at: Option<Option<i64>>,
-    stale_at: Option<Option<i64>>,
-    error_phase: Option<Option<String>>,
-    error_message: Option<Option<String>>,
-    error_attempt: Option<Option<i64>>,
-    interrupted_phase: Option<Option<String>>,
-    interrupted_at: Option<Option<i64>>,
-    interrupted_percent: Option<Option<i64>>,
-    interrupted_message: Option<Option<String>>,
-    webhook_url: Option<Option<String>>,
-    cancel_requested: Option<bool>,
-    lease: Option<Option<String>>,
-    lease_expires_at: Option<Option<i64>>,
-}
+job_patch!(
+    status: String,
+    input: String,
+    priority: i64,
+    unique_key: Option<String>,
+    attempt: i64,
+    max_attempts: i64,
+    run_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    stale_at: Option<i64>,
+    error_phase: Option<String>,
+    error_message: Option<String>,
+    error_attempt: Option<i64>,
+    interrupted_phase: Option<String>,
+    interrupted_at: Option<i64>,
+    interrupted_percent: Option<i64>,
+    interrupted_message: Option<String>,
+    webhook_url: Option<String>,
+    cancel_requested: bool,
+    lease: Option<String>,
+    lease_expires_at: Option<i64>,
+);
 
 impl JobPatch {
-    /// The columns a job's completion changes: status, finished_at, lease
-    /// and lease_expires_at.
-    pub(crate) const COMPLETE: u32 = 1 | 1 << 8 | 1 << 19 | 1 << 20;
-    /// The column a heartbeat changes: lease_expires_at.
-    pub(crate) const HEARTBEAT: u32 = 1 << 20;
-
-    /// What changed from `before` to `after`, or `None` if nothing did,
-    /// with the set of changed columns as bits in the order of the fields
-    /// (see the `JobPatch::*` shape constants).
-    pub(crate) fn between(before: &JobRow, after: &JobRow) -> Option<(Self, u32)> {
-        let mut p = Self::default();
-        let changed = diff_rows!(p, before, after;
-            status, input, priority, unique_key, attempt, max_attempts, run_at, started_at,
-            finished_at, stale_at, error_phase, error_message, error_attempt,
-            interrupted_phase, interrupted_at, interrupted_percent, interrupted_message,
-            webhook_url, cancel_requested, lease, lease_expires_at);
-        (changed != 0).then_some((p, changed))
+    /// `UPDATE jobs SET <the columns of shape> WHERE id = ?`, the changed
+    /// columns bound first (see [`JobPatch::bind_changed`]), then the id.
+    pub(crate) fn sql(shape: u32) -> String {
+        let set: Vec<String> = Self::COLUMNS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| shape & (1 << i) != 0)
+            .map(|(_, c)| format!("`{c}` = ?"))
+            .collect();
+        format!("UPDATE `jobs` SET {} WHERE `id` = ?", set.join(", "))
     }
 }

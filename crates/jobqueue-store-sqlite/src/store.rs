@@ -119,7 +119,9 @@ impl SqliteStore {
         let open = lock
             .as_ref()
             .map_or_else(|| Arc::new(AtomicBool::new(true)), FileLock::open_flag);
-        let mut conn = connect(&location, &options, false)?;
+        // The writer's connection, with its handle for the statements it
+        // runs through SQLite's own API (see `crate::raw`).
+        let (mut conn, handle) = crate::raw::connect(|| connect(&location, &options, false))?;
         migrate::migrate(&mut conn)?;
         let last_seq = read::last_seq(&mut conn)?;
         let guard = match &location {
@@ -153,8 +155,14 @@ impl SqliteStore {
             guard,
             done: done_tx,
         };
-        let writer =
-            crate::writer::spawn(conn, Arc::clone(&shared), last_seq, options.max_batch, life)?;
+        let writer = crate::writer::spawn(
+            conn,
+            handle,
+            Arc::clone(&shared),
+            last_seq,
+            options.max_batch,
+            life,
+        )?;
         Ok(Self {
             inner: Arc::new(Inner {
                 location,

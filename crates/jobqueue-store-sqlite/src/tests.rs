@@ -1261,115 +1261,38 @@ async fn a_panicking_sink_does_not_stop_the_store() {
     assert_eq!(store.last_seq().await.unwrap(), 2);
 }
 
-/// The inserts the writer keeps prepared by kind (`query::Fixed`) have one
-/// SQL text whatever the row holds: `None`s go in as NULL, not as DEFAULT.
+/// A multi-row insert names every column of its row type once and has one
+/// group of parameters per row, each as wide as the columns.
 #[test]
-fn fixed_inserts_do_not_change_shape() {
-    use diesel::sqlite::Sqlite;
+fn multi_row_inserts_have_a_parameter_per_column_and_row() {
+    use crate::query::{RowInsert, insert_sql};
+    use crate::rows::{DeliveryRow, EventRow, JobRow, PhaseRow};
 
-    use crate::rows::{DeliveryRow, EventRow, JobRow};
-    use crate::schema::{events, jobs, webhook_deliveries};
-
-    fn sql(q: &impl diesel::query_builder::QueryFragment<Sqlite>) -> String {
-        let text = diesel::debug_query::<Sqlite, _>(q).to_string();
-        text.split(" -- binds").next().unwrap().to_owned()
+    fn check<R: RowInsert>(n: usize) {
+        let sql = insert_sql::<R>(n);
+        assert!(
+            sql.starts_with(&format!("INSERT INTO `{}` (", R::TABLE)),
+            "{sql}"
+        );
+        for c in R::COLUMNS {
+            assert_eq!(sql.matches(&format!("`{c}`")).count(), 1, "{c} in {sql}");
+        }
+        assert_eq!(sql.matches('?').count(), R::COLUMNS.len() * n, "{sql}");
+        assert_eq!(sql.matches('(').count(), n + 1, "{sql}");
     }
-    let empty = JobRow {
-        id: "a".into(),
-        pipeline: "p".into(),
-        status: "queued".into(),
-        input: "null".into(),
-        priority: 0,
-        unique_key: None,
-        attempt: 0,
-        max_attempts: 1,
-        created_at: 0,
-        run_at: 0,
-        started_at: None,
-        finished_at: None,
-        stale_at: None,
-        error_phase: None,
-        error_message: None,
-        error_attempt: None,
-        interrupted_phase: None,
-        interrupted_at: None,
-        interrupted_percent: None,
-        interrupted_message: None,
-        webhook_url: None,
-        cancel_requested: false,
-        lease: None,
-        lease_expires_at: None,
-        period_key: None,
-    };
-    let full = JobRow {
-        unique_key: Some("k".into()),
-        period_key: Some("k@2030-01-01T00:00:00Z/60s".into()),
-        started_at: Some(1),
-        finished_at: Some(1),
-        stale_at: Some(1),
-        error_phase: Some("x".into()),
-        error_message: Some("x".into()),
-        error_attempt: Some(1),
-        interrupted_phase: Some("x".into()),
-        interrupted_at: Some(1),
-        interrupted_percent: Some(1),
-        interrupted_message: Some("x".into()),
-        webhook_url: Some("x".into()),
-        lease: Some("x".into()),
-        lease_expires_at: Some(1),
-        ..empty.clone()
-    };
-    let job_sql = sql(&diesel::insert_into(jobs::table).values(&empty));
-    assert_eq!(
-        job_sql,
-        sql(&diesel::insert_into(jobs::table).values(&full))
-    );
-    assert!(!job_sql.contains("DEFAULT"), "{job_sql}");
-    let event = EventRow {
-        seq: 1,
-        job_id: Some("a".into()),
-        pipeline: "p".into(),
-        event_type: "job.created".into(),
-        at: 0,
-        data: "{}".into(),
-    };
-    let event_sql = sql(&diesel::insert_into(events::table).values(&event));
-    assert!(event_sql.contains("`data`"), "{event_sql}");
-    let pending = DeliveryRow {
-        id: "d".into(),
-        event_seq: 1,
-        job_id: Some("a".into()),
-        target: "endpoint".into(),
-        url: "http://x".into(),
-        event_pipeline: "p".into(),
-        event_type: "job.created".into(),
-        event_at: 0,
-        event_data: "{}".into(),
-        status: "pending".into(),
-        attempts: 0,
-        last_status: None,
-        last_error: None,
-        next_attempt_at: None,
-        created_at: 0,
-    };
-    let tried = DeliveryRow {
-        last_status: Some(500),
-        last_error: Some("x".into()),
-        next_attempt_at: Some(1),
-        ..pending.clone()
-    };
-    let delivery_sql = sql(&diesel::insert_into(webhook_deliveries::table).values(&pending));
-    assert_eq!(
-        delivery_sql,
-        sql(&diesel::insert_into(webhook_deliveries::table).values(&tried))
-    );
-    assert!(!delivery_sql.contains("DEFAULT"), "{delivery_sql}");
+    for n in [1, 4, 16, 64] {
+        check::<JobRow>(n);
+        check::<PhaseRow>(n);
+        check::<EventRow>(n);
+        check::<DeliveryRow>(n);
+    }
 }
 
-/// The column sets kept prepared under a type are the ones a completion and
-/// a heartbeat change.
+/// A job's update sets exactly the columns its operation changed: a
+/// heartbeat the lease's expiry, a completion the status, the end time and
+/// the lease.
 #[test]
-fn frequent_update_shapes_match_their_operations() {
+fn job_updates_set_only_the_changed_columns() {
     use crate::rows::{JobPatch, JobRow};
     use jobqueue_core::{Job, LeaseToken};
     let t0 = time::OffsetDateTime::UNIX_EPOCH;
@@ -1378,11 +1301,22 @@ fn frequent_update_shapes_match_their_operations() {
     job.claim(LeaseToken::new(), t1, t0).unwrap();
     let running = job.clone();
     job.lease_expires_at = Some(t1 + Duration::from_secs(60));
-    let shape = |a: &Job, b: &Job| {
-        JobPatch::between(&JobRow::of_state(a), &JobRow::of_state(b)).map(|(_, s)| s)
+    let sql = |a: &Job, b: &Job| {
+        JobPatch::between(&JobRow::of_state(a), &JobRow::of_state(b))
+            .map(|(_, shape)| JobPatch::sql(shape))
     };
-    assert_eq!(shape(&running, &job), Some(JobPatch::HEARTBEAT));
+    assert_eq!(
+        sql(&running, &job).as_deref(),
+        Some("UPDATE `jobs` SET `lease_expires_at` = ? WHERE `id` = ?")
+    );
     let mut done = running.clone();
     done.complete(t1).unwrap();
-    assert_eq!(shape(&running, &done), Some(JobPatch::COMPLETE));
+    assert_eq!(
+        sql(&running, &done).as_deref(),
+        Some(
+            "UPDATE `jobs` SET `status` = ?, `finished_at` = ?, `lease` = ?, \
+             `lease_expires_at` = ? WHERE `id` = ?"
+        )
+    );
+    assert_eq!(sql(&running, &running), None);
 }

@@ -58,9 +58,10 @@ use crate::checkpoint::{Checkpointer, Signal};
 use crate::error::db_err;
 use crate::guard::FileGuard;
 use crate::lock::FileLock;
-use crate::query::{Fixed, insert_events, kind};
+use crate::query::{Fixed, insert_events, insert_rows, kind};
+use crate::raw::{Handle, Statements};
 use crate::rows::{DeliveryRow, EventRow};
-use crate::schema::{store_state, webhook_deliveries};
+use crate::schema::store_state;
 
 /// A read, run on some connection; it sends its own answer.
 pub(crate) type ReadJob = Box<dyn FnOnce(&mut SqliteConnection) + Send>;
@@ -267,6 +268,9 @@ pub(crate) struct Tx<'a> {
     /// if it has one). Reached through [`Tx::conn`] to read and
     /// [`Tx::write_conn`] to write.
     db: &'a mut SqliteConnection,
+    /// The same connection's statements run through SQLite's own API,
+    /// reached through [`Tx::raw`].
+    raw: &'a mut Statements,
     /// Whether the operation ran a statement that writes.
     wrote: bool,
     /// The time of this operation.
@@ -296,6 +300,13 @@ impl Tx<'_> {
         self.db
     }
 
+    /// The statements run through SQLite's own API, to write: noted like
+    /// [`Tx::write_conn`].
+    pub(crate) fn raw(&mut self) -> &mut Statements {
+        self.wrote = true;
+        self.raw
+    }
+
     /// Inserts the events appended so far in this group, for an operation
     /// about to read or delete rows of `events`.
     pub(crate) fn flush_events(&mut self) -> Result<(), StoreError> {
@@ -303,7 +314,7 @@ impl Tx<'_> {
             return Ok(());
         }
         self.wrote = true;
-        insert_events(self.db, self.pending).map_err(db_err)?;
+        insert_events(self.raw, self.pending)?;
         self.pending.clear();
         Ok(())
     }
@@ -336,10 +347,7 @@ impl Tx<'_> {
         self.pending.push(EventRow::of(&event));
         for d in deliveries_for(&event, self.routes, webhook_url, self.now) {
             let row = DeliveryRow::of(&d);
-            let insert = diesel::insert_into(webhook_deliveries::table).values(&row);
-            Fixed::<kind::InsertDelivery, _>::new(insert)
-                .execute(self.write_conn())
-                .map_err(db_err)?;
+            insert_rows(self.raw(), std::slice::from_ref(&row))?;
         }
         *self.last_seq = event.seq;
         self.events.push(event);
@@ -486,6 +494,7 @@ pub(crate) struct Lifetime {
 /// number the database ever handed out.
 pub(crate) fn spawn(
     conn: SqliteConnection,
+    handle: Handle,
     shared: Arc<Shared>,
     last_seq: u64,
     max_batch: usize,
@@ -505,6 +514,7 @@ pub(crate) fn spawn(
             let mut conn = conn;
             let dependencies = crate::deps::any(&mut conn);
             let mut writer = Writer {
+                raw: Statements::new(handle),
                 conn,
                 dependencies,
                 cache: JobCache::default(),
@@ -536,6 +546,10 @@ pub(crate) fn spawn(
 }
 
 struct Writer {
+    /// The prepared statements run through SQLite's own API (see
+    /// [`crate::raw`]). Declared before `conn`, so they are finalized
+    /// before it closes.
+    raw: Statements,
     conn: SqliteConnection,
     cache: JobCache,
     shared: Arc<Shared>,
@@ -561,7 +575,10 @@ struct Writer {
 type GroupFailure = StoreError;
 
 fn fail(e: diesel::result::Error, during: &str) -> GroupFailure {
-    let e = db_err(e);
+    fail_with(db_err(e), during)
+}
+
+fn fail_with(e: StoreError, during: &str) -> GroupFailure {
     StoreError::backend(
         e.kind(),
         format!("{e} (during {during}; nothing of this write was committed)"),
@@ -673,8 +690,8 @@ impl Writer {
 
     /// Inserts the group's waiting event rows.
     fn insert_pending(&mut self) -> Result<(), GroupFailure> {
-        insert_events(&mut self.conn, &self.pending)
-            .map_err(|e| fail(e, "inserting the events"))?;
+        insert_events(&mut self.raw, &self.pending)
+            .map_err(|e| fail_with(e, "inserting the events"))?;
         self.pending.clear();
         Ok(())
     }
@@ -714,6 +731,7 @@ impl Writer {
             self.cache.begin();
             let mut tx = Tx {
                 db: &mut self.conn,
+                raw: &mut self.raw,
                 wrote: false,
                 now: self.shared.now(),
                 cache: &mut self.cache,
