@@ -11,7 +11,7 @@ use jobqueue_core::{ErrorKind, Job, JobId, StoreError};
 
 use crate::error::db_err;
 use crate::raw::{Key, Query as RawQuery, Statements};
-use crate::rows::{EventRow, JobPatch, JobRow, PhaseRow};
+use crate::rows::{EventRow, JobRow, JobState, PhaseRow};
 use crate::schema::{jobs, phases};
 
 /// The row of job `id`, without its phases.
@@ -256,19 +256,15 @@ pub(crate) use row_insert;
 /// Writes what changed from `before` to `after` (the same job): the changed
 /// columns of the job row, and each changed phase's row.
 pub(crate) fn save_job(raw: &mut Statements, before: &Job, after: &Job) -> Result<(), StoreError> {
-    // The input is compared as a value, not as text: it never changes
-    // after the enqueue, and this runs on every write of a job.
-    let (mut old, mut row) = (JobRow::of_state(before), JobRow::of_state(after));
-    if before.input != after.input {
-        old.input = before.input.to_string();
-        row.input = after.input.to_string();
-    }
-    if let Some((patch, shape)) = JobPatch::between(&old, &row) {
+    let id = after.id.to_string();
+    let state = JobState::of(after);
+    let shape = state.changed_from(&JobState::of(before));
+    if shape != 0 {
         // The SQL depends only on the set of changed columns, so each set
         // is prepared once.
-        let mut q = raw.query(Key::UpdateJob(shape), || JobPatch::sql(shape))?;
-        patch.bind_changed(&mut q)?;
-        q.text(&row.id)?;
+        let mut q = raw.query(Key::UpdateJob(shape), || JobState::sql(shape))?;
+        state.bind_changed(shape, &mut q)?;
+        q.text(&id)?;
         q.execute()?;
     }
     for (i, p) in after.phases.iter().enumerate() {
@@ -277,7 +273,7 @@ pub(crate) fn save_job(raw: &mut Statements, before: &Job, after: &Job) -> Resul
         }
         // A phase row has no index but its key, so it is written whole:
         // one statement shape, and no diff to build.
-        let new = PhaseRow::of(&row.id, i, p);
+        let new = PhaseRow::of(&id, i, p);
         let mut q = raw.query(Key::SavePhase, PhaseRow::update_sql)?;
         new.bind_update(&mut q)?;
         q.execute()?;

@@ -112,7 +112,7 @@ pub(crate) enum Key {
     /// `INSERT INTO <table>` of this many rows.
     Insert(&'static str, usize),
     /// `UPDATE jobs` of the columns whose bits are set (see
-    /// `rows::JobPatch`).
+    /// `rows::JobState`).
     UpdateJob(u32),
     /// `UPDATE phases` of every column but the key.
     SavePhase,
@@ -422,6 +422,12 @@ impl Bind for bool {
 }
 
 impl Bind for String {
+    fn bind<'a>(&'a self, q: &mut Query<'_, 'a>) -> Result<(), StoreError> {
+        q.text(self)
+    }
+}
+
+impl Bind for &str {
     fn bind<'a>(&'a self, q: &mut Query<'_, 'a>) -> Result<(), StoreError> {
         q.text(self)
     }

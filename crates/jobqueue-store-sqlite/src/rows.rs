@@ -64,7 +64,7 @@ pub(crate) fn sql_count(n: usize) -> i64 {
 /// One row of `jobs`.
 ///
 /// Inserted through [`crate::query::insert_rows`], updated through
-/// [`JobPatch`]; diesel only reads it.
+/// [`JobState`]; diesel only reads it.
 #[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = jobs, check_for_backend(Sqlite))]
 pub(crate) struct JobRow {
@@ -217,15 +217,6 @@ crate::query::row_insert!(DeliveryRow, webhook_deliveries;
 impl JobRow {
     /// The row of `job` (its phases go to [`PhaseRow`]s).
     pub(crate) fn of(job: &Job) -> Self {
-        let mut row = Self::of_state(job);
-        row.input = job.input.to_string();
-        row
-    }
-
-    /// The row of `job` with an empty `input`: what an update compares
-    /// (a job's input never changes after it is enqueued, and writing it as
-    /// text is the dearest part of the row).
-    pub(crate) fn of_state(job: &Job) -> Self {
         let (error_phase, error_message, error_attempt) = match &job.error {
             Some(e) => (
                 e.phase.clone(),
@@ -248,7 +239,7 @@ impl JobRow {
             id: job.id.to_string(),
             pipeline: job.pipeline.clone(),
             status: job.status.as_str().to_owned(),
-            input: String::new(),
+            input: job.input.to_string(),
             priority: i64::from(job.priority),
             unique_key: job.unique_key.clone(),
             attempt: i64::from(job.attempt),
@@ -267,8 +258,7 @@ impl JobRow {
             interrupted_message,
             webhook_url: job.webhook_url.clone(),
             cancel_requested: job.cancel_requested,
-            // The UUID's 32 hex digits, like the tokens the claim makes.
-            lease: job.lease.map(|l| l.as_uuid().simple().to_string()),
+            lease: job.lease.map(|l| LeaseText::of(l).as_str().to_owned()),
             lease_expires_at: job.lease_expires_at.map(micros),
             period_key: job.period_key.clone(),
         }
@@ -483,84 +473,120 @@ pub(crate) fn job_status(s: &str) -> Result<JobStatus, StoreError> {
     parse("job status", s)
 }
 
-/// Defines [`JobPatch`] from the columns of `jobs` that a write may change,
+/// Defines [`JobState`] from the columns of `jobs` that a write may change,
 /// in one order: the fields, their bits (the first column is bit 0), the
 /// SQL and the binding all follow it.
-macro_rules! job_patch {
+macro_rules! job_state {
     ($($f:ident: $t:ty),+ $(,)?) => {
-        /// The columns of a `jobs` row that changed; `None` leaves a column
-        /// alone. Updating only those keeps each `UPDATE` small: SQLite
-        /// touches only the indexes on the columns it sets.
-        #[derive(Debug, Default)]
-        pub(crate) struct JobPatch {
-            $($f: Option<$t>,)+
+        /// The columns of a job's row that a write may change, as borrowed
+        /// views of the job (nothing is copied to compare two states).
+        /// [`JobState::changed_from`] says which columns differ; updating
+        /// only those keeps each `UPDATE` small: SQLite touches only the
+        /// indexes on the columns it sets.
+        #[derive(Debug, PartialEq)]
+        pub(crate) struct JobState<'j> {
+            $($f: $t,)+
         }
 
-        impl JobPatch {
+        impl JobState<'_> {
             /// The columns, bit `i` naming `COLUMNS[i]`.
             const COLUMNS: &'static [&'static str] = &[$(stringify!($f)),+];
 
-            /// What changed from `before` to `after`, or `None` if nothing
-            /// did, with the set of changed columns as bits (see
-            /// [`JobPatch::sql`]).
-            pub(crate) fn between(before: &JobRow, after: &JobRow) -> Option<(Self, u32)> {
-                let mut p = Self::default();
+            /// The set of columns whose values differ from `before`, as
+            /// bits (see [`JobState::sql`]); 0 if none.
+            pub(crate) fn changed_from(&self, before: &Self) -> u32 {
                 let mut changed = 0u32;
                 let mut bit = 1u32;
                 $(
-                    if before.$f != after.$f {
-                        p.$f = Some(after.$f.clone());
+                    if before.$f != self.$f {
                         changed |= bit;
                     }
                     bit <<= 1;
                 )+
                 let _ = bit;
-                (changed != 0).then_some((p, changed))
+                changed
             }
 
-            /// Binds the changed columns' values, in column order.
+            /// Binds the values of the columns in `shape`, in column order.
             pub(crate) fn bind_changed<'a>(
                 &'a self,
+                shape: u32,
                 q: &mut crate::raw::Query<'_, 'a>,
             ) -> Result<(), StoreError> {
+                let mut bit = 1u32;
                 $(
-                    if let Some(v) = &self.$f {
-                        crate::raw::Bind::bind(v, q)?;
+                    if shape & bit != 0 {
+                        crate::raw::Bind::bind(&self.$f, q)?;
                     }
+                    bit <<= 1;
                 )+
+                let _ = bit;
                 Ok(())
             }
         }
     };
 }
 
-job_patch!(
-    status: String,
-    input: String,
+job_state!(
+    status: &'static str,
+    input: Input<'j>,
     priority: i64,
-    unique_key: Option<String>,
+    unique_key: Option<&'j str>,
     attempt: i64,
     max_attempts: i64,
     run_at: i64,
     started_at: Option<i64>,
     finished_at: Option<i64>,
     stale_at: Option<i64>,
-    error_phase: Option<String>,
-    error_message: Option<String>,
+    error_phase: Option<&'j str>,
+    error_message: Option<&'j str>,
     error_attempt: Option<i64>,
-    interrupted_phase: Option<String>,
+    interrupted_phase: Option<&'j str>,
     interrupted_at: Option<i64>,
     interrupted_percent: Option<i64>,
-    interrupted_message: Option<String>,
-    webhook_url: Option<String>,
+    interrupted_message: Option<&'j str>,
+    webhook_url: Option<&'j str>,
     cancel_requested: bool,
-    lease: Option<String>,
+    lease: Option<LeaseText>,
     lease_expires_at: Option<i64>,
 );
 
-impl JobPatch {
+impl<'j> JobState<'j> {
+    /// The state of `job`, as its row holds it.
+    pub(crate) fn of(job: &'j Job) -> Self {
+        let error = job.error.as_ref();
+        let interrupted = job.interrupted.as_ref();
+        let progress = interrupted.and_then(|i| i.progress.as_ref());
+        Self {
+            status: job.status.as_str(),
+            input: Input {
+                value: &job.input,
+                text: std::cell::OnceCell::new(),
+            },
+            priority: i64::from(job.priority),
+            unique_key: job.unique_key.as_deref(),
+            attempt: i64::from(job.attempt),
+            max_attempts: i64::from(job.max_attempts),
+            run_at: micros(job.run_at),
+            started_at: job.started_at.map(micros),
+            finished_at: job.finished_at.map(micros),
+            stale_at: job.stale_at.map(micros),
+            error_phase: error.and_then(|e| e.phase.as_deref()),
+            error_message: error.map(|e| e.message.as_str()),
+            error_attempt: error.map(|e| i64::from(e.attempt)),
+            interrupted_phase: interrupted.map(|i| i.phase.as_str()),
+            interrupted_at: interrupted.map(|i| micros(i.at)),
+            interrupted_percent: progress.map(|p| i64::from(p.percent)),
+            interrupted_message: progress.and_then(|p| p.message.as_deref()),
+            webhook_url: job.webhook_url.as_deref(),
+            cancel_requested: job.cancel_requested,
+            lease: job.lease.map(LeaseText::of),
+            lease_expires_at: job.lease_expires_at.map(micros),
+        }
+    }
+
     /// `UPDATE jobs SET <the columns of shape> WHERE id = ?`, the changed
-    /// columns bound first (see [`JobPatch::bind_changed`]), then the id.
+    /// columns bound first (see [`JobState::bind_changed`]), then the id.
     pub(crate) fn sql(shape: u32) -> String {
         let set: Vec<String> = Self::COLUMNS
             .iter()
@@ -569,5 +595,50 @@ impl JobPatch {
             .map(|(_, c)| format!("`{c}` = ?"))
             .collect();
         format!("UPDATE `jobs` SET {} WHERE `id` = ?", set.join(", "))
+    }
+}
+
+/// A job's input, compared as a value and written as JSON text only when
+/// it changed (it never does after the enqueue; the text is the dearest
+/// part of the row).
+#[derive(Debug)]
+pub(crate) struct Input<'j> {
+    value: &'j Value,
+    text: std::cell::OnceCell<String>,
+}
+
+impl PartialEq for Input<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+impl crate::raw::Bind for Input<'_> {
+    fn bind<'a>(&'a self, q: &mut crate::raw::Query<'_, 'a>) -> Result<(), StoreError> {
+        q.text(self.text.get_or_init(|| self.value.to_string()))
+    }
+}
+
+/// A lease token as the store writes it: the UUID's 32 hex digits, like
+/// the tokens the claim makes, formatted without an allocation.
+#[derive(Debug, PartialEq)]
+pub(crate) struct LeaseText([u8; 32]);
+
+impl LeaseText {
+    fn of(token: LeaseToken) -> Self {
+        let mut hex = [0u8; 32];
+        token.as_uuid().simple().encode_lower(&mut hex);
+        Self(hex)
+    }
+
+    fn as_str(&self) -> &str {
+        // Hex digits are ASCII.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl crate::raw::Bind for LeaseText {
+    fn bind<'a>(&'a self, q: &mut crate::raw::Query<'_, 'a>) -> Result<(), StoreError> {
+        q.text(self.as_str())
     }
 }
