@@ -24,8 +24,8 @@ use time::OffsetDateTime;
 use crate::deps;
 use crate::error::db_err;
 use crate::query::{
-    RowInsert, Unreadable, insert_jobs, insert_rows, job_row, load_job, save_job, with_phases,
-    with_phases_raw,
+    RowInsert, Unreadable, insert_jobs, insert_rows, job_row, load_job, save_job,
+    with_known_phases, with_phases, with_phases_raw,
 };
 use crate::raw::{Bind, Key};
 use crate::rows::{DeliveryRow, JobRow, PhaseRow, job_status, micros, sql_count};
@@ -214,6 +214,7 @@ pub(crate) fn enqueue_batch(tx: &mut Tx<'_>, specs: Vec<NewJob>) -> Result<Vec<J
         });
     }
     insert_jobs(tx.raw(), &jobs)?;
+    tx.cache.put_new(&jobs);
     for (job, (unmet, policy)) in jobs.iter().zip(&waits) {
         deps::insert(tx, job, unmet, *policy)?;
     }
@@ -264,7 +265,15 @@ pub(crate) fn claim(tx: &mut Tx<'_>, req: ClaimRequest) -> Result<Vec<Claimed>, 
             &b.id,
         ))
     });
-    let loaded = with_phases_raw(tx.raw(), rows)?;
+    // The phases of jobs this writer enqueued are in its cache; only
+    // others' are read.
+    let ids = rows
+        .iter()
+        .map(|r| r.job_id().ok().unwrap_or_else(JobId::new));
+    let loaded = match tx.cache.take_queued_phases(ids) {
+        Some(phases) => with_known_phases(rows.into_iter().zip(phases).collect()),
+        None => with_phases_raw(tx.raw(), rows)?,
+    };
     fail_unreadable(tx, loaded.unreadable)?;
     let jobs = loaded.jobs;
     let mut claimed = Vec::with_capacity(jobs.len());

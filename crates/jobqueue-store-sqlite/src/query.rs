@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::sql_types::Text;
 use diesel::sqlite::{Sqlite, SqliteConnection};
-use jobqueue_core::{ErrorKind, Job, JobId, StoreError};
+use jobqueue_core::{ErrorKind, Job, JobId, Phase, StoreError};
 
 use crate::error::db_err;
 use crate::raw::{Key, Query as RawQuery, Statements};
@@ -125,15 +125,35 @@ fn assemble(rows: Vec<JobRow>, phases: Vec<PhaseRow>) -> Loaded {
     };
     for r in rows {
         let phases = by_job.remove(&r.id).unwrap_or_default();
+        loaded.push(r, |r| r.into_job(phases));
+    }
+    loaded
+}
+
+/// The jobs of `rows`, each with the phases beside it, already read.
+pub(crate) fn with_known_phases(rows: Vec<(JobRow, Vec<Phase>)>) -> Loaded {
+    let mut loaded = Loaded {
+        jobs: Vec::with_capacity(rows.len()),
+        unreadable: Vec::new(),
+    };
+    for (r, phases) in rows {
+        loaded.push(r, |r| r.into_job_with(phases));
+    }
+    loaded
+}
+
+impl Loaded {
+    /// Adds the job `make` builds from `r`, or `r` as unreadable.
+    fn push(&mut self, r: JobRow, make: impl FnOnce(JobRow) -> Result<Job, StoreError>) {
         let (id, pipeline, webhook_url, attempt) = (
             r.id.clone(),
             r.pipeline.clone(),
             r.webhook_url.clone(),
             r.attempt,
         );
-        match r.into_job(phases) {
-            Ok(job) => loaded.jobs.push(job),
-            Err(error) => loaded.unreadable.push(Unreadable {
+        match make(r) {
+            Ok(job) => self.jobs.push(job),
+            Err(error) => self.unreadable.push(Unreadable {
                 id,
                 pipeline,
                 webhook_url,
@@ -142,7 +162,6 @@ fn assemble(rows: Vec<JobRow>, phases: Vec<PhaseRow>) -> Loaded {
             }),
         }
     }
-    loaded
 }
 
 /// Inserts new jobs and their phases, many rows to a statement (see

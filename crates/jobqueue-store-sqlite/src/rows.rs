@@ -271,6 +271,15 @@ impl JobRow {
 
     /// The job of this row with `phases` (in pipeline order).
     pub(crate) fn into_job(self, phases: Vec<PhaseRow>) -> Result<Job, StoreError> {
+        let phases = phases
+            .into_iter()
+            .map(PhaseRow::into_phase)
+            .collect::<Result<_, _>>()?;
+        self.into_job_with(phases)
+    }
+
+    /// The job of this row with `phases`, already read.
+    pub(crate) fn into_job_with(self, phases: Vec<Phase>) -> Result<Job, StoreError> {
         let error = match self.error_message {
             Some(message) => Some(JobError {
                 phase: self.error_phase,
@@ -313,10 +322,7 @@ impl JobRow {
                 .map(|l| parse::<LeaseToken>("lease", l))
                 .transpose()?,
             lease_expires_at: opt_time(self.lease_expires_at)?,
-            phases: phases
-                .into_iter()
-                .map(PhaseRow::into_phase)
-                .collect::<Result<_, _>>()?,
+            phases,
         })
     }
 }

@@ -313,6 +313,75 @@ async fn data_survives_reopen() {
     );
 }
 
+/// A claim hands out each job as the store holds it, whether the writer
+/// still knew the queued job's phases (it wrote them) or read them back:
+/// a fresh job, a job queued again after a phase failed (with the first
+/// phase's result kept), a batch whose enqueue was refused as a whole, and
+/// the same jobs after a reopen (nothing known).
+#[tokio::test]
+async fn claims_see_the_stored_phases_whether_known_or_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::default());
+    let store = file_store(&dir, clock.clone());
+    let fresh = store
+        .enqueue(NewJob::new("p").phases(["a", "b"]))
+        .await
+        .unwrap();
+    let claimed = store.claim(ClaimRequest::new(1)).await.unwrap();
+    assert_eq!(claimed[0].job, store.job(fresh.id).await.unwrap().unwrap());
+    let lease = claimed[0].lease;
+    store.phase_started(&lease, 0).await.unwrap();
+    store
+        .phase_completed(&lease, 0, json!({"x": 1}))
+        .await
+        .unwrap();
+    store.phase_started(&lease, 1).await.unwrap();
+    let requeued = store
+        .phase_failed(
+            &lease,
+            1,
+            "boom".into(),
+            FailureOutcome::RetryAt(clock.now()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(requeued.status, JobStatus::Queued);
+    // A batch refused as a whole (a duplicate key) leaves nothing behind,
+    // in the database or beside it.
+    let refused = store
+        .enqueue_batch(vec![
+            NewJob::new("p").phases(["z"]).unique_key("k"),
+            NewJob::new("p").phases(["z"]).unique_key("k"),
+        ])
+        .await;
+    assert!(refused.is_err());
+    let again = store.claim(ClaimRequest::new(5)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    let stored = store.job(fresh.id).await.unwrap().unwrap();
+    assert_eq!(again[0].job, stored);
+    assert_eq!(stored.phases[0].result, Some(json!({"x": 1})));
+    assert_eq!(stored.phases[1].attempts, 1);
+    // The same after a reopen, where every phase is read back.
+    let lease = again[0].lease;
+    store.phase_started(&lease, 1).await.unwrap();
+    store
+        .phase_failed(
+            &lease,
+            1,
+            "boom".into(),
+            FailureOutcome::RetryAt(clock.now()),
+        )
+        .await
+        .unwrap();
+    let before = store.job(fresh.id).await.unwrap().unwrap();
+    close(store);
+    let store = file_store(&dir, clock);
+    let third = store.claim(ClaimRequest::new(5)).await.unwrap();
+    assert_eq!(third.len(), 1);
+    assert_eq!(third[0].job.phases, before.phases);
+    assert_eq!(third[0].job, store.job(fresh.id).await.unwrap().unwrap());
+}
+
 /// Under steady writes the WAL is copied back beside the writer and starts
 /// over well before the writer's own checkpoint (the backstop at 4,000
 /// pages) would have to run: the checkpointer copies, the writer finishes.

@@ -50,7 +50,7 @@ use jobqueue_core::clock::truncate_to_micros;
 use jobqueue_core::outbox::deliveries_for;
 use jobqueue_core::{
     ClaimRequest, Claimed, Clock, ErrorKind, Event, EventData, EventSink, Job, JobId, JobStatus,
-    StoreError, WebhookRoute,
+    Phase, StoreError, WebhookRoute,
 };
 use time::OffsetDateTime;
 
@@ -207,26 +207,56 @@ fn notify_listeners(listeners: &jobqueue_core::Listeners, published: &[Vec<Event
 }
 
 /// The running jobs as the writer last wrote them, so the operations of a
-/// worker (phase changes, heartbeats, completion) need no `SELECT`. Sound
-/// because this writer is the only one: each entry is exactly what the
-/// database holds, or the database is read instead. An operation's changes
-/// to the cache are undone with its savepoint, and a failed group empties it.
+/// worker (phase changes, heartbeats, completion) need no `SELECT`; and the
+/// phases of the queued jobs it wrote, so a claim need not read them back.
+/// Sound because this writer is the only one: each entry is exactly what
+/// the database holds, or the database is read instead. Every write of a
+/// job goes through [`JobCache::put`] or [`JobCache::forget`] (a write that
+/// only changes a queued job's status leaves its phase rows, and so its
+/// entry, as they were). An operation's changes to the cache are undone
+/// with its savepoint, and a failed group empties it.
 #[derive(Default)]
 pub(crate) struct JobCache {
     jobs: HashMap<JobId, Job>,
     undo: Vec<(JobId, Option<Job>)>,
+    /// The phases of queued jobs, shared by the jobs of a batch that have
+    /// the same ones.
+    queued: HashMap<JobId, Arc<[Phase]>>,
+    queued_undo: Vec<(JobId, Option<Arc<[Phase]>>)>,
 }
 
 impl JobCache {
     /// Running jobs beyond this many are read from the database instead.
     const CAPACITY: usize = 65_536;
+    /// Queued jobs beyond this many have their phases read by the claim
+    /// (an entry is a key and a shared pointer: about 10 MB in all).
+    const QUEUED_CAPACITY: usize = 262_144;
 
     pub(crate) fn get(&self, id: JobId) -> Option<&Job> {
         self.jobs.get(&id)
     }
 
-    /// Records `job` as written: kept while it runs, dropped otherwise.
+    /// Records `job` as written: kept while it runs, dropped otherwise; its
+    /// phases kept while it is queued.
     pub(crate) fn put(&mut self, job: &Job) {
+        self.put_with(job, None);
+    }
+
+    /// [`JobCache::put`] for jobs enqueued together: consecutive jobs with
+    /// the same phases share one list.
+    pub(crate) fn put_new(&mut self, jobs: &[Job]) {
+        let mut last: Option<Arc<[Phase]>> = None;
+        for job in jobs {
+            let shared = match last.take() {
+                Some(phases) if *phases == *job.phases => phases,
+                _ => Arc::from(job.phases.as_slice()),
+            };
+            self.put_with(job, Some(Arc::clone(&shared)));
+            last = Some(shared);
+        }
+    }
+
+    fn put_with(&mut self, job: &Job, phases: Option<Arc<[Phase]>>) {
         let old = if job.status == JobStatus::Running
             && (self.jobs.len() < Self::CAPACITY || self.jobs.contains_key(&job.id))
         {
@@ -235,16 +265,46 @@ impl JobCache {
             self.jobs.remove(&job.id)
         };
         self.undo.push((job.id, old));
+        let old = if job.status == JobStatus::Queued
+            && (self.queued.len() < Self::QUEUED_CAPACITY || self.queued.contains_key(&job.id))
+        {
+            let phases = phases.unwrap_or_else(|| Arc::from(job.phases.as_slice()));
+            self.queued.insert(job.id, phases)
+        } else {
+            self.queued.remove(&job.id)
+        };
+        self.queued_undo.push((job.id, old));
     }
 
     /// Drops job `id`.
     pub(crate) fn forget(&mut self, id: JobId) {
         let old = self.jobs.remove(&id);
         self.undo.push((id, old));
+        let old = self.queued.remove(&id);
+        self.queued_undo.push((id, old));
+    }
+
+    /// The phases of the queued jobs `ids`, in that order, if the cache
+    /// has them all; their entries go (a claimed job is not queued).
+    pub(crate) fn take_queued_phases(
+        &mut self,
+        ids: impl Iterator<Item = JobId> + Clone,
+    ) -> Option<Vec<Vec<Phase>>> {
+        if !ids.clone().all(|id| self.queued.contains_key(&id)) {
+            return None;
+        }
+        let mut all = Vec::new();
+        for id in ids {
+            let phases = self.queued.remove(&id)?;
+            all.push(phases.to_vec());
+            self.queued_undo.push((id, Some(phases)));
+        }
+        Some(all)
     }
 
     fn begin(&mut self) {
         self.undo.clear();
+        self.queued_undo.clear();
     }
 
     fn rollback(&mut self) {
@@ -254,11 +314,19 @@ impl JobCache {
                 None => self.jobs.remove(&id),
             };
         }
+        while let Some((id, old)) = self.queued_undo.pop() {
+            match old {
+                Some(phases) => self.queued.insert(id, phases),
+                None => self.queued.remove(&id),
+            };
+        }
     }
 
     fn clear(&mut self) {
         self.jobs.clear();
         self.undo.clear();
+        self.queued.clear();
+        self.queued_undo.clear();
     }
 }
 
