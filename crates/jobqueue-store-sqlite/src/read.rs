@@ -140,25 +140,34 @@ pub(crate) fn events_after(
     filter: EventFilter,
     limit: usize,
 ) -> Result<Vec<Event>, StoreError> {
-    let Ok(mut after) = i64::try_from(after) else {
+    let Ok(after_row) = i64::try_from(after) else {
         return Ok(Vec::new());
     };
     let job = filter.job.map(|j| j.to_string());
     let types: Vec<&str> = filter.types.iter().map(|t| t.as_str()).collect();
     let mut out = Vec::new();
+    // A row may hold two events, `seq` and `seq + 1` (see the
+    // `paired_events` migration), so the row numbered `after` is read too,
+    // for its second event.
+    let mut rows_after = after_row - 1;
     // Rows that do not read back are skipped (and logged), and the page is
     // filled from after them, so they never look like the end of the log.
     while out.len() < limit {
         let want = limit - out.len();
         let mut q = events::table
             .select(EventRow::as_select())
-            .filter(events::seq.gt(after))
+            .filter(events::seq.gt(rows_after))
             .into_boxed();
         if let Some(job) = &job {
             q = q.filter(events::job_id.eq(job));
         }
         if !types.is_empty() {
-            q = q.filter(events::event_type.eq_any(&types));
+            q = q.filter(
+                events::event_type
+                    .eq_any(&types)
+                    .nullable()
+                    .or(events::event_type2.eq_any(&types)),
+            );
         }
         let rows: Vec<EventRow> = q
             .order(events::seq)
@@ -167,11 +176,17 @@ pub(crate) fn events_after(
             .map_err(db_err)?;
         let page = rows.len();
         for row in rows {
-            after = row.seq;
-            match row.into_event() {
-                Ok(event) => out.push(event),
-                Err(error) => {
-                    tracing::warn!(seq = after, %error, "skipping a stored event that cannot be read back");
+            rows_after = row.seq;
+            for event in row.into_events().into_iter().flatten() {
+                match event {
+                    Ok(event) => {
+                        if event.seq > after && filter.matches(&event) && out.len() < limit {
+                            out.push(event);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(seq = rows_after, %error, "skipping a stored event that cannot be read back");
+                    }
                 }
             }
         }
@@ -190,8 +205,12 @@ pub(crate) fn last_seq(conn: &mut SqliteConnection) -> Result<u64, StoreError> {
         .select(store_state::last_seq)
         .load(conn)
         .map_err(db_err)?;
+    // The second event of a paired row is numbered one past the row.
     let highest: Option<i64> = events::table
-        .select(max(events::seq))
+        .select(max(events::seq
+            + diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                "(event_type2 IS NOT NULL)",
+            )))
         .first(conn)
         .map_err(db_err)?;
     let seq = saved.into_iter().chain(highest).max().unwrap_or(0);

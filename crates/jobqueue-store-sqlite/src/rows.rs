@@ -181,9 +181,14 @@ pub(crate) struct EventRow {
     pub(crate) event_type: String,
     pub(crate) at: i64,
     pub(crate) data: String,
+    /// The type and data of the row's second event (number `seq + 1`, the
+    /// same job, pipeline and time), for a pair stored as one row.
+    pub(crate) event_type2: Option<String>,
+    pub(crate) data2: Option<String>,
 }
 
-crate::query::row_insert!(EventRow, events; seq, job_id, pipeline, event_type, at, data);
+crate::query::row_insert!(EventRow, events;
+    seq, job_id, pipeline, event_type, at, data, event_type2, data2);
 
 /// One row of `webhook_deliveries`.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, AsChangeset)]
@@ -388,19 +393,60 @@ impl EventRow {
             event_type: event.event_type().as_str().to_owned(),
             at: micros(event.at),
             data: event.data.to_json_string(),
+            event_type2: None,
+            data2: None,
         }
     }
 
-    /// The event of this row.
-    pub(crate) fn into_event(self) -> Result<Event, StoreError> {
-        event_of(
+    /// Stores `second` in this row, which holds `first`, as its second
+    /// event, if it may be: the row holds one event, `second` comes right
+    /// after it, about the same job (not a pipeline) at the same time. A
+    /// `job.deleted` event keeps a row of its own (its tombstone names the
+    /// row). Says whether it did.
+    pub(crate) fn pair(&mut self, first: &Event, second: &Event) -> bool {
+        let pairs = self.event_type2.is_none()
+            && i64::try_from(first.seq).ok() == Some(self.seq)
+            && first.seq.checked_add(1) == Some(second.seq)
+            && first.job_id.is_some()
+            && first.job_id == second.job_id
+            && first.at == second.at
+            && first.event_type() != EventType::JobDeleted
+            && second.event_type() != EventType::JobDeleted;
+        if pairs {
+            self.event_type2 = Some(second.event_type().as_str().to_owned());
+            self.data2 = Some(second.data.to_json_string());
+        }
+        pairs
+    }
+
+    /// The events of this row, in order: one, or two for a pair. A second
+    /// event that does not read back is an error of its own, so the first
+    /// still reads.
+    pub(crate) fn into_events(self) -> [Option<Result<Event, StoreError>>; 2] {
+        let second = match (&self.event_type2, &self.data2) {
+            (Some(ty), Some(data)) => Some(event_of(
+                self.seq.saturating_add(1),
+                self.job_id.as_deref(),
+                self.pipeline.clone(),
+                ty,
+                self.at,
+                data,
+            )),
+            (None, None) => None,
+            _ => Some(Err(corrupt(format!(
+                "event {}: a second event's type without its data, or the reverse",
+                self.seq.saturating_add(1)
+            )))),
+        };
+        let first = event_of(
             self.seq,
             self.job_id.as_deref(),
             self.pipeline,
             &self.event_type,
             self.at,
             &self.data,
-        )
+        );
+        [Some(first), second]
     }
 }
 

@@ -11,6 +11,8 @@ diesel::table! {
         event_type -> Text,
         at -> BigInt,
         data -> Text,
+        event_type2 -> Nullable<Text>,
+        data2 -> Nullable<Text>,
     }
 }
 

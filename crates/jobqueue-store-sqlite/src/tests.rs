@@ -620,6 +620,108 @@ async fn a_failing_operation_in_a_group_is_rolled_back_alone() {
     assert!(doomed.jobs.is_empty());
 }
 
+/// Two events of one job appended by one write share a row, and read back
+/// as two, each with its own number: page by page, filtered by type (the
+/// second of a pair alone), by job, and the highest number after a reopen
+/// when the last row is a pair.
+#[tokio::test]
+async fn paired_events_read_back_one_by_one() {
+    use diesel::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::default());
+    let store = file_store(&dir, clock.clone());
+    let job = store
+        .enqueue(NewJob::new("p").phases(["a", "b"]))
+        .await
+        .unwrap();
+    let other = store.enqueue(NewJob::new("p")).await.unwrap();
+    let c = store
+        .claim(ClaimRequest::new(1).start_phase())
+        .await
+        .unwrap();
+    let lease = c[0].lease;
+    store
+        .advance(&lease, 0, json!(1), jobqueue_core::Next::Phase(1))
+        .await
+        .unwrap();
+    store
+        .advance(&lease, 1, json!(2), jobqueue_core::Next::Complete)
+        .await
+        .unwrap();
+    let all = store
+        .events_after(0, EventFilter::default(), 100)
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=8).collect::<Vec<_>>());
+    let types: Vec<&str> = all.iter().map(|e| e.event_type().as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "job.created",
+            "job.created",
+            "job.started",
+            "job.phase.started",
+            "job.phase.completed",
+            "job.phase.started",
+            "job.phase.completed",
+            "job.completed"
+        ]
+    );
+    // Three pairs: six events in three rows.
+    close(store);
+    let mut conn =
+        diesel::SqliteConnection::establish(dir.path().join("jobs.db").to_str().unwrap()).unwrap();
+    assert_eq!(count(&mut conn, "SELECT count(*) AS n FROM events"), 5);
+    drop(conn);
+    let store = file_store(&dir, clock);
+    assert_eq!(store.last_seq().await.unwrap(), 8);
+    // One at a time, from every point, including the middle of a pair.
+    for after in 0..8 {
+        let one = store
+            .events_after(after, EventFilter::default(), 1)
+            .await
+            .unwrap();
+        assert_eq!(one, vec![all[after as usize].clone()], "after {after}");
+    }
+    let started = store
+        .events_after(
+            0,
+            EventFilter {
+                types: vec![EventType::PhaseStarted],
+                ..EventFilter::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(started.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 6]);
+    let theirs = store
+        .events_after(
+            3,
+            EventFilter {
+                job: Some(job.id),
+                ..EventFilter::default()
+            },
+            3,
+        )
+        .await
+        .unwrap();
+    assert_eq!(theirs.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5, 6]);
+    let others = store
+        .events_after(
+            0,
+            EventFilter {
+                job: Some(other.id),
+                ..EventFilter::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(others.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+}
+
 /// The number in the one row of `SELECT count(*) AS n ...`.
 fn count(conn: &mut diesel::SqliteConnection, sql: &str) -> i64 {
     use diesel::prelude::*;

@@ -350,6 +350,9 @@ pub(crate) struct Tx<'a> {
     events: Vec<Event>,
     /// The rows of the events appended in this group and not inserted yet.
     pending: &'a mut Vec<EventRow>,
+    /// Where this operation's rows in `pending` begin: only those may take
+    /// a second event (an operation that fails takes its rows with it).
+    op_pending: usize,
     /// Whether `job_dependencies` may have rows (see
     /// [`Writer::dependencies`]).
     pub(crate) dependencies: &'a mut bool,
@@ -384,6 +387,7 @@ impl Tx<'_> {
         self.wrote = true;
         insert_events(self.raw, self.pending)?;
         self.pending.clear();
+        self.op_pending = 0;
         Ok(())
     }
 
@@ -411,8 +415,16 @@ impl Tx<'_> {
             data,
         };
         // Inserted with the group's other events when it ends (or before a
-        // statement of the operation that reads or deletes events).
-        self.pending.push(EventRow::of(&event));
+        // statement of the operation that reads or deletes events); an event
+        // right after one of the same job in this operation shares its row.
+        let paired = self.pending.len() > self.op_pending
+            && match (self.pending.last_mut(), self.events.last()) {
+                (Some(row), Some(first)) => row.pair(first, &event),
+                _ => false,
+            };
+        if !paired {
+            self.pending.push(EventRow::of(&event));
+        }
         for d in deliveries_for(&event, self.routes, webhook_url, self.now) {
             let row = DeliveryRow::of(&d);
             insert_rows(self.raw(), std::slice::from_ref(&row))?;
@@ -807,6 +819,7 @@ impl Writer {
                 last_seq: &mut self.last_seq,
                 events: Vec::new(),
                 pending: &mut self.pending,
+                op_pending: pending_before,
                 dependencies: &mut self.dependencies,
             };
             let applied = op.apply(&mut tx);

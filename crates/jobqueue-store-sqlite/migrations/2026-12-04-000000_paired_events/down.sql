@@ -1,0 +1,2 @@
+ALTER TABLE events DROP COLUMN data2;
+ALTER TABLE events DROP COLUMN event_type2;
