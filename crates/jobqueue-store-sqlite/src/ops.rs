@@ -49,7 +49,7 @@ fn claim_sql(to: &str, from: &str, excluded: usize, only: Option<usize>) -> Stri
     let list = |n: usize| vec!["?"; n].join(", ");
     let only = only.map_or(String::new(), |n| format!(" AND pipeline IN ({})", list(n)));
     format!(
-        "UPDATE jobs SET status = '{to}', attempt = attempt + 1, started_at = ?, \
+        "UPDATE OR FAIL jobs SET status = '{to}', attempt = attempt + 1, started_at = ?, \
          lease_expires_at = ?, cancel_requested = 0, worker = ?, lease = {NEW_TOKEN_SQL} \
          WHERE id IN (SELECT id FROM jobs WHERE status = '{from}' AND run_at <= ?\
          {not_waiting} AND pipeline NOT IN ({excluded}){not_paused}{only} \

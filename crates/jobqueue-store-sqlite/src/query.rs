@@ -209,11 +209,12 @@ pub(crate) fn insert_rows<R: RowInsert>(
     Ok(())
 }
 
-/// `INSERT INTO table (columns) VALUES (?, ...), ...` of `n` rows.
+/// `INSERT OR FAIL INTO table (columns) VALUES (?, ...), ...` of `n` rows
+/// (on `OR FAIL`, see [`crate::raw`]).
 pub(crate) fn insert_sql<R: RowInsert>(n: usize) -> String {
     let one = format!("({})", vec!["?"; R::COLUMNS.len()].join(", "));
     format!(
-        "INSERT INTO `{}` ({}) VALUES {}",
+        "INSERT OR FAIL INTO `{}` ({}) VALUES {}",
         R::TABLE,
         R::COLUMNS
             .iter()

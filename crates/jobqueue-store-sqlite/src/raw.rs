@@ -18,6 +18,14 @@
 //! these, inside the same transactions; these never begin, commit or roll
 //! back anything themselves.
 //!
+//! The inserts and updates are written `INSERT OR FAIL` and `UPDATE OR
+//! FAIL`: a statement that fails part way does not undo the rows it already
+//! wrote, so SQLite keeps no statement journal for it (a copy of every page
+//! it touches; about 2% of the writer). Nothing is lost by that: no
+//! operation goes on after an error of one of these statements, and the
+//! writer undoes a failed operation whole, with `ROLLBACK` or `ROLLBACK TO`
+//! its savepoint (see [`crate::writer`]).
+//!
 //! # Soundness
 //!
 //! Every `unsafe` block below calls SQLite's C API. What makes each call

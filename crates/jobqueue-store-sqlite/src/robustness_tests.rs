@@ -570,3 +570,46 @@ fn sequence_numbers_are_never_reused_after_pruning_and_a_restart() {
         store.close().await;
     });
 }
+
+/// A write whose statement fails part way (here a trigger refuses the
+/// second row of a multi-row insert, after the first went in) leaves none
+/// of its rows: the writer's statements do not undo themselves (they run
+/// without a statement journal), the writer rolls the operation back. The
+/// writes beside it in the same group commit.
+#[test]
+fn a_statement_that_fails_part_way_leaves_nothing() {
+    let store = memory_store();
+    block_on(damage(
+        &store,
+        "CREATE TRIGGER refuse_boom BEFORE INSERT ON jobs WHEN NEW.pipeline = 'boom' \
+         BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+            .to_owned(),
+    ));
+    // Four rows go in one statement: three are in when the fourth fails.
+    let batch = vec![
+        NewJob::new("fine"),
+        NewJob::new("fine"),
+        NewJob::new("fine"),
+        NewJob::new("boom"),
+        NewJob::new("fine"),
+    ];
+    let (refused, beside) = block_on(async {
+        futures::join!(
+            store.enqueue_batch(batch),
+            store.enqueue(NewJob::new("beside"))
+        )
+    });
+    let err = refused.unwrap_err();
+    assert!(err.to_string().contains("refused by a trigger"), "{err}");
+    let beside = beside.unwrap();
+    let page = block_on(store.list(jobqueue_core::JobFilter::default())).unwrap();
+    let ids: Vec<_> = page.jobs.iter().map(|j| j.id).collect();
+    assert_eq!(ids, vec![beside.id]);
+    let events =
+        block_on(store.events_after(0, jobqueue_core::EventFilter::default(), 10)).unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].job_id, Some(beside.id));
+    // The store goes on: the next batch of good jobs goes in whole.
+    let jobs = block_on(store.enqueue_batch(vec![NewJob::new("a"), NewJob::new("b")])).unwrap();
+    assert_eq!(jobs.len(), 2);
+}

@@ -127,7 +127,7 @@ impl PhaseRow {
     /// `UPDATE phases` of every column but the key, bound by
     /// [`PhaseRow::bind_update`].
     pub(crate) fn update_sql() -> String {
-        "UPDATE `phases` SET `name` = ?, `status` = ?, `attempts` = ?, \
+        "UPDATE OR FAIL `phases` SET `name` = ?, `status` = ?, `attempts` = ?, \
          `progress_percent` = ?, `progress_message` = ?, `result` = ?, `error` = ?, \
          `started_at` = ?, `finished_at` = ?, `checkpoint` = ? \
          WHERE `job_id` = ? AND `idx` = ?"
@@ -637,7 +637,8 @@ impl<'j> JobState<'j> {
         }
     }
 
-    /// `UPDATE jobs SET <the columns of shape> WHERE id = ?`, the changed
+    /// `UPDATE OR FAIL jobs SET <the columns of shape> WHERE id = ?` (on
+    /// `OR FAIL`, see [`crate::raw`]), the changed
     /// columns bound first (see [`JobState::bind_changed`]), then the id.
     pub(crate) fn sql(shape: u32) -> String {
         let set: Vec<String> = Self::COLUMNS
@@ -646,7 +647,10 @@ impl<'j> JobState<'j> {
             .filter(|(i, _)| shape & (1 << i) != 0)
             .map(|(_, c)| format!("`{c}` = ?"))
             .collect();
-        format!("UPDATE `jobs` SET {} WHERE `id` = ?", set.join(", "))
+        format!(
+            "UPDATE OR FAIL `jobs` SET {} WHERE `id` = ?",
+            set.join(", ")
+        )
     }
 }
 

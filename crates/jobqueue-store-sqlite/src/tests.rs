@@ -1442,7 +1442,7 @@ fn multi_row_inserts_have_a_parameter_per_column_and_row() {
     fn check<R: RowInsert>(n: usize) {
         let sql = insert_sql::<R>(n);
         assert!(
-            sql.starts_with(&format!("INSERT INTO `{}` (", R::TABLE)),
+            sql.starts_with(&format!("INSERT OR FAIL INTO `{}` (", R::TABLE)),
             "{sql}"
         );
         for c in R::COLUMNS {
@@ -1478,14 +1478,14 @@ fn job_updates_set_only_the_changed_columns() {
     };
     assert_eq!(
         sql(&running, &job).as_deref(),
-        Some("UPDATE `jobs` SET `lease_expires_at` = ? WHERE `id` = ?")
+        Some("UPDATE OR FAIL `jobs` SET `lease_expires_at` = ? WHERE `id` = ?")
     );
     let mut done = running.clone();
     done.complete(t1).unwrap();
     assert_eq!(
         sql(&running, &done).as_deref(),
         Some(
-            "UPDATE `jobs` SET `status` = ?, `finished_at` = ?, `lease` = ?, \
+            "UPDATE OR FAIL `jobs` SET `status` = ?, `finished_at` = ?, `lease` = ?, \
              `lease_expires_at` = ? WHERE `id` = ?"
         )
     );
