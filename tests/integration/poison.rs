@@ -104,8 +104,15 @@ store_tests! {
             rec.wait_for(id, EventType::JobFailed).await;
             let failed = rec.events().into_iter().find(|e| e.job_id == Some(id) && e.event_type() == EventType::JobFailed).unwrap();
             assert!(failed.data.to_json().to_string().contains("cannot be read back"));
-            // And an event row of an ordinary job goes bad too.
-            damage(&env, "UPDATE events SET data = '{' WHERE seq = 3");
+            // And an event of an ordinary job goes bad too: event 3 is the
+            // row numbered 3, or the second event of row 2 (the store keeps
+            // two events of one job from one write in one row).
+            damage(
+                &env,
+                "UPDATE events SET data = CASE WHEN seq = 3 THEN '{' ELSE data END, \
+                 data2 = CASE WHEN seq = 2 THEN '{' ELSE data2 END \
+                 WHERE seq = 3 OR (seq = 2 AND event_type2 IS NOT NULL)",
+            );
         }
         // Listing works, page by page, and finds every ordinary job.
         let mut seen = Vec::new();
