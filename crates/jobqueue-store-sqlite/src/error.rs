@@ -175,6 +175,39 @@ mod tests {
         );
     }
 
+    /// A code gives the kind its message gives (the statements run
+    /// through SQLite's API are classified by code), extended codes too.
+    #[test]
+    fn codes_map_to_the_kinds_of_their_messages() {
+        use libsqlite3_sys as ffi;
+        let codes = [
+            ("SQLITE_BUSY", ffi::SQLITE_BUSY),
+            ("SQLITE_LOCKED", ffi::SQLITE_LOCKED),
+            ("SQLITE_CORRUPT", ffi::SQLITE_CORRUPT),
+            ("SQLITE_NOTADB", ffi::SQLITE_NOTADB),
+            ("SQLITE_IOERR", ffi::SQLITE_IOERR),
+            ("SQLITE_FULL", ffi::SQLITE_FULL),
+            ("SQLITE_READONLY", ffi::SQLITE_READONLY),
+            ("SQLITE_CANTOPEN", ffi::SQLITE_CANTOPEN),
+            ("SQLITE_PERM", ffi::SQLITE_PERM),
+            ("SQLITE_PROTOCOL", ffi::SQLITE_PROTOCOL),
+        ];
+        for (name, _, kind) in PRIMARY_CODES {
+            let code = codes.iter().find(|(n, _)| n == name).unwrap().1;
+            assert_eq!(kind_of_code(code), *kind, "{name}");
+        }
+        assert_eq!(kind_of_code(ffi::SQLITE_IOERR_WRITE), ErrorKind::Io);
+        assert_eq!(
+            kind_of_code(ffi::SQLITE_CONSTRAINT_UNIQUE),
+            ErrorKind::Conflict
+        );
+        assert_eq!(
+            kind_of_code(ffi::SQLITE_CONSTRAINT_TRIGGER),
+            ErrorKind::Conflict
+        );
+        assert_eq!(kind_of_code(ffi::SQLITE_ERROR), ErrorKind::Internal);
+    }
+
     #[test]
     fn real_sqlite_errors_get_their_kind() {
         let mut conn = SqliteConnection::establish(":memory:").unwrap();
