@@ -266,11 +266,10 @@ pub(crate) fn claim(tx: &mut Tx<'_>, req: ClaimRequest) -> Result<Vec<Claimed>, 
         ))
     });
     // The phases of jobs this writer enqueued are in its cache; only
-    // others' are read.
-    let ids = rows
-        .iter()
-        .map(|r| r.job_id().ok().unwrap_or_else(JobId::new));
-    let loaded = match tx.cache.take_queued_phases(ids) {
+    // others' are read (and those of a row whose id does not parse, which
+    // the read sets aside as unreadable).
+    let ids: Option<Vec<JobId>> = rows.iter().map(|r| r.job_id().ok()).collect();
+    let loaded = match ids.and_then(|ids| tx.cache.take_queued_phases(&ids)) {
         Some(phases) => with_known_phases(rows.into_iter().zip(phases).collect()),
         None => with_phases_raw(tx.raw(), rows)?,
     };

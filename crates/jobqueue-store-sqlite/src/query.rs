@@ -301,12 +301,12 @@ pub(crate) fn save_job(raw: &mut Statements, before: &Job, after: &Job) -> Resul
     Ok(())
 }
 
-/// A statement whose SQL is fixed by its kind `K`, which diesel then keeps
-/// prepared under `K` (its cheapest path: no SQL built per run). diesel's
-/// derived `Insertable` inserts are otherwise keyed by their SQL text, built
-/// anew on every run. Only for statements that cannot change shape, e.g. an
-/// insert of a row whose `None`s are inserted as NULL (a test checks the
-/// SQL does not vary).
+/// A diesel statement whose SQL is fixed by its kind `K`, which diesel then
+/// keeps prepared under `K` (its cheapest path: no SQL built per run), for
+/// the writer's frequent statements that stay on diesel (the readers' phase
+/// lookup, the sequence counter). Only for statements that cannot change
+/// shape. The hottest statements run through SQLite's own API instead (see
+/// [`crate::raw`]).
 pub(crate) struct Fixed<K, Q> {
     query: Q,
     kind: PhantomData<K>,

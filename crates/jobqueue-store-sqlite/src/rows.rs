@@ -220,51 +220,37 @@ crate::query::row_insert!(DeliveryRow, webhook_deliveries;
     status, attempts, last_status, last_error, next_attempt_at, created_at);
 
 impl JobRow {
-    /// The row of `job` (its phases go to [`PhaseRow`]s).
+    /// The row of `job` (its phases go to [`PhaseRow`]s): the columns a
+    /// write may change as [`JobState`] maps them, so an insert and an
+    /// update write a job alike.
     pub(crate) fn of(job: &Job) -> Self {
-        let (error_phase, error_message, error_attempt) = match &job.error {
-            Some(e) => (
-                e.phase.clone(),
-                Some(e.message.clone()),
-                Some(i64::from(e.attempt)),
-            ),
-            None => (None, None, None),
-        };
-        let (interrupted_phase, interrupted_at, interrupted_percent, interrupted_message) =
-            match &job.interrupted {
-                Some(i) => (
-                    Some(i.phase.clone()),
-                    Some(micros(i.at)),
-                    i.progress.as_ref().map(|p| i64::from(p.percent)),
-                    i.progress.as_ref().and_then(|p| p.message.clone()),
-                ),
-                None => (None, None, None, None),
-            };
+        let s = JobState::of(job);
+        let owned = |v: Option<&str>| v.map(str::to_owned);
         Self {
             id: job.id.to_string(),
             pipeline: job.pipeline.clone(),
-            status: job.status.as_str().to_owned(),
+            status: s.status.to_owned(),
             input: job.input.to_string(),
-            priority: i64::from(job.priority),
-            unique_key: job.unique_key.clone(),
-            attempt: i64::from(job.attempt),
-            max_attempts: i64::from(job.max_attempts),
+            priority: s.priority,
+            unique_key: owned(s.unique_key),
+            attempt: s.attempt,
+            max_attempts: s.max_attempts,
             created_at: micros(job.created_at),
-            run_at: micros(job.run_at),
-            started_at: job.started_at.map(micros),
-            finished_at: job.finished_at.map(micros),
-            stale_at: job.stale_at.map(micros),
-            error_phase,
-            error_message,
-            error_attempt,
-            interrupted_phase,
-            interrupted_at,
-            interrupted_percent,
-            interrupted_message,
-            webhook_url: job.webhook_url.clone(),
-            cancel_requested: job.cancel_requested,
-            lease: job.lease.map(|l| LeaseText::of(l).as_str().to_owned()),
-            lease_expires_at: job.lease_expires_at.map(micros),
+            run_at: s.run_at,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+            stale_at: s.stale_at,
+            error_phase: owned(s.error_phase),
+            error_message: owned(s.error_message),
+            error_attempt: s.error_attempt,
+            interrupted_phase: owned(s.interrupted_phase),
+            interrupted_at: s.interrupted_at,
+            interrupted_percent: s.interrupted_percent,
+            interrupted_message: owned(s.interrupted_message),
+            webhook_url: owned(s.webhook_url),
+            cancel_requested: s.cancel_requested,
+            lease: s.lease.as_ref().map(|l| l.as_str().to_owned()),
+            lease_expires_at: s.lease_expires_at,
             period_key: job.period_key.clone(),
         }
     }

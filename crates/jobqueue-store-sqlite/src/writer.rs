@@ -288,15 +288,12 @@ impl JobCache {
 
     /// The phases of the queued jobs `ids`, in that order, if the cache
     /// has them all; their entries go (a claimed job is not queued).
-    pub(crate) fn take_queued_phases(
-        &mut self,
-        ids: impl Iterator<Item = JobId> + Clone,
-    ) -> Option<Vec<Vec<Phase>>> {
-        if !ids.clone().all(|id| self.queued.contains_key(&id)) {
+    pub(crate) fn take_queued_phases(&mut self, ids: &[JobId]) -> Option<Vec<Vec<Phase>>> {
+        if !ids.iter().all(|id| self.queued.contains_key(id)) {
             return None;
         }
-        let mut all = Vec::new();
-        for id in ids {
+        let mut all = Vec::with_capacity(ids.len());
+        for &id in ids {
             let phases = self.queued.remove(&id)?;
             all.push(phases.to_vec());
             self.queued_undo.push((id, Some(phases)));
