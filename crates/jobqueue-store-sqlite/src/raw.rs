@@ -36,8 +36,11 @@
 //!    `SqliteConnection` it came from, and a [`Statements`] is dropped (its
 //!    statements finalized) before that connection closes: the writer keeps
 //!    both in one struct, statements first (Rust drops fields in order).
-//! 2. **One thread at a time.** The connection and its statements move to
-//!    the writer thread together and are used only there, through `&mut`;
+//!    The checkpointer keeps its connection and handle in one struct too,
+//!    and uses the handle only for [`sync_database`].
+//! 2. **One thread at a time.** The connection and its handle (the
+//!    writer's with its statements) move together to the thread that uses
+//!    them, the writer's or the checkpointer's, and are used only there;
 //!    SQLite allows a connection to be used by one thread at a time in its
 //!    multi-thread and serialized modes, which is diesel's own assumption
 //!    when it makes `SqliteConnection` `Send`.
@@ -84,8 +87,9 @@ unsafe extern "C" fn note_opened(
 /// soundness notes, 1 and 2): it moves with its connection.
 pub(crate) struct Handle(NonNull<ffi::sqlite3>);
 
-// SAFETY: see the module docs, "Soundness" 2: the handle moves to the
-// writer thread with its connection and is used there only.
+// SAFETY: see the module docs, "Soundness" 2: the handle moves with its
+// connection to the thread that uses it (the writer's or the
+// checkpointer's) and is used there only.
 unsafe impl Send for Handle {}
 
 /// Opens a connection with `open` (which must open exactly one, on this
@@ -111,6 +115,54 @@ pub(crate) fn connect(
             "sqlite: the writer's connection opened without telling its handle",
         )),
     }
+}
+
+/// Syncs the database file of connection `db` to the disk (`fsync`), through
+/// SQLite's own file handle: the checkpointer's way to write back the pages
+/// its passive checkpoints copied, which SQLite syncs only when a pass
+/// reaches the end of the WAL (see [`crate::checkpoint`]). A descriptor of
+/// our own would do the same, but closing it would drop every POSIX lock
+/// this process holds on the file, SQLite's included.
+pub(crate) fn sync_database(db: &Handle) -> Result<(), StoreError> {
+    let mut file: *mut ffi::sqlite3_file = ptr::null_mut();
+    // SAFETY: "Soundness" 1 and 2: the handle is live and used by this
+    // thread alone. `SQLITE_FCNTL_FILE_POINTER` writes one
+    // `sqlite3_file *` through the pointer it is given, which points at
+    // `file`.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            db.0.as_ptr(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_FILE_POINTER,
+            (&raw mut file).cast(),
+        )
+    };
+    let unavailable = |why: &str| {
+        StoreError::backend(
+            ErrorKind::Internal,
+            format!("sqlite: cannot sync the database file: {why}"),
+        )
+    };
+    if rc != ffi::SQLITE_OK || file.is_null() {
+        return Err(unavailable(&format!("no file handle (code {rc})")));
+    }
+    // SAFETY: `file` is the connection's open main database file, which
+    // lives as long as the connection ("Soundness" 1); a file that is not
+    // open has null methods, checked here.
+    let sync = unsafe { (*file).pMethods.as_ref() }
+        .and_then(|methods| methods.xSync)
+        .ok_or_else(|| unavailable("the file is not open"))?;
+    // SAFETY: the file's own `xSync`, called with that file and a sync flag
+    // from SQLite's list, on the only thread that uses the connection
+    // ("Soundness" 2); it only flushes the file to the disk.
+    let rc = unsafe { sync(file, ffi::SQLITE_SYNC_NORMAL) };
+    if rc != ffi::SQLITE_OK {
+        return Err(StoreError::backend(
+            ErrorKind::Io,
+            format!("sqlite: syncing the database file failed (code {rc})"),
+        ));
+    }
+    Ok(())
 }
 
 /// What a prepared statement is kept under: its kind and, for statements
@@ -447,5 +499,44 @@ impl<T: Bind> Bind for Option<T> {
             Some(v) => v.bind(q),
             None => q.null(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::connection::SimpleConnection;
+
+    use super::*;
+    use crate::SqliteOptions;
+    use crate::conn::{Location, connect as open};
+
+    /// The database file of a connection is synced through SQLite's own
+    /// handle, after a write and again with nothing to write, and the
+    /// connection goes on working.
+    #[test]
+    fn the_database_file_syncs_through_sqlites_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::File(dir.path().join("sync.db"));
+        let options = SqliteOptions::default();
+        let (mut conn, handle) = connect(|| open(&location, &options, false)).unwrap();
+        conn.batch_execute("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);")
+            .unwrap();
+        sync_database(&handle).unwrap();
+        sync_database(&handle).unwrap();
+        conn.batch_execute("INSERT INTO t VALUES (2);").unwrap();
+    }
+
+    /// An in-memory database has no file to sync: a clear error, not a
+    /// crash. (The store runs no checkpointer for one.)
+    #[test]
+    fn an_in_memory_database_has_no_file_to_sync() {
+        let options = SqliteOptions::default();
+        let (_conn, handle) = connect(|| open(&Location::Memory, &options, false)).unwrap();
+        let error = sync_database(&handle).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Internal);
+        assert!(
+            error.to_string().contains("the file is not open"),
+            "{error}"
+        );
     }
 }

@@ -142,7 +142,8 @@ impl SqliteStore {
                 let conns = (0..options.readers.max(1))
                     .map(|_| connect(&location, &options, true))
                     .collect::<Result<Vec<_>, _>>()?;
-                let checkpointer = Checkpointer::spawn(connect(&location, &options, false)?, path)?;
+                let (conn, handle) = crate::raw::connect(|| connect(&location, &options, false))?;
+                let checkpointer = Checkpointer::spawn(conn, handle, path)?;
                 let (tx, handles) = read::spawn_pool(conns)?;
                 (Some(tx), handles, Some(checkpointer))
             }
