@@ -39,11 +39,15 @@ use crate::writer::Tx;
 /// claimed job.
 const NEW_TOKEN_SQL: &str = "lower(hex(randomblob(16)))";
 
-/// The claim: `UPDATE jobs ... WHERE id IN (SELECT ... ORDER BY ... LIMIT ?)
-/// RETURNING <the columns of a JobRow>`, with `excluded` pipelines left
-/// out and, with `only`, that many pipelines to claim from. Run through
-/// SQLite's own API (see [`crate::raw`]), kept prepared under its shape.
-/// The statuses are constants of the store, written as literals.
+/// The claim: `UPDATE jobs ... WHERE rowid IN (SELECT rowid ... ORDER BY
+/// ... LIMIT ?) RETURNING <the columns of a JobRow>`, with `excluded`
+/// pipelines left out and, with `only`, that many pipelines to claim from.
+/// Run through SQLite's own API (see [`crate::raw`]), kept prepared under
+/// its shape. The statuses are constants of the store, written as
+/// literals. By rowid, which every index entry carries, not by `id`: each
+/// claimed row is then found in the table directly instead of through the
+/// index of ids and its text comparisons (1% of the writer's work).
+/// Nothing else depends on a job's rowid.
 fn claim_sql(to: &str, from: &str, excluded: usize, only: Option<usize>) -> String {
     debug_assert!(!to.contains('\'') && !from.contains('\''));
     let list = |n: usize| vec!["?"; n].join(", ");
@@ -51,7 +55,7 @@ fn claim_sql(to: &str, from: &str, excluded: usize, only: Option<usize>) -> Stri
     format!(
         "UPDATE OR FAIL jobs SET status = '{to}', attempt = attempt + 1, started_at = ?, \
          lease_expires_at = ?, cancel_requested = 0, worker = ?, lease = {NEW_TOKEN_SQL} \
-         WHERE id IN (SELECT id FROM jobs WHERE status = '{from}' AND run_at <= ?\
+         WHERE rowid IN (SELECT rowid FROM jobs WHERE status = '{from}' AND run_at <= ?\
          {not_waiting} AND pipeline NOT IN ({excluded}){not_paused}{only} \
          ORDER BY priority DESC, run_at, created_at, id LIMIT CAST(? AS INTEGER)) \
          RETURNING {columns}",
