@@ -55,7 +55,7 @@
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::ffi::{CStr, c_char, c_int};
 use std::marker::PhantomData;
 use std::ptr::{self, NonNull};
@@ -206,7 +206,7 @@ impl Statements {
     pub(crate) fn new(db: Handle) -> Self {
         Self {
             db,
-            prepared: HashMap::new(),
+            prepared: HashMap::default(),
         }
     }
 

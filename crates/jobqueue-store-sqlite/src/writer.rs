@@ -36,7 +36,7 @@
 //! so it hands out numbers without asking the database, and takes them back
 //! when an operation or a batch is rolled back.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
