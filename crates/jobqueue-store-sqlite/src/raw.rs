@@ -55,12 +55,12 @@
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
-use foldhash::HashMap;
 use std::ffi::{CStr, c_char, c_int};
 use std::marker::PhantomData;
 use std::ptr::{self, NonNull};
 
 use diesel::sqlite::SqliteConnection;
+use foldhash::HashMap;
 use jobqueue_core::{ErrorKind, StoreError};
 use libsqlite3_sys as ffi;
 

@@ -36,7 +36,6 @@
 //! so it hands out numbers without asking the database, and takes them back
 //! when an operation or a batch is rolled back.
 
-use foldhash::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,6 +44,7 @@ use std::thread::JoinHandle;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
+use foldhash::HashMap;
 use futures_channel::oneshot;
 use jobqueue_core::clock::truncate_to_micros;
 use jobqueue_core::outbox::deliveries_for;
