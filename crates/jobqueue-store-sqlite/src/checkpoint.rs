@@ -84,7 +84,7 @@ const QUIET_PASS: Duration = Duration::from_secs(1);
 /// to about 10 ms and `noop_1phase` rose by about 15% (see
 /// `docs/performance.md`, "Fewer, shorter finishing passes"). The file
 /// keeps its largest size until the store closes.
-const RESTART_PAGES: i32 = 8000;
+pub(crate) const RESTART_PAGES: i32 = 8000;
 
 /// How long this thread waits after a failed pass (a full disk, an I/O
 /// error) before it tries again.
@@ -283,6 +283,10 @@ fn run(signal: &Signal, conn: &mut Conn, wal: &Path) {
             // A pass that stops short of the WAL's end (the writer appends
             // all the time) leaves the pages it copied unsynced; synced
             // here, they are not left for the writer's finishing pass.
+            // Even `checkpointed == log` does not say SQLite synced: `log`
+            // is the WAL as this pass began, SQLite compares with the WAL
+            // as it ends, which the writer has lengthened meanwhile (tried:
+            // skipping the sync then left nearly every pass unsynced).
             if r.checkpointed > 0 && r.checkpointed != synced {
                 sync_database(&conn.handle)?;
                 synced = r.checkpointed;

@@ -172,15 +172,16 @@ impl Location {
 }
 
 /// Pages in the WAL before the commit that passes it checkpoints (SQLite's
-/// default is 1000; this is four times the length at which the
-/// checkpointer has the WAL start over, 128 MiB). The checkpointer thread (see [`crate::checkpoint`])
-/// keeps the WAL well below this: it is the backstop for when that thread
-/// cannot keep up or fails, or a long read holds the WAL, and the writer
-/// then checkpoints itself. (A checkpointer alone cannot bound the WAL under
+/// default is 1000): four times the length at which the checkpointer has
+/// the WAL start over, 128 MiB. The checkpointer thread (see
+/// [`crate::checkpoint`]) keeps the WAL well below this: it is the
+/// backstop for when that thread cannot keep up or fails, or a long read
+/// holds the WAL, and the writer then checkpoints itself. (A checkpointer alone cannot bound the WAL under
 /// steady load: the WAL restarts only when a write transaction begins with
 /// all of it copied back, which the writer, appending, never lets another
 /// thread see; so the checkpointer asks the writer to finish.)
-pub(crate) const WAL_AUTOCHECKPOINT_PAGES: u32 = 32_000;
+pub(crate) const WAL_AUTOCHECKPOINT_PAGES: u32 =
+    4 * crate::checkpoint::RESTART_PAGES.unsigned_abs();
 
 #[derive(QueryableByName)]
 struct JournalMode {
