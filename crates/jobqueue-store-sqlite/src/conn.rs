@@ -106,8 +106,21 @@ pub(crate) enum Location {
     Memory,
 }
 
+/// What a connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// The one connection that writes jobs: it opens its file through the
+    /// writer's VFS (see [`crate::vfs`]), when that is available.
+    Writer,
+    /// The checkpointer's connection (see [`crate::checkpoint`]).
+    Checkpointer,
+    /// A read connection (`query_only`).
+    Reader,
+}
+
 impl Location {
-    fn url(&self) -> Result<String, StoreError> {
+    /// What SQLite is given to open the database for `role`.
+    fn url(&self, role: Role) -> Result<String, StoreError> {
         match self {
             Self::Memory => Ok(":memory:".to_owned()),
             Self::File(path) => {
@@ -118,6 +131,9 @@ impl Location {
                     return Err(StoreError::Invalid(format!(
                         "database path {s:?} must name a file"
                     )));
+                }
+                if role == Role::Writer && crate::vfs::register() {
+                    return Ok(crate::vfs::uri(s));
                 }
                 Ok(s.to_owned())
             }
@@ -130,7 +146,7 @@ impl Location {
         let Self::File(path) = self else {
             return Ok(());
         };
-        self.url()?;
+        self.url(Role::Reader)?;
         let dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -194,10 +210,13 @@ struct JournalMode {
 pub(crate) fn connect(
     location: &Location,
     options: &SqliteOptions,
-    read_only: bool,
+    role: Role,
 ) -> Result<SqliteConnection, StoreError> {
-    let url = location.url()?;
-    let mut conn = SqliteConnection::establish(&url).map_err(|e| conn_err(e, &url))?;
+    let read_only = role == Role::Reader;
+    let url = location.url(role)?;
+    // Messages name the database as given, not the URI of the writer's VFS.
+    let named = location.url(Role::Reader)?;
+    let mut conn = SqliteConnection::establish(&url).map_err(|e| conn_err(e, &named))?;
     let busy_ms = options.busy_timeout.as_millis().min(i32::MAX as u128);
     conn.batch_execute(&format!("PRAGMA busy_timeout = {busy_ms};"))
         .map_err(db_err)?;
@@ -224,7 +243,7 @@ pub(crate) fn connect(
         return Err(StoreError::backend(
             ErrorKind::Io,
             format!(
-                "sqlite database {url:?} is in journal mode {mode:?}, not {expected:?}; \
+                "sqlite database {named:?} is in journal mode {mode:?}, not {expected:?}; \
                  the store refuses to run without WAL"
             ),
         ));

@@ -51,6 +51,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 mod user_tx;
+mod vfs;
 mod writer;
 
 pub use conn::{SqliteOptions, Synchronous};

@@ -508,7 +508,7 @@ mod tests {
 
     use super::*;
     use crate::SqliteOptions;
-    use crate::conn::{Location, connect as open};
+    use crate::conn::{Location, Role, connect as open};
 
     /// The database file of a connection is synced through SQLite's own
     /// handle, after a write and again with nothing to write, and the
@@ -518,7 +518,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let location = Location::File(dir.path().join("sync.db"));
         let options = SqliteOptions::default();
-        let (mut conn, handle) = connect(|| open(&location, &options, false)).unwrap();
+        let (mut conn, handle) = connect(|| open(&location, &options, Role::Writer)).unwrap();
         conn.batch_execute("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);")
             .unwrap();
         sync_database(&handle).unwrap();
@@ -531,7 +531,7 @@ mod tests {
     #[test]
     fn an_in_memory_database_has_no_file_to_sync() {
         let options = SqliteOptions::default();
-        let (_conn, handle) = connect(|| open(&Location::Memory, &options, false)).unwrap();
+        let (_conn, handle) = connect(|| open(&Location::Memory, &options, Role::Writer)).unwrap();
         let error = sync_database(&handle).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Internal);
         assert!(

@@ -20,7 +20,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::checkpoint::Checkpointer;
-use crate::conn::{Location, SqliteOptions, connect};
+use crate::conn::{Location, Role, SqliteOptions, connect};
 use crate::error::closed;
 use crate::guard::FileGuard;
 use crate::lock::FileLock;
@@ -121,7 +121,8 @@ impl SqliteStore {
             .map_or_else(|| Arc::new(AtomicBool::new(true)), FileLock::open_flag);
         // The writer's connection, with its handle for the statements it
         // runs through SQLite's own API (see `crate::raw`).
-        let (mut conn, handle) = crate::raw::connect(|| connect(&location, &options, false))?;
+        let (mut conn, handle) =
+            crate::raw::connect(|| connect(&location, &options, Role::Writer))?;
         migrate::migrate(&mut conn)?;
         let last_seq = read::last_seq(&mut conn)?;
         let guard = match &location {
@@ -140,9 +141,10 @@ impl SqliteStore {
             Location::Memory => (None, Vec::new(), None),
             Location::File(path) => {
                 let conns = (0..options.readers.max(1))
-                    .map(|_| connect(&location, &options, true))
+                    .map(|_| connect(&location, &options, Role::Reader))
                     .collect::<Result<Vec<_>, _>>()?;
-                let (conn, handle) = crate::raw::connect(|| connect(&location, &options, false))?;
+                let (conn, handle) =
+                    crate::raw::connect(|| connect(&location, &options, Role::Checkpointer))?;
                 let checkpointer = Checkpointer::spawn(conn, handle, path)?;
                 let (tx, handles) = read::spawn_pool(conns)?;
                 (Some(tx), handles, Some(checkpointer))
