@@ -290,6 +290,14 @@ pub trait EventSink: Send + Sync {
     /// a panic in it is caught by the store (the write stays committed and
     /// those events are only in the store, where subscribers resync from).
     fn publish(&self, events: &[Event]);
+
+    /// [`publish`](EventSink::publish), with the events handed over: a sink
+    /// that keeps them (a ring of recent events, a channel) can move them
+    /// instead of cloning each. The stores call this one; the default lends
+    /// the events to `publish`.
+    fn publish_owned(&self, events: Vec<Event>) {
+        self.publish(&events);
+    }
 }
 
 /// The persistence contract of jobqueue. Object safe: use it as

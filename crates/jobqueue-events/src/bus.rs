@@ -133,22 +133,34 @@ impl EventBus {
     }
 }
 
+impl EventBus {
+    /// Notes `seq` as the latest event published, if it is newer.
+    fn note_latest(&self, seq: u64) {
+        self.inner.latest.send_if_modified(|latest| {
+            let newer = seq > *latest;
+            if newer {
+                *latest = seq;
+            }
+            newer
+        });
+    }
+}
+
 impl EventSink for EventBus {
     fn publish(&self, events: &[Event]) {
+        self.publish_owned(events.to_vec());
+    }
+
+    fn publish_owned(&self, events: Vec<Event>) {
+        let Some(last) = events.last().map(|e| e.seq) else {
+            return;
+        };
         for event in events {
             // An error only means nobody is subscribed right now; the event
             // is in the store for whoever subscribes later.
-            let _ = self.inner.ring.send(event.clone());
+            let _ = self.inner.ring.send(event);
         }
-        if let Some(last) = events.last() {
-            self.inner.latest.send_if_modified(|latest| {
-                let newer = last.seq > *latest;
-                if newer {
-                    *latest = last.seq;
-                }
-                newer
-            });
-        }
+        self.note_latest(last);
     }
 }
 

@@ -140,7 +140,7 @@ async fn run(
                     if let Some(e) = page.last() {
                         last = e.seq;
                         read_any = true;
-                        bus.publish(&page);
+                        bus.publish_owned(page);
                     }
                     if !full {
                         break;

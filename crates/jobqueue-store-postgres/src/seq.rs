@@ -323,7 +323,7 @@ impl Sequencer {
             }
             let events = entry.remove().unwrap_or_default();
             if let Some(sink) = sink {
-                publish(sink, &events);
+                publish(sink, events);
             }
         }
     }
@@ -354,8 +354,8 @@ impl Sequencer {
 /// Hands committed events to the sink. The change is committed: a
 /// panicking sink must not turn a successful write into a failed one;
 /// subscribers resync from the store.
-fn publish(sink: &Arc<dyn EventSink>, events: &[Event]) {
-    let publish = std::panic::AssertUnwindSafe(|| sink.publish(events));
+fn publish(sink: &Arc<dyn EventSink>, events: Vec<Event>) {
+    let publish = std::panic::AssertUnwindSafe(|| sink.publish_owned(events));
     if std::panic::catch_unwind(publish).is_err() {
         tracing::warn!("the event sink panicked; its subscribers resync from the store");
     }

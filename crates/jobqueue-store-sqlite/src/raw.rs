@@ -15,8 +15,12 @@
 //! opening thread, so [`connect`] registers one that notes the handle in a
 //! thread-local slot, has diesel open the connection, and takes the handle
 //! from the slot. The same connection then serves diesel's statements and
-//! these, inside the same transactions; these never begin, commit or roll
-//! back anything themselves.
+//! these, inside the same transactions. The writer's own transaction
+//! control (`BEGIN IMMEDIATE`, `COMMIT`, its savepoints) runs here too,
+//! prepared once instead of parsed at every group ([`Key::Control`]); the
+//! rare `ROLLBACK`s stay on diesel's `batch_execute`. diesel keeps no
+//! transaction state of its own for statements it did not begin, so it
+//! sees no difference.
 //!
 //! The inserts and updates are written `INSERT OR FAIL` and `UPDATE OR
 //! FAIL`: a statement that fails part way does not undo the rows it already
@@ -181,6 +185,9 @@ pub(crate) enum Key {
     /// The claim, with this many excluded pipelines and, if it names the
     /// only pipelines to claim from, this many of them.
     Claim(usize, Option<usize>),
+    /// A statement without parameters whose text is the key: the writer's
+    /// transaction control.
+    Control(&'static str),
 }
 
 /// One prepared statement, finalized when dropped.
@@ -203,6 +210,14 @@ pub(crate) struct Statements {
 }
 
 impl Statements {
+    /// Runs `sql`, a statement without parameters, prepared the first
+    /// time.
+    pub(crate) fn run(&mut self, sql: &'static str) -> Result<(), StoreError> {
+        self.query(Key::Control(sql), || sql.to_owned())?
+            .execute()
+            .map(drop)
+    }
+
     pub(crate) fn new(db: Handle) -> Self {
         Self {
             db,

@@ -191,19 +191,35 @@ impl Shared {
     }
 }
 
-/// Tells the listeners what the group's commit did: one notice of each
+/// What the listeners are told of a group's commit: one notice of each
 /// kind at most, however many operations the group held.
-fn notify_listeners(listeners: &jobqueue_core::Listeners, published: &[Vec<Event>]) {
-    if listeners.is_empty() || published.iter().all(Vec::is_empty) {
-        return;
+#[derive(Clone, Copy)]
+struct Notices {
+    /// The commit appended events.
+    events: bool,
+    /// Among them, events that make work for a pump.
+    work: bool,
+}
+
+impl Notices {
+    fn of(published: &[Vec<Event>]) -> Self {
+        Self {
+            events: published.iter().any(|e| !e.is_empty()),
+            work: published
+                .iter()
+                .any(|e| jobqueue_core::listen::makes_work(e)),
+        }
     }
-    if published
-        .iter()
-        .any(|e| jobqueue_core::listen::makes_work(e))
-    {
-        listeners.notify(jobqueue_core::Notice::JobsAvailable);
+
+    fn tell(self, listeners: &jobqueue_core::Listeners) {
+        if !self.events || listeners.is_empty() {
+            return;
+        }
+        if self.work {
+            listeners.notify(jobqueue_core::Notice::JobsAvailable);
+        }
+        listeners.notify(jobqueue_core::Notice::EventsCommitted);
     }
-    listeners.notify(jobqueue_core::Notice::EventsCommitted);
 }
 
 /// The running jobs as the writer last wrote them, so the operations of a
@@ -741,16 +757,18 @@ impl Writer {
             self.last_seq = start_seq;
             self.cache.clear();
         } else {
+            // Read before the events are handed to the sink.
+            let notices = Notices::of(&published);
             if let Some(sink) = self.shared.sink() {
-                for events in published.iter().filter(|e| !e.is_empty()) {
+                for events in published.drain(..).filter(|e| !e.is_empty()) {
                     // The sink is someone else's code on the writer's thread:
                     // if it panics, that batch of events is not delivered to
                     // it (they are committed and can be read back), and the
                     // writer lives on.
-                    let _ = catch_unwind(AssertUnwindSafe(|| sink.publish(events)));
+                    let _ = catch_unwind(AssertUnwindSafe(|| sink.publish_owned(events)));
                 }
             }
-            notify_listeners(&self.shared.listeners, &published);
+            notices.tell(&self.shared.listeners);
             if let Some(checkpoints) = &self.checkpoints {
                 checkpoints.committed(self.last_seq.saturating_sub(start_seq));
             }
@@ -788,9 +806,9 @@ impl Writer {
         let first_seq = self.last_seq;
         let single = ops.len() == 1;
         let savepoints = savepoints && !single;
-        self.conn
-            .batch_execute("BEGIN IMMEDIATE")
-            .map_err(|e| fail(e, "BEGIN IMMEDIATE"))?;
+        self.raw
+            .run("BEGIN IMMEDIATE")
+            .map_err(|e| fail_with(e, "BEGIN IMMEDIATE"))?;
         let mut any_ok = false;
         self.pending.clear();
         for op in ops.iter_mut() {
@@ -799,9 +817,9 @@ impl Writer {
                 // one's savepoint: should this one flush them and then be
                 // rolled back, they must stay.
                 self.insert_pending()?;
-                self.conn
-                    .batch_execute("SAVEPOINT op")
-                    .map_err(|e| fail(e, "SAVEPOINT"))?;
+                self.raw
+                    .run("SAVEPOINT op")
+                    .map_err(|e| fail_with(e, "SAVEPOINT"))?;
             }
             #[cfg(debug_assertions)]
             let changes_before = total_changes(&mut self.conn);
@@ -832,9 +850,9 @@ impl Writer {
                 any_ok = true;
                 published.push(events);
                 if savepoints {
-                    self.conn
-                        .batch_execute("RELEASE op")
-                        .map_err(|e| fail(e, "RELEASE"))?;
+                    self.raw
+                        .run("RELEASE op")
+                        .map_err(|e| fail_with(e, "RELEASE"))?;
                 }
                 continue;
             };
@@ -891,7 +909,7 @@ impl Writer {
             }
         }
         let end = if any_ok { "COMMIT" } else { "ROLLBACK" };
-        self.conn.batch_execute(end).map_err(|e| fail(e, end))?;
+        self.raw.run(end).map_err(|e| fail_with(e, end))?;
         Ok(())
     }
 }
