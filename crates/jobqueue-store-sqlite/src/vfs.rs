@@ -793,6 +793,21 @@ mod tests {
         assert_eq!(uri("//x/y"), "file:////x/y?vfs=jobqueue-wal");
     }
 
+    #[test]
+    fn odd_paths_open_the_file_they_name() {
+        assert!(register());
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a b.db", "p%41ct.db", "q?x=1.db", "h#frag.db", "ünï.db"] {
+            let path = dir.path().join(name);
+            let mut conn = SqliteConnection::establish(&uri(path.to_str().unwrap()))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            conn.batch_execute("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER);")
+                .unwrap();
+            drop(conn);
+            assert!(path.is_file(), "{name}: no file at {path:?}");
+        }
+    }
+
     #[derive(QueryableByName)]
     struct Count {
         #[diesel(sql_type = BigInt)]
