@@ -10,7 +10,8 @@
 //! default one. It passes every file through untouched but two:
 //!
 //! - **The WAL file** collects a run of contiguous writes in a buffer and
-//!   writes it with one call when the run ends: when the page of a commit
+//!   writes it with one call (one per 128 KiB; SQLite's unix VFS takes no
+//!   more at once) when the run ends: when the page of a commit
 //!   frame (a header whose "database size" field is not zero) has been
 //!   added. SQLite reports an error of that write as the commit's error, so
 //!   the commit fails as it would have without the buffer. Any write that
