@@ -131,9 +131,7 @@ impl EventBus {
     pub fn subscriber_count(&self) -> usize {
         self.inner.ring.receiver_count()
     }
-}
 
-impl EventBus {
     /// Notes `seq` as the latest event published, if it is newer.
     fn note_latest(&self, seq: u64) {
         self.inner.latest.send_if_modified(|latest| {

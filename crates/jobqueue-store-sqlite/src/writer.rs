@@ -202,17 +202,21 @@ struct Notices {
 }
 
 impl Notices {
-    fn of(published: &[Vec<Event>]) -> Self {
+    /// The notices of `published` for `listeners`; none to work out when
+    /// nobody listens.
+    fn of(published: &[Vec<Event>], listeners: &jobqueue_core::Listeners) -> Self {
+        let events = !listeners.is_empty() && published.iter().any(|e| !e.is_empty());
         Self {
-            events: published.iter().any(|e| !e.is_empty()),
-            work: published
-                .iter()
-                .any(|e| jobqueue_core::listen::makes_work(e)),
+            events,
+            work: events
+                && published
+                    .iter()
+                    .any(|e| jobqueue_core::listen::makes_work(e)),
         }
     }
 
     fn tell(self, listeners: &jobqueue_core::Listeners) {
-        if !self.events || listeners.is_empty() {
+        if !self.events {
             return;
         }
         if self.work {
@@ -758,7 +762,7 @@ impl Writer {
             self.cache.clear();
         } else {
             // Read before the events are handed to the sink.
-            let notices = Notices::of(&published);
+            let notices = Notices::of(&published, &self.shared.listeners);
             if let Some(sink) = self.shared.sink() {
                 for events in published.drain(..).filter(|e| !e.is_empty()) {
                     // The sink is someone else's code on the writer's thread:
